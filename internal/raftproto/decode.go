@@ -1,0 +1,421 @@
+package raftproto
+
+import (
+	"errors"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// ErrMalformed is returned for bytes that are not a valid protobuf encoding
+// of the expected message.
+var ErrMalformed = errors.New("raftproto: malformed protobuf")
+
+// msgBlock holds a Message and the storage its scalar pointers point at, so
+// the message and all its scalars cost one allocation.
+type msgBlock struct {
+	m                                                        raftpb.Message
+	typ                                                      raftpb.MessageType
+	to, from, term, logTerm, index, commit, rejectHint, vote uint64
+	reject                                                   bool
+}
+
+// entryBlock does for an Entry what msgBlock does for a Message; a message's
+// entries are allocated as one slice of blocks.
+type entryBlock struct {
+	e           raftpb.Entry
+	typ         raftpb.EntryType
+	term, index uint64
+}
+
+// snapBlock holds a Snapshot with its metadata and conf state in one block.
+type snapBlock struct {
+	s           raftpb.Snapshot
+	md          raftpb.SnapshotMetadata
+	cs          raftpb.ConfState
+	index, term uint64
+	autoLeave   bool
+}
+
+// unmarshalSlow decodes with the generic unmarshaller. It serves the shapes
+// raft never sends over the wire (responses, repeated sub-messages that proto
+// merges), so the fast path can stay simple without disagreeing with proto.
+func unmarshalSlow(buf []byte) (*raftpb.Message, error) {
+	m := new(raftpb.Message)
+	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(buf, m); err != nil {
+		return nil, ErrMalformed
+	}
+	return m, nil
+}
+
+// consumeField validates the field at the start of b and returns its number,
+// wire type, the length of its tag and its whole length. Field numbers beyond
+// protobuf's range are rejected, as proto.Unmarshal rejects them.
+func consumeField(b []byte) (num protowire.Number, typ protowire.Type, tagLen, n int) {
+	num, typ, tagLen = protowire.ConsumeTag(b)
+	if tagLen < 0 || num > protowire.MaxValidNumber {
+		return 0, 0, 0, -1
+	}
+	m := protowire.ConsumeFieldValue(num, typ, b[tagLen:])
+	if m < 0 {
+		return 0, 0, 0, -1
+	}
+	return num, typ, tagLen, tagLen + m
+}
+
+// alias returns b as a slice whose capacity ends where it does, so that an
+// append by the owner of a decoded field never writes over the bytes of the
+// next field in the shared buffer.
+func alias(b []byte) []byte { return b[:len(b):len(b)] }
+
+// UnmarshalMessage decodes buf into a new Message. The message's byte fields
+// (entry data, context, snapshot data) alias buf, so buf must not be reused:
+// it becomes part of the message. Unknown fields are dropped, as
+// proto.Unmarshal with DiscardUnknown does; enum values outside the known set
+// are kept, as protobuf-go keeps them.
+//
+// A message costs at most four allocations whatever the number of entries:
+// the message with its scalars, the entry pointers, the entry blocks and, when
+// present, the snapshot.
+func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
+	nEnt, nSnap := 0, 0
+	for b := buf; len(b) > 0; {
+		num, typ, _, n := consumeField(b)
+		if n < 0 {
+			return nil, ErrMalformed
+		}
+		if typ == protowire.BytesType {
+			switch num {
+			case 7:
+				nEnt++
+			case 9:
+				nSnap++
+			case 14:
+				return unmarshalSlow(buf)
+			}
+		}
+		b = b[n:]
+	}
+	if nSnap > 1 {
+		return unmarshalSlow(buf)
+	}
+
+	blk := new(msgBlock)
+	m := &blk.m
+	var ents []entryBlock
+	if nEnt > 0 {
+		ents = make([]entryBlock, nEnt)
+		m.Entries = make([]*raftpb.Entry, 0, nEnt)
+	}
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:] // the first pass validated every field
+		switch {
+		case typ == protowire.VarintType && num <= 13 && num != 7 && num != 9 && num != 12:
+			v, n := protowire.ConsumeVarint(b)
+			b = b[n:]
+			switch num {
+			case 1:
+				blk.typ, m.Type = raftpb.MessageType(int32(v)), &blk.typ
+			case 2:
+				blk.to, m.To = v, &blk.to
+			case 3:
+				blk.from, m.From = v, &blk.from
+			case 4:
+				blk.term, m.Term = v, &blk.term
+			case 5:
+				blk.logTerm, m.LogTerm = v, &blk.logTerm
+			case 6:
+				blk.index, m.Index = v, &blk.index
+			case 8:
+				blk.commit, m.Commit = v, &blk.commit
+			case 10:
+				blk.reject, m.Reject = v != 0, &blk.reject
+			case 11:
+				blk.rejectHint, m.RejectHint = v, &blk.rejectHint
+			case 13:
+				blk.vote, m.Vote = v, &blk.vote
+			}
+		case typ == protowire.BytesType && (num == 7 || num == 9 || num == 12):
+			v, n := protowire.ConsumeBytes(b)
+			b = b[n:]
+			switch num {
+			case 7:
+				eb := &ents[len(m.Entries)]
+				if err := decodeEntry(eb, v); err != nil {
+					return nil, err
+				}
+				m.Entries = append(m.Entries, &eb.e)
+			case 9:
+				s, err := decodeSnapshot(v)
+				if err != nil {
+					return nil, err
+				}
+				m.Snapshot = s
+			case 12:
+				m.Context = alias(v)
+			}
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			b = b[n:]
+		}
+	}
+	return m, nil
+}
+
+// NewMsgApp returns a MsgApp with the given fields set, in one allocation:
+// the shape the msgappv2 decoder rebuilds from a compact AppEntries record.
+func NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
+	blk := &msgBlock{typ: raftpb.MsgApp, to: to, from: from, term: term, logTerm: logTerm, index: index, commit: commit}
+	m := &blk.m
+	m.Type, m.To, m.From, m.Term, m.LogTerm, m.Index, m.Commit =
+		&blk.typ, &blk.to, &blk.from, &blk.term, &blk.logTerm, &blk.index, &blk.commit
+	m.Entries = ents
+	return m
+}
+
+// UnmarshalEntries decodes the entries laid out back to back in buf, entry i
+// ending at ends[i], into one block. Data fields alias buf.
+func UnmarshalEntries(buf []byte, ends []int) ([]*raftpb.Entry, error) {
+	if len(ends) == 0 {
+		return nil, nil
+	}
+	blocks := make([]entryBlock, len(ends))
+	ptrs := make([]*raftpb.Entry, len(ends))
+	start := 0
+	for i, end := range ends {
+		if end < start || end > len(buf) {
+			return nil, ErrMalformed
+		}
+		if err := decodeEntry(&blocks[i], buf[start:end]); err != nil {
+			return nil, err
+		}
+		ptrs[i] = &blocks[i].e
+		start = end
+	}
+	return ptrs, nil
+}
+
+func decodeEntry(eb *entryBlock, buf []byte) error {
+	e := &eb.e
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num > protowire.MaxValidNumber {
+			return ErrMalformed
+		}
+		b = b[n:]
+		switch {
+		case typ == protowire.VarintType && num >= 1 && num <= 3:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return ErrMalformed
+			}
+			b = b[n:]
+			switch num {
+			case 1:
+				eb.typ, e.Type = raftpb.EntryType(int32(v)), &eb.typ
+			case 2:
+				eb.term, e.Term = v, &eb.term
+			case 3:
+				eb.index, e.Index = v, &eb.index
+			}
+		case typ == protowire.BytesType && num == 4:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return ErrMalformed
+			}
+			b = b[n:]
+			e.Data = alias(v)
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return ErrMalformed
+			}
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+// decodeSnapshot decodes a Snapshot sub-message. etcd 3.5 peers attach an
+// empty one to every message, so the common case must stay one allocation;
+// repeated sub-messages, which proto merges, go to the generic decoder.
+func decodeSnapshot(buf []byte) (*raftpb.Snapshot, error) {
+	nMeta, nCS, nIDs := 0, 0, 0
+	for b := buf; len(b) > 0; {
+		num, typ, tagLen, n := consumeField(b)
+		if n < 0 {
+			return nil, ErrMalformed
+		}
+		if num == 2 && typ == protowire.BytesType {
+			nMeta++
+			v, _ := protowire.ConsumeBytes(b[tagLen:])
+			c, ids, err := scanMetadata(v)
+			if err != nil {
+				return nil, err
+			}
+			nCS += c
+			nIDs += ids
+		}
+		b = b[n:]
+	}
+	if nMeta > 1 || nCS > 1 {
+		s := new(raftpb.Snapshot)
+		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(buf, s); err != nil {
+			return nil, ErrMalformed
+		}
+		return s, nil
+	}
+
+	sb := new(snapBlock)
+	var ids []uint64
+	if nIDs > 0 {
+		ids = make([]uint64, 0, nIDs)
+	}
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			b = b[n:]
+			sb.s.Data = alias(v)
+		case num == 2 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			b = b[n:]
+			ids = decodeMetadata(sb, v, ids)
+			sb.s.Metadata = &sb.md
+		default:
+			b = b[protowire.ConsumeFieldValue(num, typ, b):]
+		}
+	}
+	return &sb.s, nil
+}
+
+// scanMetadata validates a SnapshotMetadata and counts its conf states and
+// the IDs they hold, so the decode pass can allocate once.
+func scanMetadata(buf []byte) (confStates, ids int, err error) {
+	for b := buf; len(b) > 0; {
+		num, typ, tagLen, n := consumeField(b)
+		if n < 0 {
+			return 0, 0, ErrMalformed
+		}
+		if num == 1 && typ == protowire.BytesType {
+			confStates++
+			v, _ := protowire.ConsumeBytes(b[tagLen:])
+			c, err := scanConfState(v)
+			if err != nil {
+				return 0, 0, err
+			}
+			ids += c
+		}
+		b = b[n:]
+	}
+	return confStates, ids, nil
+}
+
+// scanConfState validates a ConfState and counts the IDs in its four lists,
+// packed or not.
+func scanConfState(buf []byte) (int, error) {
+	ids := 0
+	for b := buf; len(b) > 0; {
+		num, typ, tagLen, n := consumeField(b)
+		if n < 0 {
+			return 0, ErrMalformed
+		}
+		if num >= 1 && num <= 4 {
+			switch typ {
+			case protowire.VarintType:
+				ids++
+			case protowire.BytesType:
+				v, _ := protowire.ConsumeBytes(b[tagLen:])
+				for len(v) > 0 {
+					_, k := protowire.ConsumeVarint(v)
+					if k < 0 {
+						return 0, ErrMalformed
+					}
+					v = v[k:]
+					ids++
+				}
+			}
+		}
+		b = b[n:]
+	}
+	return ids, nil
+}
+
+// decodeMetadata fills sb's metadata from validated bytes, taking the conf
+// state's IDs from ids (allocated by the caller with enough capacity).
+func decodeMetadata(sb *snapBlock, buf []byte, ids []uint64) []uint64 {
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			b = b[n:]
+			ids = decodeConfState(sb, v, ids)
+			sb.md.ConfState = &sb.cs
+		case num == 2 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			b = b[n:]
+			sb.index, sb.md.Index = v, &sb.index
+		case num == 3 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			b = b[n:]
+			sb.term, sb.md.Term = v, &sb.term
+		default:
+			b = b[protowire.ConsumeFieldValue(num, typ, b):]
+		}
+	}
+	return ids
+}
+
+// decodeConfState fills sb's conf state. Each list is a sub-slice of ids with
+// its capacity capped, so appending to one list cannot overwrite another.
+func decodeConfState(sb *snapBlock, buf []byte, ids []uint64) []uint64 {
+	// Entries of one list may be interleaved with others on the wire, so
+	// gather list by list: one pass per list over a small message.
+	lists := [4]*[]uint64{&sb.cs.Voters, &sb.cs.Learners, &sb.cs.VotersOutgoing, &sb.cs.LearnersNext}
+	for i, dst := range lists {
+		start := len(ids)
+		want := protowire.Number(i + 1)
+		for b := buf; len(b) > 0; {
+			num, typ, n := protowire.ConsumeTag(b)
+			b = b[n:]
+			switch {
+			case num == want && typ == protowire.VarintType:
+				v, n := protowire.ConsumeVarint(b)
+				b = b[n:]
+				ids = append(ids, v)
+			case num == want && typ == protowire.BytesType:
+				v, n := protowire.ConsumeBytes(b)
+				b = b[n:]
+				for len(v) > 0 {
+					x, k := protowire.ConsumeVarint(v)
+					v = v[k:]
+					ids = append(ids, x)
+				}
+			default:
+				b = b[protowire.ConsumeFieldValue(num, typ, b):]
+			}
+		}
+		if len(ids) > start {
+			*dst = ids[start:len(ids):len(ids)]
+		}
+	}
+	for b := buf; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		b = b[n:]
+		if num == 5 && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			b = b[n:]
+			sb.autoLeave, sb.cs.AutoLeave = v != 0, &sb.autoLeave
+			continue
+		}
+		b = b[protowire.ConsumeFieldValue(num, typ, b):]
+	}
+	return ids
+}
