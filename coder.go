@@ -1,0 +1,200 @@
+package rafthttp
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"slices"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
+)
+
+// Limits on lengths read from the wire. Each is checked before anything is
+// allocated for the frame it bounds.
+const (
+	// DefaultMaxMessageBytes bounds one message on a stream, etcd's
+	// readBytesLimit (512 MiB).
+	DefaultMaxMessageBytes = 512 << 20
+
+	// DefaultMaxSnapshotEnvelopeBytes bounds the MsgSnap envelope at the head
+	// of a snapshot body, etcd's snapshotLimitByte since 3.6.14 and 3.7.1
+	// (64 MiB). The database bytes after it are not part of the envelope.
+	DefaultMaxSnapshotEnvelopeBytes = 64 << 20
+)
+
+const (
+	// frameHeaderLen is the size of the big-endian uint64 length prefix of a
+	// message-stream frame (spec §3.2).
+	frameHeaderLen = 8
+
+	// readChunk is how far ahead of the bytes actually received a frame
+	// buffer may grow. A peer that announces a huge frame and sends little
+	// costs us what it sent, not what it announced.
+	readChunk = 1 << 20
+
+	// maxRetainedBuf is the largest buffer an encoder or decoder keeps for
+	// reuse; one huge message must not pin its memory for the life of the
+	// connection.
+	maxRetainedBuf = 1 << 20
+
+	// encoderWriteThreshold is how many buffered bytes make an encoder write
+	// through before its flush: large enough to batch many small messages
+	// into one write, small enough to bound the buffer.
+	encoderWriteThreshold = 256 << 10
+
+	// decoderBufSize is the size of a decoder's read buffer.
+	decoderBufSize = 64 << 10
+)
+
+// An encoder writes raft messages to one stream connection. It buffers: a
+// frame reaches the connection at the latest when flush is called. Write
+// errors surface from encode or flush. An encoder is owned by one goroutine,
+// the stream writer.
+type encoder interface {
+	// encode buffers the frame of m.
+	encode(m *raftpb.Message) error
+	// flush writes every buffered frame to the connection.
+	flush() error
+	// buffered returns the number of bytes encoded but not yet written.
+	buffered() int
+}
+
+// A decoder reads raft messages from one stream connection. It is owned by
+// one goroutine, the stream reader. Returned messages belong to the caller:
+// the decoder keeps no reference to them.
+type decoder interface {
+	// decode returns the next message and the number of wire bytes its frame
+	// took. Link heartbeats are returned too; see isLinkHeartbeat.
+	decode() (m *raftpb.Message, n int, err error)
+}
+
+// linkHeartbeat is the message a stream writer sends on an idle message
+// stream to keep the connection proven alive: a MsgHeartbeat with From and To
+// unset, which raft never emits (spec §3.2). It is shared and must not be
+// modified.
+var linkHeartbeat = &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum()}
+
+// isLinkHeartbeat reports whether m is a link heartbeat: a MsgHeartbeat from
+// and to nobody. Every etcd version's encoding of it matches.
+func isLinkHeartbeat(m *raftpb.Message) bool {
+	return m.GetType() == raftpb.MsgHeartbeat && m.GetFrom() == 0 && m.GetTo() == 0
+}
+
+// frameWriter is the buffered writing shared by both encoders.
+type frameWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (f *frameWriter) buffered() int { return len(f.buf) }
+
+// maybeWrite writes through once enough is buffered.
+func (f *frameWriter) maybeWrite() error {
+	if len(f.buf) < encoderWriteThreshold {
+		return nil
+	}
+	return f.flush()
+}
+
+func (f *frameWriter) flush() error {
+	if len(f.buf) == 0 {
+		return nil
+	}
+	_, err := f.w.Write(f.buf)
+	if cap(f.buf) > maxRetainedBuf {
+		f.buf = nil
+	} else {
+		f.buf = f.buf[:0]
+	}
+	return err
+}
+
+// appendUint64 appends v big-endian.
+func appendUint64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
+
+// messageEncoder encodes the message stream: each frame is the message's
+// protobuf length as a big-endian uint64, then the protobuf bytes.
+type messageEncoder struct {
+	frameWriter
+}
+
+func newMessageEncoder(w io.Writer) *messageEncoder {
+	return &messageEncoder{frameWriter{w: w}}
+}
+
+func (e *messageEncoder) encode(m *raftpb.Message) error {
+	e.buf = appendMessageFrame(e.buf, m)
+	return e.maybeWrite()
+}
+
+// appendMessageFrame appends m's length-prefixed frame to b. The message is
+// marshalled in place, after the prefix, with no allocation when b has room.
+func appendMessageFrame(b []byte, m *raftpb.Message) []byte {
+	size := raftproto.MessageSize(m)
+	b = appendUint64(b, uint64(size))
+	return raftproto.AppendMessage(b, m)
+}
+
+// messageDecoder decodes the message stream.
+type messageDecoder struct {
+	r     *bufio.Reader
+	limit uint64
+	hdr   [frameHeaderLen]byte
+}
+
+// newMessageDecoder returns a decoder reading r that refuses frames longer
+// than limit bytes.
+func newMessageDecoder(r io.Reader, limit uint64) *messageDecoder {
+	return &messageDecoder{r: bufio.NewReaderSize(r, decoderBufSize), limit: limit}
+}
+
+func (d *messageDecoder) decode() (*raftpb.Message, int, error) {
+	return readMessageFrame(d.r, d.hdr[:], d.limit)
+}
+
+// readMessageFrame reads one length-prefixed message, refusing a length above
+// limit before allocating. hdr is scratch space for the prefix.
+func readMessageFrame(r io.Reader, hdr []byte, limit uint64) (*raftpb.Message, int, error) {
+	if _, err := io.ReadFull(r, hdr[:frameHeaderLen]); err != nil {
+		return nil, 0, err
+	}
+	l := binary.BigEndian.Uint64(hdr)
+	if l > limit {
+		return nil, 0, fmt.Errorf("message of %d bytes, limit %d: %w", l, limit, ErrExceedSizeLimit)
+	}
+	buf, err := readBytes(r, nil, int(l))
+	if err != nil {
+		return nil, 0, err
+	}
+	m, err := raftproto.UnmarshalMessage(buf)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", ErrMalformedFrame, err)
+	}
+	return m, frameHeaderLen + int(l), nil
+}
+
+// readBytes appends exactly n bytes from r to buf. The buffer grows at most
+// readChunk (or its own size, whichever is larger) ahead of what has arrived,
+// so an announced length costs memory only as its bytes come in. A stream
+// that ends early gives io.ErrUnexpectedEOF.
+func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
+	want := len(buf) + n
+	start := len(buf)
+	for len(buf) < want {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(want-len(buf), max(readChunk, len(buf)-start)))
+		}
+		k, err := io.ReadFull(r, buf[len(buf):min(cap(buf), want)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return buf, err
+		}
+	}
+	return buf, nil
+}

@@ -1,0 +1,254 @@
+package rafthttp
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/xiang90/probing"
+	"go.uber.org/zap"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
+)
+
+// The paths of the raft routes, etcd's (spec §2).
+const (
+	// RaftPrefix is the pipeline path, and the prefix of all the others.
+	RaftPrefix = "/raft"
+	// ProbingPrefix is the path of the health probe.
+	ProbingPrefix = RaftPrefix + "/probing"
+	// RaftStreamPrefix is the prefix of the stream paths,
+	// RaftStreamPrefix/{msgapp,message}/<sender ID in hex>.
+	RaftStreamPrefix = RaftPrefix + "/stream"
+	// RaftSnapshotPrefix is the path snapshots are POSTed to.
+	RaftSnapshotPrefix = RaftPrefix + "/snapshot"
+)
+
+// writerToResponse is implemented by errors from Raft.Process that write
+// their own HTTP response, as etcd's 403 for a message from a removed member.
+type writerToResponse interface {
+	WriteTo(w http.ResponseWriter)
+}
+
+// newHandler builds the mux of the raft routes.
+func newHandler(t *Transport) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(RaftPrefix, t.servePipeline)
+	mux.HandleFunc(RaftStreamPrefix+"/", t.serveStream)
+	mux.HandleFunc(RaftSnapshotPrefix, t.serveSnapshot)
+	mux.Handle(ProbingPrefix, probing.NewHandler())
+	return mux
+}
+
+// checkRequest runs the checks every POST handler and the stream handler
+// share after the method check (spec §6.1): version compatibility, then the
+// cluster ID. It answers the request itself on failure.
+func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
+	if err := checkVersionCompatibility(t.cfg.serverVersion, t.cfg.minClusterVersion, r.Header); err != nil {
+		t.lg.Warn("failed version compatibility check",
+			zap.String("local-member-server-version", t.cfg.serverVersion.String()),
+			zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom))),
+			zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion))),
+			zap.Error(err))
+		http.Error(w, ErrIncompatibleVersion.Error(), http.StatusPreconditionFailed)
+		return false
+	}
+	if err := checkClusterID(t.cfg.clusterID, r.Header); err != nil {
+		t.lg.Warn("request cluster ID mismatch",
+			zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
+			zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID))))
+		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
+		return false
+	}
+	return true
+}
+
+// clip bounds a header value before it goes into a log line.
+func clip(s string) string {
+	const max = 64
+	if len(s) > max {
+		return s[:max] + "..."
+	}
+	return s
+}
+
+// addRemoteFromRequest lets a member we do not know yet get answers: if the
+// request names its sender and the sender's URLs, the sender becomes a
+// remote (spec §2.2 step 4). Malformed headers, on which etcd panics, are
+// logged and ignored.
+func (t *Transport) addRemoteFromRequest(r *http.Request) {
+	from, err := parseID(r.Header.Get(headerServerFrom))
+	if err != nil {
+		return
+	}
+	urls, present, err := parsePeerURLsHeader(r.Header)
+	if !present {
+		return
+	}
+	if err != nil {
+		t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
+		return
+	}
+	if err := t.addRemote(from, urls); err != nil && !errors.Is(err, ErrStopped) {
+		t.lg.Warn("failed to add remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
+	}
+}
+
+// receivedFrom returns the metrics of the sender of a message, if it is a
+// known peer. Labels come only from configured members, never from what a
+// request claims, so a hostile client cannot blow up metric cardinality.
+func (t *Transport) receivedFrom(id uint64) (peerMetrics, bool) {
+	if p, ok := t.get(id); ok {
+		return p.metrics, true
+	}
+	return peerMetrics{}, false
+}
+
+// servePipeline handles POST /raft: one message per request (spec §2.2).
+func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	if !t.checkRequest(w, r) {
+		return
+	}
+	t.addRemoteFromRequest(r)
+
+	// Unlike etcd, which reads any size, the body is bounded, and memory
+	// grows only as its bytes arrive.
+	limit := int64(t.cfg.maxMessageBytes)
+	if r.ContentLength > limit {
+		http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	body, err := readAllLimited(r.Body, limit)
+	if err != nil {
+		t.lg.Warn("failed to read Raft message", zap.Error(err))
+		if errors.Is(err, ErrExceedSizeLimit) {
+			http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "error reading raft message", http.StatusBadRequest)
+		return
+	}
+	m, err := raftproto.UnmarshalMessage(body)
+	if err != nil {
+		t.lg.Warn("failed to unmarshal Raft message", zap.Error(err))
+		http.Error(w, "error unmarshalling raft message", http.StatusBadRequest)
+		return
+	}
+	pm, known := t.receivedFrom(m.GetFrom())
+	if known {
+		pm.receivedBytes.Add(float64(len(body)))
+	}
+	if err := t.Raft.Process(r.Context(), m); err != nil {
+		var wtr writerToResponse
+		if errors.As(err, &wtr) {
+			wtr.WriteTo(w)
+			return
+		}
+		t.lg.Warn("failed to process Raft message", zap.Error(err))
+		http.Error(w, "error processing raft message", http.StatusInternalServerError)
+		// Close the connection, as etcd does: the sender must not reuse a
+		// connection whose peer could not take its message.
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	// 204 only once raft has the message.
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// readAllLimited reads r to EOF. A body longer than limit is refused with
+// ErrExceedSizeLimit, and memory grows only as bytes arrive.
+func readAllLimited(r io.Reader, limit int64) ([]byte, error) {
+	var buf []byte
+	for {
+		if int64(len(buf)) > limit {
+			return nil, ErrExceedSizeLimit
+		}
+		var err error
+		buf, err = readBytes(r, buf, int(min(readChunk, limit+1-int64(len(buf)))))
+		if err == io.ErrUnexpectedEOF {
+			if int64(len(buf)) > limit {
+				return nil, ErrExceedSizeLimit
+			}
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// serveStream handles GET /raft/stream/{msgapp,message}/<from>: the
+// response stays open and carries our messages to the member that dialled it
+// (spec §2.4). The order of checks is etcd's.
+func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	// Every answer from here on carries our version, so that an older
+	// dialer does not mistake an error for "stream type unsupported".
+	w.Header().Set(headerServerVersion, t.cfg.serverVersion.String())
+	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	if !t.checkRequest(w, r) {
+		return
+	}
+
+	dir, last := path.Split(r.URL.Path)
+	typ, ok := parseStreamType(strings.TrimPrefix(path.Clean(dir), RaftStreamPrefix+"/"))
+	if !ok || path.Clean(dir) != RaftStreamPrefix+"/"+typ.endpoint() {
+		t.lg.Debug("ignored unexpected streaming request path", zap.String("path", clip(r.URL.Path)))
+		http.Error(w, "invalid path", http.StatusNotFound)
+		return
+	}
+	from, err := parseID(last)
+	if err != nil {
+		t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path)), zap.Error(err))
+		http.Error(w, "invalid from", http.StatusNotFound)
+		return
+	}
+	if t.Raft.IsIDRemoved(from) {
+		t.lg.Warn("rejected stream from remote peer because it was removed", zap.String("remote-peer-id-from", formatID(from)))
+		http.Error(w, "removed member", http.StatusGone)
+		return
+	}
+	p, ok := t.get(from)
+	if !ok {
+		// The dialer may know of us before we know of it: let it at least
+		// reach us through the pipeline.
+		t.addRemoteFromRequest(r)
+		t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)))
+		http.Error(w, "error sender not found", http.StatusNotFound)
+		return
+	}
+	if to := r.Header.Get(headerRaftTo); to != t.cfg.idStr {
+		t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to)))
+		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
+		return
+	}
+
+	w.WriteHeader(http.StatusOK)
+	c := newOutgoingConn(typ, w)
+	if err := c.rc.Flush(); err != nil {
+		return
+	}
+	if !p.attachOutgoingConn(c) {
+		return // the peer stopped: returning closes the response
+	}
+	// The writer owns the response now. Wait until it lets go, telling it
+	// if the remote goes away first.
+	select {
+	case <-c.released:
+	case <-r.Context().Done():
+		c.remoteGone()
+		<-c.released
+	}
+}

@@ -1,0 +1,150 @@
+package rafthttp
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics holds one Transport's Prometheus collectors. They carry etcd's
+// names, types and labels (spec §8) so that existing dashboards keep working,
+// and they belong to the Transport, not to the process: two Transports in one
+// process each register on their own Registerer. Collectors count whether or
+// not they are registered, so the code paths never check.
+type metrics struct {
+	activePeers        *prometheus.GaugeVec
+	disconnectedPeers  *prometheus.CounterVec
+	sentBytes          *prometheus.CounterVec
+	receivedBytes      *prometheus.CounterVec
+	sentFailures       *prometheus.CounterVec
+	receivedFailures   *prometheus.CounterVec
+	droppedMessages    *prometheus.CounterVec
+	streamReconnects   *prometheus.CounterVec
+	queueDepth         *prometheus.GaugeVec
+	snapSendSuccess    *prometheus.CounterVec
+	snapSendFailures   *prometheus.CounterVec
+	snapSendInflight   *prometheus.GaugeVec
+	snapSendDuration   *prometheus.HistogramVec
+	snapRecvSuccess    *prometheus.CounterVec
+	snapRecvFailures   *prometheus.CounterVec
+	snapRecvInflight   *prometheus.GaugeVec
+	snapRecvDuration   *prometheus.HistogramVec
+	snapSentBytes      *prometheus.CounterVec
+	snapReceivedBytes  *prometheus.CounterVec
+	roundTripTime      *prometheus.HistogramVec
+	collectors         []prometheus.Collector
+}
+
+// Drop reasons, the "Reason" label of rafthttp_dropped_messages_total.
+const (
+	dropQueueFull   = "queue_full"    // the send queue of the chosen channel was full
+	dropConnClosed  = "conn_closed"   // queued on a stream whose connection was lost
+	dropPaused      = "paused"        // the peer was paused (CutPeer, Pause)
+	dropRecvFull    = "recv_full"     // receive queue full (proposals only; others push back)
+	dropSendFailed  = "send_failed"   // a pipeline POST or stream write failed
+	dropUnknownPeer = "unknown_peer"  // Send named a member the transport does not know
+	dropStopped     = "stopped"       // the peer or transport was stopping
+)
+
+func newMetrics() *metrics {
+	const ns, sub = "etcd", "network"
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, labels)
+	}
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, labels)
+	}
+	hist := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help, Buckets: buckets}, labels)
+	}
+	// Our additions, which etcd lacks, live under their own prefix so they
+	// can never collide with a future etcd metric.
+	ours := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "rafthttp", Name: name, Help: help}, labels)
+	}
+	snapBuckets := prometheus.ExponentialBuckets(0.1, 2, 10)
+	m := &metrics{
+		activePeers:       gauge("active_peers", "The current number of active peer connections.", "Local", "Remote"),
+		disconnectedPeers: counter("disconnected_peers_total", "The total number of disconnected peers.", "Local", "Remote"),
+		sentBytes:         counter("peer_sent_bytes_total", "The total number of bytes sent to peers.", "To"),
+		receivedBytes:     counter("peer_received_bytes_total", "The total number of bytes received from peers.", "From"),
+		sentFailures:      counter("peer_sent_failures_total", "The total number of send failures from peers.", "To"),
+		receivedFailures:  counter("peer_received_failures_total", "The total number of receive failures from peers.", "From"),
+		snapSendSuccess:   counter("snapshot_send_success", "Total number of successful snapshot sends", "To"),
+		snapSendFailures:  counter("snapshot_send_failures", "Total number of snapshot send failures", "To"),
+		snapSendInflight:  gauge("snapshot_send_inflights_total", "Total number of inflight snapshot sends", "To"),
+		snapSendDuration:  hist("snapshot_send_total_duration_seconds", "Total latency distributions of v3 snapshot sends", snapBuckets, "To"),
+		snapRecvSuccess:   counter("snapshot_receive_success", "Total number of successful snapshot receives", "From"),
+		snapRecvFailures:  counter("snapshot_receive_failures", "Total number of snapshot receive failures", "From"),
+		snapRecvInflight:  gauge("snapshot_receive_inflights_total", "Total number of inflight snapshot receives", "From"),
+		snapRecvDuration:  hist("snapshot_receive_total_duration_seconds", "Total latency distributions of v3 snapshot receives", snapBuckets, "From"),
+		roundTripTime: hist("peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers",
+			prometheus.ExponentialBuckets(0.0001, 2, 16), "To"),
+
+		droppedMessages:   ours("dropped_messages_total", "Messages dropped, by peer, message type and reason. Raft was told of each (ReportUnreachable or ReportSnapshot), except dropped proposals.", "Peer", "Type", "Reason"),
+		streamReconnects:  ours("stream_reconnects_total", "Stream connections established after the first, by peer and stream.", "Peer", "Stream"),
+		snapSentBytes:     ours("snapshot_sent_bytes_total", "Snapshot payload bytes sent, by peer.", "To"),
+		snapReceivedBytes: ours("snapshot_received_bytes_total", "Snapshot payload bytes received, by peer.", "From"),
+		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "rafthttp", Name: "queue_depth",
+			Help: "Messages waiting in a peer's send or receive queue, sampled when scraped."}, []string{"Peer", "Queue"}),
+	}
+	m.collectors = []prometheus.Collector{
+		m.activePeers, m.disconnectedPeers, m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
+		m.snapSendSuccess, m.snapSendFailures, m.snapSendInflight, m.snapSendDuration,
+		m.snapRecvSuccess, m.snapRecvFailures, m.snapRecvInflight, m.snapRecvDuration, m.roundTripTime,
+		m.droppedMessages, m.streamReconnects, m.snapSentBytes, m.snapReceivedBytes, m.queueDepth,
+	}
+	return m
+}
+
+// register registers every collector on r, undoing the registrations made so
+// far if one fails.
+func (m *metrics) register(r prometheus.Registerer) error {
+	for i, c := range m.collectors {
+		if err := r.Register(c); err != nil {
+			for _, done := range m.collectors[:i] {
+				r.Unregister(done)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *metrics) unregister(r prometheus.Registerer) {
+	for _, c := range m.collectors {
+		r.Unregister(c)
+	}
+}
+
+// forgetPeer deletes every series labelled with the peer, so a removed member
+// leaves no stale series behind.
+func (m *metrics) forgetPeer(local, id string) {
+	m.activePeers.DeleteLabelValues(local, id)
+	m.disconnectedPeers.DeleteLabelValues(local, id)
+	for _, v := range []*prometheus.CounterVec{m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
+		m.snapSendSuccess, m.snapSendFailures, m.snapRecvSuccess, m.snapRecvFailures, m.snapSentBytes, m.snapReceivedBytes} {
+		v.DeleteLabelValues(id)
+	}
+	m.snapSendInflight.DeleteLabelValues(id)
+	m.snapRecvInflight.DeleteLabelValues(id)
+	m.snapSendDuration.DeleteLabelValues(id)
+	m.snapRecvDuration.DeleteLabelValues(id)
+	m.roundTripTime.DeleteLabelValues(id)
+	m.droppedMessages.DeletePartialMatch(prometheus.Labels{"Peer": id})
+	m.streamReconnects.DeletePartialMatch(prometheus.Labels{"Peer": id})
+	m.queueDepth.DeletePartialMatch(prometheus.Labels{"Peer": id})
+}
+
+// peerMetrics caches one peer's series, so the hot path adds to a counter
+// without a label lookup.
+type peerMetrics struct {
+	sentBytes, receivedBytes, sentFailures, receivedFailures prometheus.Counter
+}
+
+func (m *metrics) forPeer(id string) peerMetrics {
+	return peerMetrics{
+		sentBytes:        m.sentBytes.WithLabelValues(id),
+		receivedBytes:    m.receivedBytes.WithLabelValues(id),
+		sentFailures:     m.sentFailures.WithLabelValues(id),
+		receivedFailures: m.receivedFailures.WithLabelValues(id),
+	}
+}

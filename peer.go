@@ -1,0 +1,198 @@
+package rafthttp
+
+import (
+	"context"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+)
+
+// Names of the channels a message can leave by, as etcd logs them.
+const (
+	chanStreamMsgAppV2 = "streamMsgAppV2"
+	chanStreamMsg      = "streamMsg"
+	chanPipeline       = "pipeline"
+)
+
+// peer is one remote member: its two stream writers (serving the streams the
+// member dials to us), its two stream readers (dialling the streams it
+// serves us), its pipeline, and the two loops that hand received messages to
+// raft. It owns all of their goroutines; stop ends them and waits.
+type peer struct {
+	t       *Transport
+	id      uint64
+	idStr   string
+	lg      *zap.Logger
+	status  *peerStatus
+	picker  *urlPicker
+	metrics peerMetrics
+
+	msgAppV2Writer *streamWriter
+	writer         *streamWriter
+	pipeline       *pipeline
+	msgAppV2Reader *streamReader
+	msgAppReader   *streamReader
+
+	// recvc carries received messages other than proposals to raft; propc
+	// carries proposals, so that a raft without a leader, which blocks
+	// proposals, cannot hold up votes and appends.
+	recvc chan *raftpb.Message
+	propc chan *raftpb.Message
+
+	paused atomic.Bool
+	drops  dropLog
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// startPeer builds a peer and starts its goroutines.
+func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
+	idStr := formatID(id)
+	lg := t.lg.With(zap.String("local-member-id", t.cfg.idStr), zap.String("remote-peer-id", idStr))
+	lg.Info("starting remote peer")
+	p := &peer{
+		t:       t,
+		id:      id,
+		idStr:   idStr,
+		lg:      lg,
+		status:  newPeerStatus(t.lg, t.metrics, t.cfg.idStr, idStr),
+		picker:  newURLPicker(urls),
+		metrics: t.metrics.forPeer(idStr),
+		recvc:   make(chan *raftpb.Message, t.cfg.recvQueue),
+		propc:   make(chan *raftpb.Message, t.cfg.propQueue),
+	}
+	p.ctx, p.cancel = context.WithCancel(t.ctx)
+	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics)
+	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
+	p.writer = newStreamWriter(p, streamTypeMessage)
+	p.msgAppV2Reader = &streamReader{p: p, typ: streamTypeMsgAppV2}
+	p.msgAppReader = &streamReader{p: p, typ: streamTypeMessage}
+
+	p.pipeline.start(p.ctx, &p.wg)
+	p.wg.Go(func() { p.msgAppV2Writer.run(p.ctx) })
+	p.wg.Go(func() { p.writer.run(p.ctx) })
+	p.wg.Go(func() { p.msgAppV2Reader.run(p.ctx) })
+	p.wg.Go(func() { p.msgAppReader.run(p.ctx) })
+	p.wg.Go(func() { p.processLoop(p.recvc) })
+	p.wg.Go(func() { p.processLoop(p.propc) })
+	lg.Info("started remote peer")
+	return p
+}
+
+// processLoop hands the messages of one receive queue to raft, one at a time.
+func (p *peer) processLoop(c chan *raftpb.Message) {
+	for {
+		select {
+		case m := <-c:
+			if err := p.t.Raft.Process(p.ctx, m); err != nil && p.ctx.Err() == nil {
+				p.lg.Warn("failed to process Raft message", zap.Error(err))
+			}
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// send queues m on the channel pick chooses, or drops it and tells raft. It
+// never blocks.
+func (p *peer) send(m *raftpb.Message) {
+	if p.paused.Load() {
+		p.t.metrics.droppedMessages.WithLabelValues(p.idStr, m.GetType().String(), dropPaused).Inc()
+		return
+	}
+	c, name := p.pick(m)
+	select {
+	case c <- m:
+	default:
+		p.dropped(m, name, dropQueueFull)
+	}
+}
+
+// dropped reports a message that will not be sent to raft, counts it and
+// logs it (rate-limited).
+func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
+	p.t.reportUnreachable(p.id)
+	if m.GetType() == raftpb.MsgSnap {
+		p.t.reportSnapshot(p.id, raft.SnapshotFailure)
+	}
+	p.metrics.sentFailures.Inc()
+	p.t.metrics.droppedMessages.WithLabelValues(p.idStr, m.GetType().String(), reason).Inc()
+	if n, ok := p.drops.allow(); ok {
+		p.lg.Warn("dropped internal Raft message since sending buffer is full",
+			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel),
+			zap.Bool("remote-peer-active", p.status.isActive()), zap.Int64("dropped-since-last-log", n))
+	}
+}
+
+// pick chooses how m leaves (spec §4.2): a MsgSnap by the pipeline, so that
+// a large snapshot never holds up a stream; a MsgApp by the msgappv2 stream
+// when it is up; anything by the message stream when it is up; else the
+// pipeline.
+func (p *peer) pick(m *raftpb.Message) (chan<- *raftpb.Message, string) {
+	switch {
+	case m.GetType() == raftpb.MsgSnap:
+		return p.pipeline.msgc, chanPipeline
+	case m.GetType() == raftpb.MsgApp && p.msgAppV2Writer.isWorking():
+		return p.msgAppV2Writer.msgc, chanStreamMsgAppV2
+	case p.writer.isWorking():
+		return p.writer.msgc, chanStreamMsg
+	default:
+		return p.pipeline.msgc, chanPipeline
+	}
+}
+
+// attachOutgoingConn hands a stream the remote dialled to the writer of its
+// type. It returns false if the peer has stopped.
+func (p *peer) attachOutgoingConn(c *outgoingConn) bool {
+	switch c.typ {
+	case streamTypeMsgAppV2:
+		return p.msgAppV2Writer.attach(c)
+	case streamTypeMessage:
+		return p.writer.attach(c)
+	}
+	return false
+}
+
+func (p *peer) update(urls []url.URL) { p.picker.update(urls) }
+
+func (p *peer) pause()  { p.paused.Store(true) }
+func (p *peer) resume() { p.paused.Store(false) }
+
+// stop ends every goroutine of the peer and waits for them; the stream
+// connections it writes to are released to their handlers. Idempotent.
+func (p *peer) stop() {
+	p.stopOnce.Do(func() {
+		p.lg.Info("stopping remote peer")
+		p.cancel()
+		p.wg.Wait()
+		p.lg.Info("stopped remote peer")
+	})
+}
+
+// dropLog rate-limits drop warnings to one a second, counting what it
+// suppressed: a full queue drops thousands of messages a second, and a log
+// line per drop would make the overload worse.
+type dropLog struct {
+	last       atomic.Int64 // unix nanoseconds of the last line logged
+	suppressed atomic.Int64
+}
+
+// allow reports whether to log now, and how many drops went unlogged since
+// the last line.
+func (d *dropLog) allow() (int64, bool) {
+	now := time.Now().UnixNano()
+	last := d.last.Load()
+	if now-last < int64(time.Second) || !d.last.CompareAndSwap(last, now) {
+		d.suppressed.Add(1)
+		return 0, false
+	}
+	return d.suppressed.Swap(0), true
+}

@@ -1,0 +1,84 @@
+package rafthttp
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// failureType names what failed, for the peer's inactive reason: the source
+// (stream, pipeline, snapshot) and the action (dial, read, write, ...).
+type failureType struct {
+	source string
+	action string
+}
+
+// peerStatus is whether a peer is reachable, shared by all its mechanisms
+// (spec §4.8). Any success activates it; any failure deactivates it and
+// records why. Transitions are logged and counted.
+type peerStatus struct {
+	lg      *zap.Logger
+	local   string
+	id      string
+	metrics *metrics
+
+	mu      sync.Mutex
+	active  bool
+	since   time.Time
+	lastErr error
+}
+
+func newPeerStatus(lg *zap.Logger, m *metrics, local, id string) *peerStatus {
+	return &peerStatus{lg: lg, metrics: m, local: local, id: id}
+}
+
+func (s *peerStatus) activate() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active {
+		return
+	}
+	s.lg.Info("peer became active", zap.String("peer-id", s.id))
+	s.active = true
+	s.since = time.Now()
+	s.metrics.activePeers.WithLabelValues(s.local, s.id).Inc()
+}
+
+func (s *peerStatus) deactivate(failure failureType, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := fmt.Errorf("failed to %s %s on %s (%s)", failure.action, s.id, failure.source, reason)
+	s.lastErr = err
+	if !s.active {
+		s.lg.Debug("peer deactivated again", zap.String("peer-id", s.id), zap.Error(err))
+		return
+	}
+	s.lg.Warn("peer became inactive (message send to peer failed)", zap.String("peer-id", s.id), zap.Error(err))
+	s.active = false
+	s.since = time.Time{}
+	s.metrics.activePeers.WithLabelValues(s.local, s.id).Dec()
+	s.metrics.disconnectedPeers.WithLabelValues(s.local, s.id).Inc()
+}
+
+func (s *peerStatus) isActive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// activeSince returns when the peer last became active, or the zero time if
+// it is inactive.
+func (s *peerStatus) activeSince() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.since
+}
+
+// lastError returns the reason of the last deactivation, nil if none.
+func (s *peerStatus) lastError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}

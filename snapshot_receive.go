@@ -1,0 +1,124 @@
+package rafthttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+)
+
+// SnapshotStore keeps the payloads of received snapshots (the database a
+// MsgSnap stands for, which travels after it on /raft/snapshot).
+type SnapshotStore interface {
+	// SaveSnapshot reads the payload of the snapshot m announces from r
+	// until EOF and returns once it is durable. On error nothing may be
+	// kept. ctx ends if the sender goes away.
+	SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error
+}
+
+// errNoSnapshotStore answers a snapshot POST to a transport configured
+// without a SnapshotStore.
+var errNoSnapshotStore = errors.New("no snapshot store configured")
+
+// serveSnapshot handles POST /raft/snapshot: a length-prefixed MsgSnap, then
+// the payload to the end of the body (spec §2.3). The payload is stored
+// durably before raft sees the MsgSnap.
+func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
+	const unknownSender = "UNKNOWN_SNAPSHOT_SENDER"
+	start := time.Now()
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
+		return
+	}
+	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	if !t.checkRequest(w, r) {
+		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
+		return
+	}
+	t.addRemoteFromRequest(r)
+
+	var hdr [frameHeaderLen]byte
+	m, n, err := readMessageFrame(r.Body, hdr[:], t.cfg.maxEnvelopeBytes)
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		t.lg.Warn("failed to decode Raft message", zap.Error(err))
+		http.Error(w, fmt.Sprintf("failed to decode raft message (%v)", err), http.StatusBadRequest)
+		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
+		return
+	}
+	// Metrics are labelled only with members we know (see receivedFrom).
+	from := unknownSender
+	pm, known := t.receivedFrom(m.GetFrom())
+	if known {
+		from = formatID(m.GetFrom())
+		pm.receivedBytes.Add(float64(n))
+	}
+	if m.GetType() != raftpb.MsgSnap {
+		t.lg.Warn("unexpected Raft message type", zap.Stringer("message-type", m.GetType()))
+		http.Error(w, "wrong raft message type", http.StatusBadRequest)
+		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+		return
+	}
+	index := m.GetSnapshot().GetMetadata().GetIndex()
+	t.metrics.snapRecvInflight.WithLabelValues(from).Inc()
+	defer t.metrics.snapRecvInflight.WithLabelValues(from).Dec()
+	t.lg.Info("receiving database snapshot", zap.String("remote-snapshot-sender-id", from),
+		zap.Uint64("incoming-snapshot-index", index), zap.Int("incoming-snapshot-message-size-bytes", n),
+		zap.String("incoming-snapshot-message-size", humanize.Bytes(uint64(n))))
+
+	body := &countingReader{r: r.Body}
+	err = errNoSnapshotStore
+	if t.SnapshotStore != nil {
+		err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
+	}
+	if err != nil {
+		t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err))
+		http.Error(w, fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
+		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+		return
+	}
+	if known {
+		pm.receivedBytes.Add(float64(body.n))
+	}
+	t.metrics.snapReceivedBytes.WithLabelValues(from).Add(float64(body.n))
+	t.lg.Info("received and saved database snapshot", zap.String("remote-snapshot-sender-id", from),
+		zap.Uint64("incoming-snapshot-index", index), zap.Int64("incoming-snapshot-size-bytes", body.n),
+		zap.String("incoming-snapshot-size", humanize.Bytes(uint64(body.n))), zap.Duration("download-took", time.Since(start)))
+
+	if err := t.Raft.Process(r.Context(), m); err != nil {
+		var wtr writerToResponse
+		if errors.As(err, &wtr) {
+			wtr.WriteTo(w)
+			return
+		}
+		t.lg.Warn("failed to process Raft message", zap.Error(err))
+		http.Error(w, fmt.Sprintf("failed to process raft message (%v)", err), http.StatusInternalServerError)
+		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+	t.metrics.snapRecvSuccess.WithLabelValues(from).Inc()
+	t.metrics.snapRecvDuration.WithLabelValues(from).Observe(time.Since(start).Seconds())
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

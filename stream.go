@@ -1,0 +1,421 @@
+package rafthttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+)
+
+// maxBatch bounds how many queued messages a stream writer encodes before it
+// flushes, etcd's streamBufSize/2: a writer that never finds its queue empty
+// still flushes regularly.
+const maxBatch = 2048
+
+// outgoingConn is a stream a remote member dialled to us: the response of a
+// GET /raft/stream/... that its handler keeps open. The handler and the
+// stream writer share it: the writer writes frames until it lets go of it
+// (release), and the handler may not return before then, because an
+// http.ResponseWriter must not be used after its handler returns.
+type outgoingConn struct {
+	typ streamType
+	w   io.Writer
+	rc  *http.ResponseController
+
+	gone      chan struct{} // closed by the handler when the remote went away
+	released  chan struct{} // closed by the writer when it stopped using w
+	goneOnce  sync.Once
+	relseOnce sync.Once
+}
+
+func newOutgoingConn(typ streamType, w http.ResponseWriter) *outgoingConn {
+	return &outgoingConn{typ: typ, w: w, rc: http.NewResponseController(w),
+		gone: make(chan struct{}), released: make(chan struct{})}
+}
+
+// remoteGone tells the writer that the request ended.
+func (c *outgoingConn) remoteGone() { c.goneOnce.Do(func() { close(c.gone) }) }
+
+// release gives the connection back to its handler, which then returns and
+// so closes the response.
+func (c *outgoingConn) release() { c.relseOnce.Do(func() { close(c.released) }) }
+
+// flush pushes written frames to the network within the write timeout.
+func (c *outgoingConn) flush(timeout time.Duration) error {
+	// Not every ResponseWriter supports deadlines (an httptest recorder
+	// does not); a writer that cannot time out still works.
+	if err := c.rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return c.rc.Flush()
+}
+
+// streamWriter writes one stream type to one peer: it owns the connection the
+// peer dialled, encodes queued messages in batches, flushes once per batch,
+// and sends link heartbeats on an idle connection. It is the connection's only
+// writer.
+type streamWriter struct {
+	p     *peer
+	typ   streamType
+	msgc  chan *raftpb.Message
+	connc chan *outgoingConn
+	done  chan struct{} // closed when run returns
+
+	working atomic.Bool // a connection is attached
+}
+
+func newStreamWriter(p *peer, typ streamType) *streamWriter {
+	return &streamWriter{
+		p:     p,
+		typ:   typ,
+		msgc:  make(chan *raftpb.Message, p.t.cfg.streamQueue),
+		connc: make(chan *outgoingConn),
+		done:  make(chan struct{}),
+	}
+}
+
+func (w *streamWriter) isWorking() bool { return w.working.Load() }
+
+// attach hands the writer a new connection, replacing the current one. It
+// returns false, leaving c to the caller, if the writer has stopped.
+func (w *streamWriter) attach(c *outgoingConn) bool {
+	select {
+	case w.connc <- c:
+		return true
+	case <-w.done:
+		return false
+	}
+}
+
+func (w *streamWriter) newEncoder(c *outgoingConn) encoder {
+	if w.typ == streamTypeMsgAppV2 {
+		return newMsgAppV2Encoder(c.w)
+	}
+	return newMessageEncoder(c.w)
+}
+
+func (w *streamWriter) run(ctx context.Context) {
+	defer close(w.done)
+	t := w.p.t
+	lg := w.p.lg.With(zap.Stringer("stream-writer-type", w.typ))
+	lg.Info("started stream writer with remote peer")
+
+	// Link heartbeats go out every third of the read timeout, so that a
+	// reader sees one well before it gives up on the connection.
+	heartbeat := time.NewTicker(t.cfg.readTimeout / 3)
+	defer heartbeat.Stop()
+
+	var (
+		conn       *outgoingConn
+		enc        encoder
+		msgc       chan *raftpb.Message // nil while no connection is attached
+		heartbeatc <-chan time.Time     // likewise
+		gone       chan struct{}        // likewise
+		busy       bool                 // wrote since the last tick
+		attached   int                  // connections attached so far
+	)
+	detach := func(reason error, action string) {
+		w.working.Store(false)
+		conn.release()
+		conn, enc, msgc, heartbeatc, gone = nil, nil, nil, nil, nil
+		if reason == nil {
+			return
+		}
+		w.p.status.deactivate(failureType{source: w.typ.String(), action: action}, reason.Error())
+		w.p.metrics.sentFailures.Inc()
+		lg.Warn("lost TCP streaming connection with remote peer", zap.Error(reason))
+		// The message being written is lost, and whatever was queued for the
+		// connection is not coming back: drop it now and tell raft once,
+		// rather than deliver it late on a later connection.
+		for {
+			select {
+			case m := <-w.msgc:
+				t.metrics.droppedMessages.WithLabelValues(w.p.idStr, m.GetType().String(), dropConnClosed).Inc()
+				continue
+			default:
+			}
+			break
+		}
+		t.reportUnreachable(w.p.id)
+	}
+
+	for {
+		select {
+		case m := <-msgc:
+			err := enc.encode(m)
+			// Encode what else is queued, then write it all at once.
+			for n := 1; err == nil && n < maxBatch; n++ {
+				select {
+				case m = <-msgc:
+					err = enc.encode(m)
+					continue
+				default:
+				}
+				break
+			}
+			if err == nil {
+				err = w.flush(conn, enc)
+			}
+			if err != nil {
+				detach(err, "write")
+				continue
+			}
+			busy = true
+
+		case <-heartbeatc:
+			if busy {
+				// Traffic proves the link as well as a heartbeat does.
+				busy = false
+				continue
+			}
+			err := enc.encode(linkHeartbeat)
+			if err == nil {
+				err = w.flush(conn, enc)
+			}
+			if err != nil {
+				detach(err, "heartbeat")
+			}
+
+		case <-gone:
+			detach(errors.New("the remote closed the stream"), "write")
+
+		case c := <-w.connc:
+			if conn != nil {
+				lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"))
+				detach(nil, "")
+			}
+			conn, enc, msgc, heartbeatc, gone = c, w.newEncoder(c), w.msgc, heartbeat.C, c.gone
+			busy = false
+			attached++
+			if attached > 1 {
+				t.metrics.streamReconnects.WithLabelValues(w.p.idStr, w.typ.String()).Inc()
+			}
+			w.working.Store(true)
+			w.p.status.activate()
+			lg.Info("established TCP streaming connection with remote peer")
+
+		case <-ctx.Done():
+			if conn != nil {
+				detach(nil, "")
+				lg.Info("stopped TCP streaming connection with remote peer")
+			}
+			return
+		}
+	}
+}
+
+// flush writes what enc buffered and pushes it to the network, counting the
+// bytes as etcd does (per flush, heartbeats included).
+func (w *streamWriter) flush(c *outgoingConn, enc encoder) error {
+	n := enc.buffered()
+	if err := enc.flush(); err != nil {
+		return err
+	}
+	if err := c.flush(w.p.t.cfg.writeTimeout); err != nil {
+		return err
+	}
+	w.p.metrics.sentBytes.Add(float64(n))
+	return nil
+}
+
+// streamReader dials one stream type from one peer and hands what it decodes
+// to the peer's receive queues. It redials with bounded, jittered
+// exponential backoff, rotating through the peer's URLs, until the peer
+// stops.
+type streamReader struct {
+	p   *peer
+	typ streamType
+}
+
+func (r *streamReader) run(ctx context.Context) {
+	p, t := r.p, r.p.t
+	lg := p.lg.With(zap.Stringer("stream-reader-type", r.typ))
+	lg.Info("started stream reader with remote peer")
+	defer lg.Info("stopped stream reader with remote peer")
+
+	backoff := t.cfg.dialRetryMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	connected := 0
+	for {
+		u := p.picker.pick()
+		body, err := r.dial(ctx, u.String())
+		switch {
+		case ctx.Err() != nil:
+			if body != nil {
+				body.Close()
+			}
+			return
+		case err != nil:
+			p.picker.unreachable(u)
+			if !errors.Is(err, ErrUnsupportedStreamType) {
+				p.status.deactivate(failureType{source: r.typ.String(), action: "dial"}, err.Error())
+			}
+			lg.Debug("failed to dial stream", zap.String("address", u.String()), zap.Error(err))
+		default:
+			connected++
+			if connected > 1 {
+				t.metrics.streamReconnects.WithLabelValues(p.idStr, "reader "+r.typ.String()).Inc()
+			}
+			p.status.activate()
+			lg.Info("established TCP streaming connection with remote peer")
+			err = r.decodeLoop(ctx, body)
+			body.Close()
+			if ctx.Err() != nil {
+				return
+			}
+			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(err))
+			// A clean end (the remote closed or replaced the stream) is
+			// not a failure of the peer; a timeout or garbage is.
+			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "closed") {
+				p.status.deactivate(failureType{source: r.typ.String(), action: "read"}, err.Error())
+			}
+			backoff = t.cfg.dialRetryMin
+		}
+
+		// Jitter spreads the redials of many readers that failed together.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, t.cfg.dialRetryMax)
+	}
+}
+
+// dial opens the stream and returns its body. On a non-200 answer it returns
+// an error mapped as etcd maps them (spec §2.6).
+func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, error) {
+	p, t := r.p, r.p.t
+	u := base + "/raft/stream/" + r.typ.endpoint() + "/" + t.cfg.idStr
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("building stream request: %w", err)
+	}
+	t.setHeaders(req.Header)
+	req.Header.Set(headerRaftTo, p.idStr)
+	resp, err := t.streamRt.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+
+	// The version check comes first, before the status (spec §2.6): an
+	// older remote that does not serve this type answers 404.
+	remoteVersion, err := headerVersion(resp.Header, headerServerVersion)
+	if err != nil {
+		drainClose(resp.Body)
+		return nil, err
+	}
+	if !supportsStream(t.cfg.serverVersion, remoteVersion, r.typ) {
+		drainClose(resp.Body)
+		return nil, fmt.Errorf("%w: %s at version %s", ErrUnsupportedStreamType, r.typ, remoteVersion)
+	}
+
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return resp.Body, nil
+	case http.StatusGone:
+		drainClose(resp.Body)
+		p.lg.Error("the remote says this member was removed from the cluster")
+		t.postCriticalError(ErrMemberRemoved)
+		return nil, ErrMemberRemoved
+	case http.StatusNotFound:
+		drainClose(resp.Body)
+		return nil, fmt.Errorf("peer %s failed to find local node %s", p.idStr, t.cfg.idStr)
+	case http.StatusPreconditionFailed:
+		body := readErrorBody(resp.Body)
+		return nil, preconditionError(body, t, p)
+	default:
+		drainClose(resp.Body)
+		return nil, fmt.Errorf("unhandled http status %d", resp.StatusCode)
+	}
+}
+
+// preconditionError maps the body of a 412 to its error (spec §2.6).
+func preconditionError(body string, t *Transport, p *peer) error {
+	switch body {
+	case ErrIncompatibleVersion.Error():
+		p.lg.Warn("request sent was ignored by remote peer due to server version incompatibility")
+		return ErrIncompatibleVersion
+	case ErrClusterIDMismatch.Error():
+		p.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch",
+			zap.String("local-member-cluster-id", t.cfg.clusterIDStr))
+		return ErrClusterIDMismatch
+	default:
+		return fmt.Errorf("unhandled error %q when precondition failed", body)
+	}
+}
+
+// maxErrorBody bounds how much of an error response we read.
+const maxErrorBody = 4 << 10
+
+// readErrorBody reads and closes a (short) error response body, one trailing
+// newline trimmed, as http.Error adds it.
+func readErrorBody(rc io.ReadCloser) string {
+	defer drainClose(rc)
+	b, _ := io.ReadAll(io.LimitReader(rc, maxErrorBody))
+	return strings.TrimSuffix(string(b), "\n")
+}
+
+// drainClose reads a little of a body before closing it, so that a short
+// response lets its keep-alive connection be reused.
+func drainClose(rc io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(rc, maxErrorBody))
+	rc.Close()
+}
+
+// decodeLoop decodes messages until the stream fails and hands them on:
+// proposals to propc, dropped if it is full; everything else to recvc, where
+// a full queue makes the reader wait, and TCP push back to the sender.
+func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
+	p := r.p
+	var dec decoder
+	if r.typ == streamTypeMsgAppV2 {
+		dec = newMsgAppV2Decoder(body, p.t.cfg.id, p.id, p.t.cfg.maxMessageBytes)
+	} else {
+		dec = newMessageDecoder(body, p.t.cfg.maxMessageBytes)
+	}
+	for {
+		m, n, err := dec.decode()
+		if err != nil {
+			return err
+		}
+		p.metrics.receivedBytes.Add(float64(n))
+		if isLinkHeartbeat(m) {
+			continue
+		}
+		if p.paused.Load() {
+			continue
+		}
+		if m.GetType() == raftpb.MsgProp {
+			select {
+			case p.propc <- m:
+			default:
+				p.metrics.receivedFailures.Inc()
+				p.t.metrics.droppedMessages.WithLabelValues(p.idStr, raftpb.MsgProp.String(), dropRecvFull).Inc()
+				if k, ok := p.drops.allow(); ok {
+					p.lg.Warn("dropped internal Raft message since receiving buffer is full (overloaded network)",
+						zap.Stringer("message-type", m.GetType()), zap.Int64("dropped-since-last-log", k))
+				}
+			}
+			continue
+		}
+		select {
+		case p.recvc <- m:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,743 @@
+package rafthttp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+)
+
+// Raft is the application side of the transport: the callbacks through which
+// received messages and delivery failures reach the raft node. Every method
+// may be called from several goroutines at once. Process may block (raft's
+// node.Step does until the node accepts the message); the transport stays
+// correct when it does, and proposals (MsgProp) are processed on their own
+// goroutine so that a node without a leader cannot hold up the rest.
+type Raft interface {
+	// Process hands one received message to raft. ctx is cancelled when the
+	// peer or the request the message came with goes away. If the error
+	// returned has a method WriteTo(http.ResponseWriter) (found with
+	// errors.As), HTTP handlers let it write the response, as etcd's 403 for
+	// a removed member; any other error answers 500.
+	Process(ctx context.Context, m *raftpb.Message) error
+	// IsIDRemoved reports whether the member id was removed from the
+	// cluster; its stream dials are then refused with 410 Gone.
+	IsIDRemoved(id uint64) bool
+	// ReportUnreachable tells raft that a message to id was lost.
+	ReportUnreachable(id uint64)
+	// ReportSnapshot tells raft how a snapshot sent to id ended.
+	ReportSnapshot(id uint64, status raft.SnapshotStatus)
+}
+
+// Transporter is the set of methods *Transport offers, for applications that
+// want to substitute a fake in their own tests.
+type Transporter interface {
+	Start() error
+	Handler() http.Handler
+	Send(msgs []*raftpb.Message)
+	AddRemote(id uint64, urls []string) error
+	AddPeer(id uint64, urls []string) error
+	RemovePeer(id uint64)
+	RemoveAllPeers()
+	UpdatePeer(id uint64, urls []string) error
+	ActiveSince(id uint64) time.Time
+	ActivePeers() int
+	Stop()
+}
+
+// Defaults of the Transport's configuration fields, used where a field is
+// left zero.
+const (
+	// DefaultDialTimeout bounds a TCP (and TLS) connect. etcd's default is
+	// 1 s + election timeout, about 2 s.
+	DefaultDialTimeout = 2 * time.Second
+	// DefaultConnReadTimeout is how long a stream may stay silent before
+	// the reader drops it and redials. Writers send link heartbeats every
+	// third of it. etcd's value, which etcd peers assume.
+	DefaultConnReadTimeout = 5 * time.Second
+	// DefaultConnWriteTimeout bounds one write or flush on a stream.
+	DefaultConnWriteTimeout = 5 * time.Second
+	// DefaultPipelineTimeout bounds one pipeline POST other than a MsgSnap:
+	// a hung peer must not hold the pipeline's workers (etcd has no bound).
+	DefaultPipelineTimeout = 10 * time.Second
+	// DefaultDialRetryMin and DefaultDialRetryMax bound the backoff between
+	// stream dials: it starts at the minimum, doubles per failure with
+	// jitter, and resets on success.
+	DefaultDialRetryMin = 100 * time.Millisecond
+	DefaultDialRetryMax = 2 * time.Second
+	// DefaultServerVersion is the etcd version we announce. Peers check it
+	// by major.minor; 3.7 is the newest line we are compatible with.
+	DefaultServerVersion = "3.7.0"
+	// DefaultMinClusterVersion is the minimum cluster version we announce,
+	// what every etcd 3.x release sends.
+	DefaultMinClusterVersion = "3.0.0"
+	// DefaultStreamQueueSize is each stream writer's queue, etcd's
+	// streamBufSize: enough for a burst of a few thousand messages while the
+	// connection drains.
+	DefaultStreamQueueSize = 4096
+	// DefaultPipelineQueueSize is the pipeline's queue, etcd's value. The
+	// pipeline is the fallback path and carries MsgSnap; it is not meant for
+	// bulk traffic.
+	DefaultPipelineQueueSize = 64
+	// DefaultPipelineWorkers is the number of concurrent pipeline POSTs per
+	// peer, etcd's connPerPipeline.
+	DefaultPipelineWorkers = 4
+	// DefaultRecvQueueSize is the queue between a peer's stream readers and
+	// Raft.Process. When it is full the readers stop reading, and TCP pushes
+	// back to the sender, where a drop is reported to raft.
+	DefaultRecvQueueSize = 4096
+	// DefaultPropQueueSize is the queue of received proposals, etcd's
+	// maxPendingProposals. Proposals that find it full are dropped (raft
+	// drops proposals without a leader anyway); the drop is counted.
+	DefaultPropQueueSize = 4096
+)
+
+// Transport carries raft messages between the members of one cluster over
+// HTTP, speaking etcd's peer protocol byte for byte.
+//
+// Fill in the exported fields, call Start, mount Handler on an http.Server,
+// add peers, call Send from the raft Ready loop, and Stop at the end. Fields
+// must not change after Start. A zero field means the documented default.
+// All methods are safe for concurrent use, and safe (as no-ops or errors)
+// after Stop.
+type Transport struct {
+	// ID is this member's ID. Required, non-zero.
+	ID uint64
+	// ClusterID is the cluster's ID. Requests from another cluster are
+	// refused with 412. Required, non-zero.
+	ClusterID uint64
+	// URLs are this member's advertised peer URLs, sent in X-PeerURLs so
+	// that a member that does not know us yet can answer. Optional.
+	URLs []string
+	// Raft receives messages and delivery reports. Required.
+	Raft Raft
+	// Logger receives the transport's logs. Nil means no logging.
+	Logger *zap.Logger
+	// ErrorC, if not nil, receives critical errors: ErrMemberRemoved when a
+	// peer says this member was removed. Sends are non-blocking, so give it
+	// a buffer (etcd uses 1).
+	ErrorC chan error
+	// TLSClientConfig is used to dial https and unixs peers. Nil means the
+	// default configuration.
+	TLSClientConfig *tls.Config
+	// Proxy selects a proxy for peer requests, as http.Transport.Proxy.
+	// Nil means none: unlike etcd, proxy environment variables are ignored
+	// unless set here (http.ProxyFromEnvironment).
+	Proxy func(*http.Request) (*url.URL, error)
+	// SnapshotStore keeps the payloads of snapshots received on
+	// /raft/snapshot. Nil means such snapshots are refused (500); a MsgSnap
+	// sent through Send still arrives by the pipeline.
+	SnapshotStore SnapshotStore
+	// Registerer, if not nil, gets this Transport's Prometheus collectors
+	// (etcd's metric names) at Start; Stop unregisters them.
+	Registerer prometheus.Registerer
+
+	// DialTimeout bounds connecting to a peer. Zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// ConnReadTimeout is how long a stream may stay silent before it is
+	// redialled. Zero means DefaultConnReadTimeout. etcd peers send link
+	// heartbeats every 5/3 s, so with etcd peers keep it at 5 s or more.
+	ConnReadTimeout time.Duration
+	// ConnWriteTimeout bounds one write to a stream. Zero means
+	// DefaultConnWriteTimeout.
+	ConnWriteTimeout time.Duration
+	// PipelineTimeout bounds one pipeline POST, except of a MsgSnap. Zero
+	// means DefaultPipelineTimeout.
+	PipelineTimeout time.Duration
+	// DialRetryMin and DialRetryMax bound the stream redial backoff. Zero
+	// means DefaultDialRetryMin and DefaultDialRetryMax.
+	DialRetryMin, DialRetryMax time.Duration
+
+	// ServerVersion is the version announced in X-Server-Version: strict
+	// "X.Y.Z", at least 3.0. Zero means DefaultServerVersion.
+	ServerVersion string
+	// MinClusterVersion is announced in X-Min-Cluster-Version. Zero means
+	// DefaultMinClusterVersion.
+	MinClusterVersion string
+
+	// MaxMessageBytes bounds one received message, on streams and the
+	// pipeline. Zero means DefaultMaxMessageBytes.
+	MaxMessageBytes int
+	// MaxSnapshotEnvelopeBytes bounds the MsgSnap envelope of a received
+	// snapshot. Zero means DefaultMaxSnapshotEnvelopeBytes.
+	MaxSnapshotEnvelopeBytes int
+	// StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize
+	// and PropQueueSize size each peer's queues and workers. Zero means the
+	// Default of the same name.
+	StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize, PropQueueSize int
+
+	cfg     config
+	lg      *zap.Logger
+	metrics *metrics
+
+	streamRt   http.RoundTripper // no idle connections, per-Read/Write deadlines
+	pipelineRt http.RoundTripper // keep-alive connections, no deadlines
+
+	ctx    context.Context // cancelled by Stop
+	cancel context.CancelFunc
+
+	mu       sync.RWMutex // guards the fields below
+	started  bool
+	stopped  bool
+	peers    map[uint64]*peer
+	remotes  map[uint64]*remote
+	stopOnce sync.Once
+}
+
+// config is the Transport's configuration with defaults applied, fixed at
+// Start.
+type config struct {
+	id, clusterID                     uint64
+	idStr, clusterIDStr               string
+	urls                              []url.URL
+	urlsHeader                        string
+	dialTimeout                       time.Duration
+	readTimeout, writeTimeout         time.Duration
+	pipelineTimeout                   time.Duration
+	dialRetryMin, dialRetryMax        time.Duration
+	serverVersion, minClusterVersion  semver
+	maxMessageBytes, maxEnvelopeBytes uint64
+	streamQueue, pipelineQueue        int
+	pipelineWorkers                   int
+	recvQueue, propQueue              int
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// validate checks the exported fields and returns the configuration with
+// defaults applied, reporting every problem at once.
+func (t *Transport) validate() (config, error) {
+	var errs []error
+	c := config{
+		id: t.ID, clusterID: t.ClusterID,
+		idStr: formatID(t.ID), clusterIDStr: formatID(t.ClusterID),
+		dialTimeout:     orDefault(t.DialTimeout, DefaultDialTimeout),
+		readTimeout:     orDefault(t.ConnReadTimeout, DefaultConnReadTimeout),
+		writeTimeout:    orDefault(t.ConnWriteTimeout, DefaultConnWriteTimeout),
+		pipelineTimeout: orDefault(t.PipelineTimeout, DefaultPipelineTimeout),
+		dialRetryMin:    orDefault(t.DialRetryMin, DefaultDialRetryMin),
+		dialRetryMax:    orDefault(t.DialRetryMax, DefaultDialRetryMax),
+		streamQueue:     orDefault(t.StreamQueueSize, DefaultStreamQueueSize),
+		pipelineQueue:   orDefault(t.PipelineQueueSize, DefaultPipelineQueueSize),
+		pipelineWorkers: orDefault(t.PipelineWorkers, DefaultPipelineWorkers),
+		recvQueue:       orDefault(t.RecvQueueSize, DefaultRecvQueueSize),
+		propQueue:       orDefault(t.PropQueueSize, DefaultPropQueueSize),
+	}
+	if t.ID == 0 {
+		errs = append(errs, errors.New("ID must be non-zero"))
+	}
+	if t.ClusterID == 0 {
+		errs = append(errs, errors.New("ClusterID must be non-zero"))
+	}
+	if t.Raft == nil {
+		errs = append(errs, errors.New("Raft must be set"))
+	}
+	if len(t.URLs) > 0 {
+		urls, err := parseURLs(t.URLs)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("URLs: %w", err))
+		}
+		c.urls, c.urlsHeader = urls, urlsString(urls)
+	}
+	var err error
+	if c.serverVersion, err = parseSemver(orDefault(t.ServerVersion, DefaultServerVersion)); err != nil {
+		errs = append(errs, fmt.Errorf("ServerVersion: %w", err))
+	} else if c.serverVersion.major < 3 {
+		errs = append(errs, fmt.Errorf("ServerVersion %s: etcd peers refuse versions below 3.0", c.serverVersion))
+	}
+	if c.minClusterVersion, err = parseSemver(orDefault(t.MinClusterVersion, DefaultMinClusterVersion)); err != nil {
+		errs = append(errs, fmt.Errorf("MinClusterVersion: %w", err))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"DialTimeout", t.DialTimeout}, {"ConnReadTimeout", t.ConnReadTimeout}, {"ConnWriteTimeout", t.ConnWriteTimeout},
+		{"PipelineTimeout", t.PipelineTimeout}, {"DialRetryMin", t.DialRetryMin}, {"DialRetryMax", t.DialRetryMax}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", d.name))
+		}
+	}
+	if c.dialRetryMax < c.dialRetryMin {
+		errs = append(errs, errors.New("DialRetryMax must not be below DialRetryMin"))
+	}
+	// Lengths are compared with uint64 wire values and converted to int
+	// for allocation: keep them within 32-bit ints.
+	const maxLimit = 1<<31 - 1
+	for _, l := range []struct {
+		name string
+		v    int
+		dst  *uint64
+		def  uint64
+	}{{"MaxMessageBytes", t.MaxMessageBytes, &c.maxMessageBytes, DefaultMaxMessageBytes},
+		{"MaxSnapshotEnvelopeBytes", t.MaxSnapshotEnvelopeBytes, &c.maxEnvelopeBytes, DefaultMaxSnapshotEnvelopeBytes}} {
+		switch {
+		case l.v < 0 || l.v > maxLimit:
+			errs = append(errs, fmt.Errorf("%s must be between 0 and %d", l.name, maxLimit))
+		case l.v == 0:
+			*l.dst = l.def
+		default:
+			*l.dst = uint64(l.v)
+		}
+	}
+	for _, q := range []struct {
+		name string
+		v    int
+	}{{"StreamQueueSize", t.StreamQueueSize}, {"PipelineQueueSize", t.PipelineQueueSize},
+		{"PipelineWorkers", t.PipelineWorkers}, {"RecvQueueSize", t.RecvQueueSize}, {"PropQueueSize", t.PropQueueSize}} {
+		if q.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", q.name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return config{}, fmt.Errorf("rafthttp: invalid Transport: %w", err)
+	}
+	return c, nil
+}
+
+// Start validates the configuration and prepares the transport. It must be
+// called once, before any other method.
+func (t *Transport) Start() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started {
+		return errors.New("rafthttp: Transport already started")
+	}
+	cfg, err := t.validate()
+	if err != nil {
+		return err
+	}
+	t.cfg = cfg
+	t.lg = t.Logger
+	if t.lg == nil {
+		t.lg = zap.NewNop()
+	}
+	t.metrics = newMetrics()
+	if t.Registerer != nil {
+		if err := t.metrics.register(t.Registerer); err != nil {
+			return fmt.Errorf("rafthttp: registering metrics: %w", err)
+		}
+	}
+	t.streamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, false)
+	t.pipelineRt = newRoundTripper(t, 0, 0, true)
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.peers = make(map[uint64]*peer)
+	t.remotes = make(map[uint64]*remote)
+	t.started = true
+	return nil
+}
+
+// newRoundTripper builds one of the two HTTP clients. Streams get no idle
+// connections (each is long-lived) and per-Read/Write deadlines on the
+// connection itself, so that a silent stream fails within the read timeout
+// (etcd installs these deadlines where Go ignores them). The pipeline keeps
+// connections alive between POSTs.
+func newRoundTripper(t *Transport, rd, wr time.Duration, keepAlive bool) *http.Transport {
+	d := &net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil || (rd == 0 && wr == 0) {
+			return c, err
+		}
+		return &deadlineConn{Conn: c, rd: rd, wr: wr}, nil
+	}
+	tr := &http.Transport{
+		Proxy:               t.Proxy,
+		DialContext:         dial,
+		TLSHandshakeTimeout: 10 * time.Second,
+		TLSClientConfig:     t.TLSClientConfig,
+		MaxIdleConnsPerHost: -1,
+	}
+	if keepAlive {
+		tr.MaxIdleConnsPerHost = 1024
+		tr.IdleConnTimeout = 90 * time.Second
+	}
+	tr.RegisterProtocol("unix", unixTransport{tr, "http"})
+	tr.RegisterProtocol("unixs", unixTransport{tr, "https"})
+	return tr
+}
+
+// unixTransport serves unix:// and unixs:// peer URLs: the host part names
+// the socket, and the request goes over it as http or https.
+type unixTransport struct {
+	base   *http.Transport
+	scheme string
+}
+
+func (u unixTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	host := req.URL.Host
+	r2 := req.Clone(req.Context())
+	r2.URL.Scheme = u.scheme
+	tr := u.base.Clone()
+	dial := u.base.DialContext
+	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return dial(ctx, "unix", host)
+	}
+	tr.DialTLSContext = nil
+	defer tr.CloseIdleConnections()
+	return tr.RoundTrip(r2)
+}
+
+// deadlineConn sets a fresh deadline before every Read and Write, so that a
+// connection that goes silent fails within the timeout whatever is reading
+// it. Without this a black-holed stream goes unnoticed until TCP keep-alive
+// gives up, minutes later (spec §12 W1).
+type deadlineConn struct {
+	net.Conn
+	rd, wr time.Duration
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	if c.rd > 0 {
+		if err := c.Conn.SetReadDeadline(time.Now().Add(c.rd)); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	if c.wr > 0 {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.wr)); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Write(b)
+}
+
+// Handler returns the HTTP handler of the raft routes: /raft, /raft/stream/,
+// /raft/snapshot and /raft/probing. Mount it so that it sees every path
+// under /raft, for example mux.Handle("/raft", h) and mux.Handle("/raft/", h).
+// Each call returns a new handler.
+func (t *Transport) Handler() http.Handler {
+	return newHandler(t)
+}
+
+// Send sends messages to their recipients (m.To). It never blocks: a message
+// that cannot be queued is dropped, counted, and reported to raft
+// (ReportUnreachable, and ReportSnapshot(Failure) for MsgSnap). Messages to 0
+// are skipped. The messages must not be modified after Send: they are read
+// later, by the goroutine that encodes them.
+func (t *Transport) Send(msgs []*raftpb.Message) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, m := range msgs {
+		to := m.GetTo()
+		if to == 0 {
+			continue
+		}
+		if p, ok := t.peers[to]; ok {
+			p.send(m)
+			continue
+		}
+		if r, ok := t.remotes[to]; ok {
+			r.send(m)
+			continue
+		}
+		if t.lg != nil && t.lg.Core().Enabled(zap.DebugLevel) {
+			t.lg.Debug("ignored message send request; unknown remote peer target",
+				zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
+		}
+	}
+}
+
+// AddRemote adds a member that is not (yet) a peer, reachable only through a
+// pipeline: a new member uses remotes to reach members it has not added as
+// peers. It does nothing if a peer or remote with that id exists, and
+// returns ErrStopped after Stop.
+func (t *Transport) AddRemote(id uint64, urls []string) error {
+	us, err := parseURLs(urls)
+	if err != nil {
+		return err
+	}
+	return t.addRemote(id, us)
+}
+
+func (t *Transport) addRemote(id uint64, us []url.URL) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.usableLocked(); err != nil {
+		return err
+	}
+	if id == 0 || id == t.cfg.id {
+		return fmt.Errorf("rafthttp: AddRemote: invalid member ID %s", formatID(id))
+	}
+	if _, ok := t.peers[id]; ok {
+		return nil
+	}
+	if _, ok := t.remotes[id]; ok {
+		return nil
+	}
+	t.remotes[id] = startRemote(t, id, us)
+	t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
+		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
+	return nil
+}
+
+// usableLocked returns why the transport cannot take new members, if it
+// cannot. t.mu must be held.
+func (t *Transport) usableLocked() error {
+	if !t.started {
+		return errors.New("rafthttp: Transport not started")
+	}
+	if t.stopped {
+		return ErrStopped
+	}
+	return nil
+}
+
+// AddPeer adds a member and starts talking to it: its streams are dialled and
+// served, and Send reaches it. Adding a known peer does nothing. Invalid URLs
+// are an error, and so is calling it after Stop (ErrStopped).
+func (t *Transport) AddPeer(id uint64, urls []string) error {
+	us, err := parseURLs(urls)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.usableLocked(); err != nil {
+		return err
+	}
+	if id == 0 || id == t.cfg.id {
+		return fmt.Errorf("rafthttp: AddPeer: invalid member ID %s", formatID(id))
+	}
+	if _, ok := t.peers[id]; ok {
+		return nil
+	}
+	t.peers[id] = startPeer(t, id, us)
+	t.lg.Info("added remote peer", zap.String("local-member-id", t.cfg.idStr),
+		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
+	return nil
+}
+
+// RemovePeer stops talking to a peer and waits until all its goroutines have
+// ended and its connections are closed. Unknown ids are ignored.
+func (t *Transport) RemovePeer(id uint64) {
+	t.mu.Lock()
+	p, ok := t.peers[id]
+	delete(t.peers, id)
+	t.mu.Unlock()
+	if !ok {
+		t.logger().Warn("skipped removing already removed peer", zap.String("remote-peer-id", formatID(id)))
+		return
+	}
+	p.stop()
+	t.metrics.forgetPeer(t.cfg.idStr, formatID(id))
+	t.lg.Info("removed remote peer", zap.String("local-member-id", t.cfg.idStr),
+		zap.String("removed-remote-peer-id", formatID(id)))
+}
+
+// logger is the logger to use from methods that may run before Start.
+func (t *Transport) logger() *zap.Logger {
+	if t.lg == nil {
+		return zap.NewNop()
+	}
+	return t.lg
+}
+
+// RemoveAllPeers removes every peer, as RemovePeer does.
+func (t *Transport) RemoveAllPeers() {
+	t.mu.Lock()
+	peers := t.peers
+	if peers != nil {
+		t.peers = make(map[uint64]*peer)
+	}
+	t.mu.Unlock()
+	stopPeers(peers)
+	for id := range peers {
+		t.metrics.forgetPeer(t.cfg.idStr, formatID(id))
+	}
+}
+
+// stopPeers stops peers in parallel: each stop waits for a stream writer
+// to let go of its connection, and those waits need not add up.
+func stopPeers(peers map[uint64]*peer) {
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Go(p.stop)
+	}
+	wg.Wait()
+}
+
+// UpdatePeer replaces a peer's URLs. Unknown ids are an error wrapping
+// ErrMemberNotFound.
+func (t *Transport) UpdatePeer(id uint64, urls []string) error {
+	us, err := parseURLs(urls)
+	if err != nil {
+		return err
+	}
+	t.mu.RLock()
+	p, ok := t.peers[id]
+	t.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("rafthttp: UpdatePeer %s: %w", formatID(id), ErrMemberNotFound)
+	}
+	p.update(us)
+	t.lg.Info("updated remote peer", zap.String("local-member-id", t.cfg.idStr),
+		zap.String("updated-remote-peer-id", formatID(id)), zap.String("updated-remote-peer-urls", urlsString(us)))
+	return nil
+}
+
+// ActiveSince returns when the peer's connection last became active, or the
+// zero time if it is inactive or unknown.
+func (t *Transport) ActiveSince(id uint64) time.Time {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if p, ok := t.peers[id]; ok {
+		return p.status.activeSince()
+	}
+	return time.Time{}
+}
+
+// ActivePeers returns the number of peers (not remotes) that are active.
+func (t *Transport) ActivePeers() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := 0
+	for _, p := range t.peers {
+		if p.status.isActive() {
+			n++
+		}
+	}
+	return n
+}
+
+// Pause makes every peer drop what it is given to send and what it
+// receives, without reporting, as etcd's Pause does for its failure tests.
+func (t *Transport) Pause() {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, p := range t.peers {
+		p.pause()
+	}
+}
+
+// Resume undoes Pause.
+func (t *Transport) Resume() {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, p := range t.peers {
+		p.resume()
+	}
+}
+
+// CutPeer pauses one peer (and remote) as Pause does; MendPeer undoes it.
+func (t *Transport) CutPeer(id uint64) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if p, ok := t.peers[id]; ok {
+		p.pause()
+	}
+	if r, ok := t.remotes[id]; ok {
+		r.pause()
+	}
+}
+
+// MendPeer resumes a peer cut with CutPeer.
+func (t *Transport) MendPeer(id uint64) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if p, ok := t.peers[id]; ok {
+		p.resume()
+	}
+	if r, ok := t.remotes[id]; ok {
+		r.resume()
+	}
+}
+
+// Stop stops every peer and remote, closes their connections and waits until
+// every goroutine the transport started has ended. It is idempotent; after
+// it, Send drops silently and AddPeer returns ErrStopped. Messages still
+// queued are dropped without being reported: raft is shutting down too.
+func (t *Transport) Stop() {
+	t.mu.Lock()
+	if !t.started || t.stopped {
+		t.mu.Unlock()
+		return
+	}
+	t.stopped = true
+	peers, remotes := t.peers, t.remotes
+	t.peers, t.remotes = map[uint64]*peer{}, map[uint64]*remote{}
+	t.mu.Unlock()
+
+	t.cancel()
+	var wg sync.WaitGroup
+	for _, r := range remotes {
+		wg.Go(r.stop)
+	}
+	stopPeers(peers)
+	wg.Wait()
+	if tr, ok := t.streamRt.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+	if tr, ok := t.pipelineRt.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+	if t.Registerer != nil {
+		t.metrics.unregister(t.Registerer)
+	}
+}
+
+// postCriticalError posts err to ErrorC without blocking.
+func (t *Transport) postCriticalError(err error) {
+	if t.ErrorC == nil {
+		return
+	}
+	select {
+	case t.ErrorC <- err:
+	default:
+	}
+}
+
+// reportUnreachable and reportSnapshot are where every delivery failure
+// reaches raft.
+func (t *Transport) reportUnreachable(id uint64) { t.Raft.ReportUnreachable(id) }
+
+func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
+	t.Raft.ReportSnapshot(id, status)
+}
+
+// setHeaders sets the headers every request we send carries (spec §2.1).
+func (t *Transport) setHeaders(h http.Header) {
+	h.Set(headerServerFrom, t.cfg.idStr)
+	h.Set(headerServerVersion, t.cfg.serverVersion.String())
+	h.Set(headerMinClusterVersion, t.cfg.minClusterVersion.String())
+	h.Set(headerClusterID, t.cfg.clusterIDStr)
+	if t.cfg.urlsHeader != "" {
+		h.Set(headerPeerURLs, t.cfg.urlsHeader)
+	}
+}
+
+// isStopped reports whether Stop has been called.
+func (t *Transport) isStopped() bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.stopped
+}
+
+// get returns the peer with the given id, if any.
+func (t *Transport) get(id uint64) (*peer, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	p, ok := t.peers[id]
+	return p, ok
+}
+
+var _ Transporter = (*Transport)(nil)
