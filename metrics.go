@@ -10,38 +10,38 @@ import (
 // process each register on their own Registerer. Collectors count whether or
 // not they are registered, so the code paths never check.
 type metrics struct {
-	activePeers        *prometheus.GaugeVec
-	disconnectedPeers  *prometheus.CounterVec
-	sentBytes          *prometheus.CounterVec
-	receivedBytes      *prometheus.CounterVec
-	sentFailures       *prometheus.CounterVec
-	receivedFailures   *prometheus.CounterVec
-	droppedMessages    *prometheus.CounterVec
-	streamReconnects   *prometheus.CounterVec
-	queueDepth         *prometheus.GaugeVec
-	snapSendSuccess    *prometheus.CounterVec
-	snapSendFailures   *prometheus.CounterVec
-	snapSendInflight   *prometheus.GaugeVec
-	snapSendDuration   *prometheus.HistogramVec
-	snapRecvSuccess    *prometheus.CounterVec
-	snapRecvFailures   *prometheus.CounterVec
-	snapRecvInflight   *prometheus.GaugeVec
-	snapRecvDuration   *prometheus.HistogramVec
-	snapSentBytes      *prometheus.CounterVec
-	snapReceivedBytes  *prometheus.CounterVec
-	roundTripTime      *prometheus.HistogramVec
-	collectors         []prometheus.Collector
+	activePeers       *prometheus.GaugeVec
+	disconnectedPeers *prometheus.CounterVec
+	sentBytes         *prometheus.CounterVec
+	receivedBytes     *prometheus.CounterVec
+	sentFailures      *prometheus.CounterVec
+	receivedFailures  *prometheus.CounterVec
+	droppedMessages   *prometheus.CounterVec
+	streamReconnects  *prometheus.CounterVec
+	queueDepth        *prometheus.GaugeVec
+	snapSendSuccess   *prometheus.CounterVec
+	snapSendFailures  *prometheus.CounterVec
+	snapSendInflight  *prometheus.GaugeVec
+	snapSendDuration  *prometheus.HistogramVec
+	snapRecvSuccess   *prometheus.CounterVec
+	snapRecvFailures  *prometheus.CounterVec
+	snapRecvInflight  *prometheus.GaugeVec
+	snapRecvDuration  *prometheus.HistogramVec
+	snapSentBytes     *prometheus.CounterVec
+	snapReceivedBytes *prometheus.CounterVec
+	roundTripTime     *prometheus.HistogramVec
+	collectors        []prometheus.Collector
 }
 
 // Drop reasons, the "Reason" label of rafthttp_dropped_messages_total.
 const (
-	dropQueueFull   = "queue_full"    // the send queue of the chosen channel was full
-	dropConnClosed  = "conn_closed"   // queued on a stream whose connection was lost
-	dropPaused      = "paused"        // the peer was paused (CutPeer, Pause)
-	dropRecvFull    = "recv_full"     // receive queue full (proposals only; others push back)
-	dropSendFailed  = "send_failed"   // a pipeline POST or stream write failed
-	dropUnknownPeer = "unknown_peer"  // Send named a member the transport does not know
-	dropStopped     = "stopped"       // the peer or transport was stopping
+	dropQueueFull   = "queue_full"   // the send queue of the chosen channel was full
+	dropConnClosed  = "conn_closed"  // queued on a stream whose connection was lost
+	dropPaused      = "paused"       // the peer was paused (CutPeer, Pause)
+	dropRecvFull    = "recv_full"    // receive queue full (proposals only; others push back)
+	dropSendFailed  = "send_failed"  // a pipeline POST or stream write failed
+	dropUnknownPeer = "unknown_peer" // Send named a member the transport does not know
+	dropStopped     = "stopped"      // the peer or transport was stopping
 )
 
 func newMetrics() *metrics {
