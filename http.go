@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/xiang90/probing"
 	"go.uber.org/zap"
@@ -235,8 +236,13 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	w.WriteHeader(http.StatusOK)
 	c := newOutgoingConn(typ, w)
+	// A stream lives for hours: lift any read deadline the server set
+	// (http.Server.ReadTimeout), whose expiry would end the request.
+	if err := c.rc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return
+	}
+	w.WriteHeader(http.StatusOK)
 	if err := c.rc.Flush(); err != nil {
 		return
 	}

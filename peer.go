@@ -172,6 +172,8 @@ func (p *peer) stop() {
 	p.stopOnce.Do(func() {
 		p.lg.Info("stopping remote peer")
 		p.cancel()
+		p.msgAppV2Writer.abort()
+		p.writer.abort()
 		p.wg.Wait()
 		p.lg.Info("stopped remote peer")
 	})

@@ -35,6 +35,9 @@ type outgoingConn struct {
 	released  chan struct{} // closed by the writer when it stopped using w
 	goneOnce  sync.Once
 	relseOnce sync.Once
+
+	mu      sync.Mutex // orders abort against the deadline a flush sets
+	aborted bool
 }
 
 func newOutgoingConn(typ streamType, w http.ResponseWriter) *outgoingConn {
@@ -49,14 +52,34 @@ func (c *outgoingConn) remoteGone() { c.goneOnce.Do(func() { close(c.gone) }) }
 // so closes the response.
 func (c *outgoingConn) release() { c.relseOnce.Do(func() { close(c.released) }) }
 
-// flush pushes written frames to the network within the write timeout.
-func (c *outgoingConn) flush(timeout time.Duration) error {
+// errStreamAborted fails the writes of a stream whose peer is stopping.
+var errStreamAborted = errors.New("stream aborted: the peer is stopping")
+
+// arm gives the writes that follow, up to the next arm, timeout to
+// complete. The writer arms the connection before each batch, since an
+// encoder may write through before the batch's flush.
+func (c *outgoingConn) arm(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return errStreamAborted
+	}
 	// Not every ResponseWriter supports deadlines (an httptest recorder
 	// does not); a writer that cannot time out still works.
 	if err := c.rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
-	return c.rc.Flush()
+	return nil
+}
+
+// abort makes a write blocked on a peer that does not read fail now rather
+// than at its deadline, so that stopping a peer is prompt. Safe to call from
+// any goroutine.
+func (c *outgoingConn) abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	_ = c.rc.SetWriteDeadline(time.Now())
 }
 
 // streamWriter writes one stream type to one peer: it owns the connection the
@@ -70,7 +93,17 @@ type streamWriter struct {
 	connc chan *outgoingConn
 	done  chan struct{} // closed when run returns
 
-	working atomic.Bool // a connection is attached
+	working atomic.Bool                  // a connection is attached
+	cur     atomic.Pointer[outgoingConn] // the attached connection, for abort
+}
+
+// abort fails the current connection's writes at once; see
+// outgoingConn.abort. The owner calls it when stopping, before waiting for
+// run to return.
+func (w *streamWriter) abort() {
+	if c := w.cur.Load(); c != nil {
+		c.abort()
+	}
 }
 
 func newStreamWriter(p *peer, typ streamType) *streamWriter {
@@ -125,6 +158,7 @@ func (w *streamWriter) run(ctx context.Context) {
 	)
 	detach := func(reason error, action string) {
 		w.working.Store(false)
+		w.cur.Store(nil)
 		conn.release()
 		conn, enc, msgc, heartbeatc, gone = nil, nil, nil, nil, nil
 		if reason == nil {
@@ -151,7 +185,10 @@ func (w *streamWriter) run(ctx context.Context) {
 	for {
 		select {
 		case m := <-msgc:
-			err := enc.encode(m)
+			err := conn.arm(t.cfg.writeTimeout)
+			if err == nil {
+				err = enc.encode(m)
+			}
 			// Encode what else is queued, then write it all at once.
 			for n := 1; err == nil && n < maxBatch; n++ {
 				select {
@@ -177,7 +214,10 @@ func (w *streamWriter) run(ctx context.Context) {
 				busy = false
 				continue
 			}
-			err := enc.encode(linkHeartbeat)
+			err := conn.arm(t.cfg.writeTimeout)
+			if err == nil {
+				err = enc.encode(linkHeartbeat)
+			}
 			if err == nil {
 				err = w.flush(conn, enc)
 			}
@@ -199,6 +239,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			if attached > 1 {
 				t.metrics.streamReconnects.WithLabelValues(w.p.idStr, w.typ.String()).Inc()
 			}
+			w.cur.Store(c)
 			w.working.Store(true)
 			w.p.status.activate()
 			lg.Info("established TCP streaming connection with remote peer")
@@ -220,7 +261,7 @@ func (w *streamWriter) flush(c *outgoingConn, enc encoder) error {
 	if err := enc.flush(); err != nil {
 		return err
 	}
-	if err := c.flush(w.p.t.cfg.writeTimeout); err != nil {
+	if err := c.rc.Flush(); err != nil {
 		return err
 	}
 	w.p.metrics.sentBytes.Add(float64(n))
