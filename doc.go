@@ -1,0 +1,73 @@
+// Package rafthttp carries raft messages between the members of a cluster
+// built on go.etcd.io/raft/v3, over HTTP, speaking etcd's peer protocol byte
+// for byte: a member using it can talk to etcd 3.5, 3.6 and 3.7 members.
+//
+// # Overview
+//
+// Each pair of members keeps two long-lived HTTP streams in each direction
+// (msgappv2 for log appends, message for everything else), falls back to one
+// POST per message (the pipeline) when they are down, and moves snapshots as
+// one streamed POST. The package is etcd's rafthttp rebuilt as a library:
+// configuration is per Transport (no globals), nothing panics on what a peer
+// or a caller sends, a silent stream is noticed within the read timeout, every
+// dropped message is reported to raft and counted, and metrics go to a
+// Prometheus registry you choose.
+//
+// # Embedding
+//
+// The application owns the raft node, the HTTP server and the storage. The
+// contract, in order:
+//
+//  1. Fill in a [Transport]: ID, ClusterID, your [Raft] implementation, and
+//     optionally URLs (your advertised peer URLs), Logger, ErrorC,
+//     TLSClientConfig, SnapshotStore and Registerer. Zero values of the other
+//     fields mean the documented defaults.
+//  2. Call [Transport.Start]. It validates the configuration and returns an
+//     error instead of panicking.
+//  3. Mount [Transport.Handler] on your own http.Server so that it sees every
+//     path under /raft (mux.Handle("/raft", h) and mux.Handle("/raft/", h)).
+//  4. Call [Transport.AddPeer] for every other member, and again (or
+//     [Transport.RemovePeer], [Transport.UpdatePeer]) as configuration changes
+//     commit.
+//  5. In the raft Ready loop, after persisting the Ready's state, call
+//     [Transport.Send] with the Ready's messages. Send never blocks.
+//  6. Received messages arrive through [Raft].Process, which should call the
+//     node's Step. Delivery failures arrive through ReportUnreachable and
+//     ReportSnapshot; pass them to the node. IsIDRemoved refuses streams from
+//     removed members.
+//  7. Treat a value on ErrorC (ErrMemberRemoved) as fatal for this member.
+//  8. At shutdown call [Transport.Stop], then shut the HTTP server down. Stop
+//     returns once every goroutine the transport started has ended.
+//
+// # Concurrency
+//
+// Every method of Transport is safe for concurrent use. Per peer the
+// transport runs two stream writers, two stream readers, a few pipeline
+// workers (PipelineWorkers, default 4) and two loops calling Raft.Process:
+// one for proposals, one for everything else, so that a node without a
+// leader, which blocks proposals, cannot hold up votes and appends. Raft
+// callbacks may be called from several goroutines at once, and
+// ReportUnreachable may be called from inside Send.
+//
+// # Back-pressure and dropping
+//
+// Send puts each message on a bounded queue (stream or pipeline) and never
+// waits. A message that finds its queue full is dropped, ReportUnreachable is
+// called (and ReportSnapshot(SnapshotFailure) for a MsgSnap), and the drop is
+// counted by peer, type and reason. On the receiving side a full queue does
+// not drop: the stream reader stops reading and TCP pushes back to the
+// sender, where the drop, if any, is reported. Only proposals may be dropped
+// at the receiver (raft drops proposals without a leader anyway); those drops
+// are counted and logged.
+//
+// # Wire compatibility
+//
+// Routes: POST /raft (one protobuf message per request), GET
+// /raft/stream/{msgapp,message}/<sender hex ID> (long-lived, chunked), POST
+// /raft/snapshot (a length-prefixed MsgSnap, then the payload to the end of
+// the body) and /raft/probing. Headers: X-Server-From, X-Server-Version
+// (ServerVersion, default 3.7.0), X-Min-Cluster-Version (3.0.0),
+// X-Etcd-Cluster-ID, X-Raft-To and X-PeerURLs, as etcd sends and checks them.
+// Frames are byte-identical to etcd's; decoders accept the encodings of etcd
+// 3.5, 3.6 and 3.7 and bound every length before allocating.
+package rafthttp
