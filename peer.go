@@ -44,8 +44,12 @@ type peer struct {
 	recvc chan *raftpb.Message
 	propc chan *raftpb.Message
 
-	paused atomic.Bool
-	drops  dropLog
+	paused      atomic.Bool
+	drops       dropLog
+	snapSending atomic.Bool // a snapshot to this peer is in flight
+
+	mu       sync.Mutex // guards stopping against wg.Go
+	stopping bool
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -161,6 +165,18 @@ func (p *peer) attachOutgoingConn(c *outgoingConn) bool {
 	return false
 }
 
+// goIfRunning starts fn as one of the peer's goroutines, unless the peer is
+// stopping: a goroutine must never be added to a WaitGroup being waited on.
+func (p *peer) goIfRunning(fn func()) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping {
+		return false
+	}
+	p.wg.Go(fn)
+	return true
+}
+
 func (p *peer) update(urls []url.URL) { p.picker.update(urls) }
 
 func (p *peer) pause()  { p.paused.Store(true) }
@@ -171,6 +187,9 @@ func (p *peer) resume() { p.paused.Store(false) }
 func (p *peer) stop() {
 	p.stopOnce.Do(func() {
 		p.lg.Info("stopping remote peer")
+		p.mu.Lock()
+		p.stopping = true
+		p.mu.Unlock()
 		p.cancel()
 		p.msgAppV2Writer.abort()
 		p.writer.abort()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"time"
@@ -45,8 +47,26 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	t.addRemoteFromRequest(r)
 
+	// Beyond etcd: a bound on concurrent receives, answered with a status
+	// any sender reads as a failure, so raft retries later.
+	select {
+	case t.snapRecvSem <- struct{}{}:
+		defer func() { <-t.snapRecvSem }()
+	default:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, ErrTooManySnapshots.Error(), http.StatusServiceUnavailable)
+		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
+		return
+	}
+
+	// The body is read through a reader that fails a transfer making no
+	// progress for the progress timeout, and that checks the sender's
+	// CRC-32C trailer, when there is one, at the end of the body: a
+	// mismatch becomes a read error, so the store keeps nothing.
+	rc := http.NewResponseController(w)
+	src := &snapshotSource{r: r.Body, trailer: r, rc: rc, timeout: t.cfg.snapProgressTimeout, crc: crc32.New(crc32c)}
 	var hdr [frameHeaderLen]byte
-	m, n, err := readMessageFrame(r.Body, hdr[:], t.cfg.maxEnvelopeBytes)
+	m, n, err := readMessageFrame(src, hdr[:], t.cfg.maxEnvelopeBytes)
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
@@ -76,7 +96,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		zap.Uint64("incoming-snapshot-index", index), zap.Int("incoming-snapshot-message-size-bytes", n),
 		zap.String("incoming-snapshot-message-size", humanize.Bytes(uint64(n))))
 
-	body := &countingReader{r: r.Body}
+	body := &countingReader{r: src}
 	err = errNoSnapshotStore
 	if t.SnapshotStore != nil {
 		err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
@@ -109,6 +129,34 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 	t.metrics.snapRecvSuccess.WithLabelValues(from).Inc()
 	t.metrics.snapRecvDuration.WithLabelValues(from).Observe(time.Since(start).Seconds())
+}
+
+// snapshotSource reads a snapshot body: it refreshes the connection's read
+// deadline before each read, so a stalled sender is cut off, and checks the
+// CRC-32C trailer at the end of the body.
+type snapshotSource struct {
+	r       io.Reader
+	trailer *http.Request
+	rc      *http.ResponseController
+	timeout time.Duration
+	crc     hash.Hash32
+}
+
+func (s *snapshotSource) Read(p []byte) (int, error) {
+	if err := s.rc.SetReadDeadline(time.Now().Add(s.timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	s.crc.Write(p[:n])
+	if err == io.EOF {
+		if want := s.trailer.Trailer.Get(trailerCRC32C); want != "" {
+			sum, perr := parseCRC(want)
+			if perr != nil || sum != s.crc.Sum32() {
+				return n, fmt.Errorf("%w: trailer %q, body %s", ErrSnapshotChecksum, clip(want), crcOf(s.crc.Sum32()))
+			}
+		}
+	}
+	return n, err
 }
 
 // countingReader counts the bytes read through it.

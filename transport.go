@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Raft is the application side of the transport: the callbacks through which
@@ -172,6 +173,19 @@ type Transport struct {
 	// MaxSnapshotEnvelopeBytes bounds the MsgSnap envelope of a received
 	// snapshot. Zero means DefaultMaxSnapshotEnvelopeBytes.
 	MaxSnapshotEnvelopeBytes int
+	// SnapshotSendRate limits the bytes per second of each outgoing
+	// snapshot. Zero means no limit.
+	SnapshotSendRate int64
+	// SnapshotProgressTimeout fails a snapshot transfer, in either
+	// direction, that moves no byte for this long. Zero means
+	// DefaultSnapshotProgressTimeout.
+	SnapshotProgressTimeout time.Duration
+	// MaxSnapshotSends and MaxSnapshotReceives bound the snapshots in flight
+	// at once in each direction; more are refused (a receiver answers 503)
+	// and raft retries later. At most one snapshot is sent to a peer at a
+	// time. Zero means DefaultMaxSnapshotSends and
+	// DefaultMaxSnapshotReceives.
+	MaxSnapshotSends, MaxSnapshotReceives int
 	// StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize
 	// and PropQueueSize size each peer's queues and workers. Zero means the
 	// Default of the same name.
@@ -180,6 +194,8 @@ type Transport struct {
 	cfg     config
 	lg      *zap.Logger
 	metrics *metrics
+
+	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
 
 	streamRt   http.RoundTripper // no idle connections, per-Read/Write deadlines
 	pipelineRt http.RoundTripper // keep-alive connections, no deadlines
@@ -211,6 +227,9 @@ type config struct {
 	streamQueue, pipelineQueue        int
 	pipelineWorkers                   int
 	recvQueue, propQueue              int
+	snapRateLimit                     rate.Limit
+	snapProgressTimeout               time.Duration
+	maxSnapSends, maxSnapRecvs        int
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -239,6 +258,14 @@ func (t *Transport) validate() (config, error) {
 		pipelineWorkers: orDefault(t.PipelineWorkers, DefaultPipelineWorkers),
 		recvQueue:       orDefault(t.RecvQueueSize, DefaultRecvQueueSize),
 		propQueue:       orDefault(t.PropQueueSize, DefaultPropQueueSize),
+
+		snapRateLimit:       rate.Limit(t.SnapshotSendRate),
+		snapProgressTimeout: orDefault(t.SnapshotProgressTimeout, DefaultSnapshotProgressTimeout),
+		maxSnapSends:        orDefault(t.MaxSnapshotSends, DefaultMaxSnapshotSends),
+		maxSnapRecvs:        orDefault(t.MaxSnapshotReceives, DefaultMaxSnapshotReceives),
+	}
+	if t.SnapshotSendRate < 0 {
+		errs = append(errs, errors.New("SnapshotSendRate must not be negative"))
 	}
 	if t.ID == 0 {
 		errs = append(errs, errors.New("ID must be non-zero"))
@@ -269,7 +296,8 @@ func (t *Transport) validate() (config, error) {
 		name string
 		v    time.Duration
 	}{{"DialTimeout", t.DialTimeout}, {"ConnReadTimeout", t.ConnReadTimeout}, {"ConnWriteTimeout", t.ConnWriteTimeout},
-		{"PipelineTimeout", t.PipelineTimeout}, {"DialRetryMin", t.DialRetryMin}, {"DialRetryMax", t.DialRetryMax}} {
+		{"PipelineTimeout", t.PipelineTimeout}, {"DialRetryMin", t.DialRetryMin}, {"DialRetryMax", t.DialRetryMax},
+		{"SnapshotProgressTimeout", t.SnapshotProgressTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", d.name))
 		}
@@ -300,7 +328,8 @@ func (t *Transport) validate() (config, error) {
 		name string
 		v    int
 	}{{"StreamQueueSize", t.StreamQueueSize}, {"PipelineQueueSize", t.PipelineQueueSize},
-		{"PipelineWorkers", t.PipelineWorkers}, {"RecvQueueSize", t.RecvQueueSize}, {"PropQueueSize", t.PropQueueSize}} {
+		{"PipelineWorkers", t.PipelineWorkers}, {"RecvQueueSize", t.RecvQueueSize}, {"PropQueueSize", t.PropQueueSize},
+		{"MaxSnapshotSends", t.MaxSnapshotSends}, {"MaxSnapshotReceives", t.MaxSnapshotReceives}} {
 		if q.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", q.name))
 		}
@@ -339,6 +368,8 @@ func (t *Transport) Start() error {
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.peers = make(map[uint64]*peer)
 	t.remotes = make(map[uint64]*remote)
+	t.snapSendSem = make(chan struct{}, cfg.maxSnapSends)
+	t.snapRecvSem = make(chan struct{}, cfg.maxSnapRecvs)
 	t.started = true
 	return nil
 }

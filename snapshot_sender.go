@@ -1,0 +1,334 @@
+package rafthttp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// SnapshotMessage is a snapshot to send with [Transport.SendSnapshot]: a
+// MsgSnap and the payload it stands for (etcd's database), streamed after it.
+type SnapshotMessage struct {
+	// Message is the MsgSnap; its To names the peer.
+	Message *raftpb.Message
+	// Payload supplies the payload. The transport reads it once and closes
+	// it, whatever the outcome.
+	Payload io.ReadCloser
+	// PayloadSize is the exact number of bytes Payload yields. A payload
+	// that ends early or runs long fails the transfer, so the receiver never
+	// keeps a payload of the wrong size.
+	PayloadSize int64
+}
+
+// Headers of our snapshot extension. etcd ignores unknown headers and
+// trailers, so they change nothing for etcd peers.
+const (
+	// headerFeatures announces the extensions we support (design note 6).
+	headerFeatures = "X-Rafthttp-Features"
+	// featureCRC32CTrailer says that a snapshot body is followed by a
+	// trailer with its CRC-32C.
+	featureCRC32CTrailer = "crc32c-trailer"
+	// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot
+	// body (envelope and payload), as 8 lowercase hex digits.
+	trailerCRC32C = "X-Rafthttp-Crc32c"
+)
+
+// Snapshot defaults.
+const (
+	// DefaultSnapshotProgressTimeout is how long a snapshot transfer may go
+	// without moving a byte (or, once the body is sent, without an answer:
+	// the receiver is making the payload durable) before it fails.
+	DefaultSnapshotProgressTimeout = 30 * time.Second
+	// DefaultMaxSnapshotSends and DefaultMaxSnapshotReceives bound the
+	// snapshots in flight at once, per Transport, in each direction. A
+	// snapshot is big; several at once compete for disk and network with
+	// the raft traffic that keeps the cluster alive.
+	DefaultMaxSnapshotSends    = 4
+	DefaultMaxSnapshotReceives = 4
+)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors of the snapshot path.
+var (
+	// ErrSnapshotChecksum means a received snapshot's payload does not match
+	// the CRC-32C its sender computed: it was corrupted on the way.
+	ErrSnapshotChecksum = errors.New("rafthttp: snapshot checksum mismatch")
+	// ErrSnapshotStalled means a snapshot transfer made no progress for the
+	// progress timeout.
+	ErrSnapshotStalled = errors.New("rafthttp: snapshot transfer made no progress")
+	// ErrTooManySnapshots means the limit of concurrent snapshots was
+	// reached; raft retries later.
+	ErrTooManySnapshots = errors.New("rafthttp: too many concurrent snapshots")
+	// ErrSnapshotSize means a payload did not have its declared size.
+	ErrSnapshotSize = errors.New("rafthttp: snapshot payload size differs from the declared size")
+)
+
+// SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
+// POST /raft/snapshot with the length-prefixed MsgSnap and then the payload,
+// streamed with constant memory whatever its size. The returned channel
+// receives the outcome once (nil on success) and raft gets
+// ReportSnapshot(Finish or Failure). The payload is always closed.
+func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
+	errc := make(chan error, 1)
+	fail := func(err error) <-chan error {
+		if m.Payload != nil {
+			m.Payload.Close()
+		}
+		if to := m.Message.GetTo(); to != 0 && t.Raft != nil {
+			t.reportSnapshot(to, raft.SnapshotFailure)
+		}
+		errc <- err
+		return errc
+	}
+	switch {
+	case m.Message == nil || m.Message.GetType() != raftpb.MsgSnap:
+		return fail(errors.New("rafthttp: SendSnapshot needs a MsgSnap"))
+	case m.Payload == nil || m.PayloadSize < 0:
+		return fail(errors.New("rafthttp: SendSnapshot needs a payload and its size"))
+	}
+	p, ok := t.get(m.Message.GetTo())
+	if !ok {
+		return fail(fmt.Errorf("rafthttp: SendSnapshot to %s: %w", formatID(m.Message.GetTo()), ErrMemberNotFound))
+	}
+	if !p.snapSending.CompareAndSwap(false, true) {
+		return fail(fmt.Errorf("%w: a snapshot to %s is already in flight", ErrTooManySnapshots, p.idStr))
+	}
+	select {
+	case t.snapSendSem <- struct{}{}:
+	default:
+		p.snapSending.Store(false)
+		return fail(ErrTooManySnapshots)
+	}
+	if !p.goIfRunning(func() {
+		defer func() { <-t.snapSendSem; p.snapSending.Store(false) }()
+		errc <- p.sendSnapshot(m)
+	}) {
+		<-t.snapSendSem
+		p.snapSending.Store(false)
+		return fail(ErrStopped)
+	}
+	return errc
+}
+
+// sendSnapshot does one snapshot POST and reports the outcome to raft.
+func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
+	t := p.t
+	start := time.Now()
+	index := m.Message.GetSnapshot().GetMetadata().GetIndex()
+	total := int64(messageFrameSize(m.Message)) + m.PayloadSize
+	lg := p.lg.With(zap.Uint64("snapshot-index", index), zap.Int64("bytes", total), zap.String("size", humanize.IBytes(uint64(total))))
+	lg.Info("sending database snapshot")
+	t.metrics.snapSendInflight.WithLabelValues(p.idStr).Inc()
+	defer t.metrics.snapSendInflight.WithLabelValues(p.idStr).Dec()
+
+	u := p.picker.pick()
+	body := newSnapshotBody(p, m, t.cfg.snapRateLimit)
+	defer body.close()
+	err = p.postSnapshot(u.String(), body)
+	if sent := body.sent.Load(); err == nil && sent != total {
+		err = fmt.Errorf("%w: sent %d of %d bytes", ErrSnapshotSize, sent, total)
+	}
+	if err != nil {
+		lg.Warn("failed to send database snapshot", zap.Error(err))
+		if errors.Is(err, ErrMemberRemoved) {
+			t.postCriticalError(ErrMemberRemoved)
+		}
+		p.picker.unreachable(u)
+		p.status.deactivate(failureType{source: "sendMsgSnap", action: "post"}, err.Error())
+		t.reportUnreachable(p.id)
+		t.reportSnapshot(p.id, raft.SnapshotFailure)
+		p.metrics.sentFailures.Inc()
+		t.metrics.snapSendFailures.WithLabelValues(p.idStr).Inc()
+		return err
+	}
+	took := time.Since(start)
+	p.status.activate()
+	t.reportSnapshot(p.id, raft.SnapshotFinish)
+	lg.Info("sent database snapshot", zap.Duration("took", took),
+		zap.String("rate", humanize.IBytes(uint64(float64(total)/max(took.Seconds(), 1e-9)))+"/s"))
+	p.metrics.sentBytes.Add(float64(total))
+	t.metrics.snapSentBytes.WithLabelValues(p.idStr).Add(float64(m.PayloadSize))
+	t.metrics.snapSendSuccess.WithLabelValues(p.idStr).Inc()
+	t.metrics.snapSendDuration.WithLabelValues(p.idStr).Observe(took.Seconds())
+	return nil
+}
+
+// messageFrameSize is the size of m's length-prefixed frame.
+func messageFrameSize(m *raftpb.Message) int {
+	return len(appendMessageFrame(nil, m))
+}
+
+// postSnapshot makes the POST. The request fails if the transfer makes no
+// progress for the progress timeout; there is no limit on its total time.
+func (p *peer) postSnapshot(base string, body *snapshotBody) error {
+	t := p.t
+	ctx, cancel := context.WithCancelCause(p.ctx)
+	defer cancel(nil)
+	body.watch(t.cfg.snapProgressTimeout, func() { cancel(ErrSnapshotStalled) })
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+RaftSnapshotPrefix, body)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = -1 // chunked, so that the trailer can follow
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set(headerFeatures, featureCRC32CTrailer)
+	t.setHeaders(req.Header)
+	req.Trailer = http.Header{trailerCRC32C: nil}
+	body.trailer = req.Trailer
+
+	resp, err := t.pipelineRt.RoundTrip(req)
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+			return cause
+		}
+		if berr := body.err.Load(); berr != nil {
+			return *berr
+		}
+		return err
+	}
+	defer drainClose(resp.Body)
+	return checkPostResponse(t, p.lg, resp, base)
+}
+
+// snapshotBody is the body of a snapshot POST: the envelope, then the
+// payload, checked against its declared size, throttled, checksummed, and
+// watched for progress. Only the HTTP client's writer goroutine reads it.
+type snapshotBody struct {
+	envelope []byte
+	payload  io.ReadCloser
+	left     int64 // payload bytes still expected
+	limiter  *rate.Limiter
+	ctx      context.Context
+	crc      hash.Hash32
+	chunk    int
+	trailer  http.Header
+	sent     atomic.Int64
+	err      atomic.Pointer[error] // why reading failed, if it did
+
+	progress atomic.Int64 // unix nanoseconds of the last byte read
+	timer    *time.Timer
+	done     atomic.Bool // the transfer is over: the watchdog stands down
+}
+
+// snapshotChunk is the largest read the body serves at once: the unit of
+// throttling and of progress. Throttled bodies use smaller reads at low
+// rates, so that each read takes a fraction of a second.
+const snapshotChunk = 64 << 10
+
+func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody {
+	b := &snapshotBody{
+		envelope: appendMessageFrame(nil, m.Message),
+		payload:  m.Payload,
+		left:     m.PayloadSize,
+		ctx:      p.ctx,
+		crc:      crc32.New(crc32c),
+		chunk:    snapshotChunk,
+	}
+	if limit > 0 {
+		b.chunk = int(min(max(float64(limit)/16, 1<<10), snapshotChunk))
+		b.limiter = rate.NewLimiter(limit, b.chunk)
+	}
+	return b
+}
+
+// watch calls stalled if no byte is read for timeout, and, once the body is
+// sent, if no answer comes within timeout.
+func (b *snapshotBody) watch(timeout time.Duration, stalled func()) {
+	b.progress.Store(time.Now().UnixNano())
+	var check func()
+	check = func() {
+		if b.done.Load() {
+			return
+		}
+		idle := time.Since(time.Unix(0, b.progress.Load()))
+		if idle >= timeout {
+			stalled()
+			return
+		}
+		b.timer.Reset(timeout - idle)
+	}
+	b.timer = time.AfterFunc(timeout, check)
+}
+
+func (b *snapshotBody) close() {
+	b.done.Store(true)
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.payload.Close()
+}
+
+func (b *snapshotBody) Read(p []byte) (int, error) {
+	n, err := b.read(p)
+	if n > 0 {
+		b.crc.Write(p[:n])
+		b.sent.Add(int64(n))
+		b.progress.Store(time.Now().UnixNano())
+	}
+	if err == io.EOF {
+		// The trailer goes out after the last chunk.
+		b.trailer.Set(trailerCRC32C, crcOf(b.crc.Sum32()))
+		b.progress.Store(time.Now().UnixNano())
+	} else if err != nil {
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+func (b *snapshotBody) read(p []byte) (int, error) {
+	if len(b.envelope) > 0 {
+		n := copy(p, b.envelope)
+		b.envelope = b.envelope[n:]
+		return n, nil
+	}
+	if b.left == 0 {
+		// The payload must end where it said it would.
+		var one [1]byte
+		if n, err := b.payload.Read(one[:]); n > 0 || (err != nil && err != io.EOF) {
+			if err == nil {
+				err = fmt.Errorf("%w: more than declared", ErrSnapshotSize)
+			}
+			return 0, err
+		}
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), b.left, int64(b.chunk))]
+	if b.limiter != nil {
+		if err := b.limiter.WaitN(b.ctx, len(p)); err != nil {
+			return 0, err
+		}
+	}
+	n, err := b.payload.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF {
+		if b.left > 0 {
+			return n, fmt.Errorf("%w: %d bytes short", ErrSnapshotSize, b.left)
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// crcOf formats a CRC-32C as the trailer carries it.
+func crcOf(sum uint32) string { return fmt.Sprintf("%08x", sum) }
+
+// parseCRC reads a trailer value.
+func parseCRC(s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 16, 32)
+	return uint32(v), err
+}
