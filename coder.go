@@ -67,7 +67,8 @@ type encoder interface {
 // the decoder keeps no reference to them.
 type decoder interface {
 	// decode returns the next message and the number of wire bytes its frame
-	// took. Link heartbeats are returned too; see isLinkHeartbeat.
+	// took. Link heartbeats are returned too (see isLinkHeartbeat), possibly
+	// as the shared linkHeartbeat, which must not be modified.
 	decode() (m *raftpb.Message, n int, err error)
 }
 

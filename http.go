@@ -145,7 +145,7 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	}
 	pm, known := t.receivedFrom(m.GetFrom())
 	if known {
-		pm.receivedBytes.Add(float64(len(body)))
+		pm.received(1, len(body))
 	}
 	if err := t.Raft.Process(r.Context(), m); err != nil {
 		var wtr writerToResponse

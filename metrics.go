@@ -1,7 +1,10 @@
 package rafthttp
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // metrics holds one Transport's Prometheus collectors. They carry etcd's
@@ -134,17 +137,56 @@ func (m *metrics) forgetPeer(local, id string) {
 	m.queueDepth.DeletePartialMatch(prometheus.Labels{"Peer": id})
 }
 
-// peerMetrics caches one peer's series, so the hot path adds to a counter
-// without a label lookup.
+// peerMetrics is one peer's instrumentation: its Prometheus series,
+// cached so the hot path adds to a counter without a label lookup, and plain
+// counters for Stats.
 type peerMetrics struct {
+	all                                                      *metrics
+	id                                                       string
 	sentBytes, receivedBytes, sentFailures, receivedFailures prometheus.Counter
+	c                                                        *peerCounters
+}
+
+// peerCounters are the totals Stats reports.
+type peerCounters struct {
+	msgsSent, bytesSent, msgsReceived, bytesReceived atomic.Uint64
+	dropped, reconnects                              atomic.Uint64
 }
 
 func (m *metrics) forPeer(id string) peerMetrics {
 	return peerMetrics{
+		all:              m,
+		id:               id,
 		sentBytes:        m.sentBytes.WithLabelValues(id),
 		receivedBytes:    m.receivedBytes.WithLabelValues(id),
 		sentFailures:     m.sentFailures.WithLabelValues(id),
 		receivedFailures: m.receivedFailures.WithLabelValues(id),
+		c:                new(peerCounters),
 	}
+}
+
+// sent records messages and bytes that reached the network.
+func (pm peerMetrics) sent(msgs, bytes int) {
+	pm.sentBytes.Add(float64(bytes))
+	pm.c.msgsSent.Add(uint64(msgs))
+	pm.c.bytesSent.Add(uint64(bytes))
+}
+
+// received records messages and bytes read from the network.
+func (pm peerMetrics) received(msgs, bytes int) {
+	pm.receivedBytes.Add(float64(bytes))
+	pm.c.msgsReceived.Add(uint64(msgs))
+	pm.c.bytesReceived.Add(uint64(bytes))
+}
+
+// drop records a message that was not delivered, by type and reason.
+func (pm peerMetrics) drop(typ raftpb.MessageType, reason string) {
+	pm.all.droppedMessages.WithLabelValues(pm.id, typ.String(), reason).Inc()
+	pm.c.dropped.Add(1)
+}
+
+// reconnect records a stream connection established after the first.
+func (pm peerMetrics) reconnect(stream string) {
+	pm.all.streamReconnects.WithLabelValues(pm.id, stream).Inc()
+	pm.c.reconnects.Add(1)
 }

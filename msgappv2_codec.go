@@ -78,6 +78,10 @@ func (e *msgAppV2Encoder) encode(m *raftpb.Message) error {
 		b := append(e.buf, msgAppV2AppEntries)
 		b = appendUint64(b, uint64(len(m.Entries)))
 		for _, ent := range m.Entries {
+			if ent == nil { // encoded as an empty entry, as proto does
+				b = appendUint64(b, 0)
+				continue
+			}
 			b = appendUint64(b, uint64(raftproto.EntrySize(ent)))
 			b = raftproto.AppendEntry(b, ent)
 		}

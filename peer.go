@@ -37,6 +37,7 @@ type peer struct {
 	pipeline       *pipeline
 	msgAppV2Reader *streamReader
 	msgAppReader   *streamReader
+	probers        [2]*prober // over the stream and the pipeline round trippers
 
 	// recvc carries received messages other than proposals to raft; propc
 	// carries proposals, so that a raft without a leader, which blocks
@@ -79,6 +80,10 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.writer = newStreamWriter(p, streamTypeMessage)
 	p.msgAppV2Reader = &streamReader{p: p, typ: streamTypeMsgAppV2}
 	p.msgAppReader = &streamReader{p: p, typ: streamTypeMessage}
+	p.probers = [2]*prober{
+		newProber(p, RoundTripperNameRaftMessage, t.streamRt),
+		newProber(p, RoundTripperNameSnapshot, t.pipelineRt),
+	}
 
 	p.pipeline.start(p.ctx, &p.wg)
 	p.wg.Go(func() { p.msgAppV2Writer.run(p.ctx) })
@@ -87,6 +92,9 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.wg.Go(func() { p.msgAppReader.run(p.ctx) })
 	p.wg.Go(func() { p.processLoop(p.recvc) })
 	p.wg.Go(func() { p.processLoop(p.propc) })
+	for _, pr := range p.probers {
+		p.wg.Go(func() { pr.run(p.ctx) })
+	}
 	lg.Info("started remote peer")
 	return p
 }
@@ -109,7 +117,7 @@ func (p *peer) processLoop(c chan *raftpb.Message) {
 // never blocks.
 func (p *peer) send(m *raftpb.Message) {
 	if p.paused.Load() {
-		p.t.metrics.droppedMessages.WithLabelValues(p.idStr, m.GetType().String(), dropPaused).Inc()
+		p.metrics.drop(m.GetType(), dropPaused)
 		return
 	}
 	c, name := p.pick(m)
@@ -128,7 +136,7 @@ func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
 		p.t.reportSnapshot(p.id, raft.SnapshotFailure)
 	}
 	p.metrics.sentFailures.Inc()
-	p.t.metrics.droppedMessages.WithLabelValues(p.idStr, m.GetType().String(), reason).Inc()
+	p.metrics.drop(m.GetType(), reason)
 	if n, ok := p.drops.allow(); ok {
 		p.lg.Warn("dropped internal Raft message since sending buffer is full",
 			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel),

@@ -69,7 +69,7 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 			pl.t.reportSnapshot(pl.to, raft.SnapshotFailure)
 		}
 		pl.metrics.sentFailures.Inc()
-		pl.t.metrics.droppedMessages.WithLabelValues(formatID(pl.to), m.GetType().String(), dropSendFailed).Inc()
+		pl.metrics.drop(m.GetType(), dropSendFailed)
 		if errors.Is(err, ErrMemberRemoved) {
 			pl.t.postCriticalError(ErrMemberRemoved)
 		}
@@ -80,7 +80,7 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	if isSnap {
 		pl.t.reportSnapshot(pl.to, raft.SnapshotFinish)
 	}
-	pl.metrics.sentBytes.Add(float64(len(body)))
+	pl.metrics.sent(1, len(body))
 }
 
 // post makes one POST /raft and maps the answer to an error.

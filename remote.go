@@ -47,7 +47,7 @@ func startRemote(t *Transport, id uint64, urls []url.URL) *remote {
 // other.
 func (r *remote) send(m *raftpb.Message) {
 	if r.paused.Load() {
-		r.t.metrics.droppedMessages.WithLabelValues(r.idStr, m.GetType().String(), dropPaused).Inc()
+		r.pipeline.metrics.drop(m.GetType(), dropPaused)
 		return
 	}
 	select {
@@ -60,7 +60,7 @@ func (r *remote) send(m *raftpb.Message) {
 		r.t.reportSnapshot(r.id, raft.SnapshotFailure)
 	}
 	r.pipeline.metrics.sentFailures.Inc()
-	r.t.metrics.droppedMessages.WithLabelValues(r.idStr, m.GetType().String(), dropQueueFull).Inc()
+	r.pipeline.metrics.drop(m.GetType(), dropQueueFull)
 	if n, ok := r.drops.allow(); ok {
 		msg := "dropped Raft message since sending buffer is full (overloaded network)"
 		if r.status.isActive() {

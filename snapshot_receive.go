@@ -81,7 +81,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	pm, known := t.receivedFrom(m.GetFrom())
 	if known {
 		from = formatID(m.GetFrom())
-		pm.receivedBytes.Add(float64(n))
+		pm.received(0, n)
 	}
 	if m.GetType() != raftpb.MsgSnap {
 		t.lg.Warn("unexpected Raft message type", zap.Stringer("message-type", m.GetType()))
@@ -108,7 +108,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if known {
-		pm.receivedBytes.Add(float64(body.n))
+		pm.received(1, int(body.n))
 	}
 	t.metrics.snapReceivedBytes.WithLabelValues(from).Add(float64(body.n))
 	t.lg.Info("received and saved database snapshot", zap.String("remote-snapshot-sender-id", from),

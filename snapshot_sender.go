@@ -160,7 +160,7 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 	t.reportSnapshot(p.id, raft.SnapshotFinish)
 	lg.Info("sent database snapshot", zap.Duration("took", took),
 		zap.String("rate", humanize.IBytes(uint64(float64(total)/max(took.Seconds(), 1e-9)))+"/s"))
-	p.metrics.sentBytes.Add(float64(total))
+	p.metrics.sent(1, int(total))
 	t.metrics.snapSentBytes.WithLabelValues(p.idStr).Add(float64(m.PayloadSize))
 	t.metrics.snapSendSuccess.WithLabelValues(p.idStr).Inc()
 	t.metrics.snapSendDuration.WithLabelValues(p.idStr).Observe(took.Seconds())

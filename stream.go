@@ -173,7 +173,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		for {
 			select {
 			case m := <-w.msgc:
-				t.metrics.droppedMessages.WithLabelValues(w.p.idStr, m.GetType().String(), dropConnClosed).Inc()
+				w.p.metrics.drop(m.GetType(), dropConnClosed)
 				continue
 			default:
 			}
@@ -190,7 +190,8 @@ func (w *streamWriter) run(ctx context.Context) {
 				err = enc.encode(m)
 			}
 			// Encode what else is queued, then write it all at once.
-			for n := 1; err == nil && n < maxBatch; n++ {
+			batch := 1
+			for ; err == nil && batch < maxBatch; batch++ {
 				select {
 				case m = <-msgc:
 					err = enc.encode(m)
@@ -200,7 +201,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				break
 			}
 			if err == nil {
-				err = w.flush(conn, enc)
+				err = w.flush(conn, enc, batch)
 			}
 			if err != nil {
 				detach(err, "write")
@@ -219,7 +220,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				err = enc.encode(linkHeartbeat)
 			}
 			if err == nil {
-				err = w.flush(conn, enc)
+				err = w.flush(conn, enc, 0)
 			}
 			if err != nil {
 				detach(err, "heartbeat")
@@ -237,7 +238,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			busy = false
 			attached++
 			if attached > 1 {
-				t.metrics.streamReconnects.WithLabelValues(w.p.idStr, w.typ.String()).Inc()
+				w.p.metrics.reconnect("writer " + w.typ.String())
 			}
 			w.cur.Store(c)
 			w.working.Store(true)
@@ -256,7 +257,7 @@ func (w *streamWriter) run(ctx context.Context) {
 
 // flush writes what enc buffered and pushes it to the network, counting the
 // bytes as etcd does (per flush, heartbeats included).
-func (w *streamWriter) flush(c *outgoingConn, enc encoder) error {
+func (w *streamWriter) flush(c *outgoingConn, enc encoder, msgs int) error {
 	n := enc.buffered()
 	if err := enc.flush(); err != nil {
 		return err
@@ -264,7 +265,7 @@ func (w *streamWriter) flush(c *outgoingConn, enc encoder) error {
 	if err := c.rc.Flush(); err != nil {
 		return err
 	}
-	w.p.metrics.sentBytes.Add(float64(n))
+	w.p.metrics.sent(msgs, n)
 	return nil
 }
 
@@ -306,7 +307,7 @@ func (r *streamReader) run(ctx context.Context) {
 		default:
 			connected++
 			if connected > 1 {
-				t.metrics.streamReconnects.WithLabelValues(p.idStr, "reader "+r.typ.String()).Inc()
+				p.metrics.reconnect("reader " + r.typ.String())
 			}
 			p.status.activate()
 			lg.Info("established TCP streaming connection with remote peer")
@@ -433,10 +434,11 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 		if err != nil {
 			return err
 		}
-		p.metrics.receivedBytes.Add(float64(n))
 		if isLinkHeartbeat(m) {
+			p.metrics.received(0, n)
 			continue
 		}
+		p.metrics.received(1, n)
 		if p.paused.Load() {
 			continue
 		}
@@ -445,7 +447,7 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 			case p.propc <- m:
 			default:
 				p.metrics.receivedFailures.Inc()
-				p.t.metrics.droppedMessages.WithLabelValues(p.idStr, raftpb.MsgProp.String(), dropRecvFull).Inc()
+				p.metrics.drop(raftpb.MsgProp, dropRecvFull)
 				if k, ok := p.drops.allow(); ok {
 					p.lg.Warn("dropped internal Raft message since receiving buffer is full (overloaded network)",
 						zap.Stringer("message-type", m.GetType()), zap.Int64("dropped-since-last-log", k))
