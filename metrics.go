@@ -21,7 +21,7 @@ type metrics struct {
 	receivedFailures  *prometheus.CounterVec
 	droppedMessages   *prometheus.CounterVec
 	streamReconnects  *prometheus.CounterVec
-	queueDepth        *prometheus.GaugeVec
+	queueDepth        *queueCollector
 	snapSendSuccess   *prometheus.CounterVec
 	snapSendFailures  *prometheus.CounterVec
 	snapSendInflight  *prometheus.GaugeVec
@@ -86,8 +86,8 @@ func newMetrics() *metrics {
 		streamReconnects:  ours("stream_reconnects_total", "Stream connections established after the first, by peer and stream.", "Peer", "Stream"),
 		snapSentBytes:     ours("snapshot_sent_bytes_total", "Snapshot payload bytes sent, by peer.", "To"),
 		snapReceivedBytes: ours("snapshot_received_bytes_total", "Snapshot payload bytes received, by peer.", "From"),
-		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "rafthttp", Name: "queue_depth",
-			Help: "Messages waiting in a peer's send or receive queue, sampled when scraped."}, []string{"Peer", "Queue"}),
+		queueDepth: &queueCollector{desc: prometheus.NewDesc("rafthttp_queue_depth",
+			"Messages waiting in a peer's send or receive queue, sampled when scraped.", []string{"Peer", "Queue"}, nil)},
 	}
 	m.collectors = []prometheus.Collector{
 		m.activePeers, m.disconnectedPeers, m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
@@ -134,7 +134,35 @@ func (m *metrics) forgetPeer(local, id string) {
 	m.roundTripTime.DeleteLabelValues(id)
 	m.droppedMessages.DeletePartialMatch(prometheus.Labels{"Peer": id})
 	m.streamReconnects.DeletePartialMatch(prometheus.Labels{"Peer": id})
-	m.queueDepth.DeletePartialMatch(prometheus.Labels{"Peer": id})
+}
+
+// queueCollector reports the length of every peer's queues when scraped:
+// sampling at scrape time costs the hot path nothing.
+type queueCollector struct {
+	desc *prometheus.Desc
+	t    atomic.Pointer[Transport]
+}
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	t := c.t.Load()
+	if t == nil {
+		return
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, p := range t.peers {
+		for _, q := range []struct {
+			name string
+			n    int
+		}{
+			{"stream_msgappv2", len(p.msgAppV2Writer.msgc)}, {"stream_message", len(p.writer.msgc)},
+			{"pipeline", len(p.pipeline.msgc)}, {"recv", len(p.recvc)}, {"prop", len(p.propc)},
+		} {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(q.n), p.idStr, q.name)
+		}
+	}
 }
 
 // peerMetrics is one peer's instrumentation: its Prometheus series,

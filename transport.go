@@ -358,6 +358,7 @@ func (t *Transport) Start() error {
 		t.lg = zap.NewNop()
 	}
 	t.metrics = newMetrics()
+	t.metrics.queueDepth.t.Store(t)
 	if t.Registerer != nil {
 		if err := t.metrics.register(t.Registerer); err != nil {
 			return fmt.Errorf("rafthttp: registering metrics: %w", err)
