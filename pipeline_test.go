@@ -1,0 +1,256 @@
+package rafthttp
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+)
+
+// postLog records the POSTs a fake peer server receives.
+type postLog struct {
+	mu     sync.Mutex
+	reqs   []*http.Request
+	bodies [][]byte
+}
+
+func (l *postLog) add(r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reqs = append(l.reqs, r.Clone(r.Context()))
+	l.bodies = append(l.bodies, body)
+}
+
+func (l *postLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.reqs)
+}
+
+// pipelinePeer starts a fake peer whose stream routes always answer 404
+// (so that everything but the pipeline stays down) and whose POST /raft
+// handler is post, and a transport with ID 1 that has it as peer 2.
+func pipelinePeer(t *testing.T, post http.HandlerFunc, configure func(*Transport)) (*Transport, *fakeRaft) {
+	t.Helper()
+	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != RaftPrefix {
+			w.Header().Set(headerServerVersion, DefaultServerVersion)
+			http.Error(w, "error sender not found", http.StatusNotFound)
+			return
+		}
+		post(w, r)
+	})
+	tr, fr := newClientTransport(t, 1, configure)
+	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
+		t.Fatal(err)
+	}
+	return tr, fr
+}
+
+// TestPipelinePostRequest checks the POST a pipeline makes: path, method,
+// headers and a body that is the message's protobuf encoding.
+func TestPipelinePostRequest(t *testing.T) {
+	var posts postLog
+	tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+		posts.add(r)
+		w.WriteHeader(http.StatusNoContent)
+	}, func(tr *Transport) {
+		tr.ClusterID = 0xABCDEF
+		tr.URLs = []string{"http://127.0.0.1:2380", "http://10.0.0.1:2380"}
+	})
+	m := testMsg(raftpb.MsgSnap, 7)
+	m.Entries = []*raftpb.Entry{{Term: proto.Uint64(3), Index: proto.Uint64(11), Data: []byte("data")}}
+	tr.Send([]*raftpb.Message{m})
+	waitFor(t, "the POST to complete", func() bool { return len(r.snapshotReports()) == 1 })
+
+	if n := posts.count(); n != 1 {
+		t.Fatalf("got %d POSTs, want 1", n)
+	}
+	req, body := posts.reqs[0], posts.bodies[0]
+	if req.Method != http.MethodPost || req.URL.Path != "/raft" {
+		t.Errorf("got %s %s, want POST /raft", req.Method, req.URL.Path)
+	}
+	for h, want := range map[string]string{
+		"Content-Type":          "application/protobuf",
+		headerServerFrom:        "1",
+		headerServerVersion:     DefaultServerVersion,
+		headerMinClusterVersion: "3.0.0",
+		headerClusterID:         "abcdef",
+		headerPeerURLs:          "http://10.0.0.1:2380,http://127.0.0.1:2380",
+	} {
+		if got := req.Header.Get(h); got != want {
+			t.Errorf("got %s %q, want %q", h, got, want)
+		}
+	}
+	got := &raftpb.Message{}
+	if err := proto.Unmarshal(body, got); err != nil {
+		t.Fatalf("the body does not decode: %v", err)
+	}
+	if !proto.Equal(got, m) {
+		t.Errorf("got body %v, want %v", got, m)
+	}
+	if got := r.snapshotReports()[0]; got.id != 2 || got.status != raft.SnapshotFinish {
+		t.Errorf("got snapshot report %+v, want finish for 2", got)
+	}
+}
+
+// TestPipelineResponseStatus checks what each answer means for delivery:
+// only 204 is success; 200 and 201 are failures like 500 (spec §2.6).
+func TestPipelineResponseStatus(t *testing.T) {
+	tests := []struct {
+		status int
+		ok     bool
+	}{
+		{http.StatusNoContent, true},
+		{http.StatusOK, false},
+		{http.StatusCreated, false},
+		{http.StatusInternalServerError, false},
+		{http.StatusServiceUnavailable, false},
+	}
+	for _, tc := range tests {
+		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+			tr, r := pipelinePeer(t, func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(tc.status)
+			}, nil)
+			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			waitFor(t, "the snapshot report", func() bool { return len(r.snapshotReports()) == 1 })
+			wantStatus, wantUnreachable := raft.SnapshotFinish, 0
+			if !tc.ok {
+				wantStatus, wantUnreachable = raft.SnapshotFailure, 1
+			}
+			if got := r.snapshotReports()[0]; got.id != 2 || got.status != wantStatus {
+				t.Errorf("got snapshot report %+v, want %v for 2", got, wantStatus)
+			}
+			if got := r.unreachableCount(2); got != wantUnreachable {
+				t.Errorf("got %d ReportUnreachable, want %d", got, wantUnreachable)
+			}
+
+			if tc.ok {
+				return
+			}
+			// Any other message: only the unreachable report.
+			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 2)})
+			waitFor(t, "the second unreachable report", func() bool { return r.unreachableCount(2) == 2 })
+			if got := len(r.snapshotReports()); got != 1 {
+				t.Errorf("got %d snapshot reports, want 1", got)
+			}
+		})
+	}
+}
+
+// TestCheckPostResponse checks the mapping of POST answers to errors.
+func TestCheckPostResponse(t *testing.T) {
+	tr := &Transport{}
+	tr.cfg.clusterIDStr = "1000"
+	tests := []struct {
+		name    string
+		status  int
+		body    string
+		want    error  // if not nil, the error must wrap it
+		errText string // if not empty, the error must contain it
+	}{
+		{name: "204", status: 204},
+		{name: "403", status: 403, body: "removed", want: ErrMemberRemoved},
+		{name: "403 to mismatch", status: 403, body: "cannot process message to mismatch member", want: ErrMemberRemoved},
+		{name: "412 incompatible version", status: 412, body: "incompatible version\n", want: ErrIncompatibleVersion},
+		{name: "412 incompatible version, no newline", status: 412, body: "incompatible version", want: ErrIncompatibleVersion},
+		{name: "412 cluster ID mismatch", status: 412, body: "cluster ID mismatch\n", want: ErrClusterIDMismatch},
+		{name: "412 other", status: 412, body: "something else\n", errText: `unhandled error "something else" when precondition failed`},
+		{name: "412 two newlines", status: 412, body: "cluster ID mismatch\n\n", errText: "unhandled error"},
+		{name: "200", status: 200, errText: "unexpected http status OK"},
+		{name: "201", status: 201, errText: "unexpected http status Created"},
+		{name: "500", status: 500, body: "error processing raft message", errText: "unexpected http status Internal Server Error"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: tc.status, Body: io.NopCloser(strings.NewReader(tc.body))}
+			err := checkPostResponse(tr, zap.NewNop(), resp, "http://peer:2380")
+			switch {
+			case tc.want == nil && tc.errText == "":
+				if err != nil {
+					t.Errorf("got %v, want nil", err)
+				}
+			case err == nil:
+				t.Errorf("got nil, want an error")
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("got %v, want an error wrapping %v", err, tc.want)
+			case tc.errText != "" && !strings.Contains(err.Error(), tc.errText):
+				t.Errorf("got %v, want an error containing %q", err, tc.errText)
+			}
+			if err != nil && tc.want == nil {
+				for _, e := range []error{ErrMemberRemoved, ErrIncompatibleVersion, ErrClusterIDMismatch} {
+					if errors.Is(err, e) {
+						t.Errorf("got %v, which wraps %v, want neither", err, e)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestPipelineTimeoutCutsHungPost checks that PipelineTimeout cuts a POST
+// the peer never answers, and that the worker goes on with the next
+// message (spec §12 W10: etcd's workers hang).
+func TestPipelineTimeoutCutsHungPost(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	var posts atomic.Int32
+	tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		// Read the body first: only then does net/http watch the
+		// connection and cancel the context when the client goes.
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done() // never answers
+	}, func(tr *Transport) {
+		tr.PipelineTimeout = timeout
+		tr.PipelineWorkers = 1
+	})
+	start := time.Now()
+	tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1), testMsg(raftpb.MsgHeartbeat, 2)})
+	waitFor(t, "both POSTs to fail", func() bool { return r.unreachableCount(2) == 2 })
+	took := time.Since(start)
+	t.Logf("two hung POSTs failed after %v (timeout %v each)", took, timeout)
+	if took < 2*timeout {
+		t.Errorf("two sequential hung POSTs failed after %v, want at least %v", took, 2*timeout)
+	}
+	if took > 10*timeout {
+		t.Errorf("two sequential hung POSTs failed after %v, want about %v", took, 2*timeout)
+	}
+	if got := posts.Load(); got != 2 {
+		t.Errorf("the peer got %d POSTs, want 2", got)
+	}
+}
+
+// TestPipelineStopWithBlockedPosts checks that Stop returns promptly while
+// every pipeline worker is stuck in a POST the peer does not answer.
+func TestPipelineStopWithBlockedPosts(t *testing.T) {
+	var posts atomic.Int32
+	tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done() // never answers
+	}, nil)
+	for i := range 40 {
+		tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, uint64(i))})
+	}
+	waitFor(t, "every worker to be stuck in a POST", func() bool { return posts.Load() == DefaultPipelineWorkers })
+	start := time.Now()
+	tr.Stop()
+	took := time.Since(start)
+	t.Logf("Stop took %v", took)
+	if took > time.Second {
+		t.Errorf("Stop took %v, want under 1s", took)
+	}
+	if got := r.unreachableCount(2); got != 0 {
+		t.Errorf("got %d ReportUnreachable for messages abandoned at Stop, want 0", got)
+	}
+}
