@@ -155,6 +155,9 @@ func (w *streamWriter) run(ctx context.Context) {
 		gone       chan struct{}        // likewise
 		busy       bool                 // wrote since the last tick
 		attached   int                  // connections attached so far
+		// The types of the batch being written, so that a failed write
+		// counts what it lost. Reused: no allocation per batch.
+		batchTypes = make([]raftpb.MessageType, 0, 64)
 	)
 	detach := func(reason error, action string) {
 		w.working.Store(false)
@@ -185,15 +188,16 @@ func (w *streamWriter) run(ctx context.Context) {
 	for {
 		select {
 		case m := <-msgc:
+			batchTypes = append(batchTypes[:0], m.GetType())
 			err := conn.arm(t.cfg.writeTimeout)
 			if err == nil {
 				err = enc.encode(m)
 			}
 			// Encode what else is queued, then write it all at once.
-			batch := 1
-			for ; err == nil && batch < maxBatch; batch++ {
+			for err == nil && len(batchTypes) < maxBatch {
 				select {
 				case m = <-msgc:
+					batchTypes = append(batchTypes, m.GetType())
 					err = enc.encode(m)
 					continue
 				default:
@@ -201,9 +205,14 @@ func (w *streamWriter) run(ctx context.Context) {
 				break
 			}
 			if err == nil {
-				err = w.flush(conn, enc, batch)
+				err = w.flush(conn, enc, len(batchTypes))
 			}
 			if err != nil {
+				// The batch may have reached the peer in part; count it
+				// all as lost, as raft is told.
+				for _, typ := range batchTypes {
+					w.p.metrics.drop(typ, dropSendFailed)
+				}
 				detach(err, "write")
 				continue
 			}
