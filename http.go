@@ -75,15 +75,23 @@ func clip(s string) string {
 	return s
 }
 
-// addRemoteFromRequest lets a member we do not know yet get answers: if the
-// request names its sender and the sender's URLs, the sender becomes a
-// remote (spec §2.2 step 4). Malformed headers, on which etcd panics, are
-// logged and ignored.
+// addRemoteFromRequest lets a member we do not know yet get answers: if a
+// POST names its sender (X-Server-From) and the sender's URLs, the sender
+// becomes a remote (spec §2.2 step 4). Malformed headers, on which etcd
+// panics, are logged and ignored.
 func (t *Transport) addRemoteFromRequest(r *http.Request) {
 	from, err := parseID(r.Header.Get(headerServerFrom))
 	if err != nil {
 		return
 	}
+	t.addRemoteFromHeader(r, from)
+}
+
+// addRemoteFromHeader makes from a remote reachable at the request's
+// X-PeerURLs, if it carries valid ones. Remotes created this way are capped
+// (maxRequestRemotes): the checks a request passes are not secrets, and each
+// remote costs goroutines and metric series.
+func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 	urls, present, err := parsePeerURLsHeader(r.Header)
 	if !present {
 		return
@@ -92,7 +100,12 @@ func (t *Transport) addRemoteFromRequest(r *http.Request) {
 		t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
 		return
 	}
-	if err := t.addRemote(from, urls); err != nil && !errors.Is(err, ErrStopped) {
+	switch err := t.addRemoteCapped(from, urls); {
+	case err == nil, errors.Is(err, ErrStopped):
+	case errors.Is(err, errTooManyRemotes):
+		// Every request of a flood would log this: keep it at Debug.
+		t.lg.Debug("ignored remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
+	default:
 		t.lg.Warn("failed to add remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
 	}
 }
@@ -224,8 +237,8 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	p, ok := t.get(from)
 	if !ok {
 		// The dialer may know of us before we know of it: let it at least
-		// reach us through the pipeline.
-		t.addRemoteFromRequest(r)
+		// reach us through the pipeline. Its ID is the one in the path.
+		t.addRemoteFromHeader(r, from)
 		t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)))
 		http.Error(w, "error sender not found", http.StatusNotFound)
 		return

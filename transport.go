@@ -501,7 +501,24 @@ func (t *Transport) AddRemote(id uint64, urls []string) error {
 	return t.addRemote(id, us)
 }
 
+// maxRequestRemotes caps the remotes that requests can create (see
+// addRemoteFromHeader); AddRemote itself is not capped.
+const maxRequestRemotes = 64
+
+// errTooManyRemotes refuses a remote beyond maxRequestRemotes.
+var errTooManyRemotes = errors.New("rafthttp: too many remotes created from requests")
+
+// addRemoteCapped adds a remote on behalf of a request, within the cap.
+func (t *Transport) addRemoteCapped(id uint64, us []url.URL) error {
+	return t.addRemoteLimit(id, us, maxRequestRemotes)
+}
+
 func (t *Transport) addRemote(id uint64, us []url.URL) error {
+	return t.addRemoteLimit(id, us, -1)
+}
+
+// addRemoteLimit adds a remote unless limit >= 0 remotes exist already.
+func (t *Transport) addRemoteLimit(id uint64, us []url.URL, limit int) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err := t.usableLocked(); err != nil {
@@ -515,6 +532,9 @@ func (t *Transport) addRemote(id uint64, us []url.URL) error {
 	}
 	if _, ok := t.remotes[id]; ok {
 		return nil
+	}
+	if limit >= 0 && len(t.remotes) >= limit {
+		return errTooManyRemotes
 	}
 	t.remotes[id] = startRemote(t, id, us)
 	t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
