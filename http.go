@@ -263,7 +263,7 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		return // the peer stopped: returning closes the response
 	}
 	// The writer owns the response now. Wait until it lets go, telling it
-	// if the remote goes away first.
+	// if the request's context ends first (see streamWriter.run).
 	select {
 	case <-c.released:
 	case <-r.Context().Done():

@@ -154,6 +154,7 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 		stack []byte
 	}
 	rec := httptest.NewRecorder()
+	w := &closedStreamRecorder{ResponseRecorder: rec, ctx: req.Context()}
 	done := make(chan result, 1)
 	go func() {
 		defer func() {
@@ -163,7 +164,7 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 			}
 			done <- result{}
 		}()
-		h.ServeHTTP(rec, req)
+		h.ServeHTTP(w, req)
 	}()
 	var res result
 	select {
@@ -356,4 +357,20 @@ func FuzzServeSnapshot(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs string, body []byte) {
 		htFuzzServe(t, tr, h, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs, body)
 	})
+}
+
+// closedStreamRecorder records a response whose connection is gone: the
+// request's context is done, and once a stream has been answered 200 its
+// body writes fail, as writes to a closed connection do. A stream handler
+// that attached must then let go of the response.
+type closedStreamRecorder struct {
+	*httptest.ResponseRecorder
+	ctx context.Context
+}
+
+func (w *closedStreamRecorder) Write(p []byte) (int, error) {
+	if w.Code == http.StatusOK && w.ctx.Err() != nil {
+		return 0, errors.New("write on a closed connection")
+	}
+	return w.ResponseRecorder.Write(p)
 }

@@ -158,12 +158,16 @@ func (w *streamWriter) run(ctx context.Context) {
 		// The types of the batch being written, so that a failed write
 		// counts what it lost. Reused: no allocation per batch.
 		batchTypes = make([]raftpb.MessageType, 0, 64)
+		reprobe    = time.NewTimer(time.Hour)
+		reprobec   <-chan time.Time // armed after a first probe succeeded
 	)
+	reprobe.Stop()
+	defer reprobe.Stop()
 	detach := func(reason error, action string) {
 		w.working.Store(false)
 		w.cur.Store(nil)
 		conn.release()
-		conn, enc, msgc, heartbeatc, gone = nil, nil, nil, nil, nil
+		conn, enc, msgc, heartbeatc, gone, reprobec = nil, nil, nil, nil, nil, nil
 		if reason == nil {
 			return
 		}
@@ -224,26 +228,39 @@ func (w *streamWriter) run(ctx context.Context) {
 				busy = false
 				continue
 			}
-			err := conn.arm(t.cfg.writeTimeout)
-			if err == nil {
-				err = enc.encode(linkHeartbeat)
-			}
-			if err == nil {
-				err = w.flush(conn, enc, 0)
-			}
-			if err != nil {
+			if err := w.probe(conn, enc); err != nil {
 				detach(err, "heartbeat")
 			}
 
 		case <-gone:
-			detach(errors.New("the remote closed the stream"), "write")
+			// The request's context ended. Usually the remote went away,
+			// but a server whose listener sets a deadline on every read
+			// (etcd's peer listener does) also ends it when the idle
+			// stream's read times out. Probe with a link heartbeat, now and
+			// once more a moment later: a closed connection fails the
+			// second write at the latest (the first may only draw the
+			// remote's reset), a live one carries on, its fate left to its
+			// writes from here.
+			gone = nil
+			if err := w.probe(conn, enc); err != nil {
+				detach(err, "write")
+				continue
+			}
+			reprobe.Reset(reprobeDelay)
+			reprobec = reprobe.C
+
+		case <-reprobec:
+			reprobec = nil
+			if err := w.probe(conn, enc); err != nil {
+				detach(err, "write")
+			}
 
 		case c := <-w.connc:
 			if conn != nil {
 				lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"))
 				detach(nil, "")
 			}
-			conn, enc, msgc, heartbeatc, gone = c, w.newEncoder(c), w.msgc, heartbeat.C, c.gone
+			conn, enc, msgc, heartbeatc, gone, reprobec = c, w.newEncoder(c), w.msgc, heartbeat.C, c.gone, nil
 			busy = false
 			attached++
 			if attached > 1 {
@@ -262,6 +279,23 @@ func (w *streamWriter) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// reprobeDelay is how long after a first probe of a stream whose request
+// ended the writer probes again: time for a closed connection's reset to
+// come back.
+const reprobeDelay = 250 * time.Millisecond
+
+// probe writes a link heartbeat and flushes it.
+func (w *streamWriter) probe(c *outgoingConn, enc encoder) error {
+	err := c.arm(w.p.t.cfg.writeTimeout)
+	if err == nil {
+		err = enc.encode(linkHeartbeat)
+	}
+	if err == nil {
+		err = w.flush(c, enc, 0)
+	}
+	return err
 }
 
 // flush writes what enc buffered and pushes it to the network, counting the
