@@ -36,6 +36,10 @@ type metrics struct {
 	collectors        []prometheus.Collector
 }
 
+// unknownPeerLabel labels drops to members that are not peers: one series
+// for all of them, as their IDs come from raft messages, not configuration.
+const unknownPeerLabel = "unknown"
+
 // Drop reasons, the "Reason" label of rafthttp_dropped_messages_total.
 const (
 	dropQueueFull   = "queue_full"   // the send queue of the chosen channel was full
@@ -44,7 +48,6 @@ const (
 	dropRecvFull    = "recv_full"    // receive queue full (proposals only; others push back)
 	dropSendFailed  = "send_failed"  // a pipeline POST or stream write failed
 	dropUnknownPeer = "unknown_peer" // Send named a member the transport does not know
-	dropStopped     = "stopped"      // the peer or transport was stopping
 )
 
 func newMetrics() *metrics {

@@ -199,6 +199,7 @@ type Transport struct {
 
 	streamRt   http.RoundTripper // no idle connections, per-Read/Write deadlines
 	pipelineRt http.RoundTripper // keep-alive connections, no deadlines
+	unixRts    []*unixTransport  // their unix-socket transports
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -400,30 +401,58 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, keepAlive bool) *http.T
 		tr.MaxIdleConnsPerHost = 1024
 		tr.IdleConnTimeout = 90 * time.Second
 	}
-	tr.RegisterProtocol("unix", unixTransport{tr, "http"})
-	tr.RegisterProtocol("unixs", unixTransport{tr, "https"})
+	u := &unixTransport{base: tr, bySocket: map[string]*http.Transport{}}
+	tr.RegisterProtocol("unix", unixScheme{u, "http"})
+	tr.RegisterProtocol("unixs", unixScheme{u, "https"})
+	t.unixRts = append(t.unixRts, u)
 	return tr
 }
 
 // unixTransport serves unix:// and unixs:// peer URLs: the host part names
-// the socket, and the request goes over it as http or https.
+// the socket, and the request goes over it as http or https. Each socket
+// gets its own clone of the base transport, kept so that its connections
+// are reused, and closed at Stop.
 type unixTransport struct {
-	base   *http.Transport
+	base     *http.Transport
+	mu       sync.Mutex
+	bySocket map[string]*http.Transport
+}
+
+// unixScheme is a unixTransport seen through one scheme.
+type unixScheme struct {
+	u      *unixTransport
 	scheme string
 }
 
-func (u unixTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	host := req.URL.Host
+func (s unixScheme) RoundTrip(req *http.Request) (*http.Response, error) {
 	r2 := req.Clone(req.Context())
-	r2.URL.Scheme = u.scheme
+	r2.URL.Scheme = s.scheme
+	return s.u.forSocket(req.URL.Host).RoundTrip(r2)
+}
+
+func (u *unixTransport) forSocket(socket string) *http.Transport {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if tr, ok := u.bySocket[socket]; ok {
+		return tr
+	}
 	tr := u.base.Clone()
 	dial := u.base.DialContext
 	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return dial(ctx, "unix", host)
+		return dial(ctx, "unix", socket)
 	}
-	tr.DialTLSContext = nil
-	defer tr.CloseIdleConnections()
-	return tr.RoundTrip(r2)
+	u.bySocket[socket] = tr
+	return tr
+}
+
+// closeIdleConnections closes the idle connections of every socket's
+// transport.
+func (u *unixTransport) closeIdleConnections() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, tr := range u.bySocket {
+		tr.CloseIdleConnections()
+	}
 }
 
 // deadlineConn sets a fresh deadline before every Read and Write, so that a
@@ -462,9 +491,9 @@ func (t *Transport) Handler() http.Handler {
 }
 
 // Send sends messages to their recipients (m.To). It never blocks: a message
-// that cannot be queued is dropped, counted, and reported to raft
-// (ReportUnreachable, and ReportSnapshot(Failure) for MsgSnap). Messages to 0
-// are skipped. The messages must not be modified after Send: they are read
+// that cannot be queued, or whose recipient is neither a peer nor a remote,
+// is dropped, counted, and reported to raft (ReportUnreachable, and
+// ReportSnapshot(Failure) for MsgSnap). Messages to 0 are skipped. The messages must not be modified after Send: they are read
 // later, by the goroutine that encodes them.
 func (t *Transport) Send(msgs []*raftpb.Message) {
 	t.mu.RLock()
@@ -482,9 +511,17 @@ func (t *Transport) Send(msgs []*raftpb.Message) {
 			r.send(m)
 			continue
 		}
-		if t.lg != nil && t.lg.Core().Enabled(zap.DebugLevel) {
-			t.lg.Debug("ignored message send request; unknown remote peer target",
-				zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
+		if !t.started || t.stopped {
+			continue // nothing to tell: no peers yet, or shutting down
+		}
+		// Not a peer (yet): raft is told, as for any other drop.
+		t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropUnknownPeer).Inc()
+		t.reportUnreachable(to)
+		if m.GetType() == raftpb.MsgSnap {
+			t.reportSnapshot(to, raft.SnapshotFailure)
+		}
+		if ce := t.lg.Check(zap.DebugLevel, "ignored message send request; unknown remote peer target"); ce != nil {
+			ce.Write(zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
 		}
 	}
 }
@@ -741,6 +778,9 @@ func (t *Transport) Stop() {
 	}
 	if tr, ok := t.pipelineRt.(*http.Transport); ok {
 		tr.CloseIdleConnections()
+	}
+	for _, u := range t.unixRts {
+		u.closeIdleConnections()
 	}
 	if t.Registerer != nil {
 		t.metrics.unregister(t.Registerer)

@@ -1,0 +1,159 @@
+package rafthttp
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestStatsOrderedByID(t *testing.T) {
+	a := newTestNode(t, 1, nil)
+	if got := a.tr.Stats(); len(got) != 0 {
+		t.Errorf("Stats() without peers = %v, want empty", got)
+	}
+	ids := []uint64{0x50, 0x3, 0xffffffffffffffff, 0x40, 0x2}
+	for _, id := range ids {
+		if err := a.tr.AddPeer(id, []string{"http://" + freeAddr(t)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []uint64
+	for _, s := range a.tr.Stats() {
+		got = append(got, s.ID)
+	}
+	want := slices.Sorted(slices.Values(ids))
+	if !slices.Equal(got, want) {
+		t.Errorf("Stats() IDs = %x, want %x", got, want)
+	}
+	a.tr.RemovePeer(0x40)
+	if n := len(a.tr.Stats()); n != len(ids)-1 {
+		t.Errorf("after RemovePeer, Stats() has %d entries, want %d", n, len(ids)-1)
+	}
+}
+
+func TestStatsPeerStatusUnknown(t *testing.T) {
+	a := newTestNode(t, 1, nil)
+	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.tr.AddRemote(3, []string{"http://" + freeAddr(t)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint64{0, 1, 3, 4} { // nobody, ourselves, a remote, a stranger
+		if st, ok := a.tr.PeerStatus(id); ok || st != (PeerStats{}) {
+			t.Errorf("PeerStatus(%d) = %+v, %v; want the zero value, false", id, st, ok)
+		}
+	}
+	if st, ok := a.tr.PeerStatus(2); !ok || st.ID != 2 {
+		t.Errorf("PeerStatus(2) = %+v, %v; want its stats, true", st, ok)
+	}
+}
+
+func TestStatsCounts(t *testing.T) {
+	a := newTestNode(t, 1, nil)
+	b := newTestNode(t, 2, nil)
+	connect(t, a, b)
+	waitStreams(t, a, b)
+	waitStreams(t, b, a)
+
+	st := func(n *testNode, id uint64) PeerStats {
+		t.Helper()
+		s, ok := n.tr.PeerStatus(id)
+		if !ok {
+			t.Fatalf("PeerStatus(%d) not found", id)
+		}
+		return s
+	}
+	waitFor(t, "both peers active", func() bool { return st(a, 2).Active && st(b, 1).Active })
+	if s := st(a, 2); s.ActiveSince.IsZero() {
+		t.Errorf("active peer with zero ActiveSince: %+v", s)
+	}
+
+	t.Run("streams", func(t *testing.T) {
+		sent0, recv0 := st(a, 2), st(b, 1)
+		const n = 20
+		var payload int
+		for i := range uint64(n / 2) {
+			app := obsMsg(raftpb.MsgApp, 1, 2, i)
+			app.Entries = []*raftpb.Entry{{Term: proto.Uint64(1), Index: proto.Uint64(i + 1), Data: bytes.Repeat([]byte{'e'}, 100)}}
+			payload += 100
+			a.tr.Send([]*raftpb.Message{app, obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+		}
+		for range n {
+			b.raft.recv(t)
+		}
+		waitFor(t, "MessagesSent to count every message", func() bool { return st(a, 2).MessagesSent >= sent0.MessagesSent+n })
+		sent, recv := st(a, 2), st(b, 1)
+		if got := sent.MessagesSent - sent0.MessagesSent; got != n {
+			t.Errorf("MessagesSent grew by %d, want %d", got, n)
+		}
+		if got := recv.MessagesReceived - recv0.MessagesReceived; got != n {
+			t.Errorf("MessagesReceived grew by %d, want %d", got, n)
+		}
+		if got := sent.BytesSent - sent0.BytesSent; got < uint64(payload) {
+			t.Errorf("BytesSent grew by %d, want at least the %d payload bytes", got, payload)
+		}
+		if got := recv.BytesReceived - recv0.BytesReceived; got < uint64(payload) {
+			t.Errorf("BytesReceived grew by %d, want at least the %d payload bytes", got, payload)
+		}
+		// Nothing went the other way but link heartbeats.
+		if back := st(b, 1).MessagesSent; back != 0 {
+			t.Errorf("b's MessagesSent to 1 = %d, want 0", back)
+		}
+	})
+
+	t.Run("pipeline", func(t *testing.T) {
+		sent0, recv0 := st(a, 2), st(b, 1)
+		// A MsgSnap always goes by the pipeline.
+		snap := obsMsg(raftpb.MsgSnap, 1, 2, 5)
+		snap.Snapshot = &raftpb.Snapshot{Data: bytes.Repeat([]byte{'s'}, 500),
+			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(5), Term: proto.Uint64(1)}}
+		a.tr.Send([]*raftpb.Message{snap})
+		b.raft.recv(t)
+		waitFor(t, "the POST to be counted", func() bool { return st(a, 2).MessagesSent == sent0.MessagesSent+1 })
+		if got := st(a, 2).BytesSent - sent0.BytesSent; got < 500 {
+			t.Errorf("BytesSent grew by %d, want at least 500", got)
+		}
+		recv := st(b, 1)
+		if got := recv.MessagesReceived - recv0.MessagesReceived; got != 1 {
+			t.Errorf("MessagesReceived grew by %d, want 1", got)
+		}
+		if got := recv.BytesReceived - recv0.BytesReceived; got < 500 {
+			t.Errorf("BytesReceived grew by %d, want at least 500", got)
+		}
+	})
+
+	t.Run("dropped", func(t *testing.T) {
+		before := st(a, 2)
+		a.tr.CutPeer(2)
+		const n = 3
+		for i := range uint64(n) {
+			a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+		}
+		a.tr.MendPeer(2)
+		after := st(a, 2)
+		if got := after.Dropped - before.Dropped; got != n {
+			t.Errorf("Dropped grew by %d, want %d", got, n)
+		}
+		if after.MessagesSent != before.MessagesSent {
+			t.Errorf("MessagesSent moved from %d to %d for dropped messages", before.MessagesSent, after.MessagesSent)
+		}
+	})
+
+	t.Run("reconnects", func(t *testing.T) {
+		a0, b0 := st(a, 2).StreamReconnects, st(b, 1).StreamReconnects
+		// Cut the connections a dialled to b: a's two readers redial, and
+		// b's two writers get the new connections.
+		b.srv.CloseClientConnections()
+		waitFor(t, "a's readers to reconnect", func() bool { return st(a, 2).StreamReconnects >= a0+2 })
+		waitFor(t, "b's writers to reconnect", func() bool { return st(b, 1).StreamReconnects >= b0+2 })
+		waitFor(t, "peers active again", func() bool { return st(a, 2).Active && st(b, 1).Active })
+		b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
+		if got := a.raft.recv(t); got.GetFrom() != 2 {
+			t.Errorf("got a message from %d, want 2", got.GetFrom())
+		}
+	})
+}
