@@ -1,0 +1,600 @@
+// Package faultnet is a fault-injecting TCP proxy for tests.
+//
+// A Network hands out Proxies. Each Proxy listens on 127.0.0.1 and forwards
+// every connection it accepts to one target address; a test points a peer
+// URL at the proxy instead of the target, and injects faults at run time:
+//
+//   - SetLatency delays every chunk of bytes, with seeded jitter;
+//   - SetBandwidth caps the bytes per second of each direction;
+//   - Partition stops forwarding one direction or both: bytes in flight are
+//     held, as TCP holds unacknowledged data, and the sender feels back
+//     pressure once the buffers fill; they are delivered after a heal;
+//   - Blackhole swallows every byte, both ways, and accepts new connections
+//     without ever answering them: a stalled stream that stays open;
+//   - ResetAll resets every live connection (RST, not FIN);
+//   - Heal clears every fault.
+//
+// A connection that lost bytes to a black hole has a hole in its byte
+// stream, which no real network produces (TCP either delivers in order or
+// breaks the connection): when the black hole is lifted, such connections
+// are reset rather than resumed.
+//
+// Every goroutine a Proxy starts is owned by it; Close stops them all and
+// waits for them. Jitter comes from a random generator seeded from the
+// Network's seed and the Proxy's creation rank, so a test that creates its
+// proxies in the same order draws the same delays for the same chunks.
+package faultnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Direction names a direction of the bytes of a proxied connection.
+type Direction uint8
+
+const (
+	// ClientToServer is the direction of the bytes the dialer sends to the
+	// target (requests, for HTTP).
+	ClientToServer Direction = 1 << iota
+	// ServerToClient is the direction of the bytes the target sends back
+	// (responses, and the data of a stream the dialer reads).
+	ServerToClient
+	// BothWays is both directions.
+	BothWays = ClientToServer | ServerToClient
+)
+
+func (d Direction) String() string {
+	switch d {
+	case 0:
+		return "none"
+	case ClientToServer:
+		return "client->server"
+	case ServerToClient:
+		return "server->client"
+	case BothWays:
+		return "both ways"
+	}
+	return fmt.Sprintf("Direction(%d)", uint8(d))
+}
+
+// index is the slot of a single direction in per-direction arrays.
+func (d Direction) index() int {
+	if d == ServerToClient {
+		return 1
+	}
+	return 0
+}
+
+// ErrClosed is returned by Network.Proxy after Network.Close.
+var ErrClosed = errors.New("faultnet: network closed")
+
+// Network creates proxies that share a seed. It is safe for concurrent use.
+type Network struct {
+	seed int64
+
+	mu      sync.Mutex
+	proxies []*Proxy
+	closed  bool
+}
+
+// New returns a Network whose proxies draw their jitter from seed.
+func New(seed int64) *Network { return &Network{seed: seed} }
+
+// Proxy starts a proxy that listens on 127.0.0.1 on a free port and forwards
+// each connection to target (host:port). No fault is set.
+func (n *Network) Proxy(target string) (*Proxy, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, ErrClosed
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("faultnet: listen: %w", err)
+	}
+	rank := uint64(len(n.proxies))
+	p := newProxy(ln, target, rand.New(rand.NewPCG(uint64(n.seed), rank)))
+	n.proxies = append(n.proxies, p)
+	return p, nil
+}
+
+// Close closes every proxy of the network, waiting for their goroutines.
+// Later calls to Proxy fail with ErrClosed.
+func (n *Network) Close() {
+	n.mu.Lock()
+	n.closed = true
+	proxies := n.proxies
+	n.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range proxies {
+		wg.Go(p.Close)
+	}
+	wg.Wait()
+}
+
+// chunkSize is the most a proxy reads from a connection at once.
+const chunkSize = 32 << 10
+
+// queuedChunks is how many chunks a direction of a connection holds between
+// its reader and its writer: what a held (partitioned) or delayed direction
+// buffers before it stops reading and the sender feels back pressure.
+const queuedChunks = 16
+
+// Proxy forwards the connections accepted on its address to its target,
+// injecting the faults set on it. Its methods are safe for concurrent use.
+type Proxy struct {
+	target string
+	ln     net.Listener
+	dialer net.Dialer
+
+	ctx    context.Context // cancelled by Close: aborts dials to the target
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine of the proxy
+
+	mu        sync.Mutex
+	rng       *rand.Rand
+	latency   time.Duration
+	jitter    time.Duration
+	bandwidth int64        // bytes per second per direction; 0 is unlimited
+	pace      [2]time.Time // per direction: when the link is free again
+	partition Direction
+	blackhole bool
+	changed   chan struct{} // closed and replaced when a fault changes
+	links     map[*link]struct{}
+	closed    bool
+	accepted  int
+
+	forwarded [2]atomic.Int64
+	swallowed atomic.Int64
+
+	closeOnce sync.Once
+}
+
+func newProxy(ln net.Listener, target string, rng *rand.Rand) *Proxy {
+	p := &Proxy{target: target, ln: ln, rng: rng, changed: make(chan struct{}), links: map[*link]struct{}{},
+		dialer: net.Dialer{Timeout: 5 * time.Second}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.wg.Go(p.acceptLoop)
+	return p
+}
+
+// Addr returns the proxy's listening address, host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// URL returns "http://" + Addr().
+func (p *Proxy) URL() string { return "http://" + p.Addr() }
+
+// Target returns the address the proxy forwards to.
+func (p *Proxy) Target() string { return p.target }
+
+// SetLatency delays every chunk of bytes, in both directions, by d plus a
+// uniformly drawn jitter in [-jitter, +jitter] (never below zero). Order is
+// preserved: a chunk is never delivered before the one read before it.
+// Chunks already read keep the delay they were given.
+func (p *Proxy) SetLatency(d, jitter time.Duration) {
+	p.update(func() { p.latency, p.jitter = max(d, 0), max(jitter, 0) })
+}
+
+// SetBandwidth caps each direction at bytesPerSec, shared by all the
+// proxy's connections as a link's capacity is. Zero or less removes the cap.
+func (p *Proxy) SetBandwidth(bytesPerSec int64) {
+	p.update(func() {
+		p.bandwidth = max(bytesPerSec, 0)
+		p.pace = [2]time.Time{}
+	})
+}
+
+// Partition stops forwarding in the given directions (and resumes the
+// others): ClientToServer, ServerToClient, BothWays, or 0 for none. Bytes
+// of a stopped direction are held, not dropped, and flow again once the
+// direction is healed; until then, once the proxy's buffers for the
+// connection fill, the sender's writes block. New connections are still
+// accepted and dialled through, so that a one-way partition lets the other
+// direction work.
+func (p *Proxy) Partition(dir Direction) {
+	p.update(func() { p.partition = dir & BothWays })
+}
+
+// Blackhole, when on, swallows every byte in both directions, of live and
+// new connections, which stay open: a new connection is accepted and never
+// answered. Turning it off resets the connections that lost bytes.
+func (p *Proxy) Blackhole(on bool) {
+	p.update(func() { p.blackhole = on })
+	if !on {
+		p.resetTainted()
+	}
+}
+
+// Heal clears every fault and resets the connections that lost bytes to a
+// black hole. Held bytes flow again.
+func (p *Proxy) Heal() {
+	p.update(func() {
+		p.latency, p.jitter, p.bandwidth, p.pace = 0, 0, 0, [2]time.Time{}
+		p.partition, p.blackhole = 0, false
+	})
+	p.resetTainted()
+}
+
+// ResetAll resets every live connection: both of its TCP connections are
+// closed with SO_LINGER 0, so that each end gets a RST.
+func (p *Proxy) ResetAll() {
+	for _, l := range p.liveLinks() {
+		l.close(true)
+	}
+}
+
+// Close stops accepting, resets every connection and waits until every
+// goroutine of the proxy has ended. It is idempotent.
+func (p *Proxy) Close() {
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.cancel()
+		p.ln.Close()
+		p.ResetAll()
+		p.wg.Wait()
+	})
+}
+
+// Stats is what a proxy has done so far.
+type Stats struct {
+	Accepted  int   // connections accepted
+	Live      int   // connections open now
+	Forwarded int64 // bytes delivered, both directions
+	ToServer  int64 // bytes delivered client to server
+	ToClient  int64 // bytes delivered server to client
+	Swallowed int64 // bytes lost to a black hole
+}
+
+// Stats returns the proxy's counters.
+func (p *Proxy) Stats() Stats {
+	p.mu.Lock()
+	s := Stats{Accepted: p.accepted, Live: len(p.links)}
+	p.mu.Unlock()
+	s.ToServer = p.forwarded[ClientToServer.index()].Load()
+	s.ToClient = p.forwarded[ServerToClient.index()].Load()
+	s.Forwarded = s.ToServer + s.ToClient
+	s.Swallowed = p.swallowed.Load()
+	return s
+}
+
+// update changes faults under the lock and wakes every waiting writer.
+func (p *Proxy) update(fn func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fn()
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *Proxy) liveLinks() []*link {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*link, 0, len(p.links))
+	for l := range p.links {
+		out = append(out, l)
+	}
+	return out
+}
+
+// resetTainted resets the connections that lost bytes, unless a black hole
+// is (again) in force.
+func (p *Proxy) resetTainted() {
+	p.mu.Lock()
+	if p.blackhole {
+		p.mu.Unlock()
+		return
+	}
+	var tainted []*link
+	for l := range p.links {
+		if l.tainted.Load() {
+			tainted = append(tainted, l)
+		}
+	}
+	p.mu.Unlock()
+	for _, l := range tainted {
+		l.close(true)
+	}
+}
+
+// delay draws the delay of a chunk read now. p.mu must be held.
+func (p *Proxy) delayLocked() time.Duration {
+	d := p.latency
+	if p.jitter > 0 {
+		d += time.Duration(p.rng.Int64N(int64(2*p.jitter)+1)) - p.jitter
+	}
+	return max(d, 0)
+}
+
+// readFaults is what a reader needs when it has read a chunk: whether to
+// swallow it, and otherwise when it may be delivered.
+func (p *Proxy) readFaults() (swallow bool, deliverAt time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.blackhole {
+		return true, time.Time{}
+	}
+	return false, time.Now().Add(p.delayLocked())
+}
+
+// writeFaults is what a writer needs before it delivers bytes in dir:
+// whether to swallow them, whether the direction is held, and the channel
+// closed at the next change of faults.
+func (p *Proxy) writeFaults(dir Direction) (swallow, held bool, changed <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.blackhole, p.partition&dir != 0, p.changed
+}
+
+// reserve books the link in dir for up to n bytes and returns how many
+// bytes may go, and when they will have crossed it (zero: at once). Slices
+// are small enough that a cap is smooth (a twentieth of a second's worth).
+func (p *Proxy) reserve(dir Direction, n int) (int, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bandwidth == 0 {
+		return n, time.Time{}
+	}
+	slice := min(int64(n), max(p.bandwidth/20, 512))
+	now := time.Now()
+	start := p.pace[dir.index()]
+	if start.Before(now) {
+		start = now
+	}
+	end := start.Add(time.Duration(float64(slice) / float64(p.bandwidth) * float64(time.Second)))
+	p.pace[dir.index()] = end
+	return int(slice), end
+}
+
+func (p *Proxy) acceptLoop() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// A persistent error (out of descriptors): do not spin.
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-p.ctx.Done():
+				return
+			}
+			continue
+		}
+		// The accept loop is itself counted in wg, so Add cannot race
+		// with Close's Wait.
+		p.wg.Go(func() { p.serve(c.(*net.TCPConn)) })
+	}
+}
+
+// link is one proxied connection: the client's, and the one dialled to the
+// target (nil while accepted under a black hole).
+type link struct {
+	p       *Proxy
+	client  *net.TCPConn
+	server  *net.TCPConn // guarded by p.mu
+	done    chan struct{}
+	once    sync.Once
+	tainted atomic.Bool  // bytes were swallowed
+	ended   atomic.Int32 // directions that ended cleanly (FIN passed on)
+}
+
+// serve proxies one accepted connection.
+func (p *Proxy) serve(c *net.TCPConn) {
+	l := &link{p: p, client: c, done: make(chan struct{})}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		reset(c)
+		return
+	}
+	p.links[l] = struct{}{}
+	p.accepted++
+	swallow := p.blackhole
+	p.mu.Unlock()
+
+	if swallow {
+		// Never answered, never forwarded: swallow what the client
+		// sends, and keep the connection until it is reset.
+		l.tainted.Store(true)
+		buf := make([]byte, chunkSize)
+		for {
+			n, err := c.Read(buf)
+			p.swallowed.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}
+
+	s, err := p.dialer.DialContext(p.ctx, "tcp", p.target)
+	if err != nil {
+		// Nothing listens there: the client sees its connection reset,
+		// the closest a proxy can come to a refused connection.
+		l.close(true)
+		return
+	}
+	p.mu.Lock()
+	select {
+	case <-l.done: // reset while dialling
+		p.mu.Unlock()
+		reset(s.(*net.TCPConn))
+		return
+	default:
+	}
+	l.server = s.(*net.TCPConn)
+	p.mu.Unlock()
+	l.pipe(ClientToServer, l.client, l.server)
+	l.pipe(ServerToClient, l.server, l.client)
+}
+
+// chunk is a piece of one direction's byte stream, or its end.
+type chunk struct {
+	data []byte
+	at   time.Time // when it may be delivered
+	end  bool      // the source ended here
+	err  error     // how it ended: io.EOF for a FIN, else a reset
+}
+
+// pipe forwards src to dst with two goroutines: a reader that reads chunks
+// and stamps them with their delivery time, and a writer that delivers
+// them, honouring partitions and the bandwidth cap. The reader keeps
+// reading while the writer waits, up to queuedChunks.
+func (l *link) pipe(dir Direction, src, dst *net.TCPConn) {
+	q := make(chan chunk, queuedChunks)
+	l.p.wg.Go(func() { l.read(src, q) })
+	l.p.wg.Go(func() { l.write(dir, dst, q) })
+}
+
+func (l *link) read(src *net.TCPConn, q chan<- chunk) {
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			swallow, at := l.p.readFaults()
+			if swallow {
+				l.tainted.Store(true)
+				l.p.swallowed.Add(int64(n))
+			} else {
+				// A copy of what was read: the queue holds what a
+				// connection has in flight, not chunkSize per read.
+				select {
+				case q <- chunk{data: append([]byte(nil), buf[:n]...), at: at}:
+				case <-l.done:
+					return
+				}
+			}
+		}
+		if err != nil {
+			if swallow, _ := l.p.readFaults(); swallow {
+				l.tainted.Store(true) // the end is swallowed too
+				return
+			}
+			select {
+			case q <- chunk{end: true, err: err}:
+			case <-l.done:
+			}
+			return
+		}
+	}
+}
+
+func (l *link) write(dir Direction, dst *net.TCPConn, q <-chan chunk) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	wait := func(until time.Time) bool {
+		d := time.Until(until)
+		if d <= 0 {
+			return true
+		}
+		timer.Reset(d)
+		select {
+		case <-timer.C:
+			return true
+		case <-l.done:
+			return false
+		}
+	}
+	for {
+		var c chunk
+		select {
+		case c = <-q:
+		case <-l.done:
+			return
+		}
+		if !wait(c.at) {
+			return
+		}
+		data := c.data
+		for {
+			// Faults are checked per slice, so that a partition or black
+			// hole set mid-chunk takes effect at once.
+			swallow, held, changed := l.p.writeFaults(dir)
+			if swallow {
+				l.tainted.Store(true)
+				l.p.swallowed.Add(int64(len(data)))
+				c.end = false // an end is swallowed too
+				break
+			}
+			if held {
+				select {
+				case <-changed:
+				case <-l.done:
+					return
+				}
+				continue
+			}
+			if len(data) == 0 {
+				break
+			}
+			n, until := l.p.reserve(dir, len(data))
+			if !wait(until) {
+				return
+			}
+			if _, err := dst.Write(data[:n]); err != nil {
+				l.close(true)
+				return
+			}
+			l.p.forwarded[dir.index()].Add(int64(n))
+			data = data[n:]
+		}
+		if !c.end {
+			continue
+		}
+		if !errors.Is(c.err, io.EOF) {
+			l.close(true) // pass a reset on
+			return
+		}
+		if err := dst.CloseWrite(); err != nil {
+			l.close(true)
+			return
+		}
+		if l.ended.Add(1) == 2 {
+			l.close(false)
+		}
+		return
+	}
+}
+
+// close ends the link: both connections are closed (reset: with a RST) and
+// its goroutines return. Idempotent.
+func (l *link) close(rst bool) {
+	l.once.Do(func() {
+		p := l.p
+		p.mu.Lock()
+		close(l.done)
+		delete(p.links, l)
+		s := l.server
+		p.mu.Unlock()
+		for _, c := range []*net.TCPConn{l.client, s} {
+			if c == nil {
+				continue
+			}
+			if rst {
+				reset(c)
+			} else {
+				c.Close()
+			}
+		}
+	})
+}
+
+// reset closes c with a RST.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	c.Close()
+}
