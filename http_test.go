@@ -220,16 +220,6 @@ func (s *htStore) saved() ([]*raftpb.Message, [][]byte) {
 	return append([]*raftpb.Message(nil), s.msgs...), append([][]byte(nil), s.payloads...)
 }
 
-// htCountProcess makes Process count its calls and succeed.
-func htCountProcess(fr *fakeRaft) *atomic.Int32 {
-	var n atomic.Int32
-	fr.setProcess(func(context.Context, *raftpb.Message) error {
-		n.Add(1)
-		return nil
-	})
-	return &n
-}
-
 // htCase is one request to a handler and the response it must get.
 type htCase struct {
 	name      string

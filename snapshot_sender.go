@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,8 +115,11 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 		return fail(ErrTooManySnapshots)
 	}
 	if !p.goIfRunning(func() {
-		defer func() { <-t.snapSendSem; p.snapSending.Store(false) }()
-		errc <- p.sendSnapshot(m)
+		err := p.sendSnapshot(m)
+		// Free the slots before telling the caller, who may send again.
+		<-t.snapSendSem
+		p.snapSending.Store(false)
+		errc <- err
 	}) {
 		<-t.snapSendSem
 		p.snapSending.Store(false)
@@ -179,6 +183,11 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
 	body.watch(t.cfg.snapProgressTimeout, func() { cancel(ErrSnapshotStalled) })
+	// RoundTrip does not return until its writer goroutine is done with the
+	// body: a payload Read that blocks (a stalled producer) must be broken
+	// by closing the payload, or neither a stall nor Stop could end the
+	// transfer.
+	defer context.AfterFunc(ctx, body.closePayload)()
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+RaftSnapshotPrefix, body)
 	if err != nil {
@@ -223,6 +232,8 @@ type snapshotBody struct {
 	progress atomic.Int64 // unix nanoseconds of the last byte read
 	timer    *time.Timer
 	done     atomic.Bool // the transfer is over: the watchdog stands down
+
+	closeOnce sync.Once // guards closing the payload
 }
 
 // snapshotChunk is the largest read the body serves at once: the unit of
@@ -250,8 +261,7 @@ func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody
 // sent, if no answer comes within timeout.
 func (b *snapshotBody) watch(timeout time.Duration, stalled func()) {
 	b.progress.Store(time.Now().UnixNano())
-	var check func()
-	check = func() {
+	check := func() {
 		if b.done.Load() {
 			return
 		}
@@ -270,8 +280,12 @@ func (b *snapshotBody) close() {
 	if b.timer != nil {
 		b.timer.Stop()
 	}
-	b.payload.Close()
+	b.closePayload()
 }
+
+// closePayload closes the payload once; it may run while a Read is blocked
+// in it, to unblock it.
+func (b *snapshotBody) closePayload() { b.closeOnce.Do(func() { b.payload.Close() }) }
 
 func (b *snapshotBody) Read(p []byte) (int, error) {
 	n, err := b.read(p)

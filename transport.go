@@ -204,12 +204,11 @@ type Transport struct {
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
 
-	mu       sync.RWMutex // guards the fields below
-	started  bool
-	stopped  bool
-	peers    map[uint64]*peer
-	remotes  map[uint64]*remote
-	stopOnce sync.Once
+	mu      sync.RWMutex // guards the fields below
+	started bool
+	stopped bool
+	peers   map[uint64]*peer
+	remotes map[uint64]*remote
 }
 
 // config is the Transport's configuration with defaults applied, fixed at
@@ -815,13 +814,6 @@ func (t *Transport) setHeaders(h http.Header) {
 	if t.cfg.urlsHeader != "" {
 		h.Set(headerPeerURLs, t.cfg.urlsHeader)
 	}
-}
-
-// isStopped reports whether Stop has been called.
-func (t *Transport) isStopped() bool {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.stopped
 }
 
 // get returns the peer with the given id, if any.
