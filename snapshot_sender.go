@@ -26,7 +26,8 @@ type SnapshotMessage struct {
 	// Message is the MsgSnap; its To names the peer.
 	Message *raftpb.Message
 	// Payload supplies the payload. The transport reads it once and closes
-	// it, whatever the outcome.
+	// it, whatever the outcome. Close may come while a Read is blocked (the
+	// transfer stalled or was stopped) and must then make that Read return.
 	Payload io.ReadCloser
 	// PayloadSize is the exact number of bytes Payload yields. A payload
 	// that ends early or runs long fails the transfer, so the receiver never
