@@ -449,8 +449,11 @@ func TestMetricsActivePeers(t *testing.T) {
 
 	b.close() // the peer's transport and server die
 	waitValue(t, reg, "etcd_network_active_peers", labels, "= 0", func(v float64) bool { return v == 0 })
-	if got := obsValue(t, reg, "etcd_network_disconnected_peers_total", labels); got != disconnected0+1 {
-		t.Errorf("disconnected_peers_total = %v, want %v", got, disconnected0+1)
+	// At least one disconnect. A stream b was dialling as it stopped may
+	// still have attached to a (active again) just before it broke: a
+	// second disconnect is then real, not a miscount.
+	if got := obsValue(t, reg, "etcd_network_disconnected_peers_total", labels); got < disconnected0+1 {
+		t.Errorf("disconnected_peers_total = %v, want at least %v", got, disconnected0+1)
 	}
 	if got := a.tr.ActivePeers(); got != 0 {
 		t.Errorf("ActivePeers() = %d, want 0", got)
