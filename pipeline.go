@@ -122,6 +122,12 @@ func checkPostResponse(t *Transport, lg *zap.Logger, resp *http.Response, base s
 		return nil
 	case http.StatusForbidden:
 		return ErrMemberRemoved
+	case http.StatusServiceUnavailable:
+		// Our snapshot receivers answer 503 when at their limit.
+		if body := readErrorBody(resp.Body); body == ErrTooManySnapshots.Error() {
+			return ErrTooManySnapshots
+		}
+		return fmt.Errorf("unexpected http status %s while posting to %q", http.StatusText(resp.StatusCode), base)
 	case http.StatusPreconditionFailed:
 		switch body := readErrorBody(resp.Body); body {
 		case ErrIncompatibleVersion.Error():

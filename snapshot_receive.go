@@ -32,6 +32,13 @@ var errNoSnapshotStore = errors.New("no snapshot store configured")
 // the payload to the end of the body (spec §2.3). The payload is stored
 // durably before raft sees the MsgSnap.
 func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
+	// An answer before the end of the body is a refusal or a failure; close
+	// the connection with it, or net/http reads up to 256 KiB more of a
+	// body that may be trickling in before the sender hears of it.
+	refuse := func(msg string, code int) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, msg, code)
+	}
 	const unknownSender = "UNKNOWN_SNAPSHOT_SENDER"
 	start := time.Now()
 	if r.Method != http.MethodPost {
@@ -54,7 +61,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		defer func() { <-t.snapRecvSem }()
 	default:
 		w.Header().Set("Retry-After", "1")
-		http.Error(w, ErrTooManySnapshots.Error(), http.StatusServiceUnavailable)
+		refuse(ErrTooManySnapshots.Error(), http.StatusServiceUnavailable)
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
@@ -72,7 +79,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 			err = io.ErrUnexpectedEOF
 		}
 		t.lg.Warn("failed to decode Raft message", zap.Error(err))
-		http.Error(w, fmt.Sprintf("failed to decode raft message (%v)", err), http.StatusBadRequest)
+		refuse(fmt.Sprintf("failed to decode raft message (%v)", err), http.StatusBadRequest)
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
@@ -85,7 +92,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	if m.GetType() != raftpb.MsgSnap {
 		t.lg.Warn("unexpected Raft message type", zap.Stringer("message-type", m.GetType()))
-		http.Error(w, "wrong raft message type", http.StatusBadRequest)
+		refuse("wrong raft message type", http.StatusBadRequest)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}
@@ -103,7 +110,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err))
-		http.Error(w, fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
+		refuse(fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}

@@ -117,9 +117,15 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	}
 	if !p.goIfRunning(func() {
 		err := p.sendSnapshot(m)
-		// Free the slots before telling the caller, who may send again.
+		// Free the slots before telling raft and the caller, who may
+		// send again at once.
 		<-t.snapSendSem
 		p.snapSending.Store(false)
+		status := raft.SnapshotFinish
+		if err != nil {
+			status = raft.SnapshotFailure
+		}
+		t.reportSnapshot(p.id, status)
 		errc <- err
 	}) {
 		<-t.snapSendSem
@@ -129,7 +135,8 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	return errc
 }
 
-// sendSnapshot does one snapshot POST and reports the outcome to raft.
+// sendSnapshot does one snapshot POST and records its outcome; the caller
+// reports it to raft.
 func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 	t := p.t
 	start := time.Now()
@@ -155,14 +162,12 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 		p.picker.unreachable(u)
 		p.status.deactivate(failureType{source: "sendMsgSnap", action: "post"}, err.Error())
 		t.reportUnreachable(p.id)
-		t.reportSnapshot(p.id, raft.SnapshotFailure)
 		p.metrics.sentFailures.Inc()
 		t.metrics.snapSendFailures.WithLabelValues(p.idStr).Inc()
 		return err
 	}
 	took := time.Since(start)
 	p.status.activate()
-	t.reportSnapshot(p.id, raft.SnapshotFinish)
 	lg.Info("sent database snapshot", zap.Duration("took", took),
 		zap.String("rate", humanize.IBytes(uint64(float64(total)/max(took.Seconds(), 1e-9)))+"/s"))
 	p.metrics.sent(1, int(total))

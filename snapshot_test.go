@@ -793,8 +793,8 @@ func TestSnapshotTooManyReceives(t *testing.T) {
 	// So is node 3's transport, whose payload is slow too.
 	gate3 := newSnapGate(t, newSnapGen(12, size), 1<<20)
 	err3 := snapWait(t, snapSend(n3, 2, 11, gate3, size))
-	if err3 == nil || !strings.Contains(err3.Error(), http.StatusText(http.StatusServiceUnavailable)) {
-		t.Errorf("node 3's SendSnapshot yielded %v, want a 503 failure", err3)
+	if !errors.Is(err3, ErrTooManySnapshots) {
+		t.Errorf("node 3's SendSnapshot yielded %v, want the receiver's 503 as ErrTooManySnapshots", err3)
 	}
 	if reps := n3.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFailure}) {
 		t.Errorf("node 3's reports = %v, want one Failure for 2", reps)
