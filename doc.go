@@ -43,9 +43,11 @@
 //
 // Every method of Transport is safe for concurrent use. Per peer the
 // transport runs two stream writers, two stream readers, a few pipeline
-// workers (PipelineWorkers, default 4) and two loops calling Raft.Process:
-// one for proposals, one for everything else, so that a node without a
-// leader, which blocks proposals, cannot hold up votes and appends. Raft
+// workers (PipelineWorkers, default 4), two probers and three loops calling
+// Raft.Process: one for proposals, so that a node without a leader, which
+// blocks proposals, cannot hold up votes and appends, and one for each
+// stream, so that appends backed up on the msgappv2 stream do not delay
+// heartbeats and votes on the message stream. Raft
 // callbacks may be called from several goroutines at once, and
 // ReportUnreachable may be called from inside Send.
 //

@@ -161,7 +161,8 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 			n    int
 		}{
 			{"stream_msgappv2", len(p.msgAppV2Writer.msgc)}, {"stream_message", len(p.writer.msgc)},
-			{"pipeline", len(p.pipeline.msgc)}, {"recv", len(p.recvc)}, {"prop", len(p.propc)},
+			{"pipeline", len(p.pipeline.msgc)}, {"recv_msgappv2", len(p.msgAppV2Reader.recvc)}, {"recv_message", len(p.msgAppReader.recvc)},
+			{"prop", len(p.propc)},
 		} {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(q.n), p.idStr, q.name)
 		}

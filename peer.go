@@ -39,14 +39,16 @@ type peer struct {
 	msgAppReader   *streamReader
 	probers        [2]*prober // over the stream and the pipeline round trippers
 
-	// recvc carries received messages other than proposals to raft; propc
-	// carries proposals, so that a raft without a leader, which blocks
-	// proposals, cannot hold up votes and appends.
-	recvc chan *raftpb.Message
+	// Each stream reader has its own receive queue (streamReader.recvc),
+	// so appends backed up on the msgappv2 stream do not delay heartbeats
+	// and votes on the message stream. propc carries proposals from both,
+	// so that a raft without a leader, which blocks proposals, cannot hold
+	// up the rest.
 	propc chan *raftpb.Message
 
 	paused      atomic.Bool
 	drops       dropLog
+	processErrs dropLog     // rate-limits "failed to process" warnings
 	snapSending atomic.Bool // a snapshot to this peer is in flight
 
 	mu       sync.Mutex // guards stopping against wg.Go
@@ -71,15 +73,14 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		status:  newPeerStatus(t.lg, t.metrics, t.cfg.idStr, idStr),
 		picker:  newURLPicker(urls),
 		metrics: t.metrics.forPeer(idStr),
-		recvc:   make(chan *raftpb.Message, t.cfg.recvQueue),
 		propc:   make(chan *raftpb.Message, t.cfg.propQueue),
 	}
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics)
 	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
 	p.writer = newStreamWriter(p, streamTypeMessage)
-	p.msgAppV2Reader = &streamReader{p: p, typ: streamTypeMsgAppV2}
-	p.msgAppReader = &streamReader{p: p, typ: streamTypeMessage}
+	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
+	p.msgAppReader = newStreamReader(p, streamTypeMessage)
 	p.probers = [2]*prober{
 		newProber(p, RoundTripperNameRaftMessage, t.streamRt),
 		newProber(p, RoundTripperNameSnapshot, t.pipelineRt),
@@ -90,7 +91,8 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.wg.Go(func() { p.writer.run(p.ctx) })
 	p.wg.Go(func() { p.msgAppV2Reader.run(p.ctx) })
 	p.wg.Go(func() { p.msgAppReader.run(p.ctx) })
-	p.wg.Go(func() { p.processLoop(p.recvc) })
+	p.wg.Go(func() { p.processLoop(p.msgAppV2Reader.recvc) })
+	p.wg.Go(func() { p.processLoop(p.msgAppReader.recvc) })
 	p.wg.Go(func() { p.processLoop(p.propc) })
 	for _, pr := range p.probers {
 		p.wg.Go(func() { pr.run(p.ctx) })
@@ -105,7 +107,11 @@ func (p *peer) processLoop(c chan *raftpb.Message) {
 		select {
 		case m := <-c:
 			if err := p.t.Raft.Process(p.ctx, m); err != nil && p.ctx.Err() == nil {
-				p.lg.Warn("failed to process Raft message", zap.Error(err))
+				// A stopped raft fails every message: rate-limit.
+				if n, ok := p.processErrs.allow(); ok {
+					p.lg.Warn("failed to process Raft message", zap.Stringer("message-type", m.GetType()),
+						zap.Error(err), zap.Int64("failed-since-last-log", n))
+				}
 			}
 		case <-p.ctx.Done():
 			return

@@ -317,8 +317,13 @@ func (w *streamWriter) flush(c *outgoingConn, enc encoder, msgs int) error {
 // exponential backoff, rotating through the peer's URLs, until the peer
 // stops.
 type streamReader struct {
-	p   *peer
-	typ streamType
+	p     *peer
+	typ   streamType
+	recvc chan *raftpb.Message // this stream's lane to raft, proposals aside
+}
+
+func newStreamReader(p *peer, typ streamType) *streamReader {
+	return &streamReader{p: p, typ: typ, recvc: make(chan *raftpb.Message, p.t.cfg.recvQueue)}
 }
 
 func (r *streamReader) run(ctx context.Context) {
@@ -462,8 +467,9 @@ func drainClose(rc io.ReadCloser) {
 }
 
 // decodeLoop decodes messages until the stream fails and hands them on:
-// proposals to propc, dropped if it is full; everything else to recvc, where
-// a full queue makes the reader wait, and TCP push back to the sender.
+// proposals to propc, dropped if it is full; everything else to the stream's
+// own recvc, where a full queue makes the reader wait, and TCP push back to
+// the sender.
 func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 	p := r.p
 	var dec decoder
@@ -499,7 +505,7 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 			continue
 		}
 		select {
-		case p.recvc <- m:
+		case r.recvc <- m:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -93,9 +93,9 @@ const (
 	// DefaultPipelineWorkers is the number of concurrent pipeline POSTs per
 	// peer, etcd's connPerPipeline.
 	DefaultPipelineWorkers = 4
-	// DefaultRecvQueueSize is the queue between a peer's stream readers and
-	// Raft.Process. When it is full the readers stop reading, and TCP pushes
-	// back to the sender, where a drop is reported to raft.
+	// DefaultRecvQueueSize is the queue between each of a peer's stream
+	// readers and Raft.Process. When it is full the reader stops reading,
+	// and TCP pushes back to the sender, where a drop is reported to raft.
 	DefaultRecvQueueSize = 4096
 	// DefaultPropQueueSize is the queue of received proposals, etcd's
 	// maxPendingProposals. Proposals that find it full are dropped (raft
