@@ -245,7 +245,7 @@ type snapshotBody struct {
 // snapshotChunk is the largest read the body serves at once: the unit of
 // throttling and of progress. Throttled bodies use smaller reads at low
 // rates, so that each read takes a fraction of a second.
-const snapshotChunk = 64 << 10
+const snapshotChunk = 1 << 20
 
 func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody {
 	b := &snapshotBody{
@@ -257,7 +257,7 @@ func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody
 		chunk:    snapshotChunk,
 	}
 	if limit > 0 {
-		b.chunk = int(min(max(float64(limit)/16, 1<<10), snapshotChunk))
+		b.chunk = int(min(max(float64(limit)/16, 1<<10), 64<<10))
 		b.limiter = rate.NewLimiter(limit, b.chunk)
 	}
 	return b

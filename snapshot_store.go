@@ -26,6 +26,9 @@ func (s DirSnapshotStore) Path(index uint64) string {
 	return filepath.Join(s.Dir, fmt.Sprintf("%016x.snap.db", index))
 }
 
+// copyBufSize is the buffer a payload is copied to its file with.
+const copyBufSize = 1 << 20
+
 // tmpPattern names temporary files; they never match the final name.
 const tmpPattern = ".tmp-*.snap.db"
 
@@ -45,7 +48,8 @@ func (s DirSnapshotStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = io.Copy(f, &ctxReader{ctx: ctx, r: r}); err != nil {
+	// Large writes: a snapshot is big, and each write is a system call.
+	if _, err = io.CopyBuffer(f, &ctxReader{ctx: ctx, r: r}, make([]byte, copyBufSize)); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {

@@ -399,6 +399,9 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, keepAlive bool) *http.T
 	if keepAlive {
 		tr.MaxIdleConnsPerHost = 1024
 		tr.IdleConnTimeout = 90 * time.Second
+		// Snapshots go this way: bigger buffers, fewer system calls.
+		tr.WriteBufferSize = 64 << 10
+		tr.ReadBufferSize = 64 << 10
 	}
 	u := &unixTransport{base: tr, bySocket: map[string]*http.Transport{}}
 	tr.RegisterProtocol("unix", unixScheme{u, "http"})
