@@ -34,7 +34,7 @@ in_modules = failed=; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED in:$$failed" >&2; exit 1; fi
 
-.PHONY: test test-short bench fuzz lint gofmt-check vet staticcheck cover demo tidy-check
+.PHONY: test test-short bench bench-compat fuzz lint gofmt-check vet staticcheck cover demo tidy-check
 
 # Run every test, with the race detector and shuffled order, in every module.
 test:
@@ -47,6 +47,13 @@ test-short:
 # Run benchmarks of the root module (e.g. make bench BENCH=Encode COUNT=5).
 bench:
 	$(GO) test -run='^$$' -bench=$(BENCH) -benchmem -count=$(COUNT) ./...
+
+# Side-by-side benchmark of our transport and etcd 3.7's rafthttp.Transport
+# in one process (compat/bench; results in compat/BENCHMARKS.md). About 3-4
+# minutes; pass flags with BENCHFLAGS, e.g. BENCHFLAGS=-quick or
+# BENCHFLAGS='-only ours -cpuprofile /tmp/cpu.out'.
+bench-compat:
+	cd compat/bench && $(GO) run . $(BENCHFLAGS)
 
 # Discover every fuzz target in every package of the root module and run
 # each one alone for $(FUZZTIME); stop at the first failure.

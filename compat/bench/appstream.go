@@ -1,0 +1,354 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// appSpec is the shape of the MsgApps of a scenario.
+type appSpec struct {
+	entries int // entries per message
+	size    int // bytes of data per entry, at least 16
+}
+
+func (s appSpec) String() string { return fmt.Sprintf("%dx%dB", s.entries, s.size) }
+
+// payloadBytes is the entry data one message carries.
+func (s appSpec) payloadBytes() int64 { return int64(s.entries) * int64(s.size) }
+
+// Terms of the two phases of a stream: the warm-up, whose messages are only
+// counted, and the measurement, whose messages are checked one by one. The
+// change of term makes the first measured message a full MsgApp on the
+// msgappv2 stream, and every later one an AppEntries record.
+const (
+	warmTerm    uint64 = 1
+	measureTerm uint64 = 2
+)
+
+// spotEvery: every spotEvery-th measured message has all its entry data
+// compared with the pattern (the others have their stamps checked).
+const spotEvery = 64
+
+// appStream sends MsgApps from one node to another with at most window in
+// flight, and checks what the receiver's raft is handed: the sender takes a
+// window slot per message, the receiver frees it.
+//
+// Measured messages come from a ring of 2×window prebuilt messages that are
+// restamped in place, so that the sending side allocates nothing: a slot is
+// reused only after its previous message was delivered (delivery is in
+// order, which the receiver checks), hence after the transport is done
+// with it. Every entry's data carries its index in its first and last 8
+// bytes; the rest is a fixed pattern.
+type appStream struct {
+	from, to uint64
+	spec     appSpec
+	window   int
+	slots    chan struct{}
+	pattern  []byte
+	batch    []*raftpb.Message
+	ring     []*ringSlot
+	next     int    // next ring slot to use
+	index    uint64 // index of the last entry sent
+
+	delivered atomic.Int64 // messages handed to the receiver's raft, both phases
+
+	mu      sync.Mutex // guards the receiver's state below
+	expect  uint64     // Index the next measured message must carry
+	got     int64      // measured messages received
+	warmGot int64      // warm-up messages received
+	err     error      // first bad message
+}
+
+type ringSlot struct {
+	m      *raftpb.Message
+	index  uint64
+	commit uint64
+	ents   []uint64 // entry indexes, pointed to by the entries
+}
+
+func newAppStream(from, to uint64, spec appSpec, window int) *appStream {
+	s := &appStream{
+		from: from, to: to, spec: spec, window: window,
+		slots:   make(chan struct{}, window),
+		pattern: make([]byte, spec.size),
+		batch:   make([]*raftpb.Message, 1),
+	}
+	for i := range s.pattern {
+		s.pattern[i] = byte(i*131 + 7)
+	}
+	term := measureTerm
+	for range 2 * window {
+		sl := &ringSlot{ents: make([]uint64, spec.entries)}
+		m := &raftpb.Message{
+			Type: raftpb.MsgApp.Enum(), To: proto.Uint64(to), From: proto.Uint64(from),
+			Term: &term, LogTerm: &term, Index: &sl.index, Commit: &sl.commit,
+		}
+		for j := range spec.entries {
+			m.Entries = append(m.Entries, &raftpb.Entry{
+				Term: &term, Index: &sl.ents[j], Type: raftpb.EntryNormal.Enum(),
+				Data: bytes.Clone(s.pattern),
+			})
+		}
+		sl.m = m
+		s.ring = append(s.ring, sl)
+	}
+	return s
+}
+
+// stamp writes idx into the first and last 8 bytes of data.
+func stamp(data []byte, idx uint64) {
+	binary.BigEndian.PutUint64(data, idx)
+	binary.BigEndian.PutUint64(data[len(data)-8:], idx)
+}
+
+// receive is the receiver's raft handling a MsgApp of the stream: it checks
+// it and frees its window slot.
+func (s *appStream) receive(m *raftpb.Message) {
+	s.mu.Lock()
+	err := s.check(m)
+	if err != nil && s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+	s.delivered.Add(1)
+	select {
+	case <-s.slots:
+	default:
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = fmt.Errorf("message %d delivered with no message in flight (duplicate?)", m.GetIndex())
+		}
+		s.mu.Unlock()
+	}
+}
+
+// check checks m; s.mu is held. It allocates nothing unless m is wrong.
+func (s *appStream) check(m *raftpb.Message) error {
+	if m.GetType() != raftpb.MsgApp || m.GetFrom() != s.from || m.GetTo() != s.to {
+		return fmt.Errorf("got %s from %d to %d, want MsgApp from %d to %d", m.GetType(), m.GetFrom(), m.GetTo(), s.from, s.to)
+	}
+	if len(m.Entries) != s.spec.entries {
+		return fmt.Errorf("MsgApp at index %d has %d entries, want %d", m.GetIndex(), len(m.Entries), s.spec.entries)
+	}
+	switch m.GetTerm() {
+	case warmTerm:
+		s.warmGot++
+		return nil
+	case measureTerm:
+	default:
+		return fmt.Errorf("MsgApp of term %d, want %d or %d", m.GetTerm(), warmTerm, measureTerm)
+	}
+	base := m.GetIndex()
+	if base != s.expect || m.GetLogTerm() != measureTerm || m.GetCommit() != base {
+		return fmt.Errorf("measured MsgApp #%d: got index %d logterm %d commit %d, want index %d logterm %d commit %d",
+			s.got, base, m.GetLogTerm(), m.GetCommit(), s.expect, measureTerm, s.expect)
+	}
+	full := s.got%spotEvery == 0
+	for j, e := range m.Entries {
+		idx := base + uint64(j) + 1
+		d := e.GetData()
+		if e.GetIndex() != idx || e.GetTerm() != measureTerm || e.GetType() != raftpb.EntryNormal || len(d) != s.spec.size {
+			return fmt.Errorf("entry %d of MsgApp at %d: got index %d term %d type %s %d bytes, want index %d term %d EntryNormal %d bytes",
+				j, base, e.GetIndex(), e.GetTerm(), e.GetType(), len(d), idx, measureTerm, s.spec.size)
+		}
+		if binary.BigEndian.Uint64(d) != idx || binary.BigEndian.Uint64(d[len(d)-8:]) != idx {
+			return fmt.Errorf("entry %d: data stamped %d/%d, want %d", idx, binary.BigEndian.Uint64(d), binary.BigEndian.Uint64(d[len(d)-8:]), idx)
+		}
+		if full && !bytes.Equal(d[8:len(d)-8], s.pattern[8:len(d)-8]) {
+			return fmt.Errorf("entry %d: data differs from what was sent", idx)
+		}
+	}
+	s.expect = base + uint64(s.spec.entries)
+	s.got++
+	return nil
+}
+
+// acquire takes a window slot, unless ctx ends first.
+func (s *appStream) acquire(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("window stuck with %d messages in flight: %w", len(s.slots), context.Cause(ctx))
+	}
+}
+
+// drain waits until every message sent was delivered.
+func (s *appStream) drain(ctx context.Context) error {
+	for i := range s.window {
+		if err := s.acquire(ctx); err != nil {
+			return fmt.Errorf("draining (%d of %d slots back): %w", i, s.window, err)
+		}
+	}
+	for range s.window {
+		<-s.slots
+	}
+	return nil
+}
+
+// warmUp sends freshly built warm-up messages for d, then waits for them
+// all to be delivered. They may travel any way (the streams may still be
+// attaching); they are only counted.
+func (s *appStream) warmUp(ctx context.Context, n *node, d time.Duration) error {
+	sent := int64(0)
+	for start := time.Now(); time.Since(start) < d; {
+		if err := s.acquire(ctx); err != nil {
+			return err
+		}
+		m := &raftpb.Message{
+			Type: raftpb.MsgApp.Enum(), To: proto.Uint64(s.to), From: proto.Uint64(s.from),
+			Term: proto.Uint64(warmTerm), LogTerm: proto.Uint64(warmTerm), Index: proto.Uint64(s.index), Commit: proto.Uint64(s.index),
+		}
+		for range s.spec.entries {
+			s.index++
+			data := bytes.Clone(s.pattern)
+			stamp(data, s.index)
+			m.Entries = append(m.Entries, &raftpb.Entry{Term: proto.Uint64(warmTerm), Index: proto.Uint64(s.index), Type: raftpb.EntryNormal.Enum(), Data: data})
+		}
+		s.batch[0] = m
+		n.send(s.batch)
+		sent++
+	}
+	if err := s.drain(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	if s.warmGot != sent {
+		return fmt.Errorf("warm-up: %d messages delivered, want %d", s.warmGot, sent)
+	}
+	// The measurement continues the log where the warm-up left it.
+	s.expect = s.index
+	return nil
+}
+
+// measurement is what one measured phase of a stream did.
+type measurement struct {
+	msgs    int64
+	elapsed time.Duration // from the first send to the last delivery
+	mallocs uint64        // heap allocations of the whole process
+	cpu     time.Duration // user+system CPU of the whole process
+}
+
+func (m measurement) perSecond() float64 { return float64(m.msgs) / m.elapsed.Seconds() }
+
+func (m measurement) allocsPerMsg() float64 { return float64(m.mallocs) / float64(m.msgs) }
+
+func (m measurement) cpuPerMsg() time.Duration { return m.cpu / time.Duration(max(m.msgs, 1)) }
+
+// measure sends measured messages until d has passed or stop is closed
+// (whichever is given), waits for all of them to be delivered and checks
+// them. It must follow warmUp.
+func (s *appStream) measure(ctx context.Context, n *node, d time.Duration, stop <-chan struct{}) (measurement, error) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs0, cpu0 := ms.Mallocs, cpuTime()
+	start := time.Now()
+	var sent int64
+	for done := false; !done; {
+		if err := s.acquire(ctx); err != nil {
+			return measurement{}, err
+		}
+		s.batch[0] = s.nextMeasured()
+		n.send(s.batch)
+		sent++
+		if sent%32 == 0 {
+			if stop != nil {
+				select {
+				case <-stop:
+					done = true
+				default:
+				}
+			} else {
+				done = time.Since(start) >= d
+			}
+		}
+	}
+	if err := s.drain(ctx); err != nil {
+		return measurement{}, err
+	}
+	res := measurement{msgs: sent, elapsed: time.Since(start), cpu: cpuTime() - cpu0}
+	runtime.ReadMemStats(&ms)
+	res.mallocs = ms.Mallocs - mallocs0
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return measurement{}, s.err
+	}
+	if s.got != sent {
+		return measurement{}, fmt.Errorf("%d measured messages delivered, want %d", s.got, sent)
+	}
+	return res, nil
+}
+
+// nextMeasured restamps the next ring slot as the message that continues
+// the log, and returns it.
+func (s *appStream) nextMeasured() *raftpb.Message {
+	sl := s.ring[s.next]
+	s.next = (s.next + 1) % len(s.ring)
+	sl.index, sl.commit = s.index, s.index
+	for j := range sl.ents {
+		s.index++
+		sl.ents[j] = s.index
+		stamp(sl.m.Entries[j].Data, s.index)
+	}
+	return sl.m
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// errStalled is why a watchdog gives up on a run.
+var errStalled = errors.New("no message delivered for 10 s")
+
+// watchdog cancels the returned context when progress stops moving for
+// 10 s; the returned stop function ends the watchdog.
+func watchdog(parent context.Context, progress func() int64) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		last, lastAt := progress(), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if p := progress(); p != last {
+					last, lastAt = p, time.Now()
+				} else if time.Since(lastAt) > 10*time.Second {
+					cancel(errStalled)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-finished
+		cancel(nil)
+	}
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestBenchQuick runs every scenario once at tiny sizes, with both
+// transports, and checks that the report has a figure for each of them
+// in every row (and raw TCP where it applies): the command still works.
+func TestBenchQuick(t *testing.T) {
+	cfg := quickConfig()
+	cfg.dir = t.TempDir()
+	cfg.smallTime, cfg.largeTime, cfg.hbTime, cfg.rawTime = 100*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond, 50*time.Millisecond
+	var progress, out bytes.Buffer
+	cfg.progress = &progress
+	if err := run(&cfg, &out); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, progress.String())
+	}
+	report := out.String()
+	for _, r := range rows(&cfg) {
+		var line string
+		for l := range strings.Lines(report) {
+			if strings.HasPrefix(l, "| "+r.label+" ") {
+				line = l
+			}
+		}
+		if line == "" {
+			t.Errorf("report has no row %q:\n%s", r.label, report)
+			continue
+		}
+		cells := strings.Split(strings.Trim(strings.TrimSpace(line), "|"), "|")
+		if len(cells) != 6 {
+			t.Errorf("row %q has %d cells, want 6: %q", r.label, len(cells), line)
+			continue
+		}
+		for i, col := range []string{"ours", "etcd", "ours/etcd"} {
+			if v := strings.TrimSpace(cells[i+1]); v == "—" || v == "" {
+				t.Errorf("row %q: no %s figure: %q", r.label, col, line)
+			}
+		}
+		wantRaw := r.metric == "small.rate" || r.metric == "large.mbps" || r.metric == "large.rate"
+		if got := strings.TrimSpace(cells[4]) != "—"; got != wantRaw {
+			t.Errorf("row %q: raw TCP figure present %v, want %v: %q", r.label, got, wantRaw, line)
+		}
+	}
+	for _, want := range []string{"go: go1.", "CPU: ", "nproc ", "go.etcd.io/etcd/server/v3 v3.7.3"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report does not mention %q:\n%s", want, report)
+		}
+	}
+	if t.Failed() {
+		t.Logf("progress:\n%s", progress.String())
+	}
+}
+
+// TestCheckerRejects proves that the receiver's check of measured MsgApps
+// catches what a broken transport could deliver: each case hands the
+// checker one altered copy of the next message and expects an error.
+func TestCheckerRejects(t *testing.T) {
+	spec := appSpec{entries: 3, size: 40}
+	for _, tc := range []struct {
+		name  string
+		alter func(m *raftpb.Message)
+		want  string // in the error; "" means no error
+	}{
+		{name: "intact", alter: func(*raftpb.Message) {}},
+		{name: "wrong index", alter: func(m *raftpb.Message) { m.Index = proto.Uint64(m.GetIndex() + 1) }, want: "want index"},
+		{name: "wrong logterm", alter: func(m *raftpb.Message) { m.LogTerm = proto.Uint64(warmTerm) }, want: "logterm"},
+		{name: "wrong commit", alter: func(m *raftpb.Message) { m.Commit = proto.Uint64(0) }, want: "commit"},
+		{name: "wrong term", alter: func(m *raftpb.Message) { m.Term = proto.Uint64(7) }, want: "term 7"},
+		{name: "wrong sender", alter: func(m *raftpb.Message) { m.From = proto.Uint64(9) }, want: "from 9"},
+		{name: "wrong type", alter: func(m *raftpb.Message) { m.Type = raftpb.MsgHeartbeat.Enum() }, want: "want MsgApp"},
+		{name: "entry lost", alter: func(m *raftpb.Message) { m.Entries = m.Entries[:2] }, want: "has 2 entries"},
+		{name: "entry index", alter: func(m *raftpb.Message) { m.Entries[1].Index = proto.Uint64(99) }, want: "got index 99"},
+		{name: "entry truncated", alter: func(m *raftpb.Message) { m.Entries[2].Data = m.Entries[2].Data[:39] }, want: "39 bytes"},
+		{name: "stamp", alter: func(m *raftpb.Message) { m.Entries[0].Data[0] ^= 1 }, want: "stamped"},
+		{name: "data", alter: func(m *raftpb.Message) { m.Entries[2].Data[20] ^= 1 }, want: "differs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newAppStream(idA, idB, spec, 4)
+			s.index, s.expect = 10, 10
+			m := proto.Clone(s.nextMeasured()).(*raftpb.Message)
+			tc.alter(m)
+			s.slots <- struct{}{}
+			s.receive(m)
+			switch {
+			case tc.want == "" && s.err != nil:
+				t.Fatalf("got error %v, want none", s.err)
+			case tc.want != "" && (s.err == nil || !strings.Contains(s.err.Error(), tc.want)):
+				t.Fatalf("got error %v, want one containing %q", s.err, tc.want)
+			}
+			if len(s.slots) != 0 {
+				t.Errorf("got %d slots taken after delivery, want 0", len(s.slots))
+			}
+		})
+	}
+	t.Run("duplicate", func(t *testing.T) {
+		s := newAppStream(idA, idB, spec, 4)
+		m := proto.Clone(s.nextMeasured()).(*raftpb.Message)
+		s.slots <- struct{}{}
+		s.receive(m)
+		if s.err != nil {
+			t.Fatalf("first delivery: got error %v, want none", s.err)
+		}
+		s.receive(m)
+		if s.err == nil {
+			t.Fatal("second delivery of the same message: got no error, want one")
+		}
+	})
+}
+
+// TestReadFrames checks the raw TCP reader against records built by
+// appEntriesFrame, and that it refuses a record of another shape.
+func TestReadFrames(t *testing.T) {
+	spec := appSpec{entries: 4, size: 100}
+	frame, err := appEntriesFrame(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		stream  []byte
+		read    int64
+		wantErr bool
+	}{
+		{name: "three records", stream: bytes.Repeat(frame, 3), read: 3},
+		{name: "empty", stream: nil, read: 0},
+		{name: "truncated", stream: append(bytes.Clone(frame), frame[:10]...), read: 1, wantErr: true},
+		{name: "bad type", stream: append([]byte{0x02}, frame[1:]...), read: 0, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := readFrames(bufioReader(tc.stream), spec)
+			if n != tc.read || (err != nil) != tc.wantErr {
+				t.Fatalf("got %d records, error %v; want %d records, error %v", n, err, tc.read, tc.wantErr)
+			}
+		})
+	}
+}
+
+func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }

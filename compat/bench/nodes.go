@@ -1,0 +1,376 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	etcdhttp "go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	stats "go.etcd.io/etcd/server/v3/etcdserver/api/v2stats"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+
+	"github.com/raftkit/rafthttp"
+)
+
+// kind is the transport a node runs.
+type kind string
+
+const (
+	ours kind = "ours"
+	etcd kind = "etcd"
+)
+
+const clusterID = 0x1000
+
+// IDs of the two members of every pair: a sends, b receives.
+const (
+	idA uint64 = 1
+	idB uint64 = 2
+)
+
+// failures keeps the first error a run finds, from any goroutine.
+type failures struct {
+	mu    sync.Mutex
+	first error
+	count int
+}
+
+func (f *failures) add(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first == nil {
+		f.first = err
+	}
+	f.count++
+}
+
+func (f *failures) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first == nil {
+		return nil
+	}
+	if f.count > 1 {
+		return fmt.Errorf("%w (and %d more errors)", f.first, f.count-1)
+	}
+	return f.first
+}
+
+// handler is what a node's raft does with a message its transport hands it.
+type handler func(n *node, m *raftpb.Message) error
+
+// sink is the Raft of a node, for both transports: their Raft interfaces
+// have the same methods.
+type sink struct {
+	n           *node
+	handle      handler
+	fail        *failures
+	unreachable atomic.Int64
+	snapReports chan raft.SnapshotStatus
+}
+
+var (
+	_ rafthttp.Raft = (*sink)(nil)
+	_ etcdhttp.Raft = (*sink)(nil)
+)
+
+func (s *sink) Process(_ context.Context, m *raftpb.Message) error {
+	if s.handle == nil {
+		s.fail.add(fmt.Errorf("node %d: unexpected %s", s.n.id, m.GetType()))
+		return nil
+	}
+	if err := s.handle(s.n, m); err != nil {
+		s.fail.add(fmt.Errorf("node %d: %w", s.n.id, err))
+	}
+	return nil
+}
+
+func (s *sink) IsIDRemoved(uint64) bool  { return false }
+func (s *sink) ReportUnreachable(uint64) { s.unreachable.Add(1) }
+func (s *sink) ReportSnapshot(_ uint64, status raft.SnapshotStatus) {
+	select {
+	case s.snapReports <- status:
+	default:
+	}
+}
+
+// tap sits in front of a node's handler and counts what the HTTP server
+// serves, without wrapping the ResponseWriter (both transports use its
+// Flusher): pipeline POSTs, and stream handlers started and ended
+// (msgappv2 streams are served on /raft/stream/msgapp/).
+type tap struct {
+	next          http.Handler
+	pipelinePosts atomic.Int64
+	streamsBegun  atomic.Int64
+	streamsEnded  atomic.Int64
+	msgAppV2Begun atomic.Int64
+}
+
+func (t *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/raft":
+		t.pipelinePosts.Add(1)
+	case strings.HasPrefix(r.URL.Path, "/raft/stream/"):
+		t.streamsBegun.Add(1)
+		if strings.HasPrefix(r.URL.Path, "/raft/stream/msgapp/") {
+			t.msgAppV2Begun.Add(1)
+		}
+		defer t.streamsEnded.Add(1)
+	}
+	t.next.ServeHTTP(w, r)
+}
+
+// openStreams is the number of stream handlers running now.
+func (t *tap) openStreams() int64 { return t.streamsBegun.Load() - t.streamsEnded.Load() }
+
+// node is one member: a transport of either kind behind a real http.Server
+// on 127.0.0.1.
+type node struct {
+	id, peer uint64
+	kind     kind
+	url      string
+	dir      string // where received snapshots are kept
+	raft     *sink
+	tap      *tap
+	srv      *http.Server
+	served   chan struct{} // closed when Serve returns
+	ours     *rafthttp.Transport
+	etcd     *etcdhttp.Transport
+}
+
+// newNode starts a node of kind k; snapshots it receives go to dir.
+func newNode(k kind, id, peer uint64, dir string, h handler, f *failures) (*node, error) {
+	n := &node{id: id, peer: peer, kind: k, dir: dir, served: make(chan struct{})}
+	n.raft = &sink{n: n, handle: h, fail: f, snapReports: make(chan raft.SnapshotStatus, 16)}
+	var (
+		ln  net.Listener
+		err error
+		h2  http.Handler
+	)
+	switch k {
+	case ours:
+		// Ours on an ordinary listener (compat/README.md explains why).
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, err
+		}
+		n.url = "http://" + ln.Addr().String()
+		n.ours = &rafthttp.Transport{
+			ID: id, ClusterID: clusterID, URLs: []string{n.url}, Raft: n.raft,
+			SnapshotStore: rafthttp.DirSnapshotStore{Dir: dir},
+		}
+		if err := n.ours.Start(); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		h2 = n.ours.Handler()
+	case etcd:
+		// etcd on its peer listener, with its per-Read and per-Write
+		// deadlines, as an etcd member serves its peers.
+		if ln, err = etcdhttp.NewListener(url.URL{Scheme: "http", Host: "127.0.0.1:0"}, &transport.TLSInfo{}); err != nil {
+			return nil, err
+		}
+		n.url = "http://" + ln.Addr().String()
+		lg := zap.NewNop()
+		idStr := types.ID(id).String()
+		n.etcd = &etcdhttp.Transport{
+			Logger:      lg,
+			DialTimeout: 2 * time.Second,
+			ID:          types.ID(id),
+			URLs:        types.MustNewURLs([]string{n.url}),
+			ClusterID:   types.ID(clusterID),
+			Raft:        n.raft,
+			Snapshotter: snap.New(lg, dir),
+			ServerStats: stats.NewServerStats("", idStr),
+			LeaderStats: stats.NewLeaderStats(lg, idStr),
+			ErrorC:      make(chan error, 1),
+		}
+		if err := n.etcd.Start(); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		h2 = n.etcd.Handler()
+	default:
+		return nil, fmt.Errorf("unknown transport %q", k)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/raft", h2)
+	mux.Handle("/raft/", h2)
+	n.tap = &tap{next: mux}
+	// etcd's peer server settings.
+	n.srv = &http.Server{Handler: n.tap, ReadTimeout: 5 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() {
+		defer close(n.served)
+		n.srv.Serve(ln)
+	}()
+	return n, nil
+}
+
+// send hands msgs to the transport. Callers reuse their slice: both
+// transports read it only during the call.
+func (n *node) send(msgs []*raftpb.Message) {
+	if n.ours != nil {
+		n.ours.Send(msgs)
+	} else {
+		n.etcd.Send(msgs)
+	}
+}
+
+func (n *node) addPeer(id uint64, u string) error {
+	if n.ours != nil {
+		return n.ours.AddPeer(id, []string{u})
+	}
+	n.etcd.AddPeer(types.ID(id), []string{u})
+	return nil
+}
+
+func (n *node) activeSince(id uint64) time.Time {
+	if n.ours != nil {
+		return n.ours.ActiveSince(id)
+	}
+	return n.etcd.ActiveSince(types.ID(id))
+}
+
+// sendSnapshot sends a MsgSnap with its payload and returns a channel that
+// gets the outcome.
+func (n *node) sendSnapshot(m *raftpb.Message, payload io.ReadCloser, size int64) <-chan error {
+	if n.ours != nil {
+		return n.ours.SendSnapshot(rafthttp.SnapshotMessage{Message: m, Payload: payload, PayloadSize: size})
+	}
+	sm := snap.NewMessage(m, payload, size)
+	n.etcd.SendSnapshot(sm)
+	errc := make(chan error, 1)
+	go func() {
+		if !<-sm.CloseNotify() {
+			errc <- errors.New("etcd: snapshot not sent")
+			return
+		}
+		errc <- nil
+	}()
+	return errc
+}
+
+// stopTransport stops the transport; close stops the HTTP server. A pair is
+// stopped transports first, so that no stream is redialled while it goes.
+func (n *node) stopTransport() {
+	if n.ours != nil {
+		n.ours.Stop()
+	} else {
+		n.etcd.Stop()
+	}
+}
+
+func (n *node) close() {
+	n.srv.Close()
+	<-n.served
+}
+
+// pair is two connected nodes of one kind: a (id 1) and b (id 2).
+type pair struct {
+	a, b *node
+	fail *failures
+}
+
+// newPair starts two nodes of kind k, makes them peers of each other and
+// waits until both have their two streams to the other up. ha and hb are
+// their raft handlers; b keeps received snapshots in dir.
+func newPair(k kind, dir string, ha, hb handler) (*pair, error) {
+	p := &pair{fail: &failures{}}
+	var err error
+	if p.a, err = newNode(k, idA, idB, dir, ha, p.fail); err != nil {
+		return nil, err
+	}
+	if p.b, err = newNode(k, idB, idA, dir, hb, p.fail); err != nil {
+		p.a.stopTransport()
+		p.a.close()
+		return nil, err
+	}
+	if err := errors.Join(p.a.addPeer(idB, p.b.url), p.b.addPeer(idA, p.a.url)); err != nil {
+		p.stop()
+		return nil, err
+	}
+	err = waitUntil(10*time.Second, func() bool {
+		return !p.a.activeSince(idB).IsZero() && !p.b.activeSince(idA).IsZero() &&
+			p.a.tap.openStreams() >= 2 && p.b.tap.openStreams() >= 2 &&
+			p.a.tap.msgAppV2Begun.Load() > 0 && p.b.tap.msgAppV2Begun.Load() > 0
+	})
+	if err != nil {
+		err = fmt.Errorf("%s pair: streams not up: %w (active %v/%v, open streams %d/%d, msgappv2 dials %d/%d)", k, err,
+			!p.a.activeSince(idB).IsZero(), !p.b.activeSince(idA).IsZero(), p.a.tap.openStreams(), p.b.tap.openStreams(),
+			p.a.tap.msgAppV2Begun.Load(), p.b.tap.msgAppV2Begun.Load())
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *pair) stop() {
+	var wg sync.WaitGroup
+	wg.Go(p.a.stopTransport)
+	wg.Go(p.b.stopTransport)
+	wg.Wait()
+	p.a.close()
+	p.b.close()
+}
+
+// linkState is what must not change while a measurement runs: no pipeline
+// POST (everything goes over the streams), no stream handler ended (no
+// reconnect), nothing reported unreachable.
+type linkState struct {
+	posts, ended, unreachable [2]int64
+}
+
+func (p *pair) linkState() linkState {
+	var s linkState
+	for i, n := range []*node{p.a, p.b} {
+		s.posts[i] = n.tap.pipelinePosts.Load()
+		s.ended[i] = n.tap.streamsEnded.Load()
+		s.unreachable[i] = n.raft.unreachable.Load()
+	}
+	return s
+}
+
+// checkLink reports what changed since before.
+func (p *pair) checkLink(before linkState) error {
+	after := p.linkState()
+	var errs []error
+	for i, name := range []string{"a", "b"} {
+		if d := after.posts[i] - before.posts[i]; d != 0 {
+			errs = append(errs, fmt.Errorf("node %s served %d pipeline POSTs during the measurement, want 0 (messages left the streams)", name, d))
+		}
+		if d := after.ended[i] - before.ended[i]; d != 0 {
+			errs = append(errs, fmt.Errorf("node %s: %d streams ended during the measurement, want 0", name, d))
+		}
+		if d := after.unreachable[i] - before.unreachable[i]; d != 0 {
+			errs = append(errs, fmt.Errorf("node %s reported its peer unreachable %d times during the measurement, want 0", name, d))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitUntil polls cond every millisecond until it holds or timeout passes.
+func waitUntil(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("condition not met within %v", timeout)
+		}
+		<-tick.C
+	}
+	return nil
+}
