@@ -92,6 +92,7 @@ type streamWriter struct {
 	msgc  chan *raftpb.Message
 	connc chan *outgoingConn
 	done  chan struct{} // closed when run returns
+	pokec chan struct{} // asks for a probe of the connection (capacity 1)
 
 	working atomic.Bool                  // a connection is attached
 	cur     atomic.Pointer[outgoingConn] // the attached connection, for abort
@@ -113,6 +114,18 @@ func newStreamWriter(p *peer, typ streamType) *streamWriter {
 		msgc:  make(chan *raftpb.Message, p.t.cfg.streamQueue),
 		connc: make(chan *outgoingConn),
 		done:  make(chan struct{}),
+		pokec: make(chan struct{}, 1),
+	}
+}
+
+// poke asks the writer to probe its connection soon: the peer's stream
+// reader just lost its own connection, a hint that the remote may be gone,
+// which a writer otherwise learns only from a failing write. It never
+// blocks.
+func (w *streamWriter) poke() {
+	select {
+	case w.pokec <- struct{}{}:
+	default:
 	}
 }
 
@@ -255,6 +268,17 @@ func (w *streamWriter) run(ctx context.Context) {
 				detach(err, "write")
 			}
 
+		case <-w.pokec:
+			if conn == nil || reprobec != nil {
+				continue
+			}
+			if err := w.probe(conn, enc); err != nil {
+				detach(err, "write")
+				continue
+			}
+			reprobe.Reset(reprobeDelay)
+			reprobec = reprobe.C
+
 		case c := <-w.connc:
 			if conn != nil {
 				lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"))
@@ -365,6 +389,10 @@ func (r *streamReader) run(ctx context.Context) {
 				return
 			}
 			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(err))
+			// The remote may be gone: have our writers check their
+			// connections to it now rather than at their next write.
+			p.msgAppV2Writer.poke()
+			p.writer.poke()
 			// A clean end (the remote closed or replaced the stream) is
 			// not a failure of the peer; a timeout or garbage is.
 			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "closed") {

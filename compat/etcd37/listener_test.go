@@ -349,12 +349,11 @@ func TestOurHandlerOnEtcdListener(t *testing.T) {
 	// (its stream readers get EOF and cannot redial), and its writers
 	// must let go of the streams b dialled (their handlers return),
 	// telling raft. On this listener the request context of those streams
-	// ended long ago, at the first read timeout, so only a write can find
-	// the connection closed: the first link heartbeat after b left draws
-	// b's reset and the next one fails, and a heartbeat tick that follows
-	// traffic is skipped. That is three heartbeat intervals, one
-	// ConnReadTimeout, at worst; a second more is margin.
-	releaseLimit := rafthttp.DefaultConnReadTimeout + time.Second
+	// ended long ago, at the first read timeout, so a write must find the
+	// connection closed: when a's readers lose their streams they have
+	// a's writers probe at once and again 250 ms later, and the second
+	// probe fails on b's reset. Two seconds leave ample margin.
+	releaseLimit := 2 * time.Second
 	unreachable := a.raft.unreachableCount(b.id)
 	start := time.Now()
 	b.stop()
