@@ -36,8 +36,9 @@ type outgoingConn struct {
 	goneOnce  sync.Once
 	relseOnce sync.Once
 
-	mu      sync.Mutex // orders abort against the deadline a flush sets
-	aborted bool
+	mu       sync.Mutex // orders abort against the deadline a flush sets
+	aborted  bool
+	deadline time.Time // the write deadline last set
 }
 
 func newOutgoingConn(typ streamType, w http.ResponseWriter) *outgoingConn {
@@ -55,18 +56,25 @@ func (c *outgoingConn) release() { c.relseOnce.Do(func() { close(c.released) }) 
 // errStreamAborted fails the writes of a stream whose peer is stopping.
 var errStreamAborted = errors.New("stream aborted: the peer is stopping")
 
-// arm gives the writes that follow, up to the next arm, timeout to
+// arm gives the writes that follow at least three quarters of timeout to
 // complete. The writer arms the connection before each batch, since an
-// encoder may write through before the batch's flush.
+// encoder may write through before the batch's flush. The deadline moves
+// only when less than that is left: setting it costs a timer update, and a
+// stream of small batches would pay it per message.
 func (c *outgoingConn) arm(timeout time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.aborted {
 		return errStreamAborted
 	}
+	now := time.Now()
+	if c.deadline.Sub(now) > timeout*3/4 {
+		return nil
+	}
+	c.deadline = now.Add(timeout)
 	// Not every ResponseWriter supports deadlines (an httptest recorder
 	// does not); a writer that cannot time out still works.
-	if err := c.rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	if err := c.rc.SetWriteDeadline(c.deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	return nil
@@ -532,10 +540,16 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 			}
 			continue
 		}
+		// Try without waiting first: a two-case select costs more than a
+		// send to a queue with room, the common case.
 		select {
 		case r.recvc <- m:
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
+			select {
+			case r.recvc <- m:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
 }
