@@ -140,7 +140,8 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	body, err := readAllLimited(r.Body, limit)
+	rc := http.NewResponseController(w)
+	body, err := readAllLimited(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), limit)
 	if err != nil {
 		t.lg.Warn("failed to read Raft message", zap.Error(err))
 		if errors.Is(err, ErrExceedSizeLimit) {
@@ -175,6 +176,46 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	}
 	// 204 only once raft has the message.
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// minBodyRate is the slowest average rate, in bytes per second, at which a
+// request body may arrive once its grace period is over: a body trickling
+// in a byte a second would otherwise hold a handler for ever.
+const minBodyRate = 1 << 10
+
+// pacedBody reads a request body under a moving read deadline: each read
+// must come within timeout of the one before, and the body as a whole must
+// arrive at minBodyRate or faster after a grace of timeout.
+type pacedBody struct {
+	r       io.Reader
+	rc      *http.ResponseController
+	timeout time.Duration
+	start   time.Time
+	n       int64
+}
+
+func newPacedBody(r io.Reader, rc *http.ResponseController, timeout time.Duration) *pacedBody {
+	return &pacedBody{r: r, rc: rc, timeout: timeout, start: time.Now()}
+}
+
+func (b *pacedBody) Read(p []byte) (int, error) {
+	deadline := time.Now().Add(b.timeout)
+	if paced := b.start.Add(b.timeout + time.Duration(b.n)*time.Second/minBodyRate); paced.Before(deadline) {
+		deadline = paced
+	}
+	if err := b.rc.SetReadDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return 0, err
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if err == io.EOF {
+		// The body is in. Lift the deadline: once the body is read,
+		// net/http reads on in the background, and a timeout there
+		// would cancel the request's context while the handler still
+		// works (an fsync, Process), then end the keep-alive connection.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // readAllLimited reads r to EOF. A body longer than limit is refused with

@@ -71,7 +71,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	// CRC-32C trailer, when there is one, at the end of the body: a
 	// mismatch becomes a read error, so the store keeps nothing.
 	rc := http.NewResponseController(w)
-	src := &snapshotSource{r: r.Body, trailer: r, rc: rc, timeout: t.cfg.snapProgressTimeout, crc: crc32.New(crc32c)}
+	src := &snapshotSource{r: newPacedBody(r.Body, rc, t.cfg.snapProgressTimeout), trailer: r, crc: crc32.New(crc32c)}
 	var hdr [frameHeaderLen]byte
 	m, n, err := readMessageFrame(src, hdr[:], t.cfg.maxEnvelopeBytes)
 	if err != nil {
@@ -138,21 +138,15 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	t.metrics.snapRecvDuration.WithLabelValues(from).Observe(time.Since(start).Seconds())
 }
 
-// snapshotSource reads a snapshot body: it refreshes the connection's read
-// deadline before each read, so a stalled sender is cut off, and checks the
-// CRC-32C trailer at the end of the body.
+// snapshotSource reads a snapshot body (paced, so a stalled or trickling
+// sender is cut off) and checks the CRC-32C trailer at the end of it.
 type snapshotSource struct {
 	r       io.Reader
 	trailer *http.Request
-	rc      *http.ResponseController
-	timeout time.Duration
 	crc     hash.Hash32
 }
 
 func (s *snapshotSource) Read(p []byte) (int, error) {
-	if err := s.rc.SetReadDeadline(time.Now().Add(s.timeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return 0, err
-	}
 	n, err := s.r.Read(p)
 	s.crc.Write(p[:n])
 	if err == io.EOF {

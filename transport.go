@@ -154,7 +154,10 @@ type Transport struct {
 	// DefaultConnWriteTimeout.
 	ConnWriteTimeout time.Duration
 	// PipelineTimeout bounds one pipeline POST, except of a MsgSnap. Zero
-	// means DefaultPipelineTimeout.
+	// means DefaultPipelineTimeout. As a receiver, the pipeline handler
+	// gives a request body this long to start and then requires it to
+	// arrive at 1 KiB/s or faster, so that a client trickling bytes cannot
+	// hold a handler for ever.
 	PipelineTimeout time.Duration
 	// DialRetryMin and DialRetryMax bound the stream redial backoff. Zero
 	// means DefaultDialRetryMin and DefaultDialRetryMax.
@@ -174,7 +177,9 @@ type Transport struct {
 	// snapshot. Zero means DefaultMaxSnapshotEnvelopeBytes.
 	MaxSnapshotEnvelopeBytes int
 	// SnapshotSendRate limits the bytes per second of each outgoing
-	// snapshot. Zero means no limit.
+	// snapshot. Zero means no limit. Our receivers cut off bodies that
+	// arrive slower than 1 KiB/s on average (after a grace period), so keep
+	// it well above that.
 	SnapshotSendRate int64
 	// SnapshotProgressTimeout fails a snapshot transfer, in either
 	// direction, that moves no byte for this long. Zero means

@@ -1,0 +1,99 @@
+package rafthttp
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// trickleBody yields one byte of b per tick until the test ends.
+type trickleBody struct {
+	b    []byte
+	tick time.Duration
+	ctx  context.Context
+}
+
+func (r *trickleBody) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	select {
+	case <-time.After(r.tick):
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	}
+	p[0] = r.b[0]
+	r.b = r.b[1:]
+	return 1, nil
+}
+
+// TestTrickleBodyCutOff checks that a POST body trickling in a byte at a
+// time is cut off once its grace (PipelineTimeout, SnapshotProgressTimeout)
+// is over, on both POST routes: a handler is not held for ever by a slow
+// client, although each byte alone is progress.
+func TestTrickleBodyCutOff(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	snap := &raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: proto.Uint64(htLocalID), From: proto.Uint64(htPeerID),
+		Snapshot: &raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(5), Term: proto.Uint64(1)}}}
+	tests := []struct {
+		name string
+		kind htKind
+		path string
+		head []byte // sent at once, before the trickle
+	}{
+		{name: "pipeline", kind: htPipeline, path: RaftPrefix},
+		// A valid envelope, then a payload that trickles.
+		{name: "snapshot", kind: htSnapshot, path: RaftSnapshotPrefix, head: appendMessageFrame(nil, snap)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tr, fr := newHTTransport(t, func(tr *Transport) {
+				tr.PipelineTimeout = grace
+				tr.SnapshotProgressTimeout = grace
+				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
+			})
+			srv := newHTServer(t, tr)
+			client := newHTClient(t)
+			// 200 bytes a second, a fifth of the slowest rate allowed;
+			// 4 KiB would take 20 s.
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			body := io.MultiReader(bytes.NewReader(tc.head), &trickleBody{b: make([]byte, 4096), tick: 5 * time.Millisecond, ctx: ctx})
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+tc.path, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = htHeaders(tc.kind)
+			start := time.Now()
+			resp, err := client.Do(req)
+			took := time.Since(start)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 400 {
+					t.Errorf("status %d, want a refusal (4xx/5xx) or a closed connection", resp.StatusCode)
+				}
+			}
+			t.Logf("cut off after %v (%v)", took.Round(time.Millisecond), err)
+			if took > 2*time.Second {
+				t.Errorf("the trickling body was served for %v, want it cut off about %v after the start", took, grace)
+			}
+			waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
+			select {
+			case m := <-fr.msgc:
+				t.Errorf("raft got %v from a body that never completed", m.GetType())
+			default:
+			}
+			if files, _ := os.ReadDir(dir); len(files) != 0 {
+				t.Errorf("the store kept %d files, want none", len(files))
+			}
+		})
+	}
+}
