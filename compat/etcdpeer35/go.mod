@@ -3,6 +3,7 @@ module github.com/raftkit/rafthttp/compat/etcdpeer35
 go 1.26.0
 
 require (
+	github.com/raftkit/rafthttp/compat/peerkit v0.0.0
 	go.etcd.io/etcd/api/v3 v3.5.35
 	go.etcd.io/etcd/client/pkg/v3 v3.5.35
 	go.etcd.io/etcd/raft/v3 v3.5.35
@@ -30,3 +31,5 @@ require (
 	golang.org/x/time v0.0.0-20210220033141-f8bda1e9f3ba // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/raftkit/rafthttp/compat/peerkit => ../peerkit

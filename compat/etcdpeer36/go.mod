@@ -3,6 +3,7 @@ module github.com/raftkit/rafthttp/compat/etcdpeer36
 go 1.26.0
 
 require (
+	github.com/raftkit/rafthttp/compat/peerkit v0.0.0
 	go.etcd.io/etcd/api/v3 v3.6.16
 	go.etcd.io/etcd/client/pkg/v3 v3.6.16
 	go.etcd.io/etcd/server/v3 v3.6.16
@@ -29,3 +30,5 @@ require (
 	golang.org/x/time v0.9.0 // indirect
 	google.golang.org/protobuf v1.36.11 // indirect
 )
+
+replace github.com/raftkit/rafthttp/compat/peerkit => ../peerkit

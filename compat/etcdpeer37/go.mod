@@ -3,6 +3,7 @@ module github.com/raftkit/rafthttp/compat/etcdpeer37
 go 1.26.0
 
 require (
+	github.com/raftkit/rafthttp/compat/peerkit v0.0.0
 	go.etcd.io/etcd/api/v3 v3.7.3
 	go.etcd.io/etcd/client/pkg/v3 v3.7.3
 	go.etcd.io/etcd/server/v3 v3.7.3
@@ -28,3 +29,5 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
 )
+
+replace github.com/raftkit/rafthttp/compat/peerkit => ../peerkit

@@ -9,41 +9,15 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/raftkit/rafthttp/compat/peerkit"
 )
 
 // event is something one side of a test reported. Both sides, the etcd
-// peer (over its stdout, see ../etcdpeer35/main.go) and our transport,
-// report the same kinds, so that a scenario reads the same whichever side
-// sends:
-//
-//	process     Raft.Process got Msg (hex protobuf)
-//	unreachable Raft.ReportUnreachable(ID)
-//	snapreport  Raft.ReportSnapshot(ID, Status)
-//	errorc      the transport posted Err on its error channel
-//	snapsent    a snapshot send ended, OK if it succeeded
-//	http        the side's server answered Method Path with Status (-1:
-//	            refused since streams are blocked); Conn numbers requests
-//	wrote       the server wrote Data (hex) to the stream response Conn
-//	streamend   the handler of stream request Conn returned: the stream
-//	            writer has let go of the connection, and no longer takes
-//	            messages
-type event struct {
-	Ev      string `json:"ev"`
-	Seq     int64  `json:"seq,omitempty"`
-	Err     string `json:"err,omitempty"`
-	URL     string `json:"url,omitempty"`
-	Version string `json:"version,omitempty"`
-	ID      uint64 `json:"id,omitempty"`
-	Msg     string `json:"msg,omitempty"`
-	Status  int    `json:"status,omitempty"`
-	OK      bool   `json:"ok,omitempty"`
-	Method  string `json:"method,omitempty"`
-	Path    string `json:"path,omitempty"`
-	Conn    int64  `json:"conn,omitempty"`
-	Data    string `json:"data,omitempty"`
-	Since   int64  `json:"since,omitempty"`
-	Peers   int    `json:"peers,omitempty"`
-}
+// peer (over its stdout) and our transport, report the same kinds (see
+// ../peerkit for the list), so that a scenario reads the same whichever
+// side sends.
+type event = peerkit.Event
 
 // eventLog is the ordered record of one side's events.
 type eventLog struct {

@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/raftkit/rafthttp v0.0.0
+	github.com/raftkit/rafthttp/compat/peerkit v0.0.0
 	go.etcd.io/raft/v3 v3.7.0
 	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
@@ -26,3 +27,5 @@ require (
 )
 
 replace github.com/raftkit/rafthttp => ../..
+
+replace github.com/raftkit/rafthttp/compat/peerkit => ../peerkit

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp"
+	"github.com/raftkit/rafthttp/compat/peerkit"
 )
 
 // pair is our transport and an etcd peer of one line, each behind its own
@@ -498,8 +499,8 @@ func TestSnapshot(t *testing.T) {
 			t.Fatalf("%s kept a %d-byte payload, want %d bytes", rcv.name(), len(got), size)
 		}
 		for i, b := range got {
-			if b != payloadByte(int64(i)) {
-				t.Fatalf("%s kept a payload whose byte %d is %#x, want %#x", rcv.name(), i, b, payloadByte(int64(i)))
+			if b != peerkit.PayloadByte(int64(i)) {
+				t.Fatalf("%s kept a payload whose byte %d is %#x, want %#x", rcv.name(), i, b, peerkit.PayloadByte(int64(i)))
 			}
 		}
 	})
@@ -673,21 +674,4 @@ func TestUnknownSender(t *testing.T) {
 			t.Errorf("%s answered pipeline POSTs %+v, want one 204: the answer must come by the remote's pipeline", joiner.name(), posts)
 		}
 	})
-}
-
-// TestPeerProgramsShareMain checks that the three peer programs differ only
-// in their etcd.go, so that every line runs the same program.
-func TestPeerProgramsShareMain(t *testing.T) {
-	var first []byte
-	for _, l := range lines {
-		b, err := os.ReadFile(filepath.Join("..", l.dir, "main.go"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if first == nil {
-			first = b
-		} else if !bytes.Equal(b, first) {
-			t.Errorf("../%s/main.go differs from ../%s/main.go", l.dir, lines[0].dir)
-		}
-	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp"
+	"github.com/raftkit/rafthttp/compat/peerkit"
 )
 
 // side is one member of a test pair: our Transport, or an etcd peer
@@ -45,7 +45,8 @@ type side interface {
 
 	addPeer(t testing.TB, id uint64, url string)
 	send(t testing.TB, m *raftpb.Message)
-	// sendSnapshot sends m with a payload of size bytes (see payloadByte)
+	// sendSnapshot sends m with a payload of size bytes (see
+	// peerkit.NewPayload)
 	// over /raft/snapshot; a snapsent event reports the outcome.
 	sendSnapshot(t testing.TB, m *raftpb.Message, size int64)
 	setRemoved(t testing.TB, id uint64, removed bool)
@@ -61,27 +62,6 @@ type side interface {
 	// alive fails the test if the side no longer answers.
 	alive(t testing.TB)
 }
-
-// payloadByte is byte i of a test snapshot payload, as the etcd peer
-// program makes it.
-func payloadByte(i int64) byte { return byte(i % 251) }
-
-// payload yields size bytes of test snapshot payload.
-type payload struct{ off, size int64 }
-
-func (p *payload) Read(b []byte) (int, error) {
-	if p.off >= p.size {
-		return 0, io.EOF
-	}
-	n := min(int64(len(b)), p.size-p.off)
-	for i := range n {
-		b[i] = payloadByte(p.off + i)
-	}
-	p.off += n
-	return int(n), nil
-}
-
-func (p *payload) Close() error { return nil }
 
 // dumpEvents logs, if the test failed, what s reported (but the bytes of
 // its streams).
@@ -99,13 +79,14 @@ func dumpEvents(t testing.TB, s side) {
 // ---------------------------------------------------------------------------
 // Our side.
 
-// ourSide is our Transport behind an httptest server whose handler records
-// what it answers, as the etcd peer program does.
+// ourSide is our Transport behind an httptest server, with the same
+// recording middleware (peerkit.Tap) and application (peerkit.Recorder) as
+// the etcd peer program.
 type ourSide struct {
 	tr     *rafthttp.Transport
-	raft   *recRaft
+	rec    *peerkit.Recorder
 	srv    *httptest.Server
-	tap    *tap
+	tap    *peerkit.Tap
 	events *eventLog
 	dir    string
 	base   string
@@ -121,20 +102,19 @@ const ourID = 0x2a
 func newOurSide(t testing.TB, clusterID uint64, configure func(*rafthttp.Transport)) *ourSide {
 	t.Helper()
 	s := &ourSide{events: &eventLog{}, dir: t.TempDir(), errc: make(chan error, 1), stopc: make(chan struct{})}
-	s.raft = &recRaft{events: s.events, removed: map[uint64]bool{}}
+	s.rec = peerkit.NewRecorder(s.events.add)
 	s.tr = &rafthttp.Transport{
 		ID:            ourID,
 		ClusterID:     clusterID,
-		Raft:          s.raft,
+		Raft:          recRaft{s.rec},
 		Logger:        zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("ours"),
 		ErrorC:        s.errc,
 		SnapshotStore: rafthttp.DirSnapshotStore{Dir: s.dir},
 		DialRetryMin:  50 * time.Millisecond,
 		DialRetryMax:  200 * time.Millisecond,
 	}
-	s.tap = newTap(s.events)
-	s.srv = httptest.NewUnstartedServer(s.tap)
-	s.srv.Config.ConnContext = tapConnContext
+	s.srv = httptest.NewUnstartedServer(nil)
+	s.srv.Config.ConnContext = peerkit.ConnContext
 	s.base = "http://" + s.srv.Listener.Addr().String()
 	s.tr.URLs = []string{s.base}
 	if configure != nil {
@@ -146,7 +126,8 @@ func newOurSide(t testing.TB, clusterID uint64, configure func(*rafthttp.Transpo
 	mux := http.NewServeMux()
 	mux.Handle(rafthttp.RaftPrefix, s.tr.Handler())
 	mux.Handle(rafthttp.RaftPrefix+"/", s.tr.Handler())
-	s.tap.handler = mux
+	s.tap = peerkit.NewTap(mux, s.events.add)
+	s.srv.Config.Handler = s.tap
 	s.srv.Start()
 	s.wg.Go(func() {
 		for {
@@ -186,7 +167,7 @@ func (s *ourSide) addPeer(t testing.TB, id uint64, url string) {
 func (s *ourSide) send(_ testing.TB, m *raftpb.Message) { s.tr.Send([]*raftpb.Message{m}) }
 
 func (s *ourSide) sendSnapshot(_ testing.TB, m *raftpb.Message, size int64) {
-	errc := s.tr.SendSnapshot(rafthttp.SnapshotMessage{Message: m, Payload: &payload{size: size}, PayloadSize: size})
+	errc := s.tr.SendSnapshot(rafthttp.SnapshotMessage{Message: m, Payload: peerkit.NewPayload(size), PayloadSize: size})
 	s.wg.Go(func() {
 		err := <-errc
 		e := event{Ev: "snapsent", OK: err == nil}
@@ -197,20 +178,10 @@ func (s *ourSide) sendSnapshot(_ testing.TB, m *raftpb.Message, size int64) {
 	})
 }
 
-func (s *ourSide) setRemoved(_ testing.TB, id uint64, removed bool) {
-	s.raft.mu.Lock()
-	defer s.raft.mu.Unlock()
-	s.raft.removed[id] = removed
-}
-
-func (s *ourSide) reject403(_ testing.TB, on bool) {
-	s.raft.mu.Lock()
-	defer s.raft.mu.Unlock()
-	s.raft.reject = on
-}
-
-func (s *ourSide) blockStreams(_ testing.TB, on bool) { s.tap.block(on) }
-func (s *ourSide) cutStreams(testing.TB)              { s.tap.cut() }
+func (s *ourSide) setRemoved(_ testing.TB, id uint64, removed bool) { s.rec.SetRemoved(id, removed) }
+func (s *ourSide) reject403(_ testing.TB, on bool)                  { s.rec.Reject403(on) }
+func (s *ourSide) blockStreams(_ testing.TB, on bool)               { s.tap.BlockStreams(on) }
+func (s *ourSide) cutStreams(testing.TB)                            { s.tap.CutStreams() }
 
 func (s *ourSide) activeSince(_ testing.TB, id uint64) time.Time { return s.tr.ActiveSince(id) }
 
@@ -223,154 +194,22 @@ func (s *ourSide) alive(t testing.TB) {
 	resp.Body.Close()
 }
 
-// recRaft is our Transport's Raft: it records what the transport reports.
-type recRaft struct {
-	events *eventLog
+// recRaft is our Transport's Raft: it hands what the transport reports to
+// the recorder the etcd peer program uses too, messages as protobuf.
+type recRaft struct{ rec *peerkit.Recorder }
 
-	mu      sync.Mutex
-	removed map[uint64]bool
-	reject  bool
-}
-
-func (r *recRaft) Process(_ context.Context, m *raftpb.Message) error {
-	r.mu.Lock()
-	reject := r.reject
-	r.mu.Unlock()
-	if reject {
-		return errForbidden{}
-	}
+func (r recRaft) Process(_ context.Context, m *raftpb.Message) error {
 	b, err := proto.Marshal(m)
 	if err != nil {
 		return err
 	}
-	r.events.add(event{Ev: "process", Msg: hex.EncodeToString(b)})
-	return nil
+	return r.rec.Process(b)
 }
 
-func (r *recRaft) IsIDRemoved(id uint64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.removed[id]
-}
-
-func (r *recRaft) ReportUnreachable(id uint64) { r.events.add(event{Ev: "unreachable", ID: id}) }
-
-func (r *recRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
-	r.events.add(event{Ev: "snapreport", ID: id, Status: int(status)})
-}
-
-// errForbidden writes etcd's answer to a message from a removed member.
-type errForbidden struct{}
-
-func (errForbidden) Error() string { return "cannot process message from removed member" }
-
-func (errForbidden) WriteTo(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusForbidden)
-	fmt.Fprintln(w, `{"message":"cannot process message from removed member"}`)
-}
-
-// tap is the recording middleware in front of our handler, the twin of the
-// etcd peer program's: it records each answer (http events) and each write
-// to a stream response (wrote events), and can refuse or cut streams.
-type tap struct {
-	events  *eventLog
-	handler http.Handler
-	serial  atomic.Int64
-
-	mu      sync.Mutex
-	blocked bool
-	streams map[net.Conn]bool
-}
-
-type connKey struct{}
-
-func tapConnContext(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, connKey{}, c)
-}
-
-func newTap(events *eventLog) *tap { return &tap{events: events, streams: map[net.Conn]bool{}} }
-
-func (p *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	conn := p.serial.Add(1)
-	stream := strings.HasPrefix(r.URL.Path, "/raft/stream/")
-	if stream {
-		nc, _ := r.Context().Value(connKey{}).(net.Conn)
-		p.mu.Lock()
-		blocked := p.blocked
-		if !blocked && nc != nil {
-			p.streams[nc] = true
-		}
-		p.mu.Unlock()
-		if blocked {
-			p.events.add(event{Ev: "http", Method: r.Method, Path: r.URL.Path, Status: -1, Conn: conn})
-			if nc != nil {
-				nc.Close()
-			}
-			panic(http.ErrAbortHandler)
-		}
-		defer func() {
-			p.mu.Lock()
-			delete(p.streams, nc)
-			p.mu.Unlock()
-			p.events.add(event{Ev: "streamend", Path: r.URL.Path, Conn: conn})
-		}()
-	}
-	rw := &tapWriter{ResponseWriter: w, p: p, r: r, conn: conn, stream: stream}
-	defer rw.done()
-	p.handler.ServeHTTP(rw, r)
-}
-
-func (p *tap) block(on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.blocked = on
-}
-
-func (p *tap) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.streams {
-		c.Close()
-	}
-}
-
-type tapWriter struct {
-	http.ResponseWriter
-	p      *tap
-	r      *http.Request
-	conn   int64
-	stream bool
-	status int
-}
-
-func (w *tapWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-		w.p.events.add(event{Ev: "http", Method: w.r.Method, Path: w.r.URL.Path, Status: code, Conn: w.conn})
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *tapWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
-	}
-	if w.stream && w.status == http.StatusOK && len(b) > 0 {
-		w.p.events.add(event{Ev: "wrote", Path: w.r.URL.Path, Conn: w.conn, Data: hex.EncodeToString(b)})
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *tapWriter) Flush() { w.ResponseWriter.(http.Flusher).Flush() }
-
-func (w *tapWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *tapWriter) done() {
-	if w.status == 0 {
-		w.status = http.StatusOK
-		w.p.events.add(event{Ev: "http", Method: w.r.Method, Path: w.r.URL.Path, Status: http.StatusOK, Conn: w.conn})
-	}
+func (r recRaft) IsIDRemoved(id uint64) bool  { return r.rec.IsIDRemoved(id) }
+func (r recRaft) ReportUnreachable(id uint64) { r.rec.ReportUnreachable(id) }
+func (r recRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
+	r.rec.ReportSnapshot(id, int(status))
 }
 
 // ---------------------------------------------------------------------------
@@ -507,20 +346,9 @@ func (s *etcdSide) readEvents(stdout io.Reader, listening chan<- event) {
 	}
 }
 
-// command is one line of the peer program's input.
-type command struct {
-	Seq  int64    `json:"seq"`
-	Op   string   `json:"op"`
-	ID   uint64   `json:"id,omitempty"`
-	URLs []string `json:"urls,omitempty"`
-	Msg  string   `json:"msg,omitempty"`
-	Size int64    `json:"size,omitempty"`
-	On   bool     `json:"on,omitempty"`
-}
-
 // do sends c and returns the reply, failing the test if the program
 // reports an error or does not answer.
-func (s *etcdSide) do(t testing.TB, c command) event {
+func (s *etcdSide) do(t testing.TB, c peerkit.Command) event {
 	t.Helper()
 	e, err := s.try(c)
 	if err != nil {
@@ -529,7 +357,7 @@ func (s *etcdSide) do(t testing.TB, c command) event {
 	return e
 }
 
-func (s *etcdSide) try(c command) (event, error) {
+func (s *etcdSide) try(c peerkit.Command) (event, error) {
 	c.Seq = s.seq.Add(1)
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -545,23 +373,30 @@ func (s *etcdSide) try(c command) (event, error) {
 	}
 	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
+	var e event
 	select {
-	case e := <-reply:
-		if e.Err != "" {
-			return e, errors.New(e.Err)
-		}
-		return e, nil
+	case e = <-reply:
 	case <-s.exited:
-		return event{}, errors.New("the program exited")
+		// The program may have answered just before exiting (stop does):
+		// readEvents hands the reply over before it closes exited.
+		select {
+		case e = <-reply:
+		default:
+			return event{}, errors.New("the program exited")
+		}
 	case <-timer.C:
 		return event{}, errors.New("no reply")
 	}
+	if e.Err != "" {
+		return e, errors.New(e.Err)
+	}
+	return e, nil
 }
 
 // close stops the program: a stop command, then the end of its input, then
 // a kill if it still runs.
 func (s *etcdSide) close(t testing.TB) {
-	_, stopErr := s.try(command{Op: "stop"})
+	_, stopErr := s.try(peerkit.Command{Op: "stop"})
 	s.stdin.Close()
 	timer := time.NewTimer(waitTimeout)
 	defer timer.Stop()
@@ -590,42 +425,42 @@ func (s *etcdSide) heartbeatLen() int { return s.l.heartbeatLen }
 
 func (s *etcdSide) addPeer(t testing.TB, id uint64, url string) {
 	t.Helper()
-	s.do(t, command{Op: "addpeer", ID: id, URLs: []string{url}})
+	s.do(t, peerkit.Command{Op: "addpeer", ID: id, URLs: []string{url}})
 }
 
 func (s *etcdSide) send(t testing.TB, m *raftpb.Message) {
 	t.Helper()
-	s.do(t, command{Op: "send", Msg: hexMessage(t, m)})
+	s.do(t, peerkit.Command{Op: "send", Msg: hexMessage(t, m)})
 }
 
 func (s *etcdSide) sendSnapshot(t testing.TB, m *raftpb.Message, size int64) {
 	t.Helper()
-	s.do(t, command{Op: "snapshot", Msg: hexMessage(t, m), Size: size})
+	s.do(t, peerkit.Command{Op: "snapshot", Msg: hexMessage(t, m), Size: size})
 }
 
 func (s *etcdSide) setRemoved(t testing.TB, id uint64, removed bool) {
 	t.Helper()
-	s.do(t, command{Op: "removed", ID: id, On: removed})
+	s.do(t, peerkit.Command{Op: "removed", ID: id, On: removed})
 }
 
 func (s *etcdSide) reject403(t testing.TB, on bool) {
 	t.Helper()
-	s.do(t, command{Op: "reject403", On: on})
+	s.do(t, peerkit.Command{Op: "reject403", On: on})
 }
 
 func (s *etcdSide) blockStreams(t testing.TB, on bool) {
 	t.Helper()
-	s.do(t, command{Op: "blockstreams", On: on})
+	s.do(t, peerkit.Command{Op: "blockstreams", On: on})
 }
 
 func (s *etcdSide) cutStreams(t testing.TB) {
 	t.Helper()
-	s.do(t, command{Op: "cutstreams"})
+	s.do(t, peerkit.Command{Op: "cutstreams"})
 }
 
 func (s *etcdSide) activeSince(t testing.TB, id uint64) time.Time {
 	t.Helper()
-	e := s.do(t, command{Op: "status", ID: id})
+	e := s.do(t, peerkit.Command{Op: "status", ID: id})
 	if e.Since == 0 {
 		return time.Time{}
 	}
@@ -634,7 +469,7 @@ func (s *etcdSide) activeSince(t testing.TB, id uint64) time.Time {
 
 func (s *etcdSide) alive(t testing.TB) {
 	t.Helper()
-	s.do(t, command{Op: "status"})
+	s.do(t, peerkit.Command{Op: "status"})
 }
 
 func hexMessage(t testing.TB, m *raftpb.Message) string {
