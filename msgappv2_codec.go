@@ -170,6 +170,9 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 		return nil, 0, fmt.Errorf("msgappv2 record of %d entries, limit %d bytes: %w", count, d.limit, ErrExceedSizeLimit)
 	}
 	total += count * frameHeaderLen
+	if count == 1 {
+		return d.decodeAppEntry(total)
+	}
 	scratch, ends := d.scratch[:0], d.ends[:0]
 	defer func() {
 		if cap(scratch) <= maxRetainedBuf {
@@ -205,5 +208,33 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 	}
 	m := raftproto.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
 	d.state.index += count
+	return m, int(total), nil
+}
+
+// decodeAppEntry reads the rest of an AppEntries record of one entry, the
+// common case, straight into a buffer the message owns: two allocations in
+// all, and no copy. total is the record's size so far, its entry excluded.
+func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, error) {
+	size, err := d.readUint64()
+	if err != nil {
+		return nil, 0, err
+	}
+	if size > d.limit-total {
+		return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
+	}
+	total += size
+	buf, err := readBytes(d.r, nil, int(size))
+	if err != nil {
+		return nil, 0, err
+	}
+	commit, err := d.readUint64()
+	if err != nil {
+		return nil, 0, err
+	}
+	m, err := raftproto.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, buf)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
+	}
+	d.state.index++
 	return m, int(total), nil
 }

@@ -102,13 +102,24 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 		return unmarshalSlow(buf)
 	}
 
-	blk := new(msgBlock)
-	m := &blk.m
-	var ents []entryBlock
-	if nEnt > 0 {
+	var (
+		blk  *msgBlock
+		ents []entryBlock
+	)
+	switch nEnt {
+	case 0:
+		blk = new(msgBlock)
+	case 1:
+		// The common shape: message, entry and entry slice in one block.
+		b := new(msgApp1Block)
+		blk, ents = &b.msg, b.ents[:]
+		blk.m.Entries = b.ptrs[:0]
+	default:
+		blk = new(msgBlock)
 		ents = make([]entryBlock, nEnt)
-		m.Entries = make([]*raftpb.Entry, 0, nEnt)
+		blk.m.Entries = make([]*raftpb.Entry, 0, nEnt)
 	}
+	m := &blk.m
 	for b := buf; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
 		b = b[n:] // the first pass validated every field
@@ -168,12 +179,42 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 // NewMsgApp returns a MsgApp with the given fields set, in one allocation:
 // the shape the msgappv2 decoder rebuilds from a compact AppEntries record.
 func NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
-	blk := &msgBlock{typ: raftpb.MsgApp, to: to, from: from, term: term, logTerm: logTerm, index: index, commit: commit}
+	blk := new(msgBlock)
+	m := blk.setMsgApp(to, from, term, logTerm, index, commit)
+	m.Entries = ents
+	return m
+}
+
+// setMsgApp makes blk a MsgApp with the given fields and returns it.
+func (blk *msgBlock) setMsgApp(to, from, term, logTerm, index, commit uint64) *raftpb.Message {
+	blk.typ, blk.to, blk.from, blk.term, blk.logTerm, blk.index, blk.commit =
+		raftpb.MsgApp, to, from, term, logTerm, index, commit
 	m := &blk.m
 	m.Type, m.To, m.From, m.Term, m.LogTerm, m.Index, m.Commit =
 		&blk.typ, &blk.to, &blk.from, &blk.term, &blk.logTerm, &blk.index, &blk.commit
-	m.Entries = ents
 	return m
+}
+
+// msgApp1Block holds a one-entry MsgApp, its entry and the entry slice in
+// one allocation: the most common message of a busy cluster.
+type msgApp1Block struct {
+	msg  msgBlock
+	ptrs [1]*raftpb.Entry
+	ents [1]entryBlock
+}
+
+// NewMsgApp1 returns a MsgApp carrying the one entry encoded in entry, in a
+// single allocation besides entry itself, whose bytes the entry's Data
+// aliases.
+func NewMsgApp1(to, from, term, logTerm, index, commit uint64, entry []byte) (*raftpb.Message, error) {
+	b := new(msgApp1Block)
+	if err := decodeEntry(&b.ents[0], entry); err != nil {
+		return nil, err
+	}
+	m := b.msg.setMsgApp(to, from, term, logTerm, index, commit)
+	b.ptrs[0] = &b.ents[0].e
+	m.Entries = b.ptrs[:]
+	return m, nil
 }
 
 // UnmarshalEntries decodes the entries laid out back to back in buf, entry i

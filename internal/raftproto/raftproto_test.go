@@ -231,3 +231,24 @@ func TestAllocs(t *testing.T) {
 		})
 	}
 }
+
+func TestNewMsgApp1(t *testing.T) {
+	e := entry(2, 12, "b")
+	got, err := NewMsgApp1(2, 1, 3, 3, 11, 10, AppendEntry(nil, e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(2), From: proto.Uint64(1),
+		Term: proto.Uint64(3), LogTerm: proto.Uint64(3), Index: proto.Uint64(11), Commit: proto.Uint64(10),
+		Entries: []*raftpb.Entry{e}}
+	if !proto.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	buf := AppendEntry(nil, e)
+	if n := testing.AllocsPerRun(100, func() { _, _ = NewMsgApp1(2, 1, 3, 3, 11, 10, buf) }); n > 1 {
+		t.Errorf("NewMsgApp1 allocs = %v, want 1", n)
+	}
+	if _, err := NewMsgApp1(2, 1, 3, 3, 11, 10, []byte{0x10, 0xff}); err == nil {
+		t.Error("a malformed entry was accepted")
+	}
+}
