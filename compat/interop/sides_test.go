@@ -286,10 +286,16 @@ const etcdID = 0xbeef
 
 func newEtcdSide(t testing.TB, l line, clusterID uint64) *etcdSide {
 	t.Helper()
+	return newEtcdSideID(t, l, clusterID, etcdID)
+}
+
+// newEtcdSideID is newEtcdSide with member ID id.
+func newEtcdSideID(t testing.TB, l line, clusterID, id uint64) *etcdSide {
+	t.Helper()
 	bin := peerBinary(t, l)
-	s := &etcdSide{l: l, myID: etcdID, events: &eventLog{}, dir: t.TempDir(), stderr: &syncBuffer{},
+	s := &etcdSide{l: l, myID: id, events: &eventLog{}, dir: t.TempDir(), stderr: &syncBuffer{},
 		waiting: map[int64]chan event{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, "-id", fmt.Sprint(etcdID), "-cluster", fmt.Sprint(clusterID), "-snapdir", s.dir)
+	s.cmd = exec.Command(bin, "-id", fmt.Sprint(id), "-cluster", fmt.Sprint(clusterID), "-snapdir", s.dir)
 	s.cmd.Stderr = s.stderr
 	var err error
 	if s.stdin, err = s.cmd.StdinPipe(); err != nil {

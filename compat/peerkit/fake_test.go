@@ -144,11 +144,17 @@ var testConfig = Config{ID: 0xbeef, ClusterID: 0x1000, SnapDir: "/nonexistent/sn
 // serve runs Serve with a over pipes, until the test ends.
 func serve(t *testing.T, a *fakeAdapter) *driver {
 	t.Helper()
+	return serveAdapter(t, a, a)
+}
+
+// serveAdapter is serve with run, an Adapter built on a.
+func serveAdapter(t *testing.T, run Adapter, a *fakeAdapter) *driver {
+	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	s := &driver{adapter: a, in: inW, served: make(chan struct{}), read: make(chan struct{})}
 	go func() {
-		s.err = Serve(a, testConfig, inR, outW)
+		s.err = Serve(run, testConfig, inR, outW)
 		outW.Close()
 		close(s.served)
 	}()

@@ -36,6 +36,8 @@
 //	            "conn", "data" (hex), in the order written
 //	streamend   the handler of the stream request "conn" returned: etcd's
 //	            stream writer has let go of the connection
+//	applied     the raft member (see raftstart) applied a committed normal
+//	            entry: "index", "term", "data" (hex)
 //
 // Standard input carries commands ([Command]), one JSON object per line,
 // each with a "seq" and an "op":
@@ -52,7 +54,17 @@
 //	cutstreams   close the connections of the streams being served
 //	status       reply with ActiveSince("id") ("since", unix nanoseconds, 0
 //	             if inactive) and ActivePeers ("peers")
-//	stop         Stop the transport, close the server, reply, and exit
+//	raftstart    start a raft member of the line's raft library on the
+//	             transport ([RaftAdapter]; lines without one fail it):
+//	             member -id of a new cluster of "peers", ticking every
+//	             "tickms" milliseconds, "election" ticks; from then on
+//	             Process hands messages to it instead of reporting them
+//	propose      propose "data" (hex); fails if raft dropped it
+//	raftstatus   reply with the member's view of "lead" and "term"
+//	rafttransfer ask the leader to hand the lead to member "id"
+//	raftstop     stop the raft member
+//	stop         Stop the raft member and the transport, close the
+//	             server, reply, and exit
 //
 // The program also exits when standard input ends.
 package peerkit
@@ -90,6 +102,9 @@ type Event struct {
 	Data    string `json:"data,omitempty"`
 	Since   int64  `json:"since,omitempty"`
 	Peers   int    `json:"peers,omitempty"`
+	Index   uint64 `json:"index,omitempty"`
+	Term    uint64 `json:"term,omitempty"`
+	Lead    uint64 `json:"lead,omitempty"`
 }
 
 // Command is one line of a peer program's input.
@@ -101,6 +116,11 @@ type Command struct {
 	Msg  string   `json:"msg,omitempty"`
 	Size int64    `json:"size,omitempty"`
 	On   bool     `json:"on,omitempty"`
+	// raftstart and propose
+	Peers    []uint64 `json:"peers,omitempty"`
+	Election int      `json:"election,omitempty"`
+	TickMS   int      `json:"tickms,omitempty"`
+	Data     string   `json:"data,omitempty"`
 }
 
 // Config is what a peer program is started with.
@@ -209,6 +229,7 @@ func Serve(a Adapter, cfg Config, in io.Reader, out io.Writer) error {
 	o.emit(Event{Ev: "listening", URL: "http://" + ln.Addr().String(), Version: a.Version()})
 
 	stop := func() {
+		s.stopRaft()
 		tr.Stop()
 		hs.Close()
 		close(stopErrc)
@@ -228,7 +249,12 @@ func Serve(a Adapter, cfg Config, in io.Reader, out io.Writer) error {
 			o.emit(reply)
 			return nil
 		}
-		if err := s.do(c, &reply); err != nil {
+		do := s.do
+		switch c.Op {
+		case "raftstart", "propose", "raftstatus", "rafttransfer", "raftstop":
+			do = func(c Command, reply *Event) error { return s.doRaft(a, cfg, c, reply) }
+		}
+		if err := do(c, &reply); err != nil {
 			reply.Err = err.Error()
 		}
 		o.emit(reply)
@@ -243,6 +269,8 @@ type session struct {
 	rec *Recorder
 	tr  Transport
 	tap *Tap
+	// node is the raft member, if raftstart started one.
+	node RaftNode
 }
 
 // do runs c (but stop), filling in reply.

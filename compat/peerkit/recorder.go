@@ -17,6 +17,21 @@ type Recorder struct {
 	mu        sync.Mutex
 	removed   map[uint64]bool
 	reject403 bool
+	node      RaftNode // if set, gets what Process and the reports get
+}
+
+// attach makes Process hand messages to n (the reports go to n too, and
+// are still reported), or, if n is nil, report them again.
+func (r *Recorder) attach(n RaftNode) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.node = n
+}
+
+func (r *Recorder) raftNode() RaftNode {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.node
 }
 
 // NewRecorder returns a Recorder that reports to report.
@@ -29,10 +44,13 @@ func NewRecorder(report func(Event)) *Recorder {
 // removed member with, which writes its own 403 response.
 func (r *Recorder) Process(msg []byte) error {
 	r.mu.Lock()
-	reject := r.reject403
+	reject, node := r.reject403, r.node
 	r.mu.Unlock()
 	if reject {
 		return errRemovedMember{}
+	}
+	if node != nil {
+		return node.Step(msg)
 	}
 	r.report(Event{Ev: "process", Msg: hex.EncodeToString(msg)})
 	return nil
@@ -45,10 +63,18 @@ func (r *Recorder) IsIDRemoved(id uint64) bool {
 	return r.removed[id]
 }
 
-func (r *Recorder) ReportUnreachable(id uint64) { r.report(Event{Ev: "unreachable", ID: id}) }
+func (r *Recorder) ReportUnreachable(id uint64) {
+	if n := r.raftNode(); n != nil {
+		n.ReportUnreachable(id)
+	}
+	r.report(Event{Ev: "unreachable", ID: id})
+}
 
 // ReportSnapshot reports status, raft's SnapshotStatus as an int.
 func (r *Recorder) ReportSnapshot(id uint64, status int) {
+	if n := r.raftNode(); n != nil {
+		n.ReportSnapshot(id, status)
+	}
 	r.report(Event{Ev: "snapreport", ID: id, Status: status})
 }
 
