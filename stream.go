@@ -181,6 +181,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		batchTypes = make([]raftpb.MessageType, 0, 64)
 		reprobe    = time.NewTimer(time.Hour)
 		reprobec   <-chan time.Time // armed after a first probe succeeded
+		reprobes   int              // probes still to make after that
 	)
 	reprobe.Stop()
 	defer reprobe.Stop()
@@ -258,15 +259,16 @@ func (w *streamWriter) run(ctx context.Context) {
 			// but a server whose listener sets a deadline on every read
 			// (etcd's peer listener does) also ends it when the idle
 			// stream's read times out. Probe with a link heartbeat, now and
-			// once more a moment later: a closed connection fails the
-			// second write at the latest (the first may only draw the
-			// remote's reset), a live one carries on, its fate left to its
-			// writes from here.
+			// a few times more over the next second: a closed connection
+			// fails the write after the one that drew the remote's reset,
+			// a live one carries on, its fate left to its writes from
+			// here.
 			gone = nil
 			if err := w.probe(conn, enc); err != nil {
 				detach(err, "write")
 				continue
 			}
+			reprobes = maxReprobes
 			reprobe.Reset(reprobeDelay)
 			reprobec = reprobe.C
 
@@ -274,6 +276,11 @@ func (w *streamWriter) run(ctx context.Context) {
 			reprobec = nil
 			if err := w.probe(conn, enc); err != nil {
 				detach(err, "write")
+				continue
+			}
+			if reprobes--; reprobes > 0 {
+				reprobe.Reset(reprobeDelay)
+				reprobec = reprobe.C
 			}
 
 		case <-w.pokec:
@@ -284,6 +291,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				detach(err, "write")
 				continue
 			}
+			reprobes = maxReprobes
 			reprobe.Reset(reprobeDelay)
 			reprobec = reprobe.C
 
@@ -313,10 +321,16 @@ func (w *streamWriter) run(ctx context.Context) {
 	}
 }
 
-// reprobeDelay is how long after a first probe of a stream whose request
-// ended the writer probes again: time for a closed connection's reset to
-// come back.
-const reprobeDelay = 250 * time.Millisecond
+// reprobeDelay is how long after a probe of a stream whose request ended,
+// or whose peer's reader lost its stream, the writer probes again: time for
+// a closed connection's reset to come back. It probes maxReprobes times
+// more, so that a remote still closing its side when the first probe went
+// out is caught too (seen when a peer stops: its writers let go of their
+// streams before its readers close theirs).
+const (
+	reprobeDelay = 250 * time.Millisecond
+	maxReprobes  = 4
+)
 
 // probe writes a link heartbeat and flushes it.
 func (w *streamWriter) probe(c *outgoingConn, enc encoder) error {
