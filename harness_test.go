@@ -3,7 +3,6 @@ package rafthttp
 import (
 	"context"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -193,5 +192,3 @@ func freeAddr(t testing.TB) string {
 	l.Close()
 	return addr
 }
-
-var _ http.Handler = (*http.ServeMux)(nil)

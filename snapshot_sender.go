@@ -18,6 +18,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
 // SnapshotMessage is a snapshot to send with [Transport.SendSnapshot]: a
@@ -179,7 +181,7 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 
 // messageFrameSize is the size of m's length-prefixed frame.
 func messageFrameSize(m *raftpb.Message) int {
-	return len(appendMessageFrame(nil, m))
+	return frameHeaderLen + raftproto.MessageSize(m)
 }
 
 // postSnapshot makes the POST. The request fails if the transfer makes no
