@@ -91,9 +91,9 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.wg.Go(func() { p.writer.run(p.ctx) })
 	p.wg.Go(func() { p.msgAppV2Reader.run(p.ctx) })
 	p.wg.Go(func() { p.msgAppReader.run(p.ctx) })
-	p.wg.Go(func() { p.processLoop(p.msgAppV2Reader.recvc) })
-	p.wg.Go(func() { p.processLoop(p.msgAppReader.recvc) })
-	p.wg.Go(func() { p.processLoop(p.propc) })
+	p.wg.Go(func() { p.processLoop(p.msgAppV2Reader.recvc, yielder{clock: t.bulk}) })
+	p.wg.Go(func() { p.processLoop(p.msgAppReader.recvc, yielder{}) })
+	p.wg.Go(func() { p.processLoop(p.propc, yielder{}) })
 	for _, pr := range p.probers {
 		p.wg.Go(func() { pr.run(p.ctx) })
 	}
@@ -101,9 +101,11 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	return p
 }
 
-// processLoop hands the messages of one receive queue to raft, one at a time.
-func (p *peer) processLoop(c chan *raftpb.Message) {
+// processLoop hands the messages of one receive queue to raft, one at a time,
+// yielding its P on y's schedule.
+func (p *peer) processLoop(c chan *raftpb.Message, y yielder) {
 	for {
+		y.tick()
 		var m *raftpb.Message
 		// Take what is queued without a two-case select, the cheaper path
 		// under load; wait for more or for the end otherwise.

@@ -182,6 +182,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		reprobe    = time.NewTimer(time.Hour)
 		reprobec   <-chan time.Time // armed after a first probe succeeded
 		reprobes   int              // probes still to make after that
+		y          = w.p.t.bulkYielder(w.typ)
 	)
 	reprobe.Stop()
 	defer reprobe.Stop()
@@ -221,6 +222,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			}
 			// Encode what else is queued, then write it all at once.
 			for err == nil && len(batchTypes) < maxBatch {
+				y.tick()
 				select {
 				case m = <-msgc:
 					batchTypes = append(batchTypes, m.GetType())
@@ -446,7 +448,11 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 	}
 	t.setHeaders(req.Header)
 	req.Header.Set(headerRaftTo, p.idStr)
-	resp, err := t.streamRt.RoundTrip(req)
+	rt := t.streamRt
+	if r.typ == streamTypeMessage {
+		rt = t.msgStreamRt
+	}
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
@@ -528,7 +534,9 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 	} else {
 		dec = newMessageDecoder(body, p.t.cfg.maxMessageBytes)
 	}
+	y := p.t.bulkYielder(r.typ)
 	for {
+		y.tick()
 		m, n, err := dec.decode()
 		if err != nil {
 			return err

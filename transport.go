@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -202,9 +203,11 @@ type Transport struct {
 
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
 
-	streamRt   http.RoundTripper // no idle connections, per-Read/Write deadlines
-	pipelineRt http.RoundTripper // keep-alive connections, no deadlines
-	unixRts    []*unixTransport  // their unix-socket transports
+	streamRt    http.RoundTripper // msgappv2 streams: no idle connections, per-Read/Write deadlines
+	msgStreamRt http.RoundTripper // message streams: the same, read in slices while busy
+	pipelineRt  http.RoundTripper // keep-alive connections, no deadlines
+	unixRts     []*unixTransport  // their unix-socket transports
+	bulk        *bulkClock        // when MsgApps last streamed (yield.go)
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -369,8 +372,10 @@ func (t *Transport) Start() error {
 			return fmt.Errorf("rafthttp: registering metrics: %w", err)
 		}
 	}
-	t.streamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, false)
-	t.pipelineRt = newRoundTripper(t, 0, 0, true)
+	t.bulk = newBulkClock()
+	t.streamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMsgAppStream)
+	t.msgStreamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMessageStream)
+	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.peers = make(map[uint64]*peer)
 	t.remotes = make(map[uint64]*remote)
@@ -380,19 +385,33 @@ func (t *Transport) Start() error {
 	return nil
 }
 
-// newRoundTripper builds one of the two HTTP clients. Streams get no idle
+// rtKind says what an HTTP client carries.
+type rtKind int
+
+const (
+	rtMsgAppStream  rtKind = iota // msgappv2 streams
+	rtMessageStream               // message streams, read in slices while busy (deadlineConn)
+	rtPipeline                    // POSTs, snapshots and the snapshot prober
+)
+
+// newRoundTripper builds one of the three HTTP clients. Streams get no idle
 // connections (each is long-lived) and per-Read/Write deadlines on the
 // connection itself, so that a silent stream fails within the read timeout
-// (etcd installs these deadlines where Go ignores them). The pipeline keeps
+// (etcd installs these deadlines where Go ignores them); message streams
+// look at the socket every busyPollInterval while MsgApps stream. The pipeline keeps
 // connections alive between POSTs.
-func newRoundTripper(t *Transport, rd, wr time.Duration, keepAlive bool) *http.Transport {
+func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Transport {
 	d := &net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil || (rd == 0 && wr == 0) {
 			return c, err
 		}
-		return &deadlineConn{Conn: c, rd: rd, wr: wr}, nil
+		dc := &deadlineConn{Conn: c, rd: rd, wr: wr}
+		if kind == rtMessageStream {
+			dc.bulk = t.bulk
+		}
+		return dc, nil
 	}
 	tr := &http.Transport{
 		Proxy:               t.Proxy,
@@ -401,7 +420,7 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, keepAlive bool) *http.T
 		TLSClientConfig:     t.TLSClientConfig,
 		MaxIdleConnsPerHost: -1,
 	}
-	if keepAlive {
+	if kind == rtPipeline {
 		tr.MaxIdleConnsPerHost = 1024
 		tr.IdleConnTimeout = 90 * time.Second
 		// Snapshots go this way: bigger buffers, fewer system calls.
@@ -463,21 +482,54 @@ func (u *unixTransport) closeIdleConnections() {
 }
 
 // deadlineConn sets a fresh deadline before every Read and Write, so that a
-// connection that goes silent fails within the timeout whatever is reading
-// it. Without this a black-holed stream goes unnoticed until TCP keep-alive
-// gives up, minutes later (spec §12 W1).
+// silent or stuck stream fails within the timeout.
+//
+// A message stream's connection also has the transport's bulk clock: while
+// MsgApps stream, its Read waits for the network in slices of
+// busyPollInterval and tries the socket again after each, rather than
+// relying on the network poller alone, which busy cores consult only every
+// 10 ms (see yield.go). A read that finds data returns at once either way.
 type deadlineConn struct {
 	net.Conn
 	rd, wr time.Duration
+	bulk   *bulkClock // message streams only
 }
 
 func (c *deadlineConn) Read(b []byte) (int, error) {
+	if c.bulk == nil {
+		if c.rd > 0 {
+			if err := c.Conn.SetReadDeadline(time.Now().Add(c.rd)); err != nil {
+				return 0, err
+			}
+		}
+		return c.Conn.Read(b)
+	}
+	now := time.Now()
+	var deadline time.Time // zero: none
 	if c.rd > 0 {
-		if err := c.Conn.SetReadDeadline(time.Now().Add(c.rd)); err != nil {
+		deadline = now.Add(c.rd)
+	}
+	for {
+		wait := deadline
+		busy := c.bulk.busy(now)
+		if busy {
+			wait = now.Add(busyPollInterval)
+			if !deadline.IsZero() && deadline.Before(wait) {
+				wait = deadline
+			}
+		}
+		if err := c.Conn.SetReadDeadline(wait); err != nil {
 			return 0, err
 		}
+		n, err := c.Conn.Read(b)
+		if n > 0 || err == nil || !busy || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		now = time.Now()
+		if !deadline.IsZero() && !now.Before(deadline) {
+			return n, err
+		}
 	}
-	return c.Conn.Read(b)
 }
 
 func (c *deadlineConn) Write(b []byte) (int, error) {
@@ -780,6 +832,9 @@ func (t *Transport) Stop() {
 	}
 	stopPeers(peers)
 	wg.Wait()
+	if tr, ok := t.msgStreamRt.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
 	if tr, ok := t.streamRt.(*http.Transport); ok {
 		tr.CloseIdleConnections()
 	}

@@ -45,6 +45,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -120,6 +121,7 @@ func mainErr() error {
 	dir := fs.String("dir", "", "parent of the temporary snapshot directories (default the system temp dir)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile (pprof allocs) at the end to this file")
+	traceFile := fs.String("trace", "", "write an execution trace of the whole run to this file (go tool trace)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -181,6 +183,17 @@ func mainErr() error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	err := run(&cfg, os.Stdout)
 	if *memProfile != "" {
