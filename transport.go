@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -492,7 +493,8 @@ func (u *unixTransport) closeIdleConnections() {
 type deadlineConn struct {
 	net.Conn
 	rd, wr time.Duration
-	bulk   *bulkClock // message streams only
+	bulk   *bulkClock  // message streams only
+	kicked atomic.Bool // the bulk clock ended a wait
 }
 
 func (c *deadlineConn) Read(b []byte) (int, error) {
@@ -510,19 +512,8 @@ func (c *deadlineConn) Read(b []byte) (int, error) {
 		deadline = now.Add(c.rd)
 	}
 	for {
-		wait := deadline
-		busy := c.bulk.busy(now)
-		if busy {
-			wait = now.Add(busyPollInterval)
-			if !deadline.IsZero() && deadline.Before(wait) {
-				wait = deadline
-			}
-		}
-		if err := c.Conn.SetReadDeadline(wait); err != nil {
-			return 0, err
-		}
-		n, err := c.Conn.Read(b)
-		if n > 0 || err == nil || !busy || !errors.Is(err, os.ErrDeadlineExceeded) {
+		n, again, err := c.readSlice(b, now, deadline)
+		if !again {
 			return n, err
 		}
 		now = time.Now()
@@ -530,6 +521,42 @@ func (c *deadlineConn) Read(b []byte) (int, error) {
 			return n, err
 		}
 	}
+}
+
+// readSlice reads with the transport's read deadline if bulk traffic is
+// quiet, or within the next busyPollInterval if not. It asks for another
+// slice (again) when the slice, or a wake from the bulk clock, ended the
+// read with nothing read.
+func (c *deadlineConn) readSlice(b []byte, now, deadline time.Time) (n int, again bool, err error) {
+	busy := c.bulk.busy(now)
+	if !busy {
+		// A stamp that starts bulk traffic either comes before the
+		// registration, and the second look sees it, or after, and wakes
+		// this read (through its deadline, or kicked if it comes before
+		// the deadline is set below).
+		c.kicked.Store(false)
+		c.bulk.wait(c)
+		defer c.bulk.done(c)
+		busy = c.bulk.busy(time.Now())
+	}
+	wait := deadline
+	if busy {
+		wait = now.Add(busyPollInterval)
+		if !deadline.IsZero() && deadline.Before(wait) {
+			wait = deadline
+		}
+	}
+	if err := c.Conn.SetReadDeadline(wait); err != nil {
+		return 0, false, err
+	}
+	if !busy && c.kicked.Load() {
+		return 0, true, nil
+	}
+	n, err = c.Conn.Read(b)
+	if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, false, err
+	}
+	return n, busy || c.kicked.Load(), err
 }
 
 func (c *deadlineConn) Write(b []byte) (int, error) {

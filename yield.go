@@ -2,6 +2,7 @@ package rafthttp
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -34,15 +35,48 @@ const (
 )
 
 // bulkClock records when bulk traffic last moved, in monotonic nanoseconds
-// since the transport started.
+// since the transport started, and knows the message stream connections
+// waiting for the network without slices, to wake them when bulk traffic
+// starts.
 type bulkClock struct {
 	epoch time.Time
 	last  atomic.Int64
+
+	mu      sync.Mutex
+	waiting map[*deadlineConn]struct{}
 }
 
-func newBulkClock() *bulkClock { return &bulkClock{epoch: time.Now()} }
+func newBulkClock() *bulkClock {
+	return &bulkClock{epoch: time.Now(), waiting: map[*deadlineConn]struct{}{}}
+}
 
-func (c *bulkClock) stamp(now time.Time) { c.last.Store(int64(now.Sub(c.epoch))) }
+// stamp records bulk traffic at now. When it follows a quiet spell, it ends
+// the waits of the connections in wait, so that they go on in slices.
+func (c *bulkClock) stamp(now time.Time) {
+	t := int64(now.Sub(c.epoch))
+	if prev := c.last.Swap(t); prev != 0 && t-prev < int64(busyFor) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for dc := range c.waiting {
+		dc.kicked.Store(true)
+		_ = dc.Conn.SetReadDeadline(now) // fails only if closed, which ends the read too
+	}
+}
+
+// wait registers dc as waiting without slices; done ends that.
+func (c *bulkClock) wait(dc *deadlineConn) {
+	c.mu.Lock()
+	c.waiting[dc] = struct{}{}
+	c.mu.Unlock()
+}
+
+func (c *bulkClock) done(dc *deadlineConn) {
+	c.mu.Lock()
+	delete(c.waiting, dc)
+	c.mu.Unlock()
+}
 
 // busy reports whether bulk traffic moved within busyFor of now.
 func (c *bulkClock) busy(now time.Time) bool {

@@ -1,0 +1,232 @@
+package rafthttp
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestBulkClockBusy(t *testing.T) {
+	c := newBulkClock()
+	now := c.epoch.Add(time.Second)
+	if c.busy(now) {
+		t.Fatal("busy before any stamp")
+	}
+	c.stamp(now)
+	tests := []struct {
+		name  string
+		after time.Duration
+		want  bool
+	}{
+		{"at the stamp", 0, true},
+		{"just inside", busyFor - time.Microsecond, true},
+		{"at the bound", busyFor, false},
+		{"long after", time.Second, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := c.busy(now.Add(tt.after)); got != tt.want {
+				t.Errorf("busy %v after the stamp = %v, want %v", tt.after, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestYielderStampsEveryCheck(t *testing.T) {
+	c := newBulkClock()
+	y := yielder{clock: c}
+	for range yieldCheck - 1 {
+		y.tick()
+	}
+	if c.last.Load() != 0 {
+		t.Fatalf("stamped after %d ticks, want only after %d", yieldCheck-1, yieldCheck)
+	}
+	y.tick()
+	if !c.busy(time.Now()) {
+		t.Fatalf("not busy after %d ticks", yieldCheck)
+	}
+	var quiet yielder // no clock: must not panic, nothing to stamp
+	for range 3 * yieldCheck {
+		quiet.tick()
+	}
+}
+
+// countingConn counts SetReadDeadline calls: one per slice a read waits.
+type countingConn struct {
+	net.Conn
+	deadlines atomic.Int64
+}
+
+func (c *countingConn) SetReadDeadline(t time.Time) error {
+	c.deadlines.Add(1)
+	return c.Conn.SetReadDeadline(t)
+}
+
+// readResult is what one Read returned.
+type readResult struct {
+	n    int
+	err  error
+	took time.Duration
+}
+
+func TestDeadlineConnBulkRead(t *testing.T) {
+	tests := []struct {
+		name       string
+		rd         time.Duration
+		busy       bool          // bulk traffic before the read starts
+		startBulk  time.Duration // >0: bulk traffic starts this long into the read
+		writeAfter time.Duration // >0: the peer writes this long into the read
+		closeAfter time.Duration // >0: the connection is closed this long into the read
+		wantData   bool
+		wantErr    error // for errors.Is; nil with wantData
+		minSlices  int64 // SetReadDeadline calls at least
+		maxSlices  int64 // and at most (0: no bound)
+	}{
+		{name: "quiet: one wait", rd: 5 * time.Second, writeAfter: 20 * time.Millisecond,
+			wantData: true, minSlices: 1, maxSlices: 2},
+		{name: "busy: slices until the data comes", rd: 5 * time.Second, busy: true,
+			writeAfter: 20 * time.Millisecond, wantData: true, minSlices: 5},
+		{name: "busy: the read timeout still holds", rd: 30 * time.Millisecond, busy: true,
+			wantErr: os.ErrDeadlineExceeded, minSlices: 5},
+		{name: "quiet: the read timeout", rd: 30 * time.Millisecond,
+			wantErr: os.ErrDeadlineExceeded, minSlices: 1, maxSlices: 2},
+		{name: "bulk starts during a quiet wait", rd: 5 * time.Second,
+			startBulk: 10 * time.Millisecond, writeAfter: 40 * time.Millisecond, wantData: true, minSlices: 5},
+		{name: "closed while busy", rd: 5 * time.Second, busy: true,
+			closeAfter: 20 * time.Millisecond, wantErr: io.ErrClosedPipe},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer server.Close()
+			cc := &countingConn{Conn: client}
+			clock := newBulkClock()
+			dc := &deadlineConn{Conn: cc, rd: tt.rd, bulk: clock}
+			defer dc.Close()
+
+			// Keep the clock busy (or start it) from another goroutine, as
+			// the bulk loops do, until the read returns.
+			stop := make(chan struct{})
+			stamped := make(chan struct{})
+			go func() {
+				defer close(stamped)
+				if !tt.busy && tt.startBulk == 0 {
+					return
+				}
+				if tt.startBulk > 0 {
+					select {
+					case <-time.After(tt.startBulk):
+					case <-stop:
+						return
+					}
+				}
+				tick := time.NewTicker(busyFor / 4)
+				defer tick.Stop()
+				for {
+					clock.stamp(time.Now())
+					select {
+					case <-tick.C:
+					case <-stop:
+						return
+					}
+				}
+			}()
+			if tt.busy {
+				clock.stamp(time.Now())
+			}
+
+			done := make(chan readResult, 1)
+			start := time.Now()
+			go func() {
+				b := make([]byte, 16)
+				n, err := dc.Read(b)
+				done <- readResult{n, err, time.Since(start)}
+			}()
+			var actions <-chan time.Time
+			switch {
+			case tt.writeAfter > 0:
+				actions = time.After(tt.writeAfter)
+			case tt.closeAfter > 0:
+				actions = time.After(tt.closeAfter)
+			}
+			var res readResult
+			select {
+			case <-actions:
+				if tt.writeAfter > 0 {
+					if _, err := server.Write([]byte("hello")); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					dc.Close()
+				}
+				res = <-done
+			case res = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Read did not return")
+			}
+			close(stop)
+			<-stamped
+
+			if tt.wantData {
+				if res.err != nil || res.n != 5 {
+					t.Fatalf("Read = %d, %v; want 5 bytes", res.n, res.err)
+				}
+			} else if !errors.Is(res.err, tt.wantErr) {
+				t.Fatalf("Read error = %v, want %v", res.err, tt.wantErr)
+			}
+			if errors.Is(tt.wantErr, os.ErrDeadlineExceeded) && res.took < tt.rd {
+				t.Errorf("timed out after %v, before the read timeout %v", res.took, tt.rd)
+			}
+			n := cc.deadlines.Load()
+			if n < tt.minSlices || (tt.maxSlices > 0 && n > tt.maxSlices) {
+				t.Errorf("read waited in %d slices, want %d..%d", n, tt.minSlices, tt.maxSlices)
+			}
+			clock.mu.Lock()
+			left := len(clock.waiting)
+			clock.mu.Unlock()
+			if left != 0 {
+				t.Errorf("%d connections still registered as waiting", left)
+			}
+		})
+	}
+}
+
+// TestBulkClockWakesOnlyOnStart checks that only the stamp ending a quiet
+// spell wakes the waiting connections.
+func TestBulkClockWakesOnlyOnStart(t *testing.T) {
+	client, server := net.Pipe()
+	defer server.Close()
+	defer client.Close()
+	cc := &countingConn{Conn: client}
+	clock := newBulkClock()
+	dc := &deadlineConn{Conn: cc, bulk: clock}
+	clock.wait(dc)
+	now := time.Now()
+	steps := []struct {
+		name      string
+		at        time.Duration
+		wantKicks int64
+	}{
+		{"first stamp starts bulk traffic", 0, 1},
+		{"stamp while busy", busyFor / 2, 1},
+		{"stamp after a quiet spell", 3 * busyFor, 2},
+	}
+	for _, s := range steps {
+		clock.stamp(now.Add(s.at))
+		if got := cc.deadlines.Load(); got != s.wantKicks {
+			t.Fatalf("%s: %d wakes, want %d", s.name, got, s.wantKicks)
+		}
+	}
+	if !dc.kicked.Load() {
+		t.Error("kicked not set")
+	}
+	clock.done(dc)
+	clock.stamp(now.Add(10 * busyFor))
+	if got := cc.deadlines.Load(); got != 2 {
+		t.Errorf("woke a connection no longer waiting: %d wakes", got)
+	}
+}
