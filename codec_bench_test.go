@@ -312,10 +312,13 @@ func TestDecodeAllocs(t *testing.T) {
 	const ring = 4
 	for _, s := range codecShapes {
 		// A one-entry message is two blocks (its bytes; the message with
-		// its entry); more entries add the entry pointers and blocks.
+		// its entry); more entries add the entry pointers and blocks. On
+		// the msgappv2 stream a small one-entry message comes from the
+		// decoder's arena: less than one allocation each, which
+		// AllocsPerRun's integer average shows as 0.
 		maxMessage, maxAppEntries := 4.0, 4.0
 		if s.entries == 1 {
-			maxMessage, maxAppEntries = 2, 2
+			maxMessage, maxAppEntries = 2, 0
 		}
 		if codecRaceEnabled() {
 			maxMessage++

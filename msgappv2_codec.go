@@ -105,6 +105,7 @@ type msgAppV2Decoder struct {
 	hdr           [frameHeaderLen]byte
 	scratch       []byte // raw entries of the AppEntries record being read
 	ends          []int  // where each entry ends in scratch
+	arena         raftproto.Arena
 }
 
 // newMsgAppV2Decoder returns a decoder reading r. limit bounds the bytes of
@@ -212,8 +213,11 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 }
 
 // decodeAppEntry reads the rest of an AppEntries record of one entry, the
-// common case, straight into a buffer the message owns: two allocations in
-// all, and no copy. total is the record's size so far, its entry excluded.
+// common case, straight into a buffer the message owns, with no copy. Small
+// entries and their messages are carved from the decoder's arena (less than
+// one allocation per message; see raftproto.Arena for what that retains),
+// larger ones take two allocations. total is the record's size so far, its
+// entry excluded.
 func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, error) {
 	size, err := d.readUint64()
 	if err != nil {
@@ -223,15 +227,23 @@ func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, er
 		return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
 	}
 	total += size
-	buf, err := readBytes(d.r, nil, int(size))
-	if err != nil {
+	var buf []byte
+	if small := d.arena.Bytes(int(size)); small != nil {
+		if _, err := io.ReadFull(d.r, small); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, 0, err
+		}
+		buf = small
+	} else if buf, err = readBytes(d.r, nil, int(size)); err != nil {
 		return nil, 0, err
 	}
 	commit, err := d.readUint64()
 	if err != nil {
 		return nil, 0, err
 	}
-	m, err := raftproto.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, buf)
+	m, err := d.arena.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, buf)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 	}

@@ -207,8 +207,14 @@ type msgApp1Block struct {
 // single allocation besides entry itself, whose bytes the entry's Data
 // aliases.
 func NewMsgApp1(to, from, term, logTerm, index, commit uint64, entry []byte) (*raftpb.Message, error) {
-	b := new(msgApp1Block)
+	return new(msgApp1Block).fill(to, from, term, logTerm, index, commit, entry)
+}
+
+// fill makes b, which must be zero, the MsgApp NewMsgApp1 describes. On an
+// error b is zero again.
+func (b *msgApp1Block) fill(to, from, term, logTerm, index, commit uint64, entry []byte) (*raftpb.Message, error) {
 	if err := decodeEntry(&b.ents[0], entry); err != nil {
+		*b = msgApp1Block{}
 		return nil, err
 	}
 	m := b.msg.setMsgApp(to, from, term, logTerm, index, commit)
