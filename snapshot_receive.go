@@ -106,7 +106,14 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	body := &countingReader{r: src}
 	err = errNoSnapshotStore
 	if t.SnapshotStore != nil {
+		// The network is read ahead of the store in a goroutine of its
+		// own, so that receiving and writing overlap.
+		ra := newReadAhead(src, snapReadAheadSize, snapReadAheadDepth, func() {
+			_ = rc.SetReadDeadline(time.Now()) // unblocks a read when the store gave up early
+		})
+		body.r = ra
 		err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
+		ra.stop()
 	}
 	if err != nil {
 		t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err))
@@ -160,6 +167,15 @@ func (s *snapshotSource) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// The read-ahead of a snapshot being received: up to snapReadAheadDepth
+// buffers of snapReadAheadSize, one being filled from the network, one being
+// written by the store, the others queued between them to absorb the
+// store's stalls (page cache writeback).
+const (
+	snapReadAheadSize  = 1 << 20
+	snapReadAheadDepth = 4
+)
+
 // countingReader counts the bytes read through it.
 type countingReader struct {
 	r io.Reader
@@ -169,5 +185,12 @@ type countingReader struct {
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	return n, err
+}
+
+// WriteTo lets io.Copy reach the read-ahead's WriteTo.
+func (c *countingReader) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.Copy(w, c.r)
+	c.n += n
 	return n, err
 }

@@ -48,8 +48,16 @@ func (s DirSnapshotStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r
 			os.Remove(f.Name())
 		}
 	}()
-	// Large writes: a snapshot is big, and each write is a system call.
-	if _, err = io.CopyBuffer(f, &ctxReader{ctx: ctx, r: r}, make([]byte, copyBufSize)); err != nil {
+	// Large writes: a snapshot is big, and each write is a system call. A
+	// reader that has its own buffers (the transport's read-ahead) writes
+	// them directly; its reads fail when the request ends, with the cause
+	// rather than ctx's error.
+	if wt, ok := r.(io.WriterTo); ok {
+		_, err = wt.WriteTo(f)
+	} else {
+		_, err = io.CopyBuffer(f, &ctxReader{ctx: ctx, r: r}, make([]byte, copyBufSize))
+	}
+	if err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {

@@ -287,6 +287,16 @@ func run(cfg *config, out io.Writer) error {
 					}
 					logf("%s", line)
 				}
+				if !loaded && has("raw") {
+					r, err := runPingPong(cfg.hbTime)
+					if err != nil {
+						return fmt.Errorf("raw TCP ping-pong, run %d: %w", i+1, err)
+					}
+					res.add("hb.idle.p50", "raw", float64(r.p50)/1e3)
+					res.add("hb.idle.p99", "raw", float64(r.p99)/1e3)
+					logf("raw TCP ping-pong %d B run %d/%d: p50 %8.1f µs  p99 %8.1f µs  (%d round trips)",
+						pingFrame, i+1, cfg.runs, float64(r.p50)/1e3, float64(r.p99)/1e3, r.pings)
+				}
 			}
 		}
 	}
@@ -310,6 +320,16 @@ func run(cfg *config, out io.Writer) error {
 				}
 				logf("snapshot %.0f MiB run %d/%d %s: %8.1f MB/s in %v, peak RSS growth %s",
 					float64(cfg.snapSize)/(1<<20), i+1, cfg.runs, k, mbps, r.elapsed.Round(time.Millisecond), rss)
+			}
+			if has("raw") {
+				d, err := runFileWrite(cfg)
+				if err != nil {
+					return fmt.Errorf("file write, run %d: %w", i+1, err)
+				}
+				mbps := float64(cfg.snapSize) / d.Seconds() / mb
+				res.add("snap.mbps", "raw", mbps)
+				logf("file write + fsync %.0f MiB run %d/%d: %8.1f MB/s in %v",
+					float64(cfg.snapSize)/(1<<20), i+1, cfg.runs, mbps, d.Round(time.Millisecond))
 			}
 		}
 	}

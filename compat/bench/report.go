@@ -78,7 +78,7 @@ func writeReport(w io.Writer, cfg *config, res results, took time.Duration, othe
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## Results (medians)")
 	fmt.Fprintln(w)
-	table := [][]string{{"scenario", "ours (median)", "etcd (median)", "ours/etcd", "raw TCP", "better"}}
+	table := [][]string{{"scenario", "ours (median)", "etcd (median)", "ours/etcd", "raw", "better"}}
 	for _, r := range rows(cfg) {
 		col := func(c string) (float64, string) {
 			v := res[r.metric][c]
@@ -107,7 +107,7 @@ func writeReport(w io.Writer, cfg *config, res results, took time.Duration, othe
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "## Spread across runs (min – max)")
 	fmt.Fprintln(w)
-	spread := [][]string{{"scenario", "ours", "etcd", "raw TCP"}}
+	spread := [][]string{{"scenario", "ours", "etcd", "raw"}}
 	for _, r := range rows(cfg) {
 		cells := []string{r.label}
 		for _, c := range []string{string(ours), string(etcd), "raw"} {

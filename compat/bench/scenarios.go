@@ -511,3 +511,112 @@ func readFrames(r *bufio.Reader, spec appSpec) (int64, error) {
 		n++
 	}
 }
+
+// runFileWrite is the reference for scenario 4: the same generated payload
+// written to a new file in a fresh directory (on the disk the snapshots go
+// to) through a 1 MiB buffer, then the file and the directory fsynced, as a
+// snapshot store does. It returns the time from the create to the last
+// fsync.
+func runFileWrite(cfg *config) (time.Duration, error) {
+	dir, err := os.MkdirTemp(cfg.dir, "snap-file-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	runtime.GC()
+	start := time.Now()
+	f, err := os.Create(filepath.Join(dir, "payload"))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := io.CopyBuffer(f, &genPayload{size: cfg.snapSize}, make([]byte, 1<<20))
+	if err != nil {
+		return 0, err
+	}
+	if n != cfg.snapSize {
+		return 0, fmt.Errorf("wrote %d bytes, want %d", n, cfg.snapSize)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// pingFrame is the size of a raw TCP ping: about a heartbeat's frame.
+const pingFrame = 32
+
+// runPingPong is the reference for scenario 3 (idle): a pingFrame-byte
+// ping over a plain loopback TCP connection, echoed at once by the other
+// end, one at a time for d; each echo must be the ping just sent.
+func runPingPong(d time.Duration) (rttResult, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return rttResult{}, err
+	}
+	defer ln.Close()
+	echoed := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			echoed <- err
+			return
+		}
+		defer c.Close()
+		var b [pingFrame]byte
+		for {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				if err == io.EOF {
+					err = nil
+				}
+				echoed <- err
+				return
+			}
+			if _, err := c.Write(b[:]); err != nil {
+				echoed <- err
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return rttResult{}, err
+	}
+	var ping, pong [pingFrame]byte
+	var rtts []time.Duration
+	start := time.Now()
+	for seq := uint64(1); time.Since(start) < d; seq++ {
+		binary.LittleEndian.PutUint64(ping[:], seq)
+		t0 := time.Now()
+		if _, err := c.Write(ping[:]); err != nil {
+			c.Close()
+			return rttResult{}, err
+		}
+		if _, err := io.ReadFull(c, pong[:]); err != nil {
+			c.Close()
+			return rttResult{}, err
+		}
+		rtts = append(rtts, time.Since(t0))
+		if pong != ping {
+			c.Close()
+			return rttResult{}, fmt.Errorf("ping %d echoed as %x", seq, pong[:8])
+		}
+	}
+	c.Close()
+	if err := <-echoed; err != nil {
+		return rttResult{}, fmt.Errorf("echo: %w", err)
+	}
+	slices.Sort(rtts)
+	return rttResult{p50: percentile(rtts, 50), p99: percentile(rtts, 99), pings: len(rtts)}, nil
+}
