@@ -207,7 +207,7 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 			return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 		}
 	}
-	m := raftproto.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
+	m := d.arena.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
 	d.state.index += count
 	return m, int(total), nil
 }

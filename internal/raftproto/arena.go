@@ -4,8 +4,9 @@ import "go.etcd.io/raft/v3/raftpb"
 
 // Arena carves small decoded one-entry MsgApps, and the bytes of their
 // entries, from larger allocations: one allocation per ArenaBlocks messages
-// and one per ArenaChunk bytes of entries, instead of two per message. It is
-// for one decoder, not safe for concurrent use.
+// and one per ArenaChunk bytes of entries, instead of two per message; and
+// the message blocks of MsgApps of more entries, ArenaBlocks at a time. It
+// is for one decoder, not safe for concurrent use.
 //
 // The price is retention: a message, or an entry or its Data kept by raft or
 // the application, keeps its whole block or chunk alive. Blocks and chunks
@@ -15,6 +16,7 @@ import "go.etcd.io/raft/v3/raftpb"
 // to ArenaChunk bytes.
 type Arena struct {
 	blocks []msgApp1Block
+	msgs   []msgBlock // for messages of more entries
 	chunk  []byte
 }
 
@@ -50,4 +52,15 @@ func (a *Arena) NewMsgApp1(to, from, term, logTerm, index, commit uint64, entry 
 	}
 	a.blocks = a.blocks[1:]
 	return m, nil
+}
+
+// NewMsgApp is NewMsgApp with the message block taken from the arena.
+func (a *Arena) NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
+	if len(a.msgs) == 0 {
+		a.msgs = make([]msgBlock, ArenaBlocks)
+	}
+	m := a.msgs[0].setMsgApp(to, from, term, logTerm, index, commit)
+	a.msgs = a.msgs[1:]
+	m.Entries = ents
+	return m
 }

@@ -120,3 +120,25 @@ func TestArenaAllocs(t *testing.T) {
 		t.Errorf("%v allocations per message, want less than one", n)
 	}
 }
+
+func TestArenaNewMsgApp(t *testing.T) {
+	var a Arena
+	var msgs []*raftpb.Message
+	for i := range 2*ArenaBlocks + 3 {
+		ents := []*raftpb.Entry{entry(3, uint64(11+2*i), "x"), entry(3, uint64(12+2*i), "")}
+		m := a.NewMsgApp(2, 1, 3, 3, uint64(10+2*i), 9, ents)
+		want := NewMsgApp(2, 1, 3, 3, uint64(10+2*i), 9, ents)
+		if !proto.Equal(m, want) {
+			t.Fatalf("message %d = %v, want %v", i, m, want)
+		}
+		msgs = append(msgs, m)
+	}
+	*msgs[0].Commit = 1000
+	if msgs[1].GetCommit() != 9 {
+		t.Error("changing one message changed its neighbour")
+	}
+	n := testing.AllocsPerRun(ArenaBlocks*10, func() { a.NewMsgApp(2, 1, 3, 3, 10, 9, nil) })
+	if n != 0 {
+		t.Errorf("%v allocations per message, want less than one", n)
+	}
+}
