@@ -70,6 +70,9 @@ type decoder interface {
 	// took. Link heartbeats are returned too (see isLinkHeartbeat), possibly
 	// as the shared linkHeartbeat, which must not be modified.
 	decode() (m *raftpb.Message, n int, err error)
+	// buffered is how many bytes are read from the connection but not yet
+	// decoded: at 0, the next decode may wait for the network.
+	buffered() int
 }
 
 // linkHeartbeat is the message a stream writer sends on an idle message
@@ -199,3 +202,5 @@ func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+func (d *messageDecoder) buffered() int { return d.r.Buffered() }

@@ -250,3 +250,5 @@ func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, er
 	d.state.index++
 	return m, int(total), nil
 }
+
+func (d *msgAppV2Decoder) buffered() int { return d.r.Buffered() }
