@@ -61,6 +61,7 @@ type config struct {
 	largeTime time.Duration // per run of scenario 2
 	hbTime    time.Duration // per run of scenario 3, idle and loaded each
 	rawTime   time.Duration // per run of scenario 6, per shape
+	openTime  time.Duration // per run of scenario 7
 	warmup    time.Duration // before each measurement
 	snapSize  int64
 	kinds     []kind
@@ -69,7 +70,7 @@ type config struct {
 	progress  io.Writer
 }
 
-var allScenarios = []string{"small", "large", "heartbeat", "snapshot", "raw"}
+var allScenarios = []string{"small", "large", "heartbeat", "snapshot", "raw", "open"}
 
 func defaultConfig() config {
 	return config{
@@ -81,6 +82,7 @@ func defaultConfig() config {
 		largeTime: 4 * time.Second,
 		hbTime:    3 * time.Second,
 		rawTime:   2 * time.Second,
+		openTime:  3 * time.Second,
 		warmup:    300 * time.Millisecond,
 		snapSize:  512 << 20,
 		kinds:     []kind{ours, etcd},
@@ -93,6 +95,7 @@ func quickConfig() config {
 	c := defaultConfig()
 	c.runs = 1
 	c.smallTime, c.largeTime, c.hbTime, c.rawTime = 150*time.Millisecond, 150*time.Millisecond, 150*time.Millisecond, 100*time.Millisecond
+	c.openTime = 150 * time.Millisecond
 	c.warmup = 30 * time.Millisecond
 	c.snapSize = 2<<20 + 7
 	return c
@@ -114,6 +117,7 @@ func mainErr() error {
 	largeTime := fs.Duration("large-time", 0, "duration of each large MsgApp run (default 4s)")
 	hbTime := fs.Duration("hb-time", 0, "duration of each heartbeat run, idle and loaded each (default 3s)")
 	rawTime := fs.Duration("raw-time", 0, "duration of each raw TCP run, per shape (default 2s)")
+	openTime := fs.Duration("open-time", 0, "duration of each open-loop run (default 3s)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 300ms)")
 	snapMiB := fs.Float64("snapshot-mib", 0, "snapshot payload in MiB (default 512)")
 	only := fs.String("only", "", "run only these transports: ours, etcd, or both comma-separated")
@@ -148,6 +152,7 @@ func mainErr() error {
 	setDur(&cfg.largeTime, *largeTime)
 	setDur(&cfg.hbTime, *hbTime)
 	setDur(&cfg.rawTime, *rawTime)
+	setDur(&cfg.openTime, *openTime)
 	setDur(&cfg.warmup, *warmup)
 	if *snapMiB > 0 {
 		cfg.snapSize = int64(*snapMiB * (1 << 20))
@@ -347,6 +352,20 @@ func run(cfg *config, out io.Writer) error {
 				res.add(sc.name+".rate", "raw", m.perSecond())
 				res.add(sc.name+".mbps", "raw", mbps)
 				logf("raw TCP %-8s run %d/%d: %10.0f msg/s %8.1f MB/s", sc.spec, i+1, cfg.runs, m.perSecond(), mbps)
+			}
+		}
+	}
+	if has("open") {
+		for i := range cfg.runs {
+			for _, k := range cfg.kinds {
+				r, err := runOpenLoop(k, cfg, cfg.small, cfg.openTime)
+				if err != nil {
+					return fmt.Errorf("open loop, %s, run %d: %w", k, i+1, err)
+				}
+				res.add("open.rate", string(k), r.perSecond())
+				res.add("open.unreported", string(k), r.unreported())
+				logf("open loop %-8s run %d/%d %s: %9.0f msg/s delivered; sent %d, delivered %d, reported %d, lost unreported %d (%.2f%%)",
+					cfg.small, i+1, cfg.runs, k, r.perSecond(), r.sent, r.delivered, r.reported, r.sent-r.delivered-r.reported, r.unreported())
 			}
 		}
 	}

@@ -37,6 +37,8 @@ func rows(cfg *config) []row {
 		{fmt.Sprintf("5. allocs per message, %s", cfg.large), "large.allocs", "%.1f", "lower"},
 		{fmt.Sprintf("5. CPU per message, %s (µs)", cfg.small), "small.cpu", "%.2f", "lower"},
 		{fmt.Sprintf("5. CPU per message, %s (µs)", cfg.large), "large.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("7. open loop %s, no window: delivered msg/s", cfg.small), "open.rate", "%.0f", "higher"},
+		{"7. open loop: sent messages neither delivered nor reported (%)", "open.unreported", "%.2f", "lower"},
 	}
 }
 
