@@ -62,7 +62,7 @@
 // so that heartbeats and votes are not held up behind the bulk traffic by
 // Go's scheduler, which polls the network rarely when every core is busy.
 // A snapshot being received is read from the network ahead of the store
-// (up to 4 MiB), so that receiving and writing overlap. Figures, and what
+// (up to 2 MiB), so that receiving and writing overlap. Figures, and what
 // is left, are in compat/BENCHMARKS.md.
 //
 // # Back-pressure and dropping
