@@ -5,7 +5,8 @@
 //
 //	cd compat/bench
 //	go run . -only ours -scenarios heartbeat -runs 1 -hb-time 1s -trace /tmp/hb.trace
-//	go run ./tracewait -skip 2s /tmp/hb.trace
+//	go run ./tracewait -skip 2s /tmp/hb.trace      # the loaded runs
+//	go run ./tracewait -until 1.3s /tmp/hb.trace   # the idle run
 //
 // By default the goroutine is the bench's heartbeat sender, waiting for
 // each answer (a wait is one round trip).
@@ -36,6 +37,7 @@ func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("tracewait", flag.ContinueOnError)
 	fn := fs.String("wait", "main.runHeartbeat.func", "a function on the waiting goroutine's stack when it blocks")
 	skip := fs.Duration("skip", 0, "ignore the first part of the trace (the idle heartbeat runs, say)")
+	until := fs.Duration("until", 0, "ignore the trace after this point (0: to the end)")
 	top := fs.Int("top", 5, "how many of the longest waits to show")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,7 +54,7 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	waits := findWaits(evs, *fn, *skip)
+	waits := findWaits(evs, *fn, *skip, *until)
 	if len(waits) == 0 {
 		return fmt.Errorf("no wait of a goroutine with %q on its stack", *fn)
 	}
@@ -134,8 +136,8 @@ type window struct {
 }
 
 // findWaits returns every wait of a goroutine that blocked with fn on its
-// stack, after skip.
-func findWaits(evs []event, fn string, skip time.Duration) []window {
+// stack, between skip and until (0: the end).
+func findWaits(evs []event, fn string, skip, until time.Duration) []window {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -143,7 +145,8 @@ func findWaits(evs []event, fn string, skip time.Duration) []window {
 	blocked := map[trace.GoID]trace.Time{}
 	var ws []window
 	for _, e := range evs {
-		if e.kind != trace.EventStateTransition || time.Duration(e.t-first) < skip {
+		at := time.Duration(e.t - first)
+		if e.kind != trace.EventStateTransition || at < skip || (until > 0 && at > until) {
 			continue
 		}
 		if e.to == trace.GoWaiting && strings.Contains(e.stack, fn) {
