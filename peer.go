@@ -129,11 +129,11 @@ func (p *peer) processLoop(c chan *raftpb.Message, y yielder) {
 }
 
 // send queues m on the channel pick chooses, or drops it and tells raft. It
-// never blocks.
-func (p *peer) send(m *raftpb.Message) {
+// never blocks; it reports whether it dropped m for a full queue.
+func (p *peer) send(m *raftpb.Message) (full bool) {
 	if p.paused.Load() {
 		p.metrics.drop(m.GetType(), dropPaused)
-		return
+		return false
 	}
 	c, name := p.pick(m)
 	// A full queue is seen without taking the channel's lock: a flood of
@@ -141,12 +141,14 @@ func (p *peer) send(m *raftpb.Message) {
 	// draining the queue (compat/bench, open loop).
 	if len(c) == cap(c) {
 		p.dropped(m, name, dropQueueFull)
-		return
+		return true
 	}
 	select {
 	case c <- m:
+		return false
 	default:
 		p.dropped(m, name, dropQueueFull)
+		return true
 	}
 }
 

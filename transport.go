@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -579,9 +580,24 @@ func (t *Transport) Handler() http.Handler {
 // Send sends messages to their recipients (m.To). It never blocks: a message
 // that cannot be queued, or whose recipient is neither a peer nor a remote,
 // is dropped, counted, and reported to raft (ReportUnreachable, and
-// ReportSnapshot(Failure) for MsgSnap). Messages to 0 are skipped. The messages must not be modified after Send: they are read
-// later, by the goroutine that encodes them.
+// ReportSnapshot(Failure) for MsgSnap). A call that dropped a message for a
+// full queue yields the processor once before returning (runtime.Gosched),
+// so that the queue's writer gets to run. Messages to 0 are skipped. The
+// messages must not be modified after Send: they are read later, by the
+// goroutine that encodes them.
 func (t *Transport) Send(msgs []*raftpb.Message) {
+	if t.send(msgs) {
+		// A queue was full: the goroutine draining it is likely runnable
+		// and competing with the caller for the same cores. Yield once,
+		// so that it runs before more is queued; without this a caller
+		// sending in a loop kept a core to itself and the queue's writer
+		// delivered half as much (compat/bench, open loop).
+		runtime.Gosched()
+	}
+}
+
+// send is Send; it reports whether a message was dropped for a full queue.
+func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, m := range msgs {
@@ -590,7 +606,7 @@ func (t *Transport) Send(msgs []*raftpb.Message) {
 			continue
 		}
 		if p, ok := t.peers[to]; ok {
-			p.send(m)
+			full = p.send(m) || full
 			continue
 		}
 		if r, ok := t.remotes[to]; ok {
@@ -610,6 +626,7 @@ func (t *Transport) Send(msgs []*raftpb.Message) {
 			ce.Write(zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
 		}
 	}
+	return full
 }
 
 // AddRemote adds a member that is not (yet) a peer, reachable only through a
