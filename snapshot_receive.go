@@ -111,6 +111,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		ra := newReadAhead(src, snapReadAheadSize, snapReadAheadDepth, func() {
 			_ = rc.SetReadDeadline(time.Now()) // unblocks a read when the store gave up early
 		})
+		defer ra.stop() // should the store panic (net/http recovers)
 		body.r = ra
 		err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
 		ra.stop()

@@ -1036,3 +1036,30 @@ func TestSnapshotTrailerCompat(t *testing.T) {
 		})
 	}
 }
+
+// snapPanicStore reads some of the payload, then panics: a bug in the
+// application's store.
+type snapPanicStore struct{ after int64 }
+
+func (s snapPanicStore) SaveSnapshot(_ context.Context, _ *raftpb.Message, r io.Reader) error {
+	if _, err := io.CopyN(io.Discard, r, s.after); err != nil {
+		return err
+	}
+	panic("test store: bug")
+}
+
+// TestSnapshotReceiverStorePanics: net/http recovers a store's panic; the
+// transfer fails on the sender's side, and the read-ahead goroutine ends
+// with the handler (goleak, in TestMain, checks that nothing is left).
+func TestSnapshotReceiverStorePanics(t *testing.T) {
+	a := newTestNode(t, 1, nil)
+	b := newTestNode(t, 2, withStore(snapPanicStore{after: 1 << 20}))
+	connect(t, a, b)
+	const size = 8 << 20
+	if err := snapWait(t, snapSend(a, 2, 12, newSnapGen(9, size), size)); err == nil {
+		t.Fatal("the transfer succeeded although the store panicked")
+	}
+	if snaps := snapProcessed(b); len(snaps) != 0 {
+		t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
+	}
+}
