@@ -28,10 +28,9 @@ type readAhead struct {
 	abort    func()
 	stopOnce sync.Once
 
-	err     error  // why the source ended; set before full is closed
-	buf     []byte // the buffer being consumed, to give back
-	cur     []byte // its unread part
-	drained bool   // full was seen closed
+	err error  // why the source ended; set before full is closed
+	buf []byte // the buffer being consumed, to give back
+	cur []byte // its unread part
 }
 
 // errReadAheadStopped is what the goroutine ends with when stopped before
@@ -112,12 +111,8 @@ func (ra *readAhead) next() bool {
 		ra.free <- ra.buf[:cap(ra.buf)] // never blocks: free has room for every buffer
 		ra.buf, ra.cur = nil, nil
 	}
-	if ra.drained {
-		return false
-	}
-	b, ok := <-ra.full
+	b, ok := <-ra.full // closed after the last: answers at once from then on
 	if !ok {
-		ra.drained = true
 		return false
 	}
 	ra.buf, ra.cur = b, b
