@@ -2,9 +2,10 @@ package raftproto
 
 import (
 	"errors"
+	"fmt"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -12,6 +13,49 @@ import (
 // ErrMalformed is returned for bytes that are not a valid protobuf encoding
 // of the expected message.
 var ErrMalformed = errors.New("raftproto: malformed protobuf")
+
+// ErrDegenerate is returned for valid protobuf that raft never puts on the
+// wire and that would cost far more to decode than it took to send: an
+// empty entry, Responses (raft's local storage messages only), a repeated
+// snapshot, snapshot metadata or conf state (which protobuf would merge). It
+// wraps ErrMalformed.
+var ErrDegenerate = fmt.Errorf("%w: a shape raft never sends", ErrMalformed)
+
+// What decoding allocates, in bytes, for each piece of a message. Every
+// allocation of the decoders is one of these or a multiple of them.
+const (
+	ptrSize = int(unsafe.Sizeof((*raftpb.Entry)(nil)))
+	// MessageCost is a message without entries or snapshot.
+	MessageCost = int(unsafe.Sizeof(msgBlock{}))
+	// MessageCost1 is a message of exactly one entry, in one block.
+	MessageCost1 = int(unsafe.Sizeof(msgApp1Block{}))
+	// EntryCost is each entry of a message of several: its block and its
+	// pointer.
+	EntryCost = int(unsafe.Sizeof(entryBlock{})) + ptrSize
+	// snapshotCost is a snapshot with its metadata; each conf state ID
+	// adds 8 bytes.
+	snapshotCost = int(unsafe.Sizeof(snapBlock{}))
+)
+
+// The bound on what decoding allocates: at most MaxCostPerByte times the
+// wire size plus MaxCostConst, whatever the field mix. The ratio comes from
+// the smallest entry decoding accepts: four wire bytes (a field header and
+// one non-empty field) for EntryCost (120) bytes; a conf state ID costs 8
+// bytes for at least one wire byte. The constant covers the message block,
+// one snapshot block and the allocator's rounding up to its size classes
+// (at most an eighth, or a part of a page).
+const (
+	MaxCostPerByte = 32
+	MaxCostConst   = 8 << 10
+)
+
+// A Charger accepts or refuses the cost of a decode before anything is
+// allocated for it, so that a caller can hold what it receives to a budget.
+type Charger interface {
+	// Charge is called once per decode with the bytes the decode will
+	// allocate; an error stops the decode and is returned as it is.
+	Charge(cost int) error
+}
 
 // msgBlock holds a Message and the storage its scalar pointers point at, so
 // the message and all its scalars cost one allocation.
@@ -39,17 +83,6 @@ type snapBlock struct {
 	autoLeave   bool
 }
 
-// unmarshalSlow decodes with the generic unmarshaller. It serves the shapes
-// raft never sends over the wire (responses, repeated sub-messages that proto
-// merges), so the fast path can stay simple without disagreeing with proto.
-func unmarshalSlow(buf []byte) (*raftpb.Message, error) {
-	m := new(raftpb.Message)
-	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(buf, m); err != nil {
-		return nil, ErrMalformed
-	}
-	return m, nil
-}
-
 // consumeField validates the field at the start of b and returns its number,
 // wire type, the length of its tag and its whole length. Field numbers beyond
 // protobuf's range are rejected, as proto.Unmarshal rejects them.
@@ -74,32 +107,70 @@ func alias(b []byte) []byte { return b[:len(b):len(b)] }
 // (entry data, context, snapshot data) alias buf, so buf must not be reused:
 // it becomes part of the message. Unknown fields are dropped, as
 // proto.Unmarshal with DiscardUnknown does; enum values outside the known set
-// are kept, as protobuf-go keeps them.
+// are kept, as protobuf-go keeps them. Shapes raft never sends are refused
+// with ErrDegenerate (see there), where proto.Unmarshal would accept them.
 //
 // A message costs at most four allocations whatever the number of entries:
 // the message with its scalars, the entry pointers, the entry blocks and, when
-// present, the snapshot.
+// present, the snapshot; in bytes, at most MaxCostPerByte*len(buf) +
+// MaxCostConst.
 func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
-	nEnt, nSnap := 0, 0
+	m, _, err := UnmarshalMessageCharged(buf, nil)
+	return m, err
+}
+
+// UnmarshalMessageCharged is UnmarshalMessage that first asks c, if not nil,
+// to accept the decode's cost in bytes, once the whole of buf is validated
+// and before anything is allocated. It returns the cost too.
+func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error) {
+	nEnt, nSnap, nIDs := 0, 0, 0
 	for b := buf; len(b) > 0; {
-		num, typ, _, n := consumeField(b)
+		num, typ, tagLen, n := consumeField(b)
 		if n < 0 {
-			return nil, ErrMalformed
+			return nil, 0, ErrMalformed
 		}
 		if typ == protowire.BytesType {
 			switch num {
 			case 7:
+				// Every entry raft makes has an index: an empty one is
+				// not raft's, and would cost 60 times its two bytes.
+				if n-tagLen <= 1 {
+					return nil, 0, fmt.Errorf("%w: empty entry", ErrDegenerate)
+				}
 				nEnt++
 			case 9:
 				nSnap++
+				v, _ := protowire.ConsumeBytes(b[tagLen:])
+				ids, err := scanSnapshot(v)
+				if err != nil {
+					return nil, 0, err
+				}
+				nIDs += ids
 			case 14:
-				return unmarshalSlow(buf)
+				// Responses are for raft's local storage threads and
+				// never cross the network.
+				return nil, 0, fmt.Errorf("%w: responses", ErrDegenerate)
 			}
 		}
 		b = b[n:]
 	}
 	if nSnap > 1 {
-		return unmarshalSlow(buf)
+		return nil, 0, fmt.Errorf("%w: repeated snapshot", ErrDegenerate)
+	}
+	cost := MessageCost
+	switch {
+	case nEnt == 1:
+		cost = MessageCost1
+	case nEnt > 1:
+		cost += nEnt * EntryCost
+	}
+	if nSnap == 1 {
+		cost += snapshotCost + 8*nIDs
+	}
+	if c != nil {
+		if err := c.Charge(cost); err != nil {
+			return nil, 0, err
+		}
 	}
 
 	var (
@@ -156,15 +227,11 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 			case 7:
 				eb := &ents[len(m.Entries)]
 				if err := decodeEntry(eb, v); err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 				m.Entries = append(m.Entries, &eb.e)
 			case 9:
-				s, err := decodeSnapshot(v)
-				if err != nil {
-					return nil, err
-				}
-				m.Snapshot = s
+				m.Snapshot = decodeSnapshot(v, nIDs)
 			case 12:
 				m.Context = alias(v)
 			}
@@ -173,7 +240,7 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 			b = b[n:]
 		}
 	}
-	return m, nil
+	return m, cost, nil
 }
 
 // NewMsgApp returns a MsgApp with the given fields set, in one allocation:
@@ -245,7 +312,13 @@ func UnmarshalEntries(buf []byte, ends []int) ([]*raftpb.Entry, error) {
 	return ptrs, nil
 }
 
+// decodeEntry decodes one entry into eb. An empty entry is refused: raft
+// gives every entry an index, and empty ones would let a few wire bytes
+// cost EntryCost each.
 func decodeEntry(eb *entryBlock, buf []byte) error {
+	if len(buf) == 0 {
+		return fmt.Errorf("%w: empty entry", ErrDegenerate)
+	}
 	e := &eb.e
 	for b := buf; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -286,36 +359,41 @@ func decodeEntry(eb *entryBlock, buf []byte) error {
 	return nil
 }
 
-// decodeSnapshot decodes a Snapshot sub-message. etcd 3.5 peers attach an
-// empty one to every message, so the common case must stay one allocation;
-// repeated sub-messages, which proto merges, go to the generic decoder.
-func decodeSnapshot(buf []byte) (*raftpb.Snapshot, error) {
-	nMeta, nCS, nIDs := 0, 0, 0
+// scanSnapshot validates a Snapshot sub-message and counts the conf state
+// IDs it holds, so that its decode can be charged and allocated at once.
+// Repeated metadata or conf states, which proto would merge, are refused:
+// raft sends each once.
+func scanSnapshot(buf []byte) (ids int, err error) {
+	nMeta := 0
 	for b := buf; len(b) > 0; {
 		num, typ, tagLen, n := consumeField(b)
 		if n < 0 {
-			return nil, ErrMalformed
+			return 0, ErrMalformed
 		}
 		if num == 2 && typ == protowire.BytesType {
 			nMeta++
 			v, _ := protowire.ConsumeBytes(b[tagLen:])
-			c, ids, err := scanMetadata(v)
+			c, k, err := scanMetadata(v)
 			if err != nil {
-				return nil, err
+				return 0, err
 			}
-			nCS += c
-			nIDs += ids
+			if c > 1 {
+				return 0, fmt.Errorf("%w: repeated conf state", ErrDegenerate)
+			}
+			ids += k
 		}
 		b = b[n:]
 	}
-	if nMeta > 1 || nCS > 1 {
-		s := new(raftpb.Snapshot)
-		if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(buf, s); err != nil {
-			return nil, ErrMalformed
-		}
-		return s, nil
+	if nMeta > 1 {
+		return 0, fmt.Errorf("%w: repeated snapshot metadata", ErrDegenerate)
 	}
+	return ids, nil
+}
 
+// decodeSnapshot decodes a Snapshot sub-message that scanSnapshot accepted,
+// holding nIDs conf state IDs. etcd 3.5 peers attach an empty one to every
+// message, so it stays one allocation (two with IDs).
+func decodeSnapshot(buf []byte, nIDs int) *raftpb.Snapshot {
 	sb := new(snapBlock)
 	var ids []uint64
 	if nIDs > 0 {
@@ -338,7 +416,7 @@ func decodeSnapshot(buf []byte) (*raftpb.Snapshot, error) {
 			b = b[protowire.ConsumeFieldValue(num, typ, b):]
 		}
 	}
-	return &sb.s, nil
+	return &sb.s
 }
 
 // scanMetadata validates a SnapshotMetadata and counts its conf states and

@@ -3,6 +3,7 @@ package raftproto
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 
@@ -90,6 +91,13 @@ func TestDecodeMatchesProto(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := UnmarshalMessage(buf)
+			if m.Responses != nil {
+				// Valid protobuf, but never raft's on the wire.
+				if !errors.Is(err, ErrDegenerate) {
+					t.Fatalf("UnmarshalMessage error %v, want ErrDegenerate", err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("UnmarshalMessage: %v", err)
 			}
