@@ -41,7 +41,7 @@ func amplifiers() map[string][]byte {
 		// The smallest accepted entry: one one-byte varint field.
 		"tiny entries": repeatField(7, []byte{0x10, 0x01}, 4096),
 		// A raft no-op entry: term, index and type.
-		"no-op entries": repeatField(7, []byte{0x08, 0x00, 0x10, 0x05, 0x18, 0x80, 0x01}, 4096),
+		"no-op entries":  repeatField(7, []byte{0x08, 0x00, 0x10, 0x05, 0x18, 0x80, 0x01}, 4096),
 		"one tiny entry": repeatField(7, []byte{0x10, 0x01}, 1),
 		// Packed conf state IDs, one byte each.
 		"conf state IDs": func() []byte {
