@@ -3,6 +3,7 @@ package rafthttp
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -15,9 +16,13 @@ import (
 // Limits on lengths read from the wire. Each is checked before anything is
 // allocated for the frame it bounds.
 const (
-	// DefaultMaxMessageBytes bounds one message on a stream, etcd's
-	// readBytesLimit (512 MiB).
-	DefaultMaxMessageBytes = 512 << 20
+	// DefaultMaxMessageBytes bounds one received message (see
+	// Transport.MaxMessageBytes for why 32 MiB, not etcd's 512 MiB).
+	DefaultMaxMessageBytes = 32 << 20
+
+	// DefaultMaxReceiveBytes bounds what received messages hold at once
+	// (see Transport.MaxReceiveBytes).
+	DefaultMaxReceiveBytes = 64 << 20
 
 	// DefaultMaxSnapshotEnvelopeBytes bounds the MsgSnap envelope at the head
 	// of a snapshot body, etcd's snapshotLimitByte since 3.6.14 and 3.7.1
@@ -29,11 +34,6 @@ const (
 	// frameHeaderLen is the size of the big-endian uint64 length prefix of a
 	// message-stream frame (spec §3.2).
 	frameHeaderLen = 8
-
-	// readChunk is how far ahead of the bytes actually received a frame
-	// buffer may grow. A peer that announces a huge frame and sends little
-	// costs us what it sent, not what it announced.
-	readChunk = 1 << 20
 
 	// maxRetainedBuf is the largest buffer an encoder or decoder keeps for
 	// reuse; one huge message must not pin its memory for the life of the
@@ -70,6 +70,9 @@ type decoder interface {
 	// took. Link heartbeats are returned too (see isLinkHeartbeat), possibly
 	// as the shared linkHeartbeat, which must not be modified.
 	decode() (m *raftpb.Message, n int, err error)
+	// charged returns what the last decode charged to the receive budget
+	// (see recvBudget): the caller releases it when done with the message.
+	charged() int64
 	// buffered is how many bytes are read from the connection but not yet
 	// decoded: at 0, the next decode may wait for the network.
 	buffered() int
@@ -144,6 +147,7 @@ func appendMessageFrame(b []byte, m *raftpb.Message) []byte {
 
 // messageDecoder decodes the message stream.
 type messageDecoder struct {
+	recvCharger
 	r     *bufio.Reader
 	limit uint64
 	hdr   [frameHeaderLen]byte
@@ -156,12 +160,14 @@ func newMessageDecoder(r io.Reader, limit uint64) *messageDecoder {
 }
 
 func (d *messageDecoder) decode() (*raftpb.Message, int, error) {
-	return readMessageFrame(d.r, d.hdr[:], d.limit)
+	return readMessageFrame(d.r, d.hdr[:], d.limit, &d.recvCharger)
 }
 
 // readMessageFrame reads one length-prefixed message, refusing a length above
-// limit before allocating. hdr is scratch space for the prefix.
-func readMessageFrame(r io.Reader, hdr []byte, limit uint64) (*raftpb.Message, int, error) {
+// limit before allocating. hdr is scratch space for the prefix. ch, if not
+// nil, is charged the frame and its decode (see recvBudget); on an error it
+// holds nothing.
+func readMessageFrame(r io.Reader, hdr []byte, limit uint64, ch *recvCharger) (*raftpb.Message, int, error) {
 	if _, err := io.ReadFull(r, hdr[:frameHeaderLen]); err != nil {
 		return nil, 0, err
 	}
@@ -169,36 +175,116 @@ func readMessageFrame(r io.Reader, hdr []byte, limit uint64) (*raftpb.Message, i
 	if l > limit {
 		return nil, 0, fmt.Errorf("message of %d bytes, limit %d: %w", l, limit, ErrExceedSizeLimit)
 	}
-	buf, err := readBytes(r, nil, int(l))
+	var c raftproto.Charger
+	if ch != nil {
+		c = ch
+	}
+	buf, err := readFrameBody(r, int64(l), ch)
 	if err != nil {
+		if ch != nil {
+			ch.refund()
+		}
 		return nil, 0, err
 	}
-	m, err := raftproto.UnmarshalMessage(buf)
+	m, _, err := raftproto.UnmarshalMessageCharged(buf, c)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", ErrMalformedFrame, err)
+		if ch != nil {
+			ch.refund()
+		}
+		if errors.Is(err, raftproto.ErrMalformed) {
+			return nil, 0, fmt.Errorf("%w: %v", ErrMalformedFrame, err)
+		}
+		return nil, 0, err
 	}
 	return m, frameHeaderLen + int(l), nil
 }
 
-// readBytes appends exactly n bytes from r to buf. The buffer grows at most
-// readChunk (or its own size, whichever is larger) ahead of what has arrived,
-// so an announced length costs memory only as its bytes come in. A stream
-// that ends early gives io.ErrUnexpectedEOF.
-func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
-	want := len(buf) + n
-	start := len(buf)
-	for len(buf) < want {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(want-len(buf), max(readChunk, len(buf)-start)))
-		}
-		k, err := io.ReadFull(r, buf[len(buf):min(cap(buf), want)])
-		buf = buf[:len(buf)+k]
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
+// exactBodyBytes is the largest body a request handler allocates at once
+// at its announced length. Larger ones are read into chunks as their bytes
+// arrive: whoever can send a request could otherwise make us allocate, and
+// hold in the receive budget, 32 MiB for each few bytes it trickles in.
+const exactBodyBytes = 256 << 10
+
+// readFrameBody reads a body of n bytes, n already bounded by the caller,
+// charging it to ch (if not nil) before allocating. A stream reader (it
+// serves one peer, and reads one frame at a time) and any body of at most
+// exactBodyBytes get one buffer of the exact size; a request handler's
+// larger body is read by readChunked.
+func readFrameBody(r io.Reader, n int64, ch *recvCharger) ([]byte, error) {
+	if ch == nil || ch.wait || n <= exactBodyBytes {
+		if ch != nil {
+			if err := ch.prepay(n); err != nil {
+				return nil, err
 			}
-			return buf, err
 		}
+		return readBytes(r, nil, int(n))
+	}
+	ch.wire, ch.held = 0, 0
+	return readChunked(r, n, n, ch)
+}
+
+// readChunked reads a body of length bytes (-1: unknown, up to limit) into
+// chunks that double from 64 KiB to 4 MiB, each charged to ch before it is
+// allocated, so that memory follows the bytes that arrive; then it copies
+// them once into a buffer of the exact size. The chunks are garbage after
+// that: one copy, where growing a buffer by doubling leaves a series.
+func readChunked(r io.Reader, length, limit int64, ch *recvCharger) ([]byte, error) {
+	var (
+		chunks [][]byte
+		total  int64
+		size   int64 = 64 << 10
+	)
+	for {
+		n := size
+		if length >= 0 {
+			n = min(size, length-total)
+		} else {
+			n = min(size, limit+1-total) // one byte over the limit tells
+		}
+		if err := ch.prepayMore(n); err != nil {
+			return nil, err
+		}
+		c, err := readBytes(r, nil, int(n))
+		total += int64(len(c))
+		chunks = append(chunks, c)
+		if total > limit {
+			return nil, ErrExceedSizeLimit
+		}
+		if err == io.ErrUnexpectedEOF && length < 0 {
+			break // the end of a body of unknown length
+		}
+		if err != nil {
+			return nil, err
+		}
+		if total == length {
+			break
+		}
+		size = min(2*size, 4<<20)
+	}
+	if len(chunks) == 1 {
+		return chunks[0], nil
+	}
+	buf := make([]byte, 0, total)
+	for _, c := range chunks {
+		buf = append(buf, c...)
+	}
+	ch.unpay(ch.held - total) // what the last chunk did not fill
+	return buf, nil
+}
+
+// readBytes appends exactly n bytes from r to buf, growing it once to the
+// exact size needed: a length read from a frame has been bounded by the
+// caller, and growing by doubling would leave copies behind. A stream that
+// ends early gives io.ErrUnexpectedEOF.
+func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
+	start := len(buf)
+	buf = slices.Grow(buf, n)[:start+n]
+	k, err := io.ReadFull(r, buf[start:])
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf[:start+k], err
 	}
 	return buf, nil
 }

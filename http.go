@@ -133,28 +133,27 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	}
 	t.addRemoteFromRequest(r)
 
-	// Unlike etcd, which reads any size, the body is bounded, and memory
-	// grows only as its bytes arrive.
+	// Unlike etcd, which reads any size, the body is bounded, allocated
+	// once at its length, and charged to the receive budget with its
+	// decode until Process returns.
 	limit := int64(t.cfg.maxMessageBytes)
 	if r.ContentLength > limit {
 		http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
 		return
 	}
+	ch := recvCharger{budget: t.budget, ctx: r.Context()}
+	defer ch.refund()
 	rc := http.NewResponseController(w)
-	body, err := readAllLimited(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), limit)
+	body, err := readBody(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), r.ContentLength, limit, &ch)
 	if err != nil {
 		t.lg.Warn("failed to read Raft message", zap.Error(err))
-		if errors.Is(err, ErrExceedSizeLimit) {
-			http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "error reading raft message", http.StatusBadRequest)
+		refuseBody(w, err, "error reading raft message")
 		return
 	}
-	m, err := raftproto.UnmarshalMessage(body)
+	m, _, err := raftproto.UnmarshalMessageCharged(body, &ch)
 	if err != nil {
 		t.lg.Warn("failed to unmarshal Raft message", zap.Error(err))
-		http.Error(w, "error unmarshalling raft message", http.StatusBadRequest)
+		refuseBody(w, err, "error unmarshalling raft message")
 		return
 	}
 	pm, known := t.receivedFrom(m.GetFrom())
@@ -218,26 +217,33 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readAllLimited reads r to EOF. A body longer than limit is refused with
-// ErrExceedSizeLimit, and memory grows only as bytes arrive.
-func readAllLimited(r io.Reader, limit int64) ([]byte, error) {
-	var buf []byte
-	for {
-		if int64(len(buf)) > limit {
-			return nil, ErrExceedSizeLimit
-		}
-		var err error
-		buf, err = readBytes(r, buf, int(min(readChunk, limit+1-int64(len(buf)))))
-		if err == io.ErrUnexpectedEOF {
-			if int64(len(buf)) > limit {
-				return nil, ErrExceedSizeLimit
-			}
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+// refuseBody answers a request whose body could not be read or decoded:
+// 413 if it is too large for us, 503 (retry later) if the receive budget
+// has no room for it now, 400 otherwise.
+func refuseBody(w http.ResponseWriter, err error, msg string) {
+	switch {
+	case errors.Is(err, ErrExceedSizeLimit):
+		http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
+	case errors.Is(err, errBudgetFull):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many raft messages being received", http.StatusServiceUnavailable)
+	default:
+		http.Error(w, msg, http.StatusBadRequest)
 	}
+}
+
+// readBody reads a request body of length bytes (-1: unknown) to EOF,
+// refusing more than limit with ErrExceedSizeLimit, and charging what it
+// allocates to ch before allocating it (see readFrameBody).
+func readBody(r io.Reader, length, limit int64, ch *recvCharger) ([]byte, error) {
+	if length > limit {
+		return nil, ErrExceedSizeLimit
+	}
+	if length >= 0 {
+		return readFrameBody(r, length, ch)
+	}
+	ch.wire, ch.held = 0, 0
+	return readChunked(r, -1, limit, ch)
 }
 
 // serveStream handles GET /raft/stream/{msgapp,message}/<from>: the

@@ -98,6 +98,7 @@ func (e *msgAppV2Encoder) encode(m *raftpb.Message) error {
 // local to remote. AppEntries records do not carry From and To: they are the
 // remote and local IDs the decoder was made with.
 type msgAppV2Decoder struct {
+	recvCharger
 	r             *bufio.Reader
 	local, remote uint64
 	limit         uint64
@@ -129,7 +130,7 @@ func (d *msgAppV2Decoder) decode() (*raftpb.Message, int, error) {
 		m, n, err := d.decodeAppEntries()
 		return m, 1 + n, err
 	case msgAppV2MsgApp:
-		m, n, err := readMessageFrame(d.r, d.hdr[:], d.limit)
+		m, n, err := readMessageFrame(d.r, d.hdr[:], d.limit, &d.recvCharger)
 		if err != nil {
 			return nil, 0, unexpectedEOF(err)
 		}
@@ -199,11 +200,19 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	// The entries were read into reused scratch space; what the message
+	// keeps (their bytes, blocks and pointers, and its own block) is
+	// charged before it is allocated.
+	d.wire = int64(len(scratch))
+	if err := d.Charge(raftproto.MessageCost + int(count)*raftproto.EntryCost); err != nil {
+		return nil, 0, err
+	}
 	var ents []*raftpb.Entry
 	if count > 0 {
 		owned := make([]byte, len(scratch))
 		copy(owned, scratch)
 		if ents, err = raftproto.UnmarshalEntries(owned, ends); err != nil {
+			d.refund()
 			return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 		}
 	}
@@ -227,24 +236,29 @@ func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, er
 		return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
 	}
 	total += size
+	d.wire = int64(size)
+	if err := d.Charge(raftproto.MessageCost1); err != nil {
+		return nil, 0, err
+	}
 	var buf []byte
 	if small := d.arena.Bytes(int(size)); small != nil {
 		if _, err := io.ReadFull(d.r, small); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, 0, err
+			d.refund()
+			return nil, 0, unexpectedEOF(err)
 		}
 		buf = small
 	} else if buf, err = readBytes(d.r, nil, int(size)); err != nil {
+		d.refund()
 		return nil, 0, err
 	}
 	commit, err := d.readUint64()
 	if err != nil {
+		d.refund()
 		return nil, 0, err
 	}
 	m, err := d.arena.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, buf)
 	if err != nil {
+		d.refund()
 		return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 	}
 	d.state.index++

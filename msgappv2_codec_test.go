@@ -422,7 +422,8 @@ func TestMsgAppV2DecoderMinimumLimit(t *testing.T) {
 }
 
 // TestMsgAppV2HostileSizes checks that counts and sizes read from the wire
-// cost memory only as the bytes they announce arrive.
+// are bounded before anything is allocated for them, and that a count
+// costs nothing ahead of its entries.
 func TestMsgAppV2HostileSizes(t *testing.T) {
 	u64 := func(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 	tests := []struct {
@@ -439,11 +440,13 @@ func TestMsgAppV2HostileSizes(t *testing.T) {
 		{name: "full over the limit", limit: 1 << 20,
 			input: slices.Concat([]byte{msgAppV2MsgApp}, u64(1<<40)), want: ErrExceedSizeLimit, maxAlloc: 64 << 10},
 		{name: "large count within the limit, few entries", limit: DefaultMaxMessageBytes,
-			input: slices.Concat([]byte{msgAppV2AppEntries}, u64(60<<20), u64(0), u64(0), u64(0)), want: io.ErrUnexpectedEOF, maxAlloc: 64 << 10},
-		{name: "500 MiB entry, few bytes", limit: DefaultMaxMessageBytes,
-			input: slices.Concat([]byte{msgAppV2AppEntries}, u64(1), u64(500<<20), []byte{1, 2, 3}), want: io.ErrUnexpectedEOF, maxAlloc: 4 << 20},
-		{name: "500 MiB full, few bytes", limit: DefaultMaxMessageBytes,
-			input: slices.Concat([]byte{msgAppV2MsgApp}, u64(500<<20), []byte{1, 2, 3}), want: io.ErrUnexpectedEOF, maxAlloc: 4 << 20},
+			input: slices.Concat([]byte{msgAppV2AppEntries}, u64(1<<20), u64(2), []byte{0x10, 0x01}, u64(2)), want: io.ErrUnexpectedEOF, maxAlloc: 64 << 10},
+		{name: "500 MiB entry", limit: DefaultMaxMessageBytes,
+			input: slices.Concat([]byte{msgAppV2AppEntries}, u64(1), u64(500<<20), []byte{1, 2, 3}), want: ErrExceedSizeLimit, maxAlloc: 64 << 10},
+		{name: "500 MiB full", limit: DefaultMaxMessageBytes,
+			input: slices.Concat([]byte{msgAppV2MsgApp}, u64(500<<20), []byte{1, 2, 3}), want: ErrExceedSizeLimit, maxAlloc: 64 << 10},
+		{name: "8 MiB entry, few bytes", limit: DefaultMaxMessageBytes,
+			input: slices.Concat([]byte{msgAppV2AppEntries}, u64(1), u64(8<<20), []byte{1, 2, 3}), want: io.ErrUnexpectedEOF, maxAlloc: 8<<20 + 64<<10},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,7 +44,7 @@ type peer struct {
 	// and votes on the message stream. propc carries proposals from both,
 	// so that a raft without a leader, which blocks proposals, cannot hold
 	// up the rest.
-	propc chan *raftpb.Message
+	propc chan received
 
 	paused      atomic.Bool
 	drops       dropLog
@@ -73,7 +73,7 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		status:  newPeerStatus(t.lg, t.metrics, t.cfg.idStr, idStr),
 		picker:  newURLPicker(urls),
 		metrics: t.metrics.forPeer(idStr),
-		propc:   make(chan *raftpb.Message, t.cfg.propQueue),
+		propc:   make(chan received, t.cfg.propQueue),
 	}
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics)
@@ -101,24 +101,34 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	return p
 }
 
+// received is a message on its way to Process, with what it holds of the
+// receive budget (released once Process returns).
+type received struct {
+	m      *raftpb.Message
+	charge int64
+}
+
 // processLoop hands the messages of one receive queue to raft, one at a time,
 // yielding its P on y's schedule.
-func (p *peer) processLoop(c chan *raftpb.Message, y yielder) {
+func (p *peer) processLoop(c chan received, y yielder) {
 	for {
 		y.tick()
-		var m *raftpb.Message
+		var rm received
 		// Take what is queued without a two-case select, the cheaper path
 		// under load; wait for more or for the end otherwise.
 		select {
-		case m = <-c:
+		case rm = <-c:
 		default:
 			select {
-			case m = <-c:
+			case rm = <-c:
 			case <-p.ctx.Done():
 				return
 			}
 		}
-		if err := p.t.Raft.Process(p.ctx, m); err != nil && p.ctx.Err() == nil {
+		m := rm.m
+		err := p.t.Raft.Process(p.ctx, m)
+		p.t.budget.release(rm.charge)
+		if err != nil && p.ctx.Err() == nil {
 			// A stopped raft fails every message: rate-limit.
 			if n, ok := p.processErrs.allow(); ok {
 				p.lg.Warn("failed to process Raft message", zap.Stringer("message-type", m.GetType()),
@@ -226,6 +236,13 @@ func (p *peer) stop() {
 		p.msgAppV2Writer.abort()
 		p.writer.abort()
 		p.wg.Wait()
+		// What is still queued will never be processed: give back what
+		// it holds of the receive budget.
+		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {
+			for len(c) > 0 {
+				p.t.budget.release((<-c).charge)
+			}
+		}
 		p.lg.Info("stopped remote peer")
 	})
 }

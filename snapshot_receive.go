@@ -73,13 +73,22 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	src := &snapshotSource{r: newPacedBody(r.Body, rc, t.cfg.snapProgressTimeout), trailer: r, crc: crc32.New(crc32c)}
 	var hdr [frameHeaderLen]byte
-	m, n, err := readMessageFrame(src, hdr[:], t.cfg.maxEnvelopeBytes)
+	// The envelope and its decode hold the receive budget until Process
+	// has returned.
+	ch := recvCharger{budget: t.budget, ctx: r.Context()}
+	defer ch.refund()
+	m, n, err := readMessageFrame(src, hdr[:], t.cfg.maxEnvelopeBytes, &ch)
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		t.lg.Warn("failed to decode Raft message", zap.Error(err))
-		refuse(fmt.Sprintf("failed to decode raft message (%v)", err), http.StatusBadRequest)
+		if errors.Is(err, errBudgetFull) {
+			w.Header().Set("Retry-After", "1")
+			refuse(err.Error(), http.StatusServiceUnavailable)
+		} else {
+			refuse(fmt.Sprintf("failed to decode raft message (%v)", err), http.StatusBadRequest)
+		}
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}

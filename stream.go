@@ -371,11 +371,11 @@ func (w *streamWriter) flush(c *outgoingConn, enc encoder, msgs int) error {
 type streamReader struct {
 	p     *peer
 	typ   streamType
-	recvc chan *raftpb.Message // this stream's lane to raft, proposals aside
+	recvc chan received // this stream's lane to raft, proposals aside
 }
 
 func newStreamReader(p *peer, typ streamType) *streamReader {
-	return &streamReader{p: p, typ: typ, recvc: make(chan *raftpb.Message, p.t.cfg.recvQueue)}
+	return &streamReader{p: p, typ: typ, recvc: make(chan received, p.t.cfg.recvQueue)}
 }
 
 func (r *streamReader) run(ctx context.Context) {
@@ -532,11 +532,19 @@ func drainClose(rc io.ReadCloser) {
 // the sender.
 func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 	p := r.p
+	// What a decode holds of the receive budget travels with its message
+	// and is released once Process has returned for it; the decoder
+	// waits for room, so a full budget stops this stream's reads.
+	ch := recvCharger{budget: p.t.budget, ctx: ctx, wait: true}
 	var dec decoder
 	if r.typ == streamTypeMsgAppV2 {
-		dec = newMsgAppV2Decoder(body, p.t.cfg.id, p.id, p.t.cfg.maxMessageBytes)
+		d := newMsgAppV2Decoder(body, p.t.cfg.id, p.id, p.t.cfg.maxMessageBytes)
+		d.recvCharger = ch
+		dec = d
 	} else {
-		dec = newMessageDecoder(body, p.t.cfg.maxMessageBytes)
+		d := newMessageDecoder(body, p.t.cfg.maxMessageBytes)
+		d.recvCharger = ch
+		dec = d
 	}
 	y := p.t.bulkYielder(r.typ)
 	// Counters are added up here and published with the last message
@@ -560,16 +568,19 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 			p.metrics.received(msgs, bytes)
 			msgs, bytes = 0, 0
 		}
+		rm := received{m: m, charge: dec.charged()}
 		if heartbeat {
 			continue
 		}
 		if p.paused.Load() {
+			p.t.budget.release(rm.charge)
 			continue
 		}
 		if m.GetType() == raftpb.MsgProp {
 			select {
-			case p.propc <- m:
+			case p.propc <- rm:
 			default:
+				p.t.budget.release(rm.charge)
 				p.metrics.receivedFailures.Inc()
 				p.metrics.drop(raftpb.MsgProp, dropRecvFull)
 				if k, ok := p.drops.allow(); ok {
@@ -582,11 +593,12 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 		// Try without waiting first: a two-case select costs more than a
 		// send to a queue with room, the common case.
 		select {
-		case r.recvc <- m:
+		case r.recvc <- rm:
 		default:
 			select {
-			case r.recvc <- m:
+			case r.recvc <- rm:
 			case <-ctx.Done():
+				p.t.budget.release(rm.charge)
 				return ctx.Err()
 			}
 		}

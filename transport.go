@@ -174,8 +174,29 @@ type Transport struct {
 	MinClusterVersion string
 
 	// MaxMessageBytes bounds one received message, on streams and the
-	// pipeline. Zero means DefaultMaxMessageBytes.
+	// pipeline. Zero means DefaultMaxMessageBytes (32 MiB), where etcd
+	// reads up to 512 MiB: raft's appends are bounded by its MaxSizePerMsg
+	// (etcd uses 1 MiB) plus one entry, and etcd refuses requests over a
+	// few MiB, so 32 MiB leaves ample room. A MsgSnap given to Send
+	// carries its whole snapshot in one message: applications that send
+	// larger snapshots that way raise this and MaxReceiveBytes (or use
+	// SendSnapshot and a SnapshotStore, which stream the payload).
 	MaxMessageBytes int
+	// MaxReceiveBytes bounds the bytes that messages received from peers
+	// hold at once, Transport-wide: each is charged its wire size plus what
+	// decoding it allocates (at most 32 times its size plus 8 KiB), from
+	// before that is allocated until Raft.Process returns for it. When the
+	// budget is full, stream readers wait (TCP pushes back on the sender),
+	// and pipeline and snapshot requests wait up to a second and then get
+	// 503, which senders report to raft as a failure. A message that cannot
+	// fit even alone is refused (413). Small messages (heartbeats, votes,
+	// one-entry appends: 1 KiB or less with their decode) are not charged;
+	// their queues bound them by count. Besides it, each stream reader holds
+	// the one frame it is reading (up to MaxMessageBytes, peers only), and
+	// each snapshot being received 2 MiB of read-ahead. Zero means
+	// DefaultMaxReceiveBytes (64 MiB); it must be at least MaxMessageBytes
+	// and MaxSnapshotEnvelopeBytes.
+	MaxReceiveBytes int
 	// MaxSnapshotEnvelopeBytes bounds the MsgSnap envelope of a received
 	// snapshot. Zero means DefaultMaxSnapshotEnvelopeBytes.
 	MaxSnapshotEnvelopeBytes int
@@ -204,6 +225,7 @@ type Transport struct {
 	metrics *metrics
 
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
+	budget                   *recvBudget   // bytes held by received messages (budget.go)
 
 	streamRt    http.RoundTripper // msgappv2 streams: no idle connections, per-Read/Write deadlines
 	msgStreamRt http.RoundTripper // message streams: the same, read in slices while busy
@@ -234,6 +256,7 @@ type config struct {
 	dialRetryMin, dialRetryMax        time.Duration
 	serverVersion, minClusterVersion  semver
 	maxMessageBytes, maxEnvelopeBytes uint64
+	maxReceiveBytes                   uint64
 	streamQueue, pipelineQueue        int
 	pipelineWorkers                   int
 	recvQueue, propQueue              int
@@ -324,7 +347,8 @@ func (t *Transport) validate() (config, error) {
 		dst  *uint64
 		def  uint64
 	}{{"MaxMessageBytes", t.MaxMessageBytes, &c.maxMessageBytes, DefaultMaxMessageBytes},
-		{"MaxSnapshotEnvelopeBytes", t.MaxSnapshotEnvelopeBytes, &c.maxEnvelopeBytes, DefaultMaxSnapshotEnvelopeBytes}} {
+		{"MaxSnapshotEnvelopeBytes", t.MaxSnapshotEnvelopeBytes, &c.maxEnvelopeBytes, DefaultMaxSnapshotEnvelopeBytes},
+		{"MaxReceiveBytes", t.MaxReceiveBytes, &c.maxReceiveBytes, DefaultMaxReceiveBytes}} {
 		switch {
 		case l.v < 0 || l.v > maxLimit:
 			errs = append(errs, fmt.Errorf("%s must be between 0 and %d", l.name, maxLimit))
@@ -333,6 +357,9 @@ func (t *Transport) validate() (config, error) {
 		default:
 			*l.dst = uint64(l.v)
 		}
+	}
+	if c.maxReceiveBytes < max(c.maxMessageBytes, c.maxEnvelopeBytes) {
+		errs = append(errs, errors.New("MaxReceiveBytes must be at least MaxMessageBytes and MaxSnapshotEnvelopeBytes"))
 	}
 	for _, q := range []struct {
 		name string
@@ -383,6 +410,7 @@ func (t *Transport) Start() error {
 	t.remotes = make(map[uint64]*remote)
 	t.snapSendSem = make(chan struct{}, cfg.maxSnapSends)
 	t.snapRecvSem = make(chan struct{}, cfg.maxSnapRecvs)
+	t.budget = newRecvBudget(int64(cfg.maxReceiveBytes))
 	t.started = true
 	return nil
 }
