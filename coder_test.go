@@ -620,7 +620,7 @@ func TestMessageDecodeHostileLength(t *testing.T) {
 	tests := []struct {
 		name      string
 		announced uint64
-		sent      int    // body bytes that actually follow the header
+		sent      int // body bytes that actually follow the header
 		want      error
 		maxAlloc  uint64 // bytes the decode may allocate
 	}{
