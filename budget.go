@@ -185,6 +185,15 @@ func (c *recvCharger) unpay(n int64) {
 	c.budget.release(n)
 }
 
+// fits refuses, before anything is read or allocated for it, a message
+// that would hold at least n bytes if n can never fit the budget.
+func (c *recvCharger) fits(n uint64) error {
+	if c.budget != nil && n > uint64(c.budget.max) {
+		return c.budget.tooLarge(int64(min(n, 1<<62)))
+	}
+	return nil
+}
+
 // Charge charges the decode of the message under way: cost bytes, and its
 // wire bytes if prepay did not.
 func (c *recvCharger) Charge(cost int) error {

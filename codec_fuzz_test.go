@@ -5,12 +5,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
 // fuzzLimit is the record limit the fuzzed decoders run with: small enough
@@ -40,10 +44,75 @@ func expectMessageFrame(rest []byte, limit uint64) (int, error) {
 	if uint64(len(rest)-frameHeaderLen) < l {
 		return 0, io.ErrUnexpectedEOF
 	}
-	if err := proto.Unmarshal(rest[frameHeaderLen:frameHeaderLen+int(l)], new(raftpb.Message)); err != nil {
+	body := rest[frameHeaderLen : frameHeaderLen+int(l)]
+	if err := proto.Unmarshal(body, new(raftpb.Message)); err != nil || degenerateForTest(body) {
 		return 0, ErrMalformedFrame
 	}
 	return frameHeaderLen + int(l), nil
+}
+
+// degenerateForTest tells, independently of the decoder, whether a valid
+// protobuf message has a shape raft never sends and our decoders refuse: an
+// empty entry, a Responses field, or a repeated snapshot, snapshot metadata
+// or conf state.
+func degenerateForTest(msg []byte) bool {
+	// fields returns the length-delimited values of field num in b.
+	fields := func(b []byte, num protowire.Number) (vals [][]byte) {
+		for len(b) > 0 {
+			n, typ, k := protowire.ConsumeTag(b)
+			b = b[k:]
+			k = protowire.ConsumeFieldValue(n, typ, b)
+			if n == num && typ == protowire.BytesType {
+				v, _ := protowire.ConsumeBytes(b)
+				vals = append(vals, v)
+			}
+			b = b[k:]
+		}
+		return vals
+	}
+	for _, e := range fields(msg, 7) {
+		if emptyEntryForTest(e) {
+			return true
+		}
+	}
+	snaps := fields(msg, 9)
+	if len(fields(msg, 14)) > 0 || len(snaps) > 1 {
+		return true
+	}
+	for _, s := range snaps {
+		mds := fields(s, 2)
+		if len(mds) > 1 || (len(mds) == 1 && len(fields(mds[0], 1)) > 1) {
+			return true
+		}
+	}
+	return false
+}
+
+// emptyEntryForTest tells whether an entry's bytes hold no field raft knows.
+func emptyEntryForTest(b []byte) bool {
+	var e raftpb.Entry
+	return proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &e) == nil && proto.Size(&e) == 0
+}
+
+// checkDecodeAllocs decodes data to its end with a fresh decoder from dec
+// and fails t if that allocates, measured on the heap, more than the bound
+// a decoder keeps: MaxCostPerByte per input byte, plus the exact buffer of
+// one announced frame (up to limit), plus its fixed buffers and arena.
+func checkDecodeAllocs(t *testing.T, data []byte, limit uint64, dec func(io.Reader) decoder) {
+	t.Helper()
+	d := dec(bytes.NewReader(data))
+	bound := uint64(raftproto.MaxCostPerByte*len(data)) + limit + 64<<10
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for {
+		if _, _, err := d.decode(); err != nil {
+			break
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > bound {
+		t.Fatalf("decoding %d bytes allocated %d, bound %d", len(data), got, bound)
+	}
 }
 
 // expectMsgAppV2Frame does for a msgappv2 stream what expectMessageFrame
@@ -106,7 +175,7 @@ func expectMsgAppV2Frame(rest []byte, limit uint64) (n int, count uint64, err er
 		return 0, 0, io.ErrUnexpectedEOF
 	}
 	for _, e := range ents {
-		if err := proto.Unmarshal(e, new(raftpb.Entry)); err != nil {
+		if err := proto.Unmarshal(e, new(raftpb.Entry)); err != nil || emptyEntryForTest(e) {
 			return 0, 0, ErrMalformedFrame
 		}
 	}
@@ -156,13 +225,14 @@ func messageFuzzSeeds(tb testing.TB) [][]byte {
 }
 
 // FuzzMessageDecoder feeds arbitrary bytes to a message decoder. Decoding
-// never panics; each frame is what spec §3.2 makes of it (a message, or the
+// never panics and stays within its allocation bound; each frame is what spec §3.2 makes of it (a message, or the
 // error class); and every decoded message re-encodes and decodes back equal.
 func FuzzMessageDecoder(f *testing.F) {
 	for _, s := range messageFuzzSeeds(f) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecodeAllocs(t, data, fuzzLimit, func(r io.Reader) decoder { return newMessageDecoder(r, fuzzLimit) })
 		dec := newMessageDecoder(bytes.NewReader(data), fuzzLimit)
 		for off := 0; ; {
 			m, n, err := dec.decode()
@@ -232,7 +302,7 @@ func msgAppV2FuzzSeeds(tb testing.TB) [][]byte {
 }
 
 // FuzzMsgAppV2Decoder feeds arbitrary bytes to a msgappv2 decoder. Decoding
-// never panics; each record is what spec §3.3 makes of it, with the state
+// never panics and stays within its allocation bound; each record is what spec §3.3 makes of it, with the state
 // kept as the spec says; and the decoded sequence, sent through a new
 // encoder/decoder pair, comes back as the spec's encoder rule predicts.
 func FuzzMsgAppV2Decoder(f *testing.F) {
@@ -240,6 +310,9 @@ func FuzzMsgAppV2Decoder(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkDecodeAllocs(t, data, fuzzLimit, func(r io.Reader) decoder {
+			return newMsgAppV2Decoder(r, v2Local, v2Remote, fuzzLimit)
+		})
 		dec := newMsgAppV2Decoder(bytes.NewReader(data), v2Local, v2Remote, fuzzLimit)
 		var model msgAppV2State
 		var decoded []*raftpb.Message

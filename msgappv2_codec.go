@@ -172,6 +172,11 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 		return nil, 0, fmt.Errorf("msgappv2 record of %d entries, limit %d bytes: %w", count, d.limit, ErrExceedSizeLimit)
 	}
 	total += count * frameHeaderLen
+	// What the entries will cost once decoded is known from the count:
+	// refuse a record that cannot fit the budget before reading it.
+	if err := d.fits(count*uint64(raftproto.EntryCost) + total); err != nil {
+		return nil, 0, err
+	}
 	if count == 1 {
 		return d.decodeAppEntry(total)
 	}

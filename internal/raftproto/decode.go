@@ -312,9 +312,9 @@ func UnmarshalEntries(buf []byte, ends []int) ([]*raftpb.Entry, error) {
 	return ptrs, nil
 }
 
-// decodeEntry decodes one entry into eb. An empty entry is refused: raft
-// gives every entry an index, and empty ones would let a few wire bytes
-// cost EntryCost each.
+// decodeEntry decodes one entry into eb. An empty entry, or one of unknown
+// fields only, is refused: raft gives every entry an index, and empty ones
+// would let a few wire bytes cost EntryCost each.
 func decodeEntry(eb *entryBlock, buf []byte) error {
 	if len(buf) == 0 {
 		return fmt.Errorf("%w: empty entry", ErrDegenerate)
@@ -355,6 +355,10 @@ func decodeEntry(eb *entryBlock, buf []byte) error {
 			}
 			b = b[n:]
 		}
+	}
+	if e.Type == nil && e.Term == nil && e.Index == nil && e.Data == nil {
+		// Only unknown fields: it would re-encode as an empty entry.
+		return fmt.Errorf("%w: empty entry", ErrDegenerate)
 	}
 	return nil
 }
