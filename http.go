@@ -48,18 +48,23 @@ func newHandler(t *Transport) http.Handler {
 // cluster ID. It answers the request itself on failure.
 func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 	if err := checkVersionCompatibility(t.cfg.serverVersion, t.cfg.minClusterVersion, r.Header); err != nil {
-		t.lg.Warn("failed version compatibility check",
-			zap.String("local-member-server-version", t.cfg.serverVersion.String()),
-			zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom))),
-			zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion))),
-			zap.Error(err))
+		if n, ok := t.warns.allowFrom(warnVersion, r.RemoteAddr); ok {
+			t.lg.Warn("failed version compatibility check",
+				zap.String("local-member-server-version", t.cfg.serverVersion.String()),
+				zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom))),
+				zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion))),
+				zap.String("remote-addr", clip(r.RemoteAddr)), zap.Error(err), suppressed(n))
+		}
 		http.Error(w, ErrIncompatibleVersion.Error(), http.StatusPreconditionFailed)
 		return false
 	}
 	if err := checkClusterID(t.cfg.clusterID, r.Header); err != nil {
-		t.lg.Warn("request cluster ID mismatch",
-			zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
-			zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID))))
+		if n, ok := t.warns.allowFrom(warnClusterID, r.RemoteAddr); ok {
+			t.lg.Warn("request cluster ID mismatch",
+				zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
+				zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID))),
+				zap.String("remote-addr", clip(r.RemoteAddr)), suppressed(n))
+		}
 		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
 		return false
 	}
@@ -97,7 +102,9 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 		return
 	}
 	if err != nil {
-		t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
+		if n, ok := t.warns.allow(warnBadRequest); ok {
+			t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err), suppressed(n))
+		}
 		return
 	}
 	switch err := t.addRemoteCapped(from, urls); {
@@ -106,7 +113,9 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 		// Every request of a flood would log this: keep it at Debug.
 		t.lg.Debug("ignored remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
 	default:
-		t.lg.Warn("failed to add remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err))
+		if n, ok := t.warns.allow(warnBadRequest); ok {
+			t.lg.Warn("failed to add remote from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err), suppressed(n))
+		}
 	}
 }
 
@@ -146,13 +155,17 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	body, err := readBody(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), r.ContentLength, limit, &ch)
 	if err != nil {
-		t.lg.Warn("failed to read Raft message", zap.Error(err))
+		if n, ok := t.warns.allow(warnReadBody); ok {
+			t.lg.Warn("failed to read Raft message", zap.Error(err), suppressed(n))
+		}
 		refuseBody(w, err, "error reading raft message")
 		return
 	}
 	m, _, err := raftproto.UnmarshalMessageCharged(body, &ch)
 	if err != nil {
-		t.lg.Warn("failed to unmarshal Raft message", zap.Error(err))
+		if n, ok := t.warns.allow(warnMalformed); ok {
+			t.lg.Warn("failed to unmarshal Raft message", zap.Error(err), suppressed(n))
+		}
 		refuseBody(w, err, "error unmarshalling raft message")
 		return
 	}
@@ -166,7 +179,9 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 			wtr.WriteTo(w)
 			return
 		}
-		t.lg.Warn("failed to process Raft message", zap.Error(err))
+		if n, ok := t.warns.allow(warnProcess); ok {
+			t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
+		}
 		http.Error(w, "error processing raft message", http.StatusInternalServerError)
 		// Close the connection, as etcd does: the sender must not reuse a
 		// connection whose peer could not take its message.
@@ -272,12 +287,16 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	from, err := parseID(last)
 	if err != nil {
-		t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path)), zap.Error(err))
+		if n, ok := t.warns.allow(warnBadRequest); ok {
+			t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path)), zap.Error(err), suppressed(n))
+		}
 		http.Error(w, "invalid from", http.StatusNotFound)
 		return
 	}
 	if t.Raft.IsIDRemoved(from) {
-		t.lg.Warn("rejected stream from remote peer because it was removed", zap.String("remote-peer-id-from", formatID(from)))
+		if n, ok := t.warns.allow(warnUnknownSender); ok {
+			t.lg.Warn("rejected stream from remote peer because it was removed", zap.String("remote-peer-id-from", formatID(from)), suppressed(n))
+		}
 		http.Error(w, "removed member", http.StatusGone)
 		return
 	}
@@ -286,12 +305,16 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		// The dialer may know of us before we know of it: let it at least
 		// reach us through the pipeline. Its ID is the one in the path.
 		t.addRemoteFromHeader(r, from)
-		t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)))
+		if n, ok := t.warns.allow(warnUnknownSender); ok {
+			t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)), suppressed(n))
+		}
 		http.Error(w, "error sender not found", http.StatusNotFound)
 		return
 	}
 	if to := r.Header.Get(headerRaftTo); to != t.cfg.idStr {
-		t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to)))
+		if n, ok := t.warns.allow(warnUnknownSender); ok {
+			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to)), suppressed(n))
+		}
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return
 	}

@@ -5,7 +5,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -46,9 +45,12 @@ type peer struct {
 	// up the rest.
 	propc chan received
 
-	paused      atomic.Bool
-	drops       dropLog
-	processErrs dropLog     // rate-limits "failed to process" warnings
+	paused atomic.Bool
+	// Limiters of the warnings this peer can set off (warnlog.go).
+	drops       logLimiter  // messages dropped, sent or received
+	processErrs logLimiter  // Raft.Process failures
+	refused     logLimiter  // stream dials refused (410, 412)
+	snapFails   logLimiter  // snapshot sends failed
 	snapSending atomic.Bool // a snapshot to this peer is in flight
 
 	mu       sync.Mutex // guards stopping against wg.Go
@@ -70,7 +72,7 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		id:      id,
 		idStr:   idStr,
 		lg:      lg,
-		status:  newPeerStatus(t.lg, t.metrics, t.cfg.idStr, idStr),
+		status:  newPeerStatus(t.lg, t.warns.now, t.metrics, t.cfg.idStr, idStr),
 		picker:  newURLPicker(urls),
 		metrics: t.metrics.forPeer(idStr),
 		propc:   make(chan received, t.cfg.propQueue),
@@ -130,9 +132,9 @@ func (p *peer) processLoop(c chan received, y yielder) {
 		p.t.budget.release(rm.charge)
 		if err != nil && p.ctx.Err() == nil {
 			// A stopped raft fails every message: rate-limit.
-			if n, ok := p.processErrs.allow(); ok {
+			if n, ok := p.processErrs.allow(p.t.warns.now); ok {
 				p.lg.Warn("failed to process Raft message", zap.Stringer("message-type", m.GetType()),
-					zap.Error(err), zap.Int64("failed-since-last-log", n))
+					zap.Error(err), suppressed(n))
 			}
 		}
 	}
@@ -171,10 +173,10 @@ func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
 	}
 	p.metrics.sentFailures.Inc()
 	p.metrics.drop(m.GetType(), reason)
-	if n, ok := p.drops.allow(); ok {
+	if n, ok := p.drops.allow(p.t.warns.now); ok {
 		p.lg.Warn("dropped internal Raft message since sending buffer is full",
 			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel),
-			zap.Bool("remote-peer-active", p.status.isActive()), zap.Int64("dropped-since-last-log", n))
+			zap.Bool("remote-peer-active", p.status.isActive()), suppressed(n))
 	}
 }
 
@@ -245,29 +247,4 @@ func (p *peer) stop() {
 		}
 		p.lg.Info("stopped remote peer")
 	})
-}
-
-// dropLog rate-limits drop warnings to one a second, counting what it
-// suppressed: a full queue drops thousands of messages a second, and a log
-// line per drop would make the overload worse.
-type dropLog struct {
-	last       atomic.Int64 // unix nanoseconds of the last line logged
-	suppressed atomic.Int64
-}
-
-// allow reports whether to log now, and how many drops went unlogged since
-// the last line. While drops come in bulk it reads the clock only every
-// 64th (the clock read was a quarter of a flooded sender's time); the first
-// few after a line always look.
-func (d *dropLog) allow() (int64, bool) {
-	n := d.suppressed.Add(1)
-	if n > 16 && n%64 != 0 {
-		return 0, false
-	}
-	now := time.Now().UnixNano()
-	last := d.last.Load()
-	if now-last < int64(time.Second) || !d.last.CompareAndSwap(last, now) {
-		return 0, false
-	}
-	return d.suppressed.Swap(0) - 1, true
 }

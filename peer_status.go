@@ -20,6 +20,7 @@ type failureType struct {
 // records why. Transitions are logged and counted.
 type peerStatus struct {
 	lg      *zap.Logger
+	now     func() int64 // the clock of inactiveLog
 	local   string
 	id      string
 	metrics *metrics
@@ -28,10 +29,13 @@ type peerStatus struct {
 	active  bool
 	since   time.Time
 	lastErr error
+	// A peer that fails as soon as it is reached (a pipeline answered
+	// alternately 204 and 500) flips its status at the rate we send.
+	inactiveLog logLimiter
 }
 
-func newPeerStatus(lg *zap.Logger, m *metrics, local, id string) *peerStatus {
-	return &peerStatus{lg: lg, metrics: m, local: local, id: id}
+func newPeerStatus(lg *zap.Logger, now func() int64, m *metrics, local, id string) *peerStatus {
+	return &peerStatus{lg: lg, now: now, metrics: m, local: local, id: id}
 }
 
 func (s *peerStatus) activate() {
@@ -55,7 +59,9 @@ func (s *peerStatus) deactivate(failure failureType, reason string) {
 		s.lg.Debug("peer deactivated again", zap.String("peer-id", s.id), zap.Error(err))
 		return
 	}
-	s.lg.Warn("peer became inactive (message send to peer failed)", zap.String("peer-id", s.id), zap.Error(err))
+	if n, ok := s.inactiveLog.allow(s.now); ok {
+		s.lg.Warn("peer became inactive (message send to peer failed)", zap.String("peer-id", s.id), zap.Error(err), suppressed(n))
+	}
 	s.active = false
 	s.since = time.Time{}
 	s.metrics.activePeers.WithLabelValues(s.local, s.id).Dec()

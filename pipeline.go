@@ -27,6 +27,7 @@ type pipeline struct {
 	picker  *urlPicker
 	metrics peerMetrics
 	msgc    chan *raftpb.Message
+	refused logLimiter // POSTs refused (412): each message sent would log
 }
 
 func newPipeline(t *Transport, to uint64, lg *zap.Logger, status *peerStatus, picker *urlPicker, m peerMetrics) *pipeline {
@@ -104,7 +105,7 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		return err
 	}
 	defer drainClose(resp.Body)
-	if err := checkPostResponse(pl.t, pl.lg, resp, base); err != nil {
+	if err := checkPostResponse(pl.t, pl.lg, &pl.refused, resp, base); err != nil {
 		return err
 	}
 	if ce := pl.lg.Check(zap.DebugLevel, "sent message over the pipeline"); ce != nil {
@@ -116,7 +117,8 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 // checkPostResponse maps the answer to a pipeline or snapshot POST to an
 // error, as etcd does (spec §2.6): 204 is success, 403 means this member was
 // removed, 412 carries a reason in its body, anything else is unexpected.
-func checkPostResponse(t *Transport, lg *zap.Logger, resp *http.Response, base string) error {
+// The refusals it logs go through refused.
+func checkPostResponse(t *Transport, lg *zap.Logger, refused *logLimiter, resp *http.Response, base string) error {
 	switch resp.StatusCode {
 	case http.StatusNoContent:
 		return nil
@@ -131,11 +133,15 @@ func checkPostResponse(t *Transport, lg *zap.Logger, resp *http.Response, base s
 	case http.StatusPreconditionFailed:
 		switch body := readErrorBody(resp.Body); body {
 		case ErrIncompatibleVersion.Error():
-			lg.Error("request sent was ignored by peer", zap.Error(ErrIncompatibleVersion))
+			if n, ok := refused.allow(t.warns.now); ok {
+				lg.Error("request sent was ignored by peer", zap.Error(ErrIncompatibleVersion), suppressed(n))
+			}
 			return ErrIncompatibleVersion
 		case ErrClusterIDMismatch.Error():
-			lg.Error("request sent was ignored due to cluster ID mismatch",
-				zap.String("local-member-cluster-id", t.cfg.clusterIDStr))
+			if n, ok := refused.allow(t.warns.now); ok {
+				lg.Error("request sent was ignored due to cluster ID mismatch",
+					zap.String("local-member-cluster-id", t.cfg.clusterIDStr), suppressed(n))
+			}
 			return ErrClusterIDMismatch
 		default:
 			return fmt.Errorf("unhandled error %q when precondition failed", body)

@@ -150,7 +150,7 @@ func TestPipelineResponseStatus(t *testing.T) {
 
 // TestCheckPostResponse checks the mapping of POST answers to errors.
 func TestCheckPostResponse(t *testing.T) {
-	tr := &Transport{}
+	tr := &Transport{warns: newWarnLimits(nil)}
 	tr.cfg.clusterIDStr = "1000"
 	tests := []struct {
 		name    string
@@ -174,7 +174,7 @@ func TestCheckPostResponse(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := &http.Response{StatusCode: tc.status, Body: io.NopCloser(strings.NewReader(tc.body))}
-			err := checkPostResponse(tr, zap.NewNop(), resp, "http://peer:2380")
+			err := checkPostResponse(tr, zap.NewNop(), new(logLimiter), resp, "http://peer:2380")
 			switch {
 			case tc.want == nil && tc.errText == "":
 				if err != nil {

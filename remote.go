@@ -22,7 +22,7 @@ type remote struct {
 	status   *peerStatus
 	pipeline *pipeline
 	paused   atomic.Bool
-	drops    dropLog
+	drops    logLimiter // rate-limits drop warnings (warnlog.go)
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -33,7 +33,7 @@ func startRemote(t *Transport, id uint64, urls []url.URL) *remote {
 	lg := t.lg.With(zap.String("local-member-id", t.cfg.idStr), zap.String("remote-peer-id", idStr))
 	// A remote's activity is its own: it is not a peer, and ActivePeers
 	// does not count it.
-	status := newPeerStatus(lg, t.metrics, t.cfg.idStr, idStr)
+	status := newPeerStatus(lg, t.warns.now, t.metrics, t.cfg.idStr, idStr)
 	r := &remote{t: t, id: id, idStr: idStr, lg: lg, status: status,
 		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr))}
 	var ctx context.Context
@@ -61,12 +61,12 @@ func (r *remote) send(m *raftpb.Message) {
 	}
 	r.pipeline.metrics.sentFailures.Inc()
 	r.pipeline.metrics.drop(m.GetType(), dropQueueFull)
-	if n, ok := r.drops.allow(); ok {
+	if n, ok := r.drops.allow(r.t.warns.now); ok {
 		msg := "dropped Raft message since sending buffer is full (overloaded network)"
 		if r.status.isActive() {
 			msg = "dropped internal Raft message since sending buffer is full (overloaded network)"
 		}
-		r.lg.Warn(msg, zap.Stringer("message-type", m.GetType()), zap.Int64("dropped-since-last-log", n))
+		r.lg.Warn(msg, zap.Stringer("message-type", m.GetType()), suppressed(n))
 	}
 }
 

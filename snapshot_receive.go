@@ -82,7 +82,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		t.lg.Warn("failed to decode Raft message", zap.Error(err))
+		if n, ok := t.warns.allow(warnMalformed); ok {
+			t.lg.Warn("failed to decode Raft message", zap.Error(err), suppressed(n))
+		}
 		if errors.Is(err, errBudgetFull) {
 			w.Header().Set("Retry-After", "1")
 			refuse(err.Error(), http.StatusServiceUnavailable)
@@ -100,7 +102,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		pm.received(0, n)
 	}
 	if m.GetType() != raftpb.MsgSnap {
-		t.lg.Warn("unexpected Raft message type", zap.Stringer("message-type", m.GetType()))
+		if n, ok := t.warns.allow(warnMalformed); ok {
+			t.lg.Warn("unexpected Raft message type", zap.Stringer("message-type", m.GetType()), suppressed(n))
+		}
 		refuse("wrong raft message type", http.StatusBadRequest)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
@@ -126,7 +130,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		ra.stop()
 	}
 	if err != nil {
-		t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err))
+		if n, ok := t.warns.allow(warnSnapshot); ok {
+			t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err), suppressed(n))
+		}
 		refuse(fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
@@ -145,7 +151,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 			wtr.WriteTo(w)
 			return
 		}
-		t.lg.Warn("failed to process Raft message", zap.Error(err))
+		if n, ok := t.warns.allow(warnProcess); ok {
+			t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
+		}
 		http.Error(w, fmt.Sprintf("failed to process raft message (%v)", err), http.StatusInternalServerError)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return

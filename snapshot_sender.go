@@ -157,7 +157,9 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 		err = fmt.Errorf("%w: sent %d of %d bytes", ErrSnapshotSize, sent, total)
 	}
 	if err != nil {
-		lg.Warn("failed to send database snapshot", zap.Error(err))
+		if n, ok := p.snapFails.allow(t.warns.now); ok {
+			lg.Warn("failed to send database snapshot", zap.Error(err), suppressed(n))
+		}
 		if errors.Is(err, ErrMemberRemoved) {
 			t.postCriticalError(ErrMemberRemoved)
 		}
@@ -219,7 +221,7 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 		return err
 	}
 	defer drainClose(resp.Body)
-	return checkPostResponse(t, p.lg, resp, base)
+	return checkPostResponse(t, p.lg, &p.pipeline.refused, resp, base)
 }
 
 // snapshotBody is the body of a snapshot POST: the envelope, then the

@@ -183,6 +183,9 @@ func (w *streamWriter) run(ctx context.Context) {
 		reprobec   <-chan time.Time // armed after a first probe succeeded
 		reprobes   int              // probes still to make after that
 		y          = w.p.t.bulkYielder(w.typ)
+		// The remote can lose or replace its stream as often as it
+		// likes (a GET each time): rate-limit the lines that say so.
+		churnLog logLimiter
 	)
 	reprobe.Stop()
 	defer reprobe.Stop()
@@ -196,7 +199,9 @@ func (w *streamWriter) run(ctx context.Context) {
 		}
 		w.p.status.deactivate(failureType{source: w.typ.String(), action: action}, reason.Error())
 		w.p.metrics.sentFailures.Inc()
-		lg.Warn("lost TCP streaming connection with remote peer", zap.Error(reason))
+		if n, ok := churnLog.allow(t.warns.now); ok {
+			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(reason), suppressed(n))
+		}
 		// The message being written is lost, and whatever was queued for the
 		// connection is not coming back: drop it now and tell raft once,
 		// rather than deliver it late on a later connection.
@@ -299,7 +304,9 @@ func (w *streamWriter) run(ctx context.Context) {
 
 		case c := <-w.connc:
 			if conn != nil {
-				lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"))
+				if n, ok := churnLog.allow(t.warns.now); ok {
+					lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"), suppressed(n))
+				}
 				detach(nil, "")
 			}
 			conn, enc, msgc, heartbeatc, gone, reprobec = c, w.newEncoder(c), w.msgc, heartbeat.C, c.gone, nil
@@ -389,6 +396,9 @@ func (r *streamReader) run(ctx context.Context) {
 	defer timer.Stop()
 	<-timer.C
 	connected := 0
+	// The remote can end each stream as soon as it is up, as often as the
+	// backoff, reset by each success, lets us redial.
+	var lostLog logLimiter
 	for {
 		u := p.picker.pick()
 		body, err := r.dial(ctx, u.String())
@@ -416,7 +426,9 @@ func (r *streamReader) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(err))
+			if n, ok := lostLog.allow(t.warns.now); ok {
+				lg.Warn("lost TCP streaming connection with remote peer", zap.Error(err), suppressed(n))
+			}
 			// The remote may be gone: have our writers check their
 			// connections to it now rather than at their next write.
 			p.msgAppV2Writer.poke()
@@ -478,7 +490,9 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 		return resp.Body, nil
 	case http.StatusGone:
 		drainClose(resp.Body)
-		p.lg.Error("the remote says this member was removed from the cluster")
+		if n, ok := p.refused.allow(t.warns.now); ok {
+			p.lg.Error("the remote says this member was removed from the cluster", suppressed(n))
+		}
 		t.postCriticalError(ErrMemberRemoved)
 		return nil, ErrMemberRemoved
 	case http.StatusNotFound:
@@ -497,11 +511,15 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 func preconditionError(body string, t *Transport, p *peer) error {
 	switch body {
 	case ErrIncompatibleVersion.Error():
-		p.lg.Warn("request sent was ignored by remote peer due to server version incompatibility")
+		if n, ok := p.refused.allow(t.warns.now); ok {
+			p.lg.Warn("request sent was ignored by remote peer due to server version incompatibility", suppressed(n))
+		}
 		return ErrIncompatibleVersion
 	case ErrClusterIDMismatch.Error():
-		p.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch",
-			zap.String("local-member-cluster-id", t.cfg.clusterIDStr))
+		if n, ok := p.refused.allow(t.warns.now); ok {
+			p.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch",
+				zap.String("local-member-cluster-id", t.cfg.clusterIDStr), suppressed(n))
+		}
 		return ErrClusterIDMismatch
 	default:
 		return fmt.Errorf("unhandled error %q when precondition failed", body)
@@ -583,9 +601,9 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 				p.t.budget.release(rm.charge)
 				p.metrics.receivedFailures.Inc()
 				p.metrics.drop(raftpb.MsgProp, dropRecvFull)
-				if k, ok := p.drops.allow(); ok {
+				if k, ok := p.drops.allow(p.t.warns.now); ok {
 					p.lg.Warn("dropped internal Raft message since receiving buffer is full (overloaded network)",
-						zap.Stringer("message-type", m.GetType()), zap.Int64("dropped-since-last-log", k))
+						zap.Stringer("message-type", m.GetType()), suppressed(k))
 				}
 			}
 			continue

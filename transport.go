@@ -223,6 +223,11 @@ type Transport struct {
 	cfg     config
 	lg      *zap.Logger
 	metrics *metrics
+	warns   *warnLimits // rate-limit the warnings peers can set off (warnlog.go)
+
+	// logClock, if set before Start, is the clock of the warning limiters:
+	// tests set it to see what a flood logs without waiting for it.
+	logClock func() int64
 
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
 	budget                   *recvBudget   // bytes held by received messages (budget.go)
@@ -394,6 +399,7 @@ func (t *Transport) Start() error {
 	if t.lg == nil {
 		t.lg = zap.NewNop()
 	}
+	t.warns = newWarnLimits(t.logClock)
 	t.metrics = newMetrics()
 	t.metrics.queueDepth.t.Store(t)
 	if t.Registerer != nil {
