@@ -93,9 +93,10 @@ func (t *Transport) addRemoteFromRequest(r *http.Request) {
 }
 
 // addRemoteFromHeader makes from a remote reachable at the request's
-// X-PeerURLs, if it carries valid ones. Remotes created this way are capped
-// (maxRequestRemotes): the checks a request passes are not secrets, and each
-// remote costs goroutines and metric series.
+// X-PeerURLs, if it carries valid ones, or marks the remote used if it
+// exists. Remotes learnt this way are capped and expire (addRequestRemote,
+// remote.go): the checks a request passes are not secrets, and each remote
+// costs goroutines and metric series.
 func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 	urls, present, err := parsePeerURLsHeader(r.Header)
 	if !present {
@@ -107,7 +108,7 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 		}
 		return
 	}
-	switch err := t.addRemoteCapped(from, urls); {
+	switch err := t.addRequestRemote(from, urls); {
 	case err == nil, errors.Is(err, ErrStopped):
 	case errors.Is(err, errTooManyRemotes):
 		// Every request of a flood would log this: keep it at Debug.

@@ -48,6 +48,7 @@ const (
 	dropRecvFull    = "recv_full"    // receive queue full (proposals only; others push back)
 	dropSendFailed  = "send_failed"  // a pipeline POST or stream write failed
 	dropUnknownPeer = "unknown_peer" // Send named a member the transport does not know
+	dropRetired     = "retired"      // held by a remote learnt from a request when it expired or was evicted (Peer "unknown")
 )
 
 func newMetrics() *metrics {

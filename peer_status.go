@@ -68,6 +68,20 @@ func (s *peerStatus) deactivate(failure failureType, reason string) {
 	s.metrics.disconnectedPeers.WithLabelValues(s.local, s.id).Inc()
 }
 
+// release ends an active state without counting a disconnection: the
+// owner was closed on purpose (a retired remote), and the active gauge,
+// which a peer with the same ID may share, must not keep its count.
+func (s *peerStatus) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.active {
+		return
+	}
+	s.active = false
+	s.since = time.Time{}
+	s.metrics.activePeers.WithLabelValues(s.local, s.id).Dec()
+}
+
 func (s *peerStatus) isActive() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

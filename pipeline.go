@@ -59,6 +59,11 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	u := pl.picker.pick()
 	err := pl.post(ctx, u.String(), m, body)
 	if ctx.Err() != nil {
+		// The owner is stopping. A retired remote's raft goes on and is
+		// told; at Stop raft is going too.
+		if errors.Is(context.Cause(ctx), errRemoteRetired) && pl.t.ctx.Err() == nil {
+			pl.retiredDrop(m)
+		}
 		return
 	}
 	isSnap := m.GetType() == raftpb.MsgSnap
@@ -82,6 +87,17 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 		pl.t.reportSnapshot(pl.to, raft.SnapshotFinish)
 	}
 	pl.metrics.sent(1, len(body))
+}
+
+// retiredDrop reports to raft a message that a retired remote will not
+// send. It is counted under the "unknown" peer label: the remote's own
+// series go with it.
+func (pl *pipeline) retiredDrop(m *raftpb.Message) {
+	pl.t.reportUnreachable(pl.to)
+	if m.GetType() == raftpb.MsgSnap {
+		pl.t.reportSnapshot(pl.to, raft.SnapshotFailure)
+	}
+	pl.t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropRetired).Inc()
 }
 
 // post makes one POST /raft and maps the answer to an error.

@@ -220,6 +220,11 @@ type Transport struct {
 	// Default of the same name.
 	StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize, PropQueueSize int
 
+	// Test hooks, zero meaning the constant: maxRequestRemotes and
+	// requestRemoteIdleTimeout.
+	maxRequestRemotes int
+	requestRemoteIdle time.Duration
+
 	cfg     config
 	lg      *zap.Logger
 	metrics *metrics
@@ -240,12 +245,23 @@ type Transport struct {
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
+	epoch  time.Time // Start; monotonic counts from it
+
+	// bg holds the goroutines that are neither a peer's nor a remote's:
+	// the idle-remote janitor, and the retiring of an evicted remote by
+	// the request that evicted it. Stop waits for them.
+	bg       sync.WaitGroup
+	evictLog logLimiter // rate-limits the eviction warning (warnlog.go)
 
 	mu      sync.RWMutex // guards the fields below
 	started bool
 	stopped bool
 	peers   map[uint64]*peer
 	remotes map[uint64]*remote
+	// requestRemotes counts the remotes learnt from requests that exist,
+	// running or still stopping: at most maxRequestRemotes.
+	requestRemotes int
+	janitorRunning bool // expireIdleRemotes runs
 }
 
 // config is the Transport's configuration with defaults applied, fixed at
@@ -268,6 +284,8 @@ type config struct {
 	snapRateLimit                     rate.Limit
 	snapProgressTimeout               time.Duration
 	maxSnapSends, maxSnapRecvs        int
+	maxRequestRemotes                 int
+	requestRemoteIdle                 time.Duration
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -301,6 +319,8 @@ func (t *Transport) validate() (config, error) {
 		snapProgressTimeout: orDefault(t.SnapshotProgressTimeout, DefaultSnapshotProgressTimeout),
 		maxSnapSends:        orDefault(t.MaxSnapshotSends, DefaultMaxSnapshotSends),
 		maxSnapRecvs:        orDefault(t.MaxSnapshotReceives, DefaultMaxSnapshotReceives),
+		maxRequestRemotes:   orDefault(t.maxRequestRemotes, maxRequestRemotes),
+		requestRemoteIdle:   orDefault(t.requestRemoteIdle, requestRemoteIdleTimeout),
 	}
 	if t.SnapshotSendRate < 0 {
 		errs = append(errs, errors.New("SnapshotSendRate must not be negative"))
@@ -412,6 +432,7 @@ func (t *Transport) Start() error {
 	t.msgStreamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMessageStream)
 	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.epoch = time.Now()
 	t.peers = make(map[uint64]*peer)
 	t.remotes = make(map[uint64]*remote)
 	t.snapSendSem = make(chan struct{}, cfg.maxSnapSends)
@@ -663,59 +684,6 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 	return full
 }
 
-// AddRemote adds a member that is not (yet) a peer, reachable only through a
-// pipeline: a new member uses remotes to reach members it has not added as
-// peers. It does nothing if a peer or remote with that id exists, and
-// returns ErrStopped after Stop.
-func (t *Transport) AddRemote(id uint64, urls []string) error {
-	us, err := parseURLs(urls)
-	if err != nil {
-		return err
-	}
-	return t.addRemote(id, us)
-}
-
-// maxRequestRemotes caps the remotes that requests can create (see
-// addRemoteFromHeader); AddRemote itself is not capped.
-const maxRequestRemotes = 64
-
-// errTooManyRemotes refuses a remote beyond maxRequestRemotes.
-var errTooManyRemotes = errors.New("rafthttp: too many remotes created from requests")
-
-// addRemoteCapped adds a remote on behalf of a request, within the cap.
-func (t *Transport) addRemoteCapped(id uint64, us []url.URL) error {
-	return t.addRemoteLimit(id, us, maxRequestRemotes)
-}
-
-func (t *Transport) addRemote(id uint64, us []url.URL) error {
-	return t.addRemoteLimit(id, us, -1)
-}
-
-// addRemoteLimit adds a remote unless limit >= 0 remotes exist already.
-func (t *Transport) addRemoteLimit(id uint64, us []url.URL, limit int) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if err := t.usableLocked(); err != nil {
-		return err
-	}
-	if id == 0 || id == t.cfg.id {
-		return fmt.Errorf("rafthttp: AddRemote: invalid member ID %s", formatID(id))
-	}
-	if _, ok := t.peers[id]; ok {
-		return nil
-	}
-	if _, ok := t.remotes[id]; ok {
-		return nil
-	}
-	if limit >= 0 && len(t.remotes) >= limit {
-		return errTooManyRemotes
-	}
-	t.remotes[id] = startRemote(t, id, us)
-	t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
-		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
-	return nil
-}
-
 // usableLocked returns why the transport cannot take new members, if it
 // cannot. t.mu must be held.
 func (t *Transport) usableLocked() error {
@@ -910,6 +878,7 @@ func (t *Transport) Stop() {
 	}
 	stopPeers(peers)
 	wg.Wait()
+	t.bg.Wait()
 	if tr, ok := t.msgStreamRt.(*http.Transport); ok {
 		tr.CloseIdleConnections()
 	}
@@ -956,6 +925,11 @@ func (t *Transport) setHeaders(h http.Header) {
 		h.Set(headerPeerURLs, t.cfg.urlsHeader)
 	}
 }
+
+// monotonic returns the time since Start on the monotonic clock, in
+// nanoseconds: what remotes stamp their last use with, immune to wall clock
+// steps and cheaper to store than a time.Time.
+func (t *Transport) monotonic() int64 { return int64(time.Since(t.epoch)) }
 
 // get returns the peer with the given id, if any.
 func (t *Transport) get(id uint64) (*peer, bool) {
