@@ -26,6 +26,10 @@
 //     error instead of panicking.
 //  3. Mount [Transport.Handler] on your own http.Server so that it sees every
 //     path under /raft (mux.Handle("/raft", h) and mux.Handle("/raft/", h)).
+//     Build that server with [NewServer], or copy its settings onto yours: a
+//     zero http.Server never cuts off a client that sends its headers a byte
+//     at a time, nor closes idle connections, and a ReadTimeout or
+//     WriteTimeout would count against requests that live for hours.
 //  4. Call [Transport.AddPeer] for every other member, and again (or
 //     [Transport.RemovePeer], [Transport.UpdatePeer]) as configuration changes
 //     commit.

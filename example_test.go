@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http/httptest"
+	"net"
+	"net/http"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -47,20 +48,30 @@ func Example() {
 			return
 		}
 	}
-	srv1 := httptest.NewServer(tr1.Handler())
-	defer srv1.Close()
-	srv2 := httptest.NewServer(tr2.Handler())
-	defer srv2.Close()
+	// Each member serves its transport on its own listener, with the
+	// server recipe.
+	var urls [2]string
+	for i, tr := range []*rafthttp.Transport{tr1, tr2} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		srv := rafthttp.NewServer(tr.Handler())
+		go srv.Serve(ln)
+		defer srv.Close()
+		urls[i] = "http://" + ln.Addr().String()
+	}
 	// Deferred after the servers, so run before them: a transport lets go
 	// of the streams it serves, then the server can close.
 	defer tr1.Stop()
 	defer tr2.Stop()
 
-	if err := tr1.AddPeer(2, []string{srv2.URL}); err != nil {
+	if err := tr1.AddPeer(2, []string{urls[1]}); err != nil {
 		fmt.Println(err)
 		return
 	}
-	if err := tr2.AddPeer(1, []string{srv1.URL}); err != nil {
+	if err := tr2.AddPeer(1, []string{urls[0]}); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -112,4 +123,33 @@ func ExampleTransport_Start() {
 	// ClusterID must be non-zero
 	// Raft must be set
 	// DialRetryMin must not be negative
+}
+
+// NewServer builds the http.Server of the peer listener: mount the
+// transport's handler, set what else the server needs (TLSConfig, ErrorLog),
+// then serve. Its timeouts cut off clients that send their headers slowly
+// and connections left idle, and never a stream.
+func ExampleNewServer() {
+	tr := &rafthttp.Transport{ID: 1, ClusterID: 0x1000, Raft: newExampleRaft()}
+	if err := tr.Start(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer tr.Stop()
+
+	mux := http.NewServeMux()
+	mux.Handle("/raft", tr.Handler())
+	mux.Handle("/raft/", tr.Handler())
+	srv := rafthttp.NewServer(mux)
+	// srv.TLSConfig = ...; go srv.Serve(listener)
+
+	fmt.Println("ReadHeaderTimeout:", srv.ReadHeaderTimeout)
+	fmt.Println("IdleTimeout:", srv.IdleTimeout)
+	fmt.Println("MaxHeaderBytes:", srv.MaxHeaderBytes)
+	fmt.Println("ReadTimeout, WriteTimeout:", srv.ReadTimeout, srv.WriteTimeout)
+	// Output:
+	// ReadHeaderTimeout: 10s
+	// IdleTimeout: 2m0s
+	// MaxHeaderBytes: 65536
+	// ReadTimeout, WriteTimeout: 0s 0s
 }

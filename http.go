@@ -200,11 +200,14 @@ const minBodyRate = 1 << 10
 
 // pacedBody reads a request body under a moving read deadline: each read
 // must come within timeout of the one before, and the body as a whole must
-// arrive at minBodyRate or faster after a grace of timeout.
+// arrive at minBodyRate or faster after a grace of timeout. If first is set
+// (and shorter than timeout), the body's first byte must come within first
+// of the start.
 type pacedBody struct {
 	r       io.Reader
 	rc      *http.ResponseController
 	timeout time.Duration
+	first   time.Duration
 	start   time.Time
 	n       int64
 }
@@ -217,6 +220,9 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 	deadline := time.Now().Add(b.timeout)
 	if paced := b.start.Add(b.timeout + time.Duration(b.n)*time.Second/minBodyRate); paced.Before(deadline) {
 		deadline = paced
+	}
+	if first := b.start.Add(b.first); b.first > 0 && b.n == 0 && first.Before(deadline) {
+		deadline = first
 	}
 	if err := b.rc.SetReadDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return 0, err

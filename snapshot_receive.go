@@ -70,8 +70,17 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	// progress for the progress timeout, and that checks the sender's
 	// CRC-32C trailer, when there is one, at the end of the body: a
 	// mismatch becomes a read error, so the store keeps nothing.
+	//
+	// Its first bytes, the MsgSnap envelope, come from the sender's memory
+	// right behind the headers, as a pipeline POST's body does: the first
+	// byte gets the pipeline's grace (at most the progress timeout), not
+	// the progress timeout (30 s by default) a transfer may pause for. A
+	// client that sends headers and then nothing would otherwise hold one
+	// of the few receive slots that long.
 	rc := http.NewResponseController(w)
-	src := &snapshotSource{r: newPacedBody(r.Body, rc, t.cfg.snapProgressTimeout), trailer: r, crc: crc32.New(crc32c)}
+	paced := newPacedBody(r.Body, rc, t.cfg.snapProgressTimeout)
+	paced.first = min(t.cfg.pipelineTimeout, t.cfg.snapProgressTimeout)
+	src := &snapshotSource{r: paced, trailer: r, crc: crc32.New(crc32c)}
 	var hdr [frameHeaderLen]byte
 	// The envelope and its decode hold the receive budget until Process
 	// has returned.

@@ -160,7 +160,8 @@ type Transport struct {
 	// means DefaultPipelineTimeout. As a receiver, the pipeline handler
 	// gives a request body this long to start and then requires it to
 	// arrive at 1 KiB/s or faster, so that a client trickling bytes cannot
-	// hold a handler for ever.
+	// hold a handler for ever. The snapshot handler gives a snapshot body
+	// as long (or SnapshotProgressTimeout, if shorter) for its first bytes.
 	PipelineTimeout time.Duration
 	// DialRetryMin and DialRetryMax bound the stream redial backoff. Zero
 	// means DefaultDialRetryMin and DefaultDialRetryMax.
@@ -207,7 +208,14 @@ type Transport struct {
 	SnapshotSendRate int64
 	// SnapshotProgressTimeout fails a snapshot transfer, in either
 	// direction, that moves no byte for this long. Zero means
-	// DefaultSnapshotProgressTimeout.
+	// DefaultSnapshotProgressTimeout. As a receiver, the snapshot handler
+	// applies it only once the body has started: its first bytes, the
+	// MsgSnap envelope, which senders (ours and etcd's) write from memory
+	// right behind the headers, must come within PipelineTimeout (if
+	// shorter), so that a client sending headers and then nothing does not
+	// hold one of MaxSnapshotReceives slots for the whole progress
+	// timeout. Once this long has passed since the headers, the body must
+	// also have arrived at 1 KiB/s or faster on average.
 	SnapshotProgressTimeout time.Duration
 	// MaxSnapshotSends and MaxSnapshotReceives bound the snapshots in flight
 	// at once in each direction; more are refused (a receiver answers 503)

@@ -97,3 +97,75 @@ func TestTrickleBodyCutOff(t *testing.T) {
 		})
 	}
 }
+
+// silentBody sends nothing until the test ends.
+type silentBody struct{ ctx context.Context }
+
+func (r silentBody) Read([]byte) (int, error) {
+	<-r.ctx.Done()
+	return 0, r.ctx.Err()
+}
+
+// TestSnapshotBodyFirstBytesGrace checks that a snapshot body must start
+// within the first-byte grace (PipelineTimeout, when shorter than
+// SnapshotProgressTimeout), and that once its first bytes are in, the
+// progress timeout applies: a sender's payload may pause that long.
+func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
+	const (
+		grace    = 200 * time.Millisecond // PipelineTimeout
+		progress = 2 * time.Second        // SnapshotProgressTimeout
+		// Lateness allowed: less than half the gap between the two, so
+		// that a body given the progress timeout instead of the grace
+		// fails the first case.
+		slack = (progress - grace) / 2
+	)
+	cases := []struct {
+		name string
+		head []byte        // sent at once after the headers, then nothing
+		want time.Duration // when the body is cut off
+	}{
+		{name: "nothing after the headers", want: grace},
+		{name: "the envelope, then nothing", head: appendMessageFrame(nil, htSnapMessage()), want: progress},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tr, fr := newHTTransport(t, func(tr *Transport) {
+				tr.PipelineTimeout = grace
+				tr.SnapshotProgressTimeout = progress
+				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
+			})
+			srv := newHTServer(t, tr)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			body := io.MultiReader(bytes.NewReader(tc.head), silentBody{ctx})
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+RaftSnapshotPrefix, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header = htHeaders(htSnapshot)
+			start := time.Now()
+			resp, err := newHTClient(t).Do(req)
+			took := time.Since(start)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 400 {
+					t.Errorf("status %d, want a refusal (4xx/5xx) or a closed connection", resp.StatusCode)
+				}
+			}
+			t.Logf("cut off after %v (%v)", took.Round(time.Millisecond), err)
+			if took < tc.want-50*time.Millisecond || took > tc.want+slack {
+				t.Errorf("the body was cut off after %v, want about %v", took, tc.want)
+			}
+			waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
+			select {
+			case m := <-fr.msgc:
+				t.Errorf("raft got %v from a body that never completed", m.GetType())
+			default:
+			}
+			if files, _ := os.ReadDir(dir); len(files) != 0 {
+				t.Errorf("the store kept %d files, want none", len(files))
+			}
+		})
+	}
+}

@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -46,6 +45,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/raftkit/rafthttp"
 )
 
 func main() {
@@ -243,7 +244,13 @@ func runMember(args []string, stdout, stderr io.Writer) error {
 	}
 	defer m.Stop()
 
-	api := &http.Server{Handler: newAPI(m), ReadHeaderTimeout: 10 * time.Second}
+	// The peer server's recipe suits the API too, for its header and idle
+	// timeouts. Unlike the raft routes, the API does not pace its request
+	// bodies, so it gets a ReadTimeout as well: longer than a write waits
+	// to be applied, since net/http cancels the request's context when it
+	// expires.
+	api := rafthttp.NewServer(newAPI(m))
+	api.ReadTimeout = proposalTimeout + 5*time.Second
 	served := make(chan error, 1)
 	go func() { served <- api.Serve(apiLis) }()
 	if m.fresh {

@@ -259,7 +259,9 @@ func startMember(cfg memberConfig) (_ *member, err error) {
 	h := m.tr.Handler()
 	mux.Handle("/raft", h)
 	mux.Handle("/raft/", h)
-	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The transport's server recipe: header and idle timeouts that cut off
+	// slow and idle clients, and none that would cut a stream.
+	m.srv = rafthttp.NewServer(mux)
 	lis := cfg.PeerListener
 	m.wg.Go(func() { m.srv.Serve(lis) })
 	go m.run()
