@@ -49,9 +49,10 @@ bench:
 	$(GO) test -run='^$$' -bench=$(BENCH) -benchmem -count=$(COUNT) ./...
 
 # Side-by-side benchmark of our transport and etcd 3.7's rafthttp.Transport
-# in one process (compat/bench; results in compat/BENCHMARKS.md). About 3-4
-# minutes; pass flags with BENCHFLAGS, e.g. BENCHFLAGS=-quick or
-# BENCHFLAGS='-only ours -cpuprofile /tmp/cpu.out'.
+# in one process (compat/bench; results in compat/BENCHMARKS.md). About 4-5
+# minutes; pass flags with BENCHFLAGS, e.g. BENCHFLAGS=-quick,
+# BENCHFLAGS='-only ours -cpuprofile /tmp/cpu.out' or, for the pipeline-only
+# scenario alone, BENCHFLAGS='-scenarios pipeline'.
 bench-compat:
 	cd compat/bench && $(GO) run . $(BENCHFLAGS)
 

@@ -126,6 +126,64 @@ func TestCheckerRejects(t *testing.T) {
 	})
 }
 
+// TestPipeCheckerRejects proves that the pipeline-only scenario's check
+// takes messages in any order but catches damage, duplicates and messages
+// that were never sent.
+func TestPipeCheckerRejects(t *testing.T) {
+	spec := appSpec{entries: 1, size: 40}
+	// measured returns a stream past its warm-up and its next two measured
+	// messages, as a sends them.
+	measured := func() (*pipeStream, *raftpb.Message, *raftpb.Message) {
+		s := newPipeStream(spec)
+		s.next(warmTerm)
+		s.base = s.index
+		return s, s.next(measureTerm), s.next(measureTerm)
+	}
+	deliver := func(s *pipeStream, m *raftpb.Message) {
+		s.slots <- struct{}{}
+		s.receive(m)
+	}
+	t.Run("out of order", func(t *testing.T) {
+		s, m1, m2 := measured()
+		deliver(s, m2)
+		deliver(s, m1)
+		if s.err != nil || s.got != 2 {
+			t.Fatalf("got %d delivered, error %v; want 2, none", s.got, s.err)
+		}
+	})
+	for _, tc := range []struct {
+		name  string
+		alter func(m *raftpb.Message)
+		want  string
+	}{
+		{name: "before the measurement", alter: func(m *raftpb.Message) { m.Index = proto.Uint64(m.GetIndex() - 1) }, want: "want an index from"},
+		{name: "wrong commit", alter: func(m *raftpb.Message) { m.Commit = proto.Uint64(0) }, want: "commit"},
+		{name: "wrong term", alter: func(m *raftpb.Message) { m.Term = proto.Uint64(7) }, want: "term 7"},
+		{name: "wrong sender", alter: func(m *raftpb.Message) { m.From = proto.Uint64(9) }, want: "from 9"},
+		{name: "entry lost", alter: func(m *raftpb.Message) { m.Entries = nil }, want: "has 0 entries"},
+		{name: "entry index", alter: func(m *raftpb.Message) { m.Entries[0].Index = proto.Uint64(99) }, want: "got index 99"},
+		{name: "stamp", alter: func(m *raftpb.Message) { m.Entries[0].Data[0] ^= 1 }, want: "stamped"},
+		{name: "data", alter: func(m *raftpb.Message) { m.Entries[0].Data[20] ^= 1 }, want: "differs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, m1, _ := measured()
+			tc.alter(m1)
+			deliver(s, m1)
+			if s.err == nil || !strings.Contains(s.err.Error(), tc.want) {
+				t.Fatalf("got error %v, want one containing %q", s.err, tc.want)
+			}
+		})
+	}
+	t.Run("duplicate", func(t *testing.T) {
+		s, m1, _ := measured()
+		deliver(s, m1)
+		deliver(s, proto.Clone(m1).(*raftpb.Message))
+		if s.err == nil || !strings.Contains(s.err.Error(), "twice") {
+			t.Fatalf("got error %v, want one containing %q", s.err, "twice")
+		}
+	})
+}
+
 // TestReadFrames checks the raw TCP reader against records built by
 // appEntriesFrame, and that it refuses a record of another shape.
 func TestReadFrames(t *testing.T) {

@@ -20,20 +20,27 @@
 //  5. heap allocations (runtime.MemStats.Mallocs) and CPU time of the whole
 //     process per delivered message, for the two MsgApp shapes;
 //  6. raw TCP: the same msgappv2 AppEntries records written over a plain
-//     loopback connection to a reader that only parses their lengths.
+//     loopback connection to a reader that only parses their lengths;
+//  7. open loop: small MsgApps sent as fast as Send returns, no window:
+//     messages/s delivered, and the share lost without a report to raft;
+//  8. pipeline only: the small MsgApps of 1 (a new message per send) with
+//     both servers refusing every stream, so that both transports fall back
+//     to one POST per message: messages/s delivered with at most 64 in
+//     flight, allocations and CPU per message.
 //
 // Every node is a transport behind a real http.Server on 127.0.0.1: etcd's
 // on its peer listener (rafthttp.NewListener), as an etcd member serves it;
 // ours on a plain net.Listen. Each pair of nodes is new for each run. Every
 // delivered message is checked (counts, order, indexes, stamps in each
 // entry's data, and all the data of every 64th message), no message may
-// leave the streams (pipeline POSTs are counted by a middleware) and no
-// stream may reconnect during a measurement; a run that fails a check
-// stops the command with an error instead of a number.
+// leave the streams (pipeline POSTs are counted by a middleware; in 8, every
+// message must be its own POST) and no stream may reconnect during a
+// measurement; a run that fails a check stops the command with an error
+// instead of a number.
 //
 // Usage:
 //
-//	go run . [-runs 5] [-quick] [-only ours|etcd] [-scenarios small,large,heartbeat,snapshot,raw]
+//	go run . [-runs 5] [-quick] [-only ours|etcd] [-scenarios small,large,heartbeat,snapshot,raw,open,pipeline]
 //	         [-cpuprofile f] [-memprofile f] ...
 package main
 
@@ -62,6 +69,7 @@ type config struct {
 	hbTime    time.Duration // per run of scenario 3, idle and loaded each
 	rawTime   time.Duration // per run of scenario 6, per shape
 	openTime  time.Duration // per run of scenario 7
+	pipeTime  time.Duration // per run of scenario 8
 	warmup    time.Duration // before each measurement
 	snapSize  int64
 	kinds     []kind
@@ -70,7 +78,7 @@ type config struct {
 	progress  io.Writer
 }
 
-var allScenarios = []string{"small", "large", "heartbeat", "snapshot", "raw", "open"}
+var allScenarios = []string{"small", "large", "heartbeat", "snapshot", "raw", "open", "pipeline"}
 
 func defaultConfig() config {
 	return config{
@@ -83,6 +91,7 @@ func defaultConfig() config {
 		hbTime:    3 * time.Second,
 		rawTime:   2 * time.Second,
 		openTime:  3 * time.Second,
+		pipeTime:  3 * time.Second,
 		warmup:    300 * time.Millisecond,
 		snapSize:  512 << 20,
 		kinds:     []kind{ours, etcd},
@@ -95,7 +104,7 @@ func quickConfig() config {
 	c := defaultConfig()
 	c.runs = 1
 	c.smallTime, c.largeTime, c.hbTime, c.rawTime = 150*time.Millisecond, 150*time.Millisecond, 150*time.Millisecond, 100*time.Millisecond
-	c.openTime = 150 * time.Millisecond
+	c.openTime, c.pipeTime = 150*time.Millisecond, 150*time.Millisecond
 	c.warmup = 30 * time.Millisecond
 	c.snapSize = 2<<20 + 7
 	return c
@@ -118,6 +127,7 @@ func mainErr() error {
 	hbTime := fs.Duration("hb-time", 0, "duration of each heartbeat run, idle and loaded each (default 3s)")
 	rawTime := fs.Duration("raw-time", 0, "duration of each raw TCP run, per shape (default 2s)")
 	openTime := fs.Duration("open-time", 0, "duration of each open-loop run (default 3s)")
+	pipeTime := fs.Duration("pipeline-time", 0, "duration of each pipeline-only run (default 3s)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 300ms)")
 	snapMiB := fs.Float64("snapshot-mib", 0, "snapshot payload in MiB (default 512)")
 	only := fs.String("only", "", "run only these transports: ours, etcd, or both comma-separated")
@@ -153,6 +163,7 @@ func mainErr() error {
 	setDur(&cfg.hbTime, *hbTime)
 	setDur(&cfg.rawTime, *rawTime)
 	setDur(&cfg.openTime, *openTime)
+	setDur(&cfg.pipeTime, *pipeTime)
 	setDur(&cfg.warmup, *warmup)
 	if *snapMiB > 0 {
 		cfg.snapSize = int64(*snapMiB * (1 << 20))
@@ -366,6 +377,21 @@ func run(cfg *config, out io.Writer) error {
 				res.add("open.unreported", string(k), r.unreported())
 				logf("open loop %-8s run %d/%d %s: %9.0f msg/s delivered; sent %d, delivered %d, reported %d, lost unreported %d (%.2f%%)",
 					cfg.small, i+1, cfg.runs, k, r.perSecond(), r.sent, r.delivered, r.reported, r.sent-r.delivered-r.reported, r.unreported())
+			}
+		}
+	}
+	if has("pipeline") {
+		for i := range cfg.runs {
+			for _, k := range cfg.kinds {
+				m, err := runPipelineOnly(k, cfg, cfg.small, cfg.pipeTime)
+				if err != nil {
+					return fmt.Errorf("pipeline only, %s, run %d: %w", k, i+1, err)
+				}
+				res.add("pipe.rate", string(k), m.perSecond())
+				res.add("pipe.allocs", string(k), m.allocsPerMsg())
+				res.add("pipe.cpu", string(k), float64(m.cpuPerMsg())/1e3)
+				logf("pipeline only %-8s run %d/%d %s: %9.0f msg/s  %6.1f allocs/msg  %6.2f µs CPU/msg  (%d msgs in %v, one POST each)",
+					cfg.small, i+1, cfg.runs, k, m.perSecond(), m.allocsPerMsg(), float64(m.cpuPerMsg())/1e3, m.msgs, m.elapsed.Round(time.Millisecond))
 			}
 		}
 	}

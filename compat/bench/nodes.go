@@ -112,18 +112,31 @@ func (s *sink) ReportSnapshot(_ uint64, status raft.SnapshotStatus) {
 // serves, without wrapping the ResponseWriter (both transports use its
 // Flusher): pipeline POSTs, and stream handlers started and ended
 // (msgappv2 streams are served on /raft/stream/msgapp/).
+//
+// With refuseStreams, it answers every stream request itself with a bare
+// 404, as a server that does not serve the stream routes: no
+// X-Server-Version header, which both transports read as a peer too old
+// for streams (etcd's errUnsupportedStreamType, our
+// ErrUnsupportedStreamType), so they keep sending by the pipeline without
+// marking the peer inactive, and keep redialling.
 type tap struct {
-	next          http.Handler
-	pipelinePosts atomic.Int64
-	streamsBegun  atomic.Int64
-	streamsEnded  atomic.Int64
-	msgAppV2Begun atomic.Int64
+	next           http.Handler
+	refuseStreams  bool
+	pipelinePosts  atomic.Int64
+	streamsBegun   atomic.Int64
+	streamsEnded   atomic.Int64
+	msgAppV2Begun  atomic.Int64
+	streamsRefused atomic.Int64
 }
 
 func (t *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && r.URL.Path == "/raft":
 		t.pipelinePosts.Add(1)
+	case strings.HasPrefix(r.URL.Path, "/raft/stream/") && t.refuseStreams:
+		t.streamsRefused.Add(1)
+		http.NotFound(w, r)
+		return
 	case strings.HasPrefix(r.URL.Path, "/raft/stream/"):
 		t.streamsBegun.Add(1)
 		if strings.HasPrefix(r.URL.Path, "/raft/stream/msgapp/") {
@@ -152,8 +165,9 @@ type node struct {
 	etcd     *etcdhttp.Transport
 }
 
-// newNode starts a node of kind k; snapshots it receives go to dir.
-func newNode(k kind, id, peer uint64, dir string, h handler, f *failures) (*node, error) {
+// newNode starts a node of kind k; snapshots it receives go to dir. With
+// refuseStreams its server refuses every stream (see tap).
+func newNode(k kind, id, peer uint64, dir string, h handler, f *failures, refuseStreams bool) (*node, error) {
 	n := &node{id: id, peer: peer, kind: k, dir: dir, served: make(chan struct{})}
 	n.raft = &sink{n: n, handle: h, fail: f, snapReports: make(chan raft.SnapshotStatus, 16)}
 	var (
@@ -209,7 +223,7 @@ func newNode(k kind, id, peer uint64, dir string, h handler, f *failures) (*node
 	mux := http.NewServeMux()
 	mux.Handle("/raft", h2)
 	mux.Handle("/raft/", h2)
-	n.tap = &tap{next: mux}
+	n.tap = &tap{next: mux, refuseStreams: refuseStreams}
 	// etcd's peer server settings.
 	n.srv = &http.Server{Handler: n.tap, ReadTimeout: 5 * time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
 	go func() {
@@ -288,18 +302,8 @@ type pair struct {
 // waits until both have their two streams to the other up. ha and hb are
 // their raft handlers; b keeps received snapshots in dir.
 func newPair(k kind, dir string, ha, hb handler) (*pair, error) {
-	p := &pair{fail: &failures{}}
-	var err error
-	if p.a, err = newNode(k, idA, idB, dir, ha, p.fail); err != nil {
-		return nil, err
-	}
-	if p.b, err = newNode(k, idB, idA, dir, hb, p.fail); err != nil {
-		p.a.stopTransport()
-		p.a.close()
-		return nil, err
-	}
-	if err := errors.Join(p.a.addPeer(idB, p.b.url), p.b.addPeer(idA, p.a.url)); err != nil {
-		p.stop()
+	p, err := startPair(k, dir, ha, hb, false)
+	if err != nil {
 		return nil, err
 	}
 	err = waitUntil(10*time.Second, func() bool {
@@ -311,6 +315,48 @@ func newPair(k kind, dir string, ha, hb handler) (*pair, error) {
 		err = fmt.Errorf("%s pair: streams not up: %w (active %v/%v, open streams %d/%d, msgappv2 dials %d/%d)", k, err,
 			!p.a.activeSince(idB).IsZero(), !p.b.activeSince(idA).IsZero(), p.a.tap.openStreams(), p.b.tap.openStreams(),
 			p.a.tap.msgAppV2Begun.Load(), p.b.tap.msgAppV2Begun.Load())
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// newRefusedPair starts two nodes of kind k that refuse each other's
+// streams (see tap), makes them peers of each other and waits until each
+// has refused at least two stream dials of the other (which has two stream
+// readers). No stream can ever attach, so every message goes by a pipeline
+// POST.
+func newRefusedPair(k kind, dir string, ha, hb handler) (*pair, error) {
+	p, err := startPair(k, dir, ha, hb, true)
+	if err != nil {
+		return nil, err
+	}
+	err = waitUntil(10*time.Second, func() bool {
+		return p.a.tap.streamsRefused.Load() >= 2 && p.b.tap.streamsRefused.Load() >= 2
+	})
+	if err != nil {
+		err = fmt.Errorf("%s pair: stream dials not seen: %w (refused %d/%d)", k, err,
+			p.a.tap.streamsRefused.Load(), p.b.tap.streamsRefused.Load())
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startPair starts the two nodes of a pair and makes them peers of each
+// other.
+func startPair(k kind, dir string, ha, hb handler, refuseStreams bool) (*pair, error) {
+	p := &pair{fail: &failures{}}
+	var err error
+	if p.a, err = newNode(k, idA, idB, dir, ha, p.fail, refuseStreams); err != nil {
+		return nil, err
+	}
+	if p.b, err = newNode(k, idB, idA, dir, hb, p.fail, refuseStreams); err != nil {
+		p.a.stopTransport()
+		p.a.close()
+		return nil, err
+	}
+	if err := errors.Join(p.a.addPeer(idB, p.b.url), p.b.addPeer(idA, p.a.url)); err != nil {
 		p.stop()
 		return nil, err
 	}

@@ -39,6 +39,9 @@ func rows(cfg *config) []row {
 		{fmt.Sprintf("5. CPU per message, %s (µs)", cfg.large), "large.cpu", "%.2f", "lower"},
 		{fmt.Sprintf("7. open loop %s, no window: delivered msg/s", cfg.small), "open.rate", "%.0f", "higher"},
 		{"7. open loop: sent messages neither delivered nor reported (%)", "open.unreported", "%.2f", "lower"},
+		{fmt.Sprintf("8. pipeline only (streams refused) %s, window %d: msg/s", cfg.small, pipelineWindow), "pipe.rate", "%.0f", "higher"},
+		{"8. pipeline only: allocs per message", "pipe.allocs", "%.1f", "lower"},
+		{"8. pipeline only: CPU per message (µs)", "pipe.cpu", "%.2f", "lower"},
 	}
 }
 
@@ -75,6 +78,8 @@ func writeReport(w io.Writer, cfg *config, res results, took time.Duration, othe
 	fmt.Fprintf(w, "- runs per transport: %d, interleaved (%s); scenarios: %s\n", cfg.runs, strings.Join(kinds, ", "), strings.Join(cfg.scenarios, ", "))
 	fmt.Fprintf(w, "- window %d MsgApps; small %s for %v, large %s for %v per run; heartbeats %v idle and %v loaded per run; raw TCP %v per shape per run; warm-up %v\n",
 		cfg.window, cfg.small, cfg.smallTime, cfg.large, cfg.largeTime, cfg.hbTime, cfg.hbTime, cfg.rawTime, cfg.warmup)
+	fmt.Fprintf(w, "- open loop %v per run; pipeline only (streams refused) %s with window %d for %v per run\n",
+		cfg.openTime, cfg.small, pipelineWindow, cfg.pipeTime)
 	fmt.Fprintf(w, "- snapshot payload %s (%d bytes)\n", mibString(cfg.snapSize), cfg.snapSize)
 	fmt.Fprintf(w, "- total time %v; other processes kept %.2f cores busy on average meanwhile\n", took.Round(100*time.Millisecond), others)
 	fmt.Fprintln(w)

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// pipelineWindow is how many messages the pipeline-only scenario keeps in
+// flight. Both transports queue at most 64 messages for the pipeline (etcd's
+// pipelineBufSize, our DefaultPipelineQueueSize) and drop what does not
+// fit: a queued message has not been delivered yet, so with at most 64
+// undelivered no send can find the queue full. 64 is far more than the 4
+// POSTs each transport makes at once (etcd's connPerPipeline, our
+// DefaultPipelineWorkers), so the window is not what limits the rate.
+const pipelineWindow = 64
+
+// pipeStream sends MsgApps of one shape from a to b with at most
+// pipelineWindow in flight, a new message for each send as raft builds
+// them, and checks what b's raft gets. The pipeline's concurrent POSTs
+// deliver out of order, so each measured message is checked on its own
+// (the index stamped in its data, all its data) and ticked off in a bitmap
+// by its index: a duplicate, a message never sent or one missing at the end
+// is an error.
+type pipeStream struct {
+	spec    appSpec
+	pattern []byte
+	slots   chan struct{}
+	batch   []*raftpb.Message
+	index   uint64 // index of the last entry sent
+
+	delivered atomic.Int64 // messages handed to b's raft, both phases
+
+	mu      sync.Mutex // guards the receiver's state below
+	base    uint64     // Index of the first measured message
+	seen    []uint64   // bitmap of measured messages delivered, by (Index-base)/entries
+	got     int64      // measured messages delivered
+	warmGot int64      // warm-up messages delivered
+	err     error      // first bad message
+}
+
+func newPipeStream(spec appSpec) *pipeStream {
+	s := &pipeStream{spec: spec, pattern: make([]byte, spec.size),
+		slots: make(chan struct{}, pipelineWindow), batch: make([]*raftpb.Message, 1)}
+	for i := range s.pattern {
+		s.pattern[i] = byte(i*131 + 7)
+	}
+	return s
+}
+
+// next builds the message that continues the log, in term.
+func (s *pipeStream) next(term uint64) *raftpb.Message {
+	m := &raftpb.Message{
+		Type: raftpb.MsgApp.Enum(), To: proto.Uint64(idB), From: proto.Uint64(idA),
+		Term: proto.Uint64(term), LogTerm: proto.Uint64(term), Index: proto.Uint64(s.index), Commit: proto.Uint64(s.index),
+		Entries: make([]*raftpb.Entry, 0, s.spec.entries),
+	}
+	for range s.spec.entries {
+		s.index++
+		data := bytes.Clone(s.pattern)
+		stamp(data, s.index)
+		m.Entries = append(m.Entries, &raftpb.Entry{Term: proto.Uint64(term), Index: proto.Uint64(s.index),
+			Type: raftpb.EntryNormal.Enum(), Data: data})
+	}
+	return m
+}
+
+// receive is b's raft: it checks m and frees its window slot.
+func (s *pipeStream) receive(m *raftpb.Message) {
+	s.mu.Lock()
+	if err := s.check(m); err != nil && s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+	s.delivered.Add(1)
+	select {
+	case <-s.slots:
+	default:
+		s.mu.Lock()
+		if s.err == nil {
+			s.err = fmt.Errorf("message %d delivered with no message in flight (duplicate?)", m.GetIndex())
+		}
+		s.mu.Unlock()
+	}
+}
+
+// check checks m; s.mu is held.
+func (s *pipeStream) check(m *raftpb.Message) error {
+	if m.GetType() != raftpb.MsgApp || m.GetFrom() != idA || m.GetTo() != idB {
+		return fmt.Errorf("got %s from %d to %d, want MsgApp from %d to %d", m.GetType(), m.GetFrom(), m.GetTo(), idA, idB)
+	}
+	if len(m.Entries) != s.spec.entries {
+		return fmt.Errorf("MsgApp at index %d has %d entries, want %d", m.GetIndex(), len(m.Entries), s.spec.entries)
+	}
+	switch m.GetTerm() {
+	case warmTerm:
+		s.warmGot++
+		return nil
+	case measureTerm:
+	default:
+		return fmt.Errorf("MsgApp of term %d, want %d or %d", m.GetTerm(), warmTerm, measureTerm)
+	}
+	base := m.GetIndex()
+	if base < s.base || (base-s.base)%uint64(s.spec.entries) != 0 || m.GetLogTerm() != measureTerm || m.GetCommit() != base {
+		return fmt.Errorf("measured MsgApp: index %d logterm %d commit %d, want an index from %d in steps of %d, logterm %d, commit = index",
+			base, m.GetLogTerm(), m.GetCommit(), s.base, s.spec.entries, measureTerm)
+	}
+	for j, e := range m.Entries {
+		idx := base + uint64(j) + 1
+		d := e.GetData()
+		if e.GetIndex() != idx || e.GetTerm() != measureTerm || e.GetType() != raftpb.EntryNormal || len(d) != s.spec.size {
+			return fmt.Errorf("entry %d of MsgApp at %d: got index %d term %d type %s %d bytes, want index %d term %d EntryNormal %d bytes",
+				j, base, e.GetIndex(), e.GetTerm(), e.GetType(), len(d), idx, measureTerm, s.spec.size)
+		}
+		if binary.BigEndian.Uint64(d) != idx || binary.BigEndian.Uint64(d[len(d)-8:]) != idx {
+			return fmt.Errorf("entry %d: data stamped %d/%d, want %d", idx, binary.BigEndian.Uint64(d), binary.BigEndian.Uint64(d[len(d)-8:]), idx)
+		}
+		if !bytes.Equal(d[8:len(d)-8], s.pattern[8:len(d)-8]) {
+			return fmt.Errorf("entry %d: data differs from what was sent", idx)
+		}
+	}
+	n := (base - s.base) / uint64(s.spec.entries)
+	for uint64(len(s.seen))*64 <= n {
+		s.seen = append(s.seen, 0)
+	}
+	if s.seen[n/64]&(1<<(n%64)) != 0 {
+		return fmt.Errorf("measured MsgApp at index %d delivered twice", base)
+	}
+	s.seen[n/64] |= 1 << (n % 64)
+	s.got++
+	return nil
+}
+
+func (s *pipeStream) acquire(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("window stuck with %d messages in flight: %w", len(s.slots), context.Cause(ctx))
+	}
+}
+
+// drain waits until every message sent was delivered.
+func (s *pipeStream) drain(ctx context.Context) error {
+	for i := range pipelineWindow {
+		if err := s.acquire(ctx); err != nil {
+			return fmt.Errorf("draining (%d of %d slots back): %w", i, pipelineWindow, err)
+		}
+	}
+	for range pipelineWindow {
+		<-s.slots
+	}
+	return nil
+}
+
+// send sends messages of term until d has passed and waits until they are
+// all delivered; it returns how many it sent.
+func (s *pipeStream) send(ctx context.Context, n *node, term uint64, d time.Duration) (int64, error) {
+	var sent int64
+	for start := time.Now(); time.Since(start) < d; {
+		if err := s.acquire(ctx); err != nil {
+			return sent, err
+		}
+		s.batch[0] = s.next(term)
+		n.send(s.batch)
+		sent++
+	}
+	return sent, s.drain(ctx)
+}
+
+// runPipelineOnly is scenario 8: the small MsgApps of scenario 1 from a to
+// b, with both servers refusing every stream (see tap), so that both
+// transports fall back to one POST per message; pipelineWindow in flight.
+// All messages must be delivered, each once, intact, each by its own POST
+// to b, with no stream ever served and nothing reported unreachable.
+func runPipelineOnly(k kind, cfg *config, spec appSpec, d time.Duration) (measurement, error) {
+	s := newPipeStream(spec)
+	p, err := newRefusedPair(k, cfg.dir, nil, func(_ *node, m *raftpb.Message) error {
+		s.receive(m)
+		return nil
+	})
+	if err != nil {
+		return measurement{}, err
+	}
+	defer p.stop()
+	ctx, stopWatch := watchdog(context.Background(), s.delivered.Load)
+	defer stopWatch()
+	// The warm-up opens the pipelines' keep-alive connections.
+	warm, err := s.send(ctx, p.a, warmTerm, cfg.warmup)
+	if err != nil {
+		return measurement{}, fmt.Errorf("warm-up: %w", err)
+	}
+	s.mu.Lock()
+	s.base = s.index
+	warmErr, warmGot := s.err, s.warmGot
+	s.mu.Unlock()
+	if warmErr != nil {
+		return measurement{}, warmErr
+	}
+	if warmGot != warm {
+		return measurement{}, fmt.Errorf("warm-up: %d messages delivered, want %d", warmGot, warm)
+	}
+	posts0 := [2]int64{p.a.tap.pipelinePosts.Load(), p.b.tap.pipelinePosts.Load()}
+	unreachable0 := [2]int64{p.a.raft.unreachable.Load(), p.b.raft.unreachable.Load()}
+
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs0, cpu0 := ms.Mallocs, cpuTime()
+	start := time.Now()
+	sent, err := s.send(ctx, p.a, measureTerm, d)
+	if err != nil {
+		return measurement{}, err
+	}
+	res := measurement{msgs: sent, elapsed: time.Since(start), cpu: cpuTime() - cpu0}
+	runtime.ReadMemStats(&ms)
+	res.mallocs = ms.Mallocs - mallocs0
+
+	var errs []error
+	s.mu.Lock()
+	errs = append(errs, s.err)
+	if s.got != sent {
+		errs = append(errs, fmt.Errorf("%d measured messages delivered, want %d", s.got, sent))
+	}
+	s.mu.Unlock()
+	if posts := p.b.tap.pipelinePosts.Load() - posts0[1]; posts != sent {
+		errs = append(errs, fmt.Errorf("node b served %d pipeline POSTs for %d messages, want one each", posts, sent))
+	}
+	if posts := p.a.tap.pipelinePosts.Load() - posts0[0]; posts != 0 {
+		errs = append(errs, fmt.Errorf("node a served %d pipeline POSTs, want 0", posts))
+	}
+	for i, n := range []*node{p.a, p.b} {
+		if begun := n.tap.streamsBegun.Load(); begun != 0 {
+			errs = append(errs, fmt.Errorf("node %s served %d streams, want 0 (all refused)", "ab"[i:i+1], begun))
+		}
+		if u := n.raft.unreachable.Load() - unreachable0[i]; u != 0 {
+			errs = append(errs, fmt.Errorf("node %s reported its peer unreachable %d times during the measurement, want 0", "ab"[i:i+1], u))
+		}
+	}
+	errs = append(errs, p.fail.err())
+	return res, errors.Join(errs...)
+}
