@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -278,7 +277,21 @@ func readChunked(r io.Reader, length, limit int64, ch *recvCharger) ([]byte, err
 // ends early gives io.ErrUnexpectedEOF.
 func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
 	start := len(buf)
-	buf = slices.Grow(buf, n)[:start+n]
+	if need := start + n; need > cap(buf) {
+		// make and copy, not slices.Grow: without the compiler's
+		// optimisation of append(s, make(...)...), as under -race, Grow
+		// allocates twice. A buffer being appended to (a record's
+		// scratch) at least doubles, so that its growth stays linear.
+		c := need
+		if start > 0 {
+			c = max(need, 2*cap(buf))
+		}
+		nb := make([]byte, need, c)
+		copy(nb, buf)
+		buf = nb
+	} else {
+		buf = buf[:need]
+	}
 	k, err := io.ReadFull(r, buf[start:])
 	if err != nil {
 		if err == io.EOF {
