@@ -1,6 +1,7 @@
 package rafthttp
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -36,11 +37,35 @@ type writerToResponse interface {
 // newHandler builds the mux of the raft routes.
 func newHandler(t *Transport) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc(RaftPrefix, t.servePipeline)
-	mux.HandleFunc(RaftStreamPrefix+"/", t.serveStream)
-	mux.HandleFunc(RaftSnapshotPrefix, t.serveSnapshot)
+	mux.HandleFunc(RaftPrefix, t.gated(t.servePipeline))
+	mux.HandleFunc(RaftStreamPrefix+"/", t.gated(t.serveStream))
+	mux.HandleFunc(RaftSnapshotPrefix, t.gated(t.serveSnapshot))
 	mux.Handle(ProbingPrefix, probing.NewHandler())
 	return mux
+}
+
+// gated admits a request to a raft route only while the transport runs, and
+// makes Stop wait for it: these routes call Raft and the SnapshotStore, and
+// nothing of ours may call them once Stop has returned. The request's
+// context ends when the transport stops, so that a handler blocked in
+// Process or SaveSnapshot lets go. Before Start and after Stop the routes
+// answer 503, which senders read as a failure to retry.
+func (t *Transport) gated(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t.mu.RLock()
+		if !t.started || t.stopped {
+			t.mu.RUnlock()
+			http.Error(w, ErrStopped.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		t.handlers.Add(1) // under t.mu, so never after Stop's Wait began
+		t.mu.RUnlock()
+		defer t.handlers.Done()
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(t.ctx, cancel)()
+		h(w, r.WithContext(ctx))
+	}
 }
 
 // checkRequest runs the checks every POST handler and the stream handler

@@ -238,7 +238,15 @@ func (p *peer) stop() {
 		p.msgAppV2Writer.abort()
 		p.writer.abort()
 		p.wg.Wait()
-		// What is still queued will never be processed: give back what
+		// Messages still queued for the streams will never be sent:
+		// raft is told of each (unless the transport is stopping, see
+		// reportUnreachable).
+		for _, w := range []*streamWriter{p.msgAppV2Writer, p.writer} {
+			for len(w.msgc) > 0 {
+				w.lost((<-w.msgc).GetType(), dropPeerRemoved)
+			}
+		}
+		// What is still received will never be processed: give back what
 		// it holds of the receive budget.
 		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {
 			for len(c) > 0 {

@@ -169,13 +169,17 @@ func (w *streamWriter) run(ctx context.Context) {
 	defer heartbeat.Stop()
 
 	var (
-		conn       *outgoingConn
-		enc        encoder
-		msgc       chan *raftpb.Message // nil while no connection is attached
-		heartbeatc <-chan time.Time     // likewise
-		gone       chan struct{}        // likewise
-		busy       bool                 // wrote since the last tick
-		attached   int                  // connections attached so far
+		conn *outgoingConn
+		enc  encoder
+		// The queue is always read, a connection attached or not: a
+		// Send that saw this writer working may queue a message just
+		// after it detached, and that message must be reported, not
+		// left in the queue.
+		msgc       = w.msgc
+		heartbeatc <-chan time.Time // nil while no connection is attached
+		gone       chan struct{}    // likewise
+		busy       bool             // wrote since the last tick
+		attached   int              // connections attached so far
 		// The types of the batch being written, so that a failed write
 		// counts what it lost. Reused: no allocation per batch.
 		batchTypes = make([]raftpb.MessageType, 0, 64)
@@ -193,7 +197,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		w.working.Store(false)
 		w.cur.Store(nil)
 		conn.release()
-		conn, enc, msgc, heartbeatc, gone, reprobec = nil, nil, nil, nil, nil, nil
+		conn, enc, heartbeatc, gone, reprobec = nil, nil, nil, nil, nil
 		if reason == nil {
 			return
 		}
@@ -202,24 +206,28 @@ func (w *streamWriter) run(ctx context.Context) {
 		if n, ok := churnLog.allow(t.warns.now); ok {
 			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(reason), suppressed(n))
 		}
-		// The message being written is lost, and whatever was queued for the
-		// connection is not coming back: drop it now and tell raft once,
-		// rather than deliver it late on a later connection.
+		// Whatever was queued for the connection is not coming back: drop
+		// it now and tell raft, rather than deliver it late on a later
+		// connection.
 		for {
 			select {
 			case m := <-w.msgc:
-				w.p.metrics.drop(m.GetType(), dropConnClosed)
+				w.lost(m.GetType(), dropConnClosed)
 				continue
 			default:
 			}
 			break
 		}
-		t.reportUnreachable(w.p.id)
 	}
 
 	for {
 		select {
 		case m := <-msgc:
+			if conn == nil {
+				// Queued while the writer detached (see msgc).
+				w.lost(m.GetType(), dropConnClosed)
+				continue
+			}
 			batchTypes = append(batchTypes[:0], m.GetType())
 			err := conn.arm(t.cfg.writeTimeout)
 			if err == nil {
@@ -242,9 +250,11 @@ func (w *streamWriter) run(ctx context.Context) {
 			}
 			if err != nil {
 				// The batch may have reached the peer in part; count it
-				// all as lost, as raft is told.
+				// all as lost, and tell raft of each: a report for a
+				// message that did arrive costs raft a probe, a message
+				// lost unreported costs it a stall.
 				for _, typ := range batchTypes {
-					w.p.metrics.drop(typ, dropSendFailed)
+					w.lost(typ, dropSendFailed)
 				}
 				detach(err, "write")
 				continue
@@ -309,7 +319,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				}
 				detach(nil, "")
 			}
-			conn, enc, msgc, heartbeatc, gone, reprobec = c, w.newEncoder(c), w.msgc, heartbeat.C, c.gone, nil
+			conn, enc, heartbeatc, gone, reprobec = c, w.newEncoder(c), heartbeat.C, c.gone, nil
 			busy = false
 			attached++
 			if attached > 1 {
@@ -344,6 +354,13 @@ const (
 	reprobeDelay = 250 * time.Millisecond
 	maxReprobes  = 4
 )
+
+// lost counts a message of type typ the writer will not deliver and tells
+// raft, one report per message (never a MsgSnap: those go by the pipeline).
+func (w *streamWriter) lost(typ raftpb.MessageType, reason string) {
+	w.p.metrics.drop(typ, reason)
+	w.p.t.reportUnreachable(w.p.id)
+}
 
 // probe writes a link heartbeat and flushes it.
 func (w *streamWriter) probe(c *outgoingConn, enc encoder) error {

@@ -261,6 +261,18 @@ type Transport struct {
 	bg       sync.WaitGroup
 	evictLog logLimiter // rate-limits the eviction warning (warnlog.go)
 
+	// stopDone is closed when the first Stop has finished; later and
+	// concurrent Stops (and RemovePeers that find the peer gone to a Stop)
+	// wait for it.
+	stopDone chan struct{}
+	// removing counts peers taken out of the map by RemovePeer and
+	// RemoveAllPeers that are still stopping, so that a concurrent Stop
+	// waits for them too.
+	removing sync.WaitGroup
+	// handlers counts requests inside the raft routes (see gated): they
+	// call Raft and the SnapshotStore, and Stop waits for them.
+	handlers sync.WaitGroup
+
 	mu      sync.RWMutex // guards the fields below
 	started bool
 	stopped bool
@@ -440,6 +452,7 @@ func (t *Transport) Start() error {
 	t.msgStreamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMessageStream)
 	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.stopDone = make(chan struct{})
 	t.epoch = time.Now()
 	t.peers = make(map[uint64]*peer)
 	t.remotes = make(map[uint64]*remote)
@@ -733,13 +746,25 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 // ended and its connections are closed. Unknown ids are ignored.
 func (t *Transport) RemovePeer(id uint64) {
 	t.mu.Lock()
+	if t.stopped {
+		// Stop has every peer: wait for it, so that this returns only
+		// when the peer is gone, as it promises.
+		done := t.stopDone
+		t.mu.Unlock()
+		<-done
+		return
+	}
 	p, ok := t.peers[id]
-	delete(t.peers, id)
+	if ok {
+		delete(t.peers, id)
+		t.removing.Add(1) // under t.mu, before any Stop can wait
+	}
 	t.mu.Unlock()
 	if !ok {
 		t.logger().Warn("skipped removing already removed peer", zap.String("remote-peer-id", formatID(id)))
 		return
 	}
+	defer t.removing.Done()
 	p.stop()
 	t.metrics.forgetPeer(t.cfg.idStr, formatID(id))
 	t.lg.Info("removed remote peer", zap.String("local-member-id", t.cfg.idStr),
@@ -757,11 +782,19 @@ func (t *Transport) logger() *zap.Logger {
 // RemoveAllPeers removes every peer, as RemovePeer does.
 func (t *Transport) RemoveAllPeers() {
 	t.mu.Lock()
+	if t.stopped {
+		done := t.stopDone
+		t.mu.Unlock()
+		<-done
+		return
+	}
 	peers := t.peers
 	if peers != nil {
 		t.peers = make(map[uint64]*peer)
 	}
+	t.removing.Add(1)
 	t.mu.Unlock()
+	defer t.removing.Done()
 	stopPeers(peers)
 	for id := range peers {
 		t.metrics.forgetPeer(t.cfg.idStr, formatID(id))
@@ -865,19 +898,32 @@ func (t *Transport) MendPeer(id uint64) {
 }
 
 // Stop stops every peer and remote, closes their connections and waits until
-// every goroutine the transport started has ended. It is idempotent; after
-// it, Send drops silently and AddPeer returns ErrStopped. Messages still
-// queued are dropped without being reported: raft is shutting down too.
+// every goroutine the transport started has ended, and every call it makes
+// to Raft or the SnapshotStore has returned, including those of requests in
+// the raft routes (whose contexts it cancels) and of peers being removed.
+// After Stop returns, the transport calls neither again: Send drops
+// silently, the raft routes answer 503, and AddPeer returns ErrStopped.
+// Messages still queued are dropped without being reported, as etcd does:
+// raft is shutting down too; from the moment Stop begins, no failure is
+// reported to raft. Every call, concurrent ones included, returns
+// only when all that is done.
 func (t *Transport) Stop() {
 	t.mu.Lock()
-	if !t.started || t.stopped {
+	if !t.started {
 		t.mu.Unlock()
+		return
+	}
+	if t.stopped {
+		done := t.stopDone
+		t.mu.Unlock()
+		<-done
 		return
 	}
 	t.stopped = true
 	peers, remotes := t.peers, t.remotes
 	t.peers, t.remotes = map[uint64]*peer{}, map[uint64]*remote{}
 	t.mu.Unlock()
+	defer close(t.stopDone)
 
 	t.cancel()
 	var wg sync.WaitGroup
@@ -886,6 +932,8 @@ func (t *Transport) Stop() {
 	}
 	stopPeers(peers)
 	wg.Wait()
+	t.removing.Wait()
+	t.handlers.Wait()
 	t.bg.Wait()
 	if tr, ok := t.msgStreamRt.(*http.Transport); ok {
 		tr.CloseIdleConnections()
@@ -916,12 +964,24 @@ func (t *Transport) postCriticalError(err error) {
 }
 
 // reportUnreachable and reportSnapshot are where every delivery failure
-// reaches raft.
-func (t *Transport) reportUnreachable(id uint64) { t.Raft.ReportUnreachable(id) }
+// reaches raft. Once Stop has begun they report nothing: raft is shutting
+// down too (as with etcd, which reports nothing after Stop), and the
+// failures Stop itself causes (aborted writes, cancelled POSTs) are not the
+// peer's.
+func (t *Transport) reportUnreachable(id uint64) {
+	if t.reporting() {
+		t.Raft.ReportUnreachable(id)
+	}
+}
 
 func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
-	t.Raft.ReportSnapshot(id, status)
+	if t.reporting() {
+		t.Raft.ReportSnapshot(id, status)
+	}
 }
+
+// reporting says whether failures reach raft: not once Stop has begun.
+func (t *Transport) reporting() bool { return t.ctx == nil || t.ctx.Err() == nil }
 
 // setHeaders sets the headers every request we send carries (spec §2.1).
 func (t *Transport) setHeaders(h http.Header) {
