@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -16,6 +17,8 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
 // The handler fuzz targets serve fuzzed requests (method, path, the peer
@@ -156,6 +159,8 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 	rec := httptest.NewRecorder()
 	w := &closedStreamRecorder{ResponseRecorder: rec, ctx: req.Context()}
 	done := make(chan result, 1)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
@@ -171,6 +176,15 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 	case res = <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s %q: the handler did not return", method, path)
+	}
+
+	// What serving a request allocates is bounded by what decoding its
+	// body may cost, plus the fixed cost of a request (the recorder, a
+	// remote the request creates, read-ahead buffers): an amplifying body
+	// shows up as a multiple of its size.
+	runtime.ReadMemStats(&after)
+	if got, bound := after.TotalAlloc-before.TotalAlloc, uint64(raftproto.MaxCostPerByte*len(body))+1<<20; got > bound {
+		t.Fatalf("%s %q: serving a %d-byte body allocated %d bytes, bound %d", method, path, len(body), got, bound)
 	}
 
 	code, respBody := rec.Code, rec.Body.String()
