@@ -172,10 +172,10 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // waitStreams waits until a's stream writers to each of peers have attached
 // the streams the peer dialled, as PeerStats reports them: from then on,
-// what a sends them leaves by the streams. (A writer reports up only once
-// the transport picks it, so no Send can slip to the pipeline after this.)
-// It asks nothing of a's readers, which tests whose nodes cannot all reach
-// each other do not wait for; waitStreamsUp does.
+// while they last, what a sends them leaves by the streams (a writer
+// reports up only after the transport would pick it). It asks nothing of
+// a's readers, which tests whose nodes cannot all reach each other do not
+// wait for; waitStreamsUp does.
 func waitStreams(t testing.TB, a *testNode, peers ...*testNode) {
 	t.Helper()
 	for _, b := range peers {

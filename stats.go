@@ -62,7 +62,8 @@ type StreamStats struct {
 	// Writer is our end of the connection the peer dialled to us, on which
 	// our stream writer sends it messages: up from when the writer attaches
 	// the connection until the writer lets go of it (a write or link
-	// heartbeat failed, the peer dialled a new one, or the peer stopped).
+	// heartbeat failed, the peer dialled a new one, or the peer was
+	// removed).
 	Writer StreamState
 	// Reader is our end of the connection we dialled to the peer, from which
 	// our stream reader receives its messages: up from when the peer
