@@ -34,7 +34,14 @@
 //     [Transport.RemovePeer], [Transport.UpdatePeer]) as configuration changes
 //     commit.
 //  5. In the raft Ready loop, after persisting the Ready's state, call
-//     [Transport.Send] with the Ready's messages. Send never blocks.
+//     [Transport.Send] with the Ready's messages. Send never blocks. With
+//     raft's AsyncStorageWrites, the messages to raft.LocalAppendThread and
+//     raft.LocalApplyThread are for your storage goroutines, not the
+//     network: Send skips them, reports and counts nothing, and logs a
+//     warning (at most one a second), since raft waits for them to be
+//     processed. Of the Responses they carry, pass those to other members to
+//     Send and those to this member to the node's Step (Send treats this
+//     member's own ID as an unknown peer's).
 //  6. Received messages arrive through [Raft].Process, which should call the
 //     node's Step. Delivery failures arrive through ReportUnreachable and
 //     ReportSnapshot; pass them to the node. IsIDRemoved refuses streams from

@@ -170,14 +170,36 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// waitStreams waits until a's writers to every other node are attached.
+// waitStreams waits until a's stream writers to each of peers have attached
+// the streams the peer dialled, as PeerStats reports them: from then on,
+// while they last, what a sends them leaves by the streams (a writer
+// reports up only after the transport would pick it). It asks nothing of
+// a's readers, which tests whose nodes cannot all reach each other do not
+// wait for; waitStreamsUp does.
 func waitStreams(t testing.TB, a *testNode, peers ...*testNode) {
 	t.Helper()
 	for _, b := range peers {
 		waitFor(t, "streams to be attached", func() bool {
-			p, ok := a.tr.get(b.tr.ID)
-			return ok && p.writer.isWorking() && p.msgAppV2Writer.isWorking()
+			s, ok := a.tr.PeerStatus(b.tr.ID)
+			return ok && s.Streams[0].Writer.Up && s.Streams[1].Writer.Up
 		})
+	}
+}
+
+// waitStreamsUp waits until every node has both streams up in both
+// directions with every other (PeerStats.StreamsUp).
+func waitStreamsUp(t testing.TB, nodes ...*testNode) {
+	t.Helper()
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a == b {
+				continue
+			}
+			waitFor(t, "streams to be up both ways", func() bool {
+				s, ok := a.tr.PeerStatus(b.tr.ID)
+				return ok && s.StreamsUp()
+			})
+		}
 	}
 }
 

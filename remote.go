@@ -209,7 +209,7 @@ func (t *Transport) checkRemoteIDLocked(id uint64) error {
 	if err := t.usableLocked(); err != nil {
 		return err
 	}
-	if id == 0 || id == t.cfg.id {
+	if id == 0 || id == t.cfg.id || raft.IsLocalMsgTarget(id) { // see AddPeer
 		return fmt.Errorf("rafthttp: AddRemote: invalid member ID %s", formatID(id))
 	}
 	return nil

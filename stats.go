@@ -2,7 +2,19 @@ package rafthttp
 
 import (
 	"slices"
+	"sync/atomic"
 	"time"
+)
+
+// The stream types, as [StreamStats.Type] names them (and the queue-depth
+// metric, stream_msgappv2 and stream_message).
+const (
+	// StreamMsgAppV2 is the stream that carries log appends (MsgApp), in
+	// etcd's compact msgappv2 encoding.
+	StreamMsgAppV2 = "msgappv2"
+	// StreamMessage is the stream that carries every other message:
+	// heartbeats, votes, append responses.
+	StreamMessage = "message"
 )
 
 // PeerStats is what the transport knows of one peer, for programs that do
@@ -34,6 +46,52 @@ type PeerStats struct {
 	// ProbeHealthy reports whether the last probe succeeded, over both the
 	// stream and the pipeline connections.
 	ProbeHealthy bool
+	// Streams is the state of the peer's two streams: Streams[0] is
+	// StreamMsgAppV2, Streams[1] StreamMessage, always in that order. While
+	// a stream is down in the direction a message would take, the message
+	// goes by the pipeline (MsgApp falls back to the message stream first).
+	Streams [2]StreamStats
+}
+
+// StreamStats is the state of one stream type with a peer, in each
+// direction. Each direction is its own long-lived HTTP connection, dialled
+// by the member that receives on it.
+type StreamStats struct {
+	// Type is StreamMsgAppV2 or StreamMessage.
+	Type string
+	// Writer is our end of the connection the peer dialled to us, on which
+	// our stream writer sends it messages: up from when the writer attaches
+	// the connection until the writer lets go of it (a write or link
+	// heartbeat failed, the peer dialled a new one, or the peer was
+	// removed).
+	Writer StreamState
+	// Reader is our end of the connection we dialled to the peer, from which
+	// our stream reader receives its messages: up from when the peer
+	// answered the dial until the connection ends (closed, silent for
+	// ConnReadTimeout, or unreadable).
+	Reader StreamState
+}
+
+// StreamState says whether one end of a stream is up, and since when.
+type StreamState struct {
+	// Up reports whether the connection is attached.
+	Up bool
+	// Since is when the connection attached, so that a reconnection shows
+	// as a later Since; zero while down.
+	Since time.Time
+}
+
+// StreamsUp reports whether both streams are up in both directions: the
+// steady state, in which every message but MsgSnap leaves by a stream. Tests
+// and benchmarks wait for it rather than for [PeerStats.Active], which the
+// first stream, or a pipeline POST, already sets.
+func (s PeerStats) StreamsUp() bool {
+	for _, st := range s.Streams {
+		if !st.Writer.Up || !st.Reader.Up {
+			return false
+		}
+	}
+	return true
 }
 
 // PeerStatus returns the stats of one peer, and false if it is not a peer.
@@ -84,6 +142,9 @@ func (p *peer) stats() PeerStats {
 		StreamReconnects: c.reconnects.Load(),
 		ProbeHealthy:     true,
 	}
+	for i, typ := range statsStreamOrder {
+		s.Streams[i] = StreamStats{Type: typ.statsName(), Writer: p.status.writer(typ).state(), Reader: p.status.reader(typ).state()}
+	}
 	// Report the stream prober's view, which measures the connections raft
 	// traffic uses; fall back to the pipeline's before its first probe.
 	for _, pr := range p.probers {
@@ -94,4 +155,40 @@ func (p *peer) stats() PeerStats {
 		}
 	}
 	return s
+}
+
+// statsStreamOrder is the order of PeerStats.Streams.
+var statsStreamOrder = [...]streamType{streamTypeMsgAppV2, streamTypeMessage}
+
+// statsName is the stream type's name in PeerStats.
+func (t streamType) statsName() string {
+	if t == streamTypeMsgAppV2 {
+		return StreamMsgAppV2
+	}
+	return StreamMessage
+}
+
+// streamEnd records whether one end of a stream is up and since when, for
+// PeerStats. The writer or reader that owns the end sets it when it attaches
+// or loses a connection, never per message; Stats reads it from any
+// goroutine, hence the atomic.
+type streamEnd struct {
+	since atomic.Pointer[time.Time] // nil while down
+}
+
+// up records that the end attached a connection now. It allocates the time
+// it stores, once per connection.
+func (e *streamEnd) up() {
+	now := time.Now()
+	e.since.Store(&now)
+}
+
+// down records that the end lost its connection.
+func (e *streamEnd) down() { e.since.Store(nil) }
+
+func (e *streamEnd) state() StreamState {
+	if t := e.since.Load(); t != nil {
+		return StreamState{Up: true, Since: *t}
+	}
+	return StreamState{}
 }

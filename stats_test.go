@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"testing"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -14,7 +15,9 @@ func TestStatsOrderedByID(t *testing.T) {
 	if got := a.tr.Stats(); len(got) != 0 {
 		t.Errorf("Stats() without peers = %v, want empty", got)
 	}
-	ids := []uint64{0x50, 0x3, 0xffffffffffffffff, 0x40, 0x2}
+	// The largest member ID: the two above it are raft's local storage
+	// threads (raft.LocalApplyThread, raft.LocalAppendThread).
+	ids := []uint64{0x50, 0x3, 0xfffffffffffffffd, 0x40, 0x2}
 	for _, id := range ids {
 		if err := a.tr.AddPeer(id, []string{"http://" + freeAddr(t)}); err != nil {
 			t.Fatal(err)
@@ -56,8 +59,7 @@ func TestStatsCounts(t *testing.T) {
 	a := newTestNode(t, 1, nil)
 	b := newTestNode(t, 2, nil)
 	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	waitStreamsUp(t, a, b)
 
 	st := func(n *testNode, id uint64) PeerStats {
 		t.Helper()
@@ -156,4 +158,125 @@ func TestStatsCounts(t *testing.T) {
 			t.Errorf("got a message from %d, want 2", got.GetFrom())
 		}
 	})
+}
+
+// TestStatsStreams checks the stream state PeerStats reports: every end up
+// once two members are connected, each since a moment within the connect,
+// a reconnection showing as a later Since, and every end down once the
+// remote stops.
+func TestStatsStreams(t *testing.T) {
+	a := newTestNode(t, 1, nil)
+	b := newTestNode(t, 2, nil)
+
+	st := func(t *testing.T, n *testNode, id uint64) PeerStats {
+		t.Helper()
+		s, ok := n.tr.PeerStatus(id)
+		if !ok {
+			t.Fatalf("PeerStatus(%d) not found", id)
+		}
+		return s
+	}
+	// ends lists a peer's four stream ends, named for failure messages.
+	type end struct {
+		name  string
+		state StreamState
+	}
+	ends := func(s PeerStats) []end {
+		var out []end
+		for _, ss := range s.Streams {
+			out = append(out, end{ss.Type + " writer", ss.Writer}, end{ss.Type + " reader", ss.Reader})
+		}
+		return out
+	}
+
+	if err := a.tr.AddPeer(2, []string{b.url}); err != nil {
+		t.Fatal(err)
+	}
+	// Before b knows a, b refuses a's dials and dials nothing: a's side
+	// must report everything down, with the types in their place.
+	s := st(t, a, 2)
+	if got := []string{s.Streams[0].Type, s.Streams[1].Type}; !slices.Equal(got, []string{StreamMsgAppV2, StreamMessage}) {
+		t.Errorf("stream types = %q, want [%q %q]", got, StreamMsgAppV2, StreamMessage)
+	}
+	for _, e := range ends(s) {
+		if e.state != (StreamState{}) {
+			t.Errorf("a's %s before b added a = %+v, want down with a zero Since", e.name, e.state)
+		}
+	}
+	if s.StreamsUp() {
+		t.Error("StreamsUp before b added a = true, want false")
+	}
+
+	start := time.Now()
+	if err := b.tr.AddPeer(1, []string{a.url}); err != nil {
+		t.Fatal(err)
+	}
+	waitStreamsUp(t, a, b)
+	up := time.Now()
+	first := map[string]time.Time{} // a's ends' Since, by name
+
+	tests := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"up both ways since the connect", func(t *testing.T) {
+			for _, n := range []struct {
+				node *testNode
+				peer uint64
+			}{{a, 2}, {b, 1}} {
+				for _, e := range ends(st(t, n.node, n.peer)) {
+					if !e.state.Up || e.state.Since.Before(start) || e.state.Since.After(up) {
+						t.Errorf("node %d's %s = %+v, want up since a moment in [%v, %v]",
+							n.node.tr.ID, e.name, e.state, start, up)
+					}
+					if n.node == a {
+						first[e.name] = e.state.Since
+					}
+				}
+			}
+		}},
+		{"Since holds while traffic flows", func(t *testing.T) {
+			a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 1, 2, 1), obsMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
+			b.raft.recv(t)
+			b.raft.recv(t)
+			for _, e := range ends(st(t, a, 2)) {
+				if !e.state.Up || !e.state.Since.Equal(first[e.name]) {
+					t.Errorf("a's %s after sending = %+v, want still up since %v", e.name, e.state, first[e.name])
+				}
+			}
+		}},
+		{"a reconnection shows as a later Since", func(t *testing.T) {
+			// Cut the connections b dialled to a: b's readers redial,
+			// and a's writers attach the new connections.
+			a.srv.CloseClientConnections()
+			waitFor(t, "a's writers to attach new streams", func() bool {
+				s := st(t, a, 2)
+				return s.Streams[0].Writer.Since.After(first[StreamMsgAppV2+" writer"]) &&
+					s.Streams[1].Writer.Since.After(first[StreamMessage+" writer"])
+			})
+			waitStreamsUp(t, a, b)
+		}},
+		{"down after the remote stops", func(t *testing.T) {
+			b.close()
+			waitFor(t, "a to see every stream with b down", func() bool {
+				for _, e := range ends(st(t, a, 2)) {
+					if e.state.Up {
+						return false
+					}
+				}
+				return true
+			})
+			for _, e := range ends(st(t, a, 2)) {
+				if !e.state.Since.IsZero() {
+					t.Errorf("a's %s after b stopped = %+v, want a zero Since", e.name, e.state)
+				}
+			}
+			if st(t, a, 2).StreamsUp() {
+				t.Error("StreamsUp after b stopped = true, want false")
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, tt.run)
+	}
 }

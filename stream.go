@@ -194,6 +194,7 @@ func (w *streamWriter) run(ctx context.Context) {
 	reprobe.Stop()
 	defer reprobe.Stop()
 	detach := func(reason error, action string) {
+		w.p.status.writer(w.typ).down() // before working: PeerStats never says up while pick says down
 		w.working.Store(false)
 		w.cur.Store(nil)
 		conn.release()
@@ -327,6 +328,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			}
 			w.cur.Store(c)
 			w.working.Store(true)
+			w.p.status.writer(w.typ).up()
 			w.p.status.activate()
 			lg.Info("established TCP streaming connection with remote peer")
 
@@ -437,8 +439,10 @@ func (r *streamReader) run(ctx context.Context) {
 				p.metrics.reconnect("reader " + r.typ.String())
 			}
 			p.status.activate()
+			p.status.reader(r.typ).up()
 			lg.Info("established TCP streaming connection with remote peer")
 			err = r.decodeLoop(ctx, body)
+			p.status.reader(r.typ).down()
 			body.Close()
 			if ctx.Err() != nil {
 				return

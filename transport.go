@@ -260,6 +260,7 @@ type Transport struct {
 	// the request that evicted it. Stop waits for them.
 	bg       sync.WaitGroup
 	evictLog logLimiter // rate-limits the eviction warning (warnlog.go)
+	localLog logLimiter // rate-limits the warning of Send given raft's local messages
 
 	// stopDone is closed when the first Stop has finished; later and
 	// concurrent Stops (and RemovePeers that find the peer gone to a Stop)
@@ -658,9 +659,18 @@ func (t *Transport) Handler() http.Handler {
 // is dropped, counted, and reported to raft (ReportUnreachable, and
 // ReportSnapshot(Failure) for MsgSnap). A call that dropped a message for a
 // full queue yields the processor once before returning (runtime.Gosched),
-// so that the queue's writer gets to run. Messages to 0 are skipped. The
-// messages must not be modified after Send: they are read later, by the
-// goroutine that encodes them.
+// so that the queue's writer gets to run. The messages must not be modified
+// after Send: they are read later, by the goroutine that encodes them.
+//
+// Messages to 0 are skipped. So are messages to raft's local storage
+// threads, raft.LocalAppendThread and raft.LocalApplyThread (MsgStorageAppend
+// and MsgStorageApply, which raft puts in Ready.Messages when
+// AsyncStorageWrites is on): they never reach the network, are not reported
+// to raft (no member is unreachable) and are not counted as dropped (the
+// transport lost nothing; they were never its to deliver). They are the
+// application's to hand to its storage goroutines, and raft makes no
+// progress until it does, so Send logs a warning when it gets one, at most
+// once a second.
 func (t *Transport) Send(msgs []*raftpb.Message) {
 	if t.send(msgs) {
 		// A queue was full: the goroutine draining it is likely runnable
@@ -692,6 +702,12 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 		if !t.started || t.stopped {
 			continue // nothing to tell: no peers yet, or shutting down
 		}
+		// Checked here, past the lookups, so that messages to members pay
+		// nothing for it: AddPeer and AddRemote refuse these IDs.
+		if raft.IsLocalMsgTarget(to) {
+			t.skippedLocal(m)
+			continue
+		}
 		// Not a peer (yet): raft is told, as for any other drop.
 		t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropUnknownPeer).Inc()
 		t.reportUnreachable(to)
@@ -703,6 +719,22 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 		}
 	}
 	return full
+}
+
+// skippedLocal warns, rate-limited, that Send was given m, a message to one
+// of raft's local storage threads: an application that does not route them
+// to its storage goroutines leaves raft waiting for its writes.
+func (t *Transport) skippedLocal(m *raftpb.Message) {
+	n, ok := t.localLog.allow(t.warns.now)
+	if !ok {
+		return
+	}
+	target := "LocalAppendThread"
+	if m.GetTo() == raft.LocalApplyThread {
+		target = "LocalApplyThread"
+	}
+	t.lg.Warn("ignored message to a raft local storage thread: with AsyncStorageWrites, hand it to the storage goroutines, not to Send",
+		zap.Stringer("type", m.GetType()), zap.String("target", target), suppressed(n))
 }
 
 // usableLocked returns why the transport cannot take new members, if it
@@ -730,7 +762,9 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 	if err := t.usableLocked(); err != nil {
 		return err
 	}
-	if id == 0 || id == t.cfg.id {
+	// raft's local storage threads have IDs of their own, which no member
+	// may take: Send never sends to them.
+	if id == 0 || id == t.cfg.id || raft.IsLocalMsgTarget(id) {
 		return fmt.Errorf("rafthttp: AddPeer: invalid member ID %s", formatID(id))
 	}
 	if _, ok := t.peers[id]; ok {

@@ -14,6 +14,9 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -414,4 +417,81 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 		n.close()
 	}
 	goleak.VerifyNone(t, ignore)
+}
+
+// TestTransportSendLocalTargets checks what Send does with the messages raft
+// addresses to its local storage threads under AsyncStorageWrites: it skips
+// them, reports nothing to raft, counts no drop, and warns at most once per
+// warnInterval, while the rest of the same call is sent; and that no peer or
+// remote can take those IDs.
+func TestTransportSendLocalTargets(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	clock := newFakeClock()
+	a := newTestNode(t, 1, func(tr *Transport) {
+		tr.Logger = zap.New(core)
+		tr.logClock = clock.now
+	})
+	b := newTestNode(t, 2, nil)
+	connect(t, a, b)
+	const warning = "ignored message to a raft local storage thread"
+
+	tests := []struct {
+		name   string
+		to     uint64
+		typ    raftpb.MessageType
+		target string // the warning's target field
+	}{
+		{"append thread", raft.LocalAppendThread, raftpb.MsgStorageAppend, "LocalAppendThread"},
+		{"apply thread", raft.LocalApplyThread, raftpb.MsgStorageApply, "LocalApplyThread"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock.advance(warnInterval) // a line is due to this case
+			logs.TakeAll()
+			local := obsMsg(tt.typ, 1, tt.to, 1)
+			const sends = 3
+			for i := range uint64(sends) {
+				a.tr.Send([]*raftpb.Message{local, obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+				recvFrom(t, b, 1, raftpb.MsgHeartbeat)
+			}
+			for _, id := range []uint64{tt.to, 1, 2} {
+				if n := a.raft.unreachableCount(id); n != 0 {
+					t.Errorf("ReportUnreachable(%x) called %d times, want 0", id, n)
+				}
+			}
+			if got := metricSum(t, a.tr.metrics.droppedMessages, nil); got != 0 {
+				t.Errorf("dropped_messages_total = %v, want 0", got)
+			}
+
+			lines := logs.FilterMessageSnippet(warning).All()
+			if len(lines) != 1 {
+				t.Fatalf("got %d warnings for %d sends, want 1", len(lines), sends)
+			}
+			if f := lines[0].ContextMap(); f["target"] != tt.target || f["type"] != tt.typ.String() {
+				t.Errorf("warning fields = %v, want target %s and type %s", f, tt.target, tt.typ)
+			}
+			// The next line, once due, counts the sends held back.
+			clock.advance(warnInterval)
+			a.tr.Send([]*raftpb.Message{local})
+			lines = logs.FilterMessageSnippet(warning).All()
+			if len(lines) != 2 {
+				t.Fatalf("got %d warnings after warnInterval, want 2", len(lines))
+			}
+			if got := lines[1].ContextMap()["suppressed"]; got != int64(sends-1) {
+				t.Errorf("second warning suppressed = %v, want %d", got, sends-1)
+			}
+
+			for _, add := range []struct {
+				name string
+				fn   func(uint64, []string) error
+			}{{"AddPeer", a.tr.AddPeer}, {"AddRemote", a.tr.AddRemote}} {
+				if err := add.fn(tt.to, []string{b.url}); err == nil {
+					t.Errorf("%s(%x): got nil error, want one", add.name, tt.to)
+				}
+			}
+			if _, ok := a.tr.PeerStatus(tt.to); ok {
+				t.Errorf("PeerStatus(%x) found a peer", tt.to)
+			}
+		})
+	}
 }

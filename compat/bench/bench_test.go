@@ -10,6 +10,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/raftkit/rafthttp"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -229,6 +231,52 @@ func TestOpenResultUnreported(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.r.unreported(); got != tt.want {
 				t.Errorf("unreported() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestLinkChanges checks that a measurement's link check catches a stream
+// of ours that went down or attached anew, as PeerStats reports it, as
+// well as what the middleware counts.
+func TestLinkChanges(t *testing.T) {
+	t0 := time.Now()
+	up := rafthttp.StreamState{Up: true, Since: t0}
+	var before linkState
+	for i := range before.streams {
+		before.streams[i] = [2]rafthttp.StreamStats{
+			{Type: rafthttp.StreamMsgAppV2, Writer: up, Reader: up},
+			{Type: rafthttp.StreamMessage, Writer: up, Reader: up},
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(s *linkState)
+		want   string // in the error; "" means no error
+	}{
+		{name: "nothing", change: func(*linkState) {}},
+		{name: "Since read again", change: func(s *linkState) {
+			// The same instant without its monotonic reading is no change.
+			s.streams[0][0].Writer.Since = t0.Round(0)
+		}},
+		{name: "writer reattached", change: func(s *linkState) {
+			s.streams[1][0].Writer.Since = t0.Add(time.Millisecond)
+		}, want: "node b: msgappv2 stream"},
+		{name: "reader down", change: func(s *linkState) {
+			s.streams[0][1].Reader = rafthttp.StreamState{}
+		}, want: "node a: message stream"},
+		{name: "stream handler ended", change: func(s *linkState) { s.ended[0]++ }, want: "streams ended"},
+		{name: "pipeline POST", change: func(s *linkState) { s.posts[1]++ }, want: "pipeline POSTs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			after := before
+			tc.change(&after)
+			err := linkChanges(before, after)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("got error %v, want none", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got error %v, want one containing %q", err, tc.want)
 			}
 		})
 	}

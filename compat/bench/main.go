@@ -35,7 +35,8 @@
 // entry's data, and all the data of every 64th message), no message may
 // leave the streams (pipeline POSTs are counted by a middleware; in 8, every
 // message must be its own POST) and no stream may reconnect during a
-// measurement; a run that fails a check stops the command with an error
+// measurement (stream handlers counted by the middleware; for ours, its
+// PeerStats, which also say when a pair's streams are up); a run that fails a check stops the command with an error
 // instead of a number.
 //
 // Usage:

@@ -111,7 +111,10 @@ func (s *sink) ReportSnapshot(_ uint64, status raft.SnapshotStatus) {
 // tap sits in front of a node's handler and counts what the HTTP server
 // serves, without wrapping the ResponseWriter (both transports use its
 // Flusher): pipeline POSTs, and stream handlers started and ended
-// (msgappv2 streams are served on /raft/stream/msgapp/).
+// (msgappv2 streams are served on /raft/stream/msgapp/). The stream counts
+// tell when etcd's streams are up, which its transport does not say (ours
+// says so in PeerStats: see streamsUp), and prove that no stream of either
+// kind reconnected during a measurement.
 //
 // With refuseStreams, it answers every stream request itself with a bare
 // 404, as a server that does not serve the stream routes: no
@@ -306,19 +309,45 @@ func newPair(k kind, dir string, ha, hb handler) (*pair, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = waitUntil(10*time.Second, func() bool {
-		return !p.a.activeSince(idB).IsZero() && !p.b.activeSince(idA).IsZero() &&
-			p.a.tap.openStreams() >= 2 && p.b.tap.openStreams() >= 2 &&
-			p.a.tap.msgAppV2Begun.Load() > 0 && p.b.tap.msgAppV2Begun.Load() > 0
-	})
+	err = waitUntil(10*time.Second, func() bool { return p.a.streamsUp() && p.b.streamsUp() })
 	if err != nil {
-		err = fmt.Errorf("%s pair: streams not up: %w (active %v/%v, open streams %d/%d, msgappv2 dials %d/%d)", k, err,
-			!p.a.activeSince(idB).IsZero(), !p.b.activeSince(idA).IsZero(), p.a.tap.openStreams(), p.b.tap.openStreams(),
-			p.a.tap.msgAppV2Begun.Load(), p.b.tap.msgAppV2Begun.Load())
+		err = fmt.Errorf("%s pair: streams not up: %w (a: %s; b: %s)", k, err, p.a.streamsState(), p.b.streamsState())
 		p.stop()
 		return nil, err
 	}
 	return p, nil
+}
+
+// streamsUp reports whether the node has both streams with its peer up in
+// both directions. Ours says so (PeerStats.StreamsUp): each of its writers
+// has attached the stream the peer dialled, and each of its readers is
+// connected to the peer. etcd's transport keeps its stream state to itself,
+// so for it the tap stands in: the peer is active, and has dialled both
+// streams to us, whose handlers still run (each hands its stream to etcd's
+// writer at once).
+func (n *node) streamsUp() bool {
+	if n.ours != nil {
+		s, ok := n.ours.PeerStatus(n.peer)
+		return ok && s.StreamsUp()
+	}
+	return !n.activeSince(n.peer).IsZero() && n.tap.openStreams() >= 2 && n.tap.msgAppV2Begun.Load() > 0
+}
+
+// streamsState describes what streamsUp looks at, for an error.
+func (n *node) streamsState() string {
+	if n.ours != nil {
+		s, _ := n.ours.PeerStatus(n.peer)
+		var b strings.Builder
+		for i, st := range s.Streams {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s writer up %v reader up %v", st.Type, st.Writer.Up, st.Reader.Up)
+		}
+		return b.String()
+	}
+	return fmt.Sprintf("active %v, open streams %d, msgappv2 dials %d",
+		!n.activeSince(n.peer).IsZero(), n.tap.openStreams(), n.tap.msgAppV2Begun.Load())
 }
 
 // newRefusedPair starts two nodes of kind k that refuse each other's
@@ -374,9 +403,11 @@ func (p *pair) stop() {
 
 // linkState is what must not change while a measurement runs: no pipeline
 // POST (everything goes over the streams), no stream handler ended (no
-// reconnect), nothing reported unreachable.
+// reconnect), nothing reported unreachable; and, for ours, no stream end
+// down or attached anew (PeerStats).
 type linkState struct {
 	posts, ended, unreachable [2]int64
+	streams                   [2][2]rafthttp.StreamStats
 }
 
 func (p *pair) linkState() linkState {
@@ -385,13 +416,19 @@ func (p *pair) linkState() linkState {
 		s.posts[i] = n.tap.pipelinePosts.Load()
 		s.ended[i] = n.tap.streamsEnded.Load()
 		s.unreachable[i] = n.raft.unreachable.Load()
+		if n.ours != nil {
+			st, _ := n.ours.PeerStatus(n.peer)
+			s.streams[i] = st.Streams
+		}
 	}
 	return s
 }
 
 // checkLink reports what changed since before.
-func (p *pair) checkLink(before linkState) error {
-	after := p.linkState()
+func (p *pair) checkLink(before linkState) error { return linkChanges(before, p.linkState()) }
+
+// linkChanges reports what changed from before to after.
+func linkChanges(before, after linkState) error {
 	var errs []error
 	for i, name := range []string{"a", "b"} {
 		if d := after.posts[i] - before.posts[i]; d != 0 {
@@ -403,9 +440,20 @@ func (p *pair) checkLink(before linkState) error {
 		if d := after.unreachable[i] - before.unreachable[i]; d != 0 {
 			errs = append(errs, fmt.Errorf("node %s reported its peer unreachable %d times during the measurement, want 0", name, d))
 		}
+		for j, st := range after.streams[i] {
+			was := before.streams[i][j]
+			if !sameEnd(st.Writer, was.Writer) || !sameEnd(st.Reader, was.Reader) {
+				errs = append(errs, fmt.Errorf("node %s: %s stream went from writer %+v reader %+v to writer %+v reader %+v during the measurement, want no change",
+					name, st.Type, was.Writer, was.Reader, st.Writer, st.Reader))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
+
+// sameEnd reports whether a stream end is in the same state, on the same
+// connection.
+func sameEnd(a, b rafthttp.StreamState) bool { return a.Up == b.Up && a.Since.Equal(b.Since) }
 
 // waitUntil polls cond every millisecond until it holds or timeout passes.
 func waitUntil(timeout time.Duration, cond func() bool) error {
