@@ -7,9 +7,11 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -56,9 +58,23 @@ func amplifyShapes(msgType uint64) []amplifyShape {
 	}
 }
 
-// allocatedDuring returns the bytes the heap allocated while f ran: an upper
-// bound of the heap's growth, garbage included.
-func allocatedDuring(f func()) uint64 { return bytesAllocatedBy(f) }
+// heapDuring runs f and returns what the heap allocated meanwhile (garbage
+// included) and how much the live heap grew (after a collection, with what f
+// left reachable, such as a message raft still holds).
+func heapDuring(f func()) (allocated, grew uint64) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	allocated = after.TotalAlloc - before.TotalAlloc
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if after.HeapAlloc > before.HeapAlloc {
+		grew = after.HeapAlloc - before.HeapAlloc
+	}
+	return allocated, grew
+}
 
 // TestAmplificationPipeline posts each shape to /raft through the handler:
 // refused (or served) without the process allocating more than 64 MiB.
@@ -69,13 +85,13 @@ func TestAmplificationPipeline(t *testing.T) {
 			htAddPeer(t, tr)
 			h := tr.Handler()
 			rec := httptest.NewRecorder()
-			alloc := allocatedDuring(func() {
+			alloc, grew := heapDuring(func() {
 				req := httptest.NewRequest(http.MethodPost, RaftPrefix, bytes.NewReader(sh.body))
 				req.Header = htHeaders(htPipeline)
 				h.ServeHTTP(rec, req)
 			})
-			t.Logf("%d bytes: %d, allocated %d MiB", len(sh.body), rec.Code, alloc>>20)
-			checkAmplified(t, tr, sh, rec.Code == http.StatusNoContent, alloc)
+			t.Logf("%d bytes: %d, allocated %d MiB, heap grew %d MiB", len(sh.body), rec.Code, alloc>>20, grew>>20)
+			checkAmplified(t, tr, sh, rec.Code == http.StatusNoContent, alloc, grew, len(sh.body))
 			if sh.served {
 				fr.recv(t)
 			}
@@ -93,13 +109,13 @@ func TestAmplificationSnapshotEnvelope(t *testing.T) {
 			h := tr.Handler()
 			body := append(binary.BigEndian.AppendUint64(nil, uint64(len(sh.body))), sh.body...)
 			rec := httptest.NewRecorder()
-			alloc := allocatedDuring(func() {
+			alloc, grew := heapDuring(func() {
 				req := httptest.NewRequest(http.MethodPost, RaftSnapshotPrefix, bytes.NewReader(body))
 				req.Header = htHeaders(htSnapshot)
 				h.ServeHTTP(rec, req)
 			})
-			t.Logf("%d bytes: %d, allocated %d MiB", len(body), rec.Code, alloc>>20)
-			checkAmplified(t, tr, sh, rec.Code == http.StatusNoContent, alloc)
+			t.Logf("%d bytes: %d, allocated %d MiB, heap grew %d MiB", len(body), rec.Code, alloc>>20, grew>>20)
+			checkAmplified(t, tr, sh, rec.Code == http.StatusNoContent, alloc, grew, len(body))
 		})
 	}
 }
@@ -130,15 +146,16 @@ func TestAmplificationStreams(t *testing.T) {
 				defer cancel()
 				var err error
 				var charge int64
-				alloc := allocatedDuring(func() {
+				var m *raftpb.Message
+				alloc, grew := heapDuring(func() {
 					d := c.dec(frame)
 					setCharger(d, recvCharger{budget: budget, ctx: ctx, wait: true})
-					_, _, err = d.decode()
+					m, _, err = d.decode()
 					charge = d.charged()
 				})
-				t.Logf("%d bytes: %v, allocated %d MiB", len(frame), err, alloc>>20)
+				t.Logf("%d bytes: %v, allocated %d MiB, heap grew %d MiB (%d entries)", len(frame), err, alloc>>20, grew>>20, len(m.GetEntries()))
 				budget.release(charge)
-				checkAmplifiedBudget(t, budget, sh, err == nil, alloc)
+				checkAmplifiedBudget(t, budget, sh, err == nil, alloc, grew, len(frame))
 			})
 		}
 	}
@@ -152,16 +169,16 @@ func TestAmplificationStreams(t *testing.T) {
 		rec = u64(rec, 0)
 		budget := newRecvBudget(DefaultMaxReceiveBytes)
 		var err error
-		alloc := allocatedDuring(func() {
+		alloc, grew := heapDuring(func() {
 			d := newMsgAppV2Decoder(bytes.NewReader(rec), htLocalID, htPeerID, DefaultMaxMessageBytes)
 			d.recvCharger = recvCharger{budget: budget, ctx: context.Background(), wait: true}
 			_, _, err = d.decode()
 		})
-		t.Logf("%d bytes: %v, allocated %d MiB", len(rec), err, alloc>>20)
+		t.Logf("%d bytes: %v, allocated %d MiB, heap grew %d MiB", len(rec), err, alloc>>20, grew>>20)
 		if !errors.Is(err, ErrExceedSizeLimit) {
 			t.Errorf("decode: %v, want ErrExceedSizeLimit", err)
 		}
-		checkAmplifiedBudget(t, budget, amplifyShape{}, false, alloc)
+		checkAmplifiedBudget(t, budget, amplifyShape{}, false, alloc, grew, len(rec))
 	})
 }
 
@@ -176,18 +193,26 @@ func setCharger(d decoder, ch recvCharger) {
 }
 
 // checkAmplified checks one shape's outcome at a transport.
-func checkAmplified(t *testing.T, tr *Transport, sh amplifyShape, served bool, alloc uint64) {
+func checkAmplified(t *testing.T, tr *Transport, sh amplifyShape, served bool, alloc, grew uint64, wire int) {
 	t.Helper()
-	checkAmplifiedBudget(t, tr.budget, sh, served, alloc)
+	checkAmplifiedBudget(t, tr.budget, sh, served, alloc, grew, wire)
 }
 
-func checkAmplifiedBudget(t *testing.T, b *recvBudget, sh amplifyShape, served bool, alloc uint64) {
+// checkAmplifiedBudget checks that a shape was served or refused as it
+// should be, that the heap grew by less than maxAmplifiedHeap, and that all
+// it allocated, garbage included, stayed within the receive budget plus two
+// copies of its wire bytes (a body read in chunks is copied once, and the
+// frame's bytes are garbage once its entries have their own slots).
+func checkAmplifiedBudget(t *testing.T, b *recvBudget, sh amplifyShape, served bool, alloc, grew uint64, wire int) {
 	t.Helper()
 	if served != sh.served {
 		t.Errorf("served = %v, want %v", served, sh.served)
 	}
-	if alloc > maxAmplifiedHeap {
-		t.Errorf("allocated %d MiB, want under %d MiB", alloc>>20, maxAmplifiedHeap>>20)
+	if grew > maxAmplifiedHeap {
+		t.Errorf("heap grew %d MiB, want under %d MiB", grew>>20, maxAmplifiedHeap>>20)
+	}
+	if bound := uint64(b.max) + 2*uint64(wire) + 1<<20; alloc > bound {
+		t.Errorf("allocated %d MiB, want at most %d MiB", alloc>>20, bound>>20)
 	}
 	if n := b.inUse(); n != 0 {
 		t.Errorf("%d bytes still charged to the receive budget", n)

@@ -158,9 +158,11 @@ func (d *msgAppV2Decoder) readUint64() (uint64, error) {
 }
 
 // decodeAppEntries reads an AppEntries record. The entries' raw bytes are
-// gathered in reused scratch space and then copied once into a buffer the
-// message owns, so a record costs the same few allocations whatever its
-// entry count. The count and every size are checked against the record limit
+// gathered in reused scratch space (the stream's read buffer, as a frame is
+// on the message stream); once the record is read, what the message will
+// hold is charged, and each entry is copied into an allocation of its own
+// (raftproto.EntrySlot), so that an entry raft keeps keeps nothing else
+// alive. The count and every size are checked against the record limit
 // before anything is allocated for them.
 func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 	count, err := d.readUint64()
@@ -172,9 +174,9 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 		return nil, 0, fmt.Errorf("msgappv2 record of %d entries, limit %d bytes: %w", count, d.limit, ErrExceedSizeLimit)
 	}
 	total += count * frameHeaderLen
-	// What the entries will cost once decoded is known from the count:
-	// refuse a record that cannot fit the budget before reading it.
-	if err := d.fits(count*uint64(raftproto.EntryCost) + total); err != nil {
+	// What the entries will cost at least once decoded is known from the
+	// count: refuse a record that cannot fit the budget before reading it.
+	if err := d.fits(count*uint64(raftproto.EntryCost(0)) + total); err != nil {
 		return nil, 0, err
 	}
 	if count == 1 {
@@ -187,6 +189,7 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 		}
 		d.ends = ends[:0]
 	}()
+	cost := raftproto.MessageCost
 	for range count {
 		size, err := d.readUint64()
 		if err != nil {
@@ -200,25 +203,27 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 			return nil, 0, err
 		}
 		ends = append(ends, len(scratch))
+		cost += raftproto.EntryCost(int(size))
 	}
 	commit, err := d.readUint64()
 	if err != nil {
 		return nil, 0, err
 	}
-	// The entries were read into reused scratch space; what the message
-	// keeps (their bytes, blocks and pointers, and its own block) is
-	// charged before it is allocated.
-	d.wire = int64(len(scratch))
-	if err := d.Charge(raftproto.MessageCost + int(count)*raftproto.EntryCost); err != nil {
+	if err := d.Charge(cost); err != nil {
 		return nil, 0, err
 	}
 	var ents []*raftpb.Entry
 	if count > 0 {
-		owned := make([]byte, len(scratch))
-		copy(owned, scratch)
-		if ents, err = raftproto.UnmarshalEntries(owned, ends); err != nil {
-			d.refund()
-			return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
+		ents = make([]*raftpb.Entry, count)
+		start := 0
+		for i, end := range ends {
+			slot := raftproto.NewEntrySlot(end - start)
+			copy(slot.Buf, scratch[start:end])
+			start = end
+			if ents[i], err = slot.Decode(); err != nil {
+				d.refund()
+				return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
+			}
 		}
 	}
 	m := d.arena.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
@@ -227,11 +232,10 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 }
 
 // decodeAppEntry reads the rest of an AppEntries record of one entry, the
-// common case, straight into a buffer the message owns, with no copy. Small
-// entries and their messages are carved from the decoder's arena (less than
-// one allocation per message; see raftproto.Arena for what that retains),
-// larger ones take two allocations. total is the record's size so far, its
-// entry excluded.
+// common case, straight into the allocation the entry will live in
+// (raftproto.EntrySlot: one allocation, two beyond 8 KiB), with no copy; the
+// message comes from the decoder's arena. total is the record's size so
+// far, its entry excluded.
 func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, error) {
 	size, err := d.readUint64()
 	if err != nil {
@@ -241,31 +245,27 @@ func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, er
 		return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
 	}
 	total += size
-	d.wire = int64(size)
-	if err := d.Charge(raftproto.MessageCost1); err != nil {
+	// The message's block and the entry's slot, which holds its bytes.
+	d.wire = 0
+	if err := d.Charge(raftproto.MessageCost1 + raftproto.EntrySlotSize(int(size))); err != nil {
 		return nil, 0, err
 	}
-	var buf []byte
-	if small := d.arena.Bytes(int(size)); small != nil {
-		if _, err := io.ReadFull(d.r, small); err != nil {
-			d.refund()
-			return nil, 0, unexpectedEOF(err)
-		}
-		buf = small
-	} else if buf, err = readBytes(d.r, nil, int(size)); err != nil {
+	slot := raftproto.NewEntrySlot(int(size))
+	if _, err := io.ReadFull(d.r, slot.Buf); err != nil {
 		d.refund()
-		return nil, 0, err
+		return nil, 0, unexpectedEOF(err)
 	}
 	commit, err := d.readUint64()
 	if err != nil {
 		d.refund()
 		return nil, 0, err
 	}
-	m, err := d.arena.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, buf)
+	e, err := slot.Decode()
 	if err != nil {
 		d.refund()
 		return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 	}
+	m := d.arena.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, e)
 	d.state.index++
 	return m, int(total), nil
 }

@@ -22,16 +22,15 @@ var ErrMalformed = errors.New("raftproto: malformed protobuf")
 var ErrDegenerate = fmt.Errorf("%w: a shape raft never sends", ErrMalformed)
 
 // What decoding allocates, in bytes, for each piece of a message. Every
-// allocation of the decoders is one of these or a multiple of them.
+// allocation of the decoders is one of these or a multiple of them; an
+// entry costs EntryCost of its encoding's size.
 const (
 	ptrSize = int(unsafe.Sizeof((*raftpb.Entry)(nil)))
 	// MessageCost is a message without entries or snapshot.
 	MessageCost = int(unsafe.Sizeof(msgBlock{}))
-	// MessageCost1 is a message of exactly one entry, in one block.
-	MessageCost1 = int(unsafe.Sizeof(msgApp1Block{}))
-	// EntryCost is each entry of a message of several: its block and its
-	// pointer.
-	EntryCost = int(unsafe.Sizeof(entryBlock{})) + ptrSize
+	// MessageCost1 is a message of exactly one entry, with its entry
+	// pointer (the entry itself aside).
+	MessageCost1 = int(unsafe.Sizeof(msg1Block{}))
 	// snapshotCost is a snapshot with its metadata; each conf state ID
 	// adds 8 bytes.
 	snapshotCost = int(unsafe.Sizeof(snapBlock{}))
@@ -40,12 +39,12 @@ const (
 // The bound on what decoding allocates: at most MaxCostPerByte times the
 // wire size plus MaxCostConst, whatever the field mix. The ratio comes from
 // the smallest entry decoding accepts: four wire bytes (a field header and
-// one non-empty field) for EntryCost (120) bytes; a conf state ID costs 8
-// bytes for at least one wire byte. The constant covers the message block,
-// one snapshot block and the allocator's rounding up to its size classes
-// (at most an eighth, or a part of a page).
+// one non-empty field) for EntryCost(2) (136) bytes, its slot and pointer; a
+// conf state ID costs 8 bytes for at least one wire byte. The constant
+// covers the message block, one snapshot block and the allocator's rounding
+// up to its size classes (at most an eighth, or a part of a page).
 const (
-	MaxCostPerByte = 32
+	MaxCostPerByte = 36
 	MaxCostConst   = 8 << 10
 )
 
@@ -103,17 +102,18 @@ func consumeField(b []byte) (num protowire.Number, typ protowire.Type, tagLen, n
 // next field in the shared buffer.
 func alias(b []byte) []byte { return b[:len(b):len(b)] }
 
-// UnmarshalMessage decodes buf into a new Message. The message's byte fields
-// (entry data, context, snapshot data) alias buf, so buf must not be reused:
-// it becomes part of the message. Unknown fields are dropped, as
+// UnmarshalMessage decodes buf into a new Message. The message's context
+// and snapshot data alias buf, so buf must not be reused: it becomes part of
+// the message. Unknown fields are dropped, as
 // proto.Unmarshal with DiscardUnknown does; enum values outside the known set
 // are kept, as protobuf-go keeps them. Shapes raft never sends are refused
 // with ErrDegenerate (see there), where proto.Unmarshal would accept them.
 //
-// A message costs at most four allocations whatever the number of entries:
-// the message with its scalars, the entry pointers, the entry blocks and, when
-// present, the snapshot; in bytes, at most MaxCostPerByte*len(buf) +
-// MaxCostConst.
+// Entry data is copied into each entry's own allocation (see EntrySlot), so
+// that the entries raft keeps keep nothing else alive; the context and
+// snapshot data alias buf. A message costs its block, its entry slice and
+// one allocation per entry (two beyond 8 KiB), and its snapshot; in bytes,
+// at most MaxCostPerByte*len(buf) + MaxCostConst.
 func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 	m, _, err := UnmarshalMessageCharged(buf, nil)
 	return m, err
@@ -123,7 +123,7 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 // to accept the decode's cost in bytes, once the whole of buf is validated
 // and before anything is allocated. It returns the cost too.
 func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error) {
-	nEnt, nSnap, nIDs := 0, 0, 0
+	nEnt, nSnap, nIDs, entCost := 0, 0, 0, 0
 	for b := buf; len(b) > 0; {
 		num, typ, tagLen, n := consumeField(b)
 		if n < 0 {
@@ -138,6 +138,8 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 					return nil, 0, fmt.Errorf("%w: empty entry", ErrDegenerate)
 				}
 				nEnt++
+				v, _ := protowire.ConsumeBytes(b[tagLen:])
+				entCost += EntryCost(len(v))
 			case 9:
 				nSnap++
 				v, _ := protowire.ConsumeBytes(b[tagLen:])
@@ -157,12 +159,9 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 	if nSnap > 1 {
 		return nil, 0, fmt.Errorf("%w: repeated snapshot", ErrDegenerate)
 	}
-	cost := MessageCost
-	switch {
-	case nEnt == 1:
-		cost = MessageCost1
-	case nEnt > 1:
-		cost += nEnt * EntryCost
+	cost := MessageCost + entCost
+	if nEnt == 1 {
+		cost = MessageCost1 + entCost - ptrSize
 	}
 	if nSnap == 1 {
 		cost += snapshotCost + 8*nIDs
@@ -173,21 +172,16 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 		}
 	}
 
-	var (
-		blk  *msgBlock
-		ents []entryBlock
-	)
+	var blk *msgBlock
 	switch nEnt {
 	case 0:
 		blk = new(msgBlock)
 	case 1:
-		// The common shape: message, entry and entry slice in one block.
-		b := new(msgApp1Block)
-		blk, ents = &b.msg, b.ents[:]
+		b := new(msg1Block)
+		blk = &b.msg
 		blk.m.Entries = b.ptrs[:0]
 	default:
 		blk = new(msgBlock)
-		ents = make([]entryBlock, nEnt)
 		blk.m.Entries = make([]*raftpb.Entry, 0, nEnt)
 	}
 	m := &blk.m
@@ -225,11 +219,16 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 			b = b[n:]
 			switch num {
 			case 7:
-				eb := &ents[len(m.Entries)]
-				if err := decodeEntry(eb, v); err != nil {
+				// Each entry is copied into an allocation of its own,
+				// so that a kept entry keeps neither buf nor its
+				// neighbours alive (see EntrySlot).
+				slot := NewEntrySlot(len(v))
+				copy(slot.Buf, v)
+				e, err := slot.Decode()
+				if err != nil {
 					return nil, 0, err
 				}
-				m.Entries = append(m.Entries, &eb.e)
+				m.Entries = append(m.Entries, e)
 			case 9:
 				m.Snapshot = decodeSnapshot(v, nIDs)
 			case 12:
@@ -262,54 +261,11 @@ func (blk *msgBlock) setMsgApp(to, from, term, logTerm, index, commit uint64) *r
 	return m
 }
 
-// msgApp1Block holds a one-entry MsgApp, its entry and the entry slice in
-// one allocation: the most common message of a busy cluster.
-type msgApp1Block struct {
+// msg1Block holds a message of one entry and its entry slice (the entry
+// lives in its own allocation: raft keeps it, and drops the message).
+type msg1Block struct {
 	msg  msgBlock
 	ptrs [1]*raftpb.Entry
-	ents [1]entryBlock
-}
-
-// NewMsgApp1 returns a MsgApp carrying the one entry encoded in entry, in a
-// single allocation besides entry itself, whose bytes the entry's Data
-// aliases.
-func NewMsgApp1(to, from, term, logTerm, index, commit uint64, entry []byte) (*raftpb.Message, error) {
-	return new(msgApp1Block).fill(to, from, term, logTerm, index, commit, entry)
-}
-
-// fill makes b, which must be zero, the MsgApp NewMsgApp1 describes. On an
-// error b is zero again.
-func (b *msgApp1Block) fill(to, from, term, logTerm, index, commit uint64, entry []byte) (*raftpb.Message, error) {
-	if err := decodeEntry(&b.ents[0], entry); err != nil {
-		*b = msgApp1Block{}
-		return nil, err
-	}
-	m := b.msg.setMsgApp(to, from, term, logTerm, index, commit)
-	b.ptrs[0] = &b.ents[0].e
-	m.Entries = b.ptrs[:]
-	return m, nil
-}
-
-// UnmarshalEntries decodes the entries laid out back to back in buf, entry i
-// ending at ends[i], into one block. Data fields alias buf.
-func UnmarshalEntries(buf []byte, ends []int) ([]*raftpb.Entry, error) {
-	if len(ends) == 0 {
-		return nil, nil
-	}
-	blocks := make([]entryBlock, len(ends))
-	ptrs := make([]*raftpb.Entry, len(ends))
-	start := 0
-	for i, end := range ends {
-		if end < start || end > len(buf) {
-			return nil, ErrMalformed
-		}
-		if err := decodeEntry(&blocks[i], buf[start:end]); err != nil {
-			return nil, err
-		}
-		ptrs[i] = &blocks[i].e
-		start = end
-	}
-	return ptrs, nil
 }
 
 // decodeEntry decodes one entry into eb. An empty entry, or one of unknown

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 
@@ -179,29 +180,63 @@ func TestDecodeAliasCapped(t *testing.T) {
 	}
 }
 
-func TestUnmarshalEntries(t *testing.T) {
-	ents := []*raftpb.Entry{entry(2, 12, "b"), entry(2, 13, ""), {Type: raftpb.EntryConfChange.Enum()}}
-	var buf []byte
-	var ends []int
-	for _, e := range ents {
-		buf = AppendEntry(buf, e)
-		ends = append(ends, len(buf))
+// TestEntrySlot decodes entries of every size class through their slots:
+// each round-trips, its Data aliases its own slot, and a slot is one
+// allocation up to the largest inline class, two beyond.
+func TestEntrySlot(t *testing.T) {
+	tests := []struct {
+		name      string
+		data      int
+		maxAllocs float64
+	}{
+		{name: "no data", data: -1, maxAllocs: 1},
+		{name: "empty data", data: 0, maxAllocs: 1},
+		{name: "1 byte", data: 1, maxAllocs: 1},
+		{name: "100 bytes", data: 100, maxAllocs: 1},
+		{name: "1 KiB", data: 1 << 10, maxAllocs: 1},
+		{name: "largest inline", data: maxInline - 16, maxAllocs: 1},
+		{name: "just over", data: maxInline, maxAllocs: 2},
+		{name: "64 KiB", data: 64 << 10, maxAllocs: 2},
 	}
-	got, err := UnmarshalEntries(buf, ends)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := entry(2, 12, "")
+			if tc.data >= 0 {
+				e.Data = bytes.Repeat([]byte{'d'}, tc.data)
+			}
+			enc := AppendEntry(nil, e)
+			slot := NewEntrySlot(len(enc))
+			if len(slot.Buf) != len(enc) || cap(slot.Buf) != len(enc) {
+				t.Fatalf("Buf len %d cap %d, want both %d", len(slot.Buf), cap(slot.Buf), len(enc))
+			}
+			copy(slot.Buf, enc)
+			got, err := slot.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(got, e) {
+				t.Errorf("got %v, want %v", got, e)
+			}
+			if n := testing.AllocsPerRun(100, func() { _ = NewEntrySlot(len(enc)) }); n > tc.maxAllocs {
+				t.Errorf("%v allocations, want at most %v", n, tc.maxAllocs)
+			}
+			if got, want := EntrySlotSize(len(enc)), int(unsafe.Sizeof(entryBlock{}))+len(enc); got < want || got > want+want/8+16 {
+				t.Errorf("slot of %d bytes costs %d, want %d to an eighth more", len(enc), got, want)
+			}
+		})
 	}
-	if len(got) != len(ents) {
-		t.Fatalf("got %d entries, want %d", len(got), len(ents))
-	}
-	for i := range ents {
-		if !proto.Equal(got[i], ents[i]) {
-			t.Errorf("entry %d = %v, want %v", i, got[i], ents[i])
+	t.Run("empty entry refused", func(t *testing.T) {
+		if _, err := NewEntrySlot(0).Decode(); !errors.Is(err, ErrDegenerate) {
+			t.Errorf("got %v, want ErrDegenerate", err)
 		}
-	}
-	if _, err := UnmarshalEntries(buf, []int{len(buf) + 1}); err == nil {
-		t.Error("end past the buffer accepted")
-	}
+	})
+	t.Run("malformed refused", func(t *testing.T) {
+		s := NewEntrySlot(2)
+		copy(s.Buf, []byte{0x10, 0xff})
+		if _, err := s.Decode(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("got %v, want ErrMalformed", err)
+		}
+	})
 }
 
 func TestNewMsgApp(t *testing.T) {
@@ -221,8 +256,8 @@ func TestAllocs(t *testing.T) {
 		maxDecode float64
 	}{
 		{name: "vote", maxDecode: 1},
-		{name: "app", maxDecode: 3},
-		{name: "many entries", maxDecode: 3},
+		{name: "app", maxDecode: 2},               // the message with its entry slice, the entry's slot
+		{name: "many entries", maxDecode: 2 + 64}, // one slot per entry: a kept entry keeps nothing else
 		{name: "snapshot", maxDecode: 3},
 	}
 	for _, tc := range tests {
@@ -237,26 +272,5 @@ func TestAllocs(t *testing.T) {
 				t.Errorf("decode allocs = %v, want at most %v", n, tc.maxDecode)
 			}
 		})
-	}
-}
-
-func TestNewMsgApp1(t *testing.T) {
-	e := entry(2, 12, "b")
-	got, err := NewMsgApp1(2, 1, 3, 3, 11, 10, AppendEntry(nil, e))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(2), From: proto.Uint64(1),
-		Term: proto.Uint64(3), LogTerm: proto.Uint64(3), Index: proto.Uint64(11), Commit: proto.Uint64(10),
-		Entries: []*raftpb.Entry{e}}
-	if !proto.Equal(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-	buf := AppendEntry(nil, e)
-	if n := testing.AllocsPerRun(100, func() { _, _ = NewMsgApp1(2, 1, 3, 3, 11, 10, buf) }); n > 1 {
-		t.Errorf("NewMsgApp1 allocs = %v, want 1", n)
-	}
-	if _, err := NewMsgApp1(2, 1, 3, 3, 11, 10, []byte{0x10, 0xff}); err == nil {
-		t.Error("a malformed entry was accepted")
 	}
 }
