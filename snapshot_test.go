@@ -1063,3 +1063,119 @@ func TestSnapshotReceiverStorePanics(t *testing.T) {
 		t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
 	}
 }
+
+// snapSlowStore saves through inner, then, before returning, takes delay
+// more (a slow fsync), or with delay < 0 waits until its context ends and
+// then claims success (a store that ignores ctx, or a save that finished
+// just as the sender gave up). saved is closed when inner returns: the
+// whole payload was received.
+type snapSlowStore struct {
+	inner SnapshotStore
+	delay time.Duration
+	saved chan struct{}
+}
+
+func (s snapSlowStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error {
+	if err := s.inner.SaveSnapshot(ctx, m, r); err != nil {
+		return err
+	}
+	close(s.saved)
+	var slow <-chan time.Time // nil: for ever
+	if s.delay >= 0 {
+		// A wall-clock delay is what is simulated: a disk that takes
+		// this long, not an event to wait for.
+		slow = time.After(s.delay)
+	}
+	select {
+	case <-slow:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// TestSnapshotAnswerWait: once the last byte is sent, the sender waits for
+// the answer longer than the progress timeout (SnapshotProgressTimeout plus
+// a second per 10 MiB), so a receiver with a slow disk gets its snapshot,
+// and Process a live context; a receiver that does not answer within that
+// bound is given up on, and then does not hand the MsgSnap to raft.
+func TestSnapshotAnswerWait(t *testing.T) {
+	const progress = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		delay time.Duration // of the store after the payload is in; < 0: until the sender gives up
+		ok    bool
+	}{
+		{name: "store takes twice the progress timeout", size: 8 << 20, delay: 2 * progress, ok: true},
+		{name: "store outlasts the answer bound", size: 64 << 10, delay: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			store := snapSlowStore{inner: DirSnapshotStore{Dir: dir}, delay: tc.delay, saved: make(chan struct{})}
+			a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
+			b := newTestNode(t, 2, func(tr *Transport) {
+				tr.SnapshotStore = store
+				tr.SnapshotProgressTimeout = progress
+			})
+			connect(t, a, b)
+			type call struct{ ctxErr error }
+			calls := make(chan call, 4)
+			b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
+				if m.GetType() == raftpb.MsgSnap {
+					calls <- call{ctxErr: ctx.Err()}
+				}
+				return nil
+			})
+
+			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(snapMsg(1, 2, 12)))+tc.size)
+			gen := newSnapGen(40, tc.size)
+			errc := snapSend(a, 2, 12, gen, tc.size)
+			select {
+			case <-store.saved:
+			case <-time.After(10 * time.Second):
+				t.Fatal("timed out waiting for the receiver to have the payload")
+			}
+			received := time.Now()
+			err := snapWait(t, errc)
+			took := time.Since(received)
+			t.Logf("size %d KiB, store delay %v, progress timeout %v, answer bound %v: outcome %v, %v after the payload was in",
+				tc.size>>10, tc.delay, progress, bound, err, took)
+
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("SendSnapshot: %v, want success", err)
+				}
+				if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+					t.Errorf("sender's reports = %v, want one Finish for 2", reps)
+				}
+				select {
+				case c := <-calls:
+					if c.ctxErr != nil {
+						t.Errorf("Process got a context already done (%v), want a live one", c.ctxErr)
+					}
+				default:
+					t.Error("raft did not get the MsgSnap")
+				}
+				if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != tc.size || sum != gen.crc {
+					t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, tc.size, gen.crc)
+				}
+				return
+			}
+			if !errors.Is(err, ErrSnapshotStalled) {
+				t.Errorf("SendSnapshot yielded %v, want %v", err, ErrSnapshotStalled)
+			}
+			if took < bound-100*time.Millisecond || took > bound+2*time.Second {
+				t.Errorf("sender gave up %v after the payload was in, want about %v", took, bound)
+			}
+			if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFailure}) {
+				t.Errorf("sender's reports = %v, want one Failure for 2", reps)
+			}
+			snapWaitRecvFailed(t, b, 1)
+			select {
+			case c := <-calls:
+				t.Errorf("raft got the MsgSnap (context error %v) after its sender gave up, want nothing", c.ctxErr)
+			default:
+			}
+		})
+	}
+}
