@@ -78,7 +78,7 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		propc:   make(chan received, t.cfg.propQueue),
 	}
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
-	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics)
+	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
 	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
 	p.writer = newStreamWriter(p, streamTypeMessage)
 	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
@@ -238,6 +238,7 @@ func (p *peer) stop() {
 		p.msgAppV2Writer.abort()
 		p.writer.abort()
 		p.wg.Wait()
+		p.pipeline.drain() // tells raft what it held (not at Stop)
 		// What is still queued will never be processed: give back what
 		// it holds of the receive budget.
 		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {
