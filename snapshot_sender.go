@@ -85,38 +85,55 @@ var (
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
 // POST /raft/snapshot with the length-prefixed MsgSnap and then the payload,
 // streamed with constant memory whatever its size. The returned channel
-// receives the outcome once (nil on success) and raft gets
-// ReportSnapshot(Finish or Failure). The payload is always closed.
+// receives the outcome once (nil on success). The payload is always closed.
+//
+// Raft is told the outcome with ReportSnapshot, always before the channel
+// receives it:
+//   - a transfer that was started reports Finish or Failure (with
+//     ReportUnreachable) from the transport's goroutine when it ends, at
+//     Stop included, as etcd does;
+//   - a refusal (not a MsgSnap, no payload, an unknown peer, a snapshot to
+//     that peer already in flight, MaxSnapshotSends reached, the peer
+//     stopping) reports Failure synchronously, in the caller's goroutine,
+//     before SendSnapshot returns, as Send reports its drops; raft retries
+//     later. Before Start and after Stop a refusal (ErrStopped) is not
+//     reported, as Send's drops are not.
+//
+// Refusals are logged, rate-limited per kind (a raft retrying at once
+// could otherwise log a line per attempt).
 func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	errc := make(chan error, 1)
-	fail := func(err error) <-chan error {
+	to := m.Message.GetTo()
+	t.mu.RLock()
+	p, known := t.peers[to]
+	unusable := t.usableLocked()
+	t.mu.RUnlock()
+	refuse := func(kind warnKind, err error) <-chan error {
 		if m.Payload != nil {
 			m.Payload.Close()
 		}
-		if to := m.Message.GetTo(); to != 0 && t.Raft != nil {
-			t.reportSnapshot(to, raft.SnapshotFailure)
-		}
+		t.refusedSnapshot(kind, m.Message, err, unusable == nil)
 		errc <- err
 		return errc
 	}
 	switch {
 	case m.Message == nil || m.Message.GetType() != raftpb.MsgSnap:
-		return fail(errors.New("rafthttp: SendSnapshot needs a MsgSnap"))
+		return refuse(warnSnapRefused, errors.New("rafthttp: SendSnapshot needs a MsgSnap"))
 	case m.Payload == nil || m.PayloadSize < 0:
-		return fail(errors.New("rafthttp: SendSnapshot needs a payload and its size"))
-	}
-	p, ok := t.get(m.Message.GetTo())
-	if !ok {
-		return fail(fmt.Errorf("rafthttp: SendSnapshot to %s: %w", formatID(m.Message.GetTo()), ErrMemberNotFound))
+		return refuse(warnSnapRefused, errors.New("rafthttp: SendSnapshot needs a payload and its size"))
+	case unusable != nil:
+		return refuse(warnSnapRefused, unusable)
+	case !known:
+		return refuse(warnSnapRefused, fmt.Errorf("rafthttp: SendSnapshot to %s: %w", formatID(to), ErrMemberNotFound))
 	}
 	if !p.snapSending.CompareAndSwap(false, true) {
-		return fail(fmt.Errorf("%w: a snapshot to %s is already in flight", ErrTooManySnapshots, p.idStr))
+		return refuse(warnSnapBusy, fmt.Errorf("%w: a snapshot to %s is already in flight", ErrTooManySnapshots, p.idStr))
 	}
 	select {
 	case t.snapSendSem <- struct{}{}:
 	default:
 		p.snapSending.Store(false)
-		return fail(ErrTooManySnapshots)
+		return refuse(warnSnapBusy, fmt.Errorf("%w: %d in flight (MaxSnapshotSends)", ErrTooManySnapshots, t.cfg.maxSnapSends))
 	}
 	if !p.goIfRunning(func() {
 		err := p.sendSnapshot(m)
@@ -133,9 +150,24 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	}) {
 		<-t.snapSendSem
 		p.snapSending.Store(false)
-		return fail(ErrStopped)
+		return refuse(warnSnapRefused, fmt.Errorf("rafthttp: SendSnapshot to %s: peer being removed: %w", p.idStr, ErrStopped))
 	}
 	return errc
+}
+
+// refusedSnapshot logs a SendSnapshot refusal, rate-limited by kind, and,
+// if report, tells raft the snapshot failed.
+func (t *Transport) refusedSnapshot(kind warnKind, m *raftpb.Message, err error, report bool) {
+	if t.warns != nil { // started: there is a logger and a limiter
+		if n, ok := t.warns.allow(kind); ok {
+			t.lg.Warn("refused to send database snapshot", zap.String("local-member-id", t.cfg.idStr),
+				zap.String("remote-peer-id", formatID(m.GetTo())),
+				zap.Uint64("snapshot-index", m.GetSnapshot().GetMetadata().GetIndex()), zap.Error(err), suppressed(n))
+		}
+	}
+	if report && m.GetTo() != 0 {
+		t.reportSnapshot(m.GetTo(), raft.SnapshotFailure)
+	}
 }
 
 // sendSnapshot does one snapshot POST and records its outcome; the caller

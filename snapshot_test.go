@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +27,10 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -1175,6 +1179,128 @@ func TestSnapshotAnswerWait(t *testing.T) {
 			case c := <-calls:
 				t.Errorf("raft got the MsgSnap (context error %v) after its sender gave up, want nothing", c.ctxErr)
 			default:
+			}
+		})
+	}
+}
+
+// snapCloseCount is an empty payload that counts how often it is closed.
+type snapCloseCount struct{ n *atomic.Int64 }
+
+func (snapCloseCount) Read([]byte) (int, error) { return 0, io.EOF }
+func (c snapCloseCount) Close() error {
+	c.n.Add(1)
+	return nil
+}
+
+// TestSendSnapshotRefusals: each kind of SendSnapshot refusal, repeated
+// 1,000 times with the limiters' clock moving 2 ms a call, yields its error
+// at once, closes the payload, reports Failure to raft before SendSnapshot
+// returns (but not after Stop), and is logged, rate-limited: a line a
+// second of clock, the line carrying the count of those it stands for.
+func TestSendSnapshotRefusals(t *testing.T) {
+	const (
+		calls = 1000
+		step  = 2 * time.Millisecond
+	)
+	tests := []struct {
+		name     string
+		maxSends int
+		inFlight bool // a snapshot to 2 is in flight during the calls
+		stop     bool // the transport is stopped before them
+		msg      *raftpb.Message
+		want     error // nil: any error
+		kind     warnKind
+		reports  bool // Failure is reported to raft, for msg.To
+	}{
+		{name: "not a MsgSnap", msg: testMsg(raftpb.MsgApp, 1), kind: warnSnapRefused, reports: true},
+		{name: "unknown peer", msg: snapMsg(1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
+		{name: "one in flight to the peer", inFlight: true, msg: snapMsg(1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: snapMsg(1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "after Stop", stop: true, msg: snapMsg(1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != RaftSnapshotPrefix {
+					http.Error(w, "error sender not found", http.StatusNotFound) // streams stay down
+					return
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusNoContent)
+			})
+			core, logs := observer.New(zapcore.InfoLevel)
+			clock := newFakeClock()
+			tr, fr := newClientTransport(t, 1, func(tr *Transport) {
+				tr.Logger = zap.New(core)
+				tr.logClock = clock.now
+				tr.MaxSnapshotSends = tc.maxSends
+			})
+			for _, id := range []uint64{2, 3} {
+				if err := tr.AddPeer(id, []string{srv.URL}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var first <-chan error
+			var gate *snapGate
+			if tc.inFlight {
+				const size = 1 << 20
+				gate = newSnapGate(t, newSnapGen(50, size), 64<<10)
+				first = tr.SendSnapshot(SnapshotMessage{Message: snapMsg(1, 2, 12), Payload: gate, PayloadSize: size})
+				gate.waitReached(t)
+			}
+			if tc.stop {
+				tr.Stop()
+			}
+
+			var closed atomic.Int64
+			for i := range calls {
+				errc := tr.SendSnapshot(SnapshotMessage{Message: tc.msg, Payload: snapCloseCount{&closed}, PayloadSize: 0})
+				select {
+				case err := <-errc:
+					if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+						t.Fatalf("call %d yielded %v, want an error wrapping %v", i, err, tc.want)
+					}
+				default:
+					t.Fatalf("call %d: no outcome when SendSnapshot returned, want the refusal", i)
+				}
+				clock.advance(step)
+			}
+			// Reports run in the caller's goroutine: all there, no waiting.
+			reports := 0
+			for _, r := range fr.snapshotReports() {
+				if r.id == tc.msg.GetTo() && r.status == raft.SnapshotFailure {
+					reports++
+				}
+			}
+			var lines, counted int64
+			for _, e := range logs.FilterMessage("refused to send database snapshot").All() {
+				lines++
+				counted += e.ContextMap()["suppressed"].(int64)
+				if errStr, _ := e.ContextMap()["error"].(string); tc.want != nil && !strings.Contains(errStr, tc.want.Error()) {
+					t.Errorf("line says %q, want the reason (%v)", errStr, tc.want)
+				}
+			}
+			held := tr.warns.kinds[tc.kind].suppressed.Load()
+			t.Logf("%d refusals over %v of clock: %d lines, reporting %d suppressed, %d held for the next; %d Failure reports; %d payloads closed",
+				calls, time.Duration(calls)*step, lines, counted, held, reports, closed.Load())
+			if want := int64(time.Duration(calls) * step / warnInterval); lines < want || lines > want+2 {
+				t.Errorf("%d lines, want %d to %d (one a second of clock)", lines, want, want+2)
+			}
+			if lines+counted+held != calls {
+				t.Errorf("lines + suppressed + held = %d, want %d", lines+counted+held, calls)
+			}
+			if wantReports := map[bool]int{true: calls}[tc.reports]; reports != wantReports {
+				t.Errorf("%d Failure reports for %d, want %d", reports, tc.msg.GetTo(), wantReports)
+			}
+			if closed.Load() != calls {
+				t.Errorf("%d payloads closed, want %d", closed.Load(), calls)
+			}
+			if tc.inFlight {
+				gate.release()
+				if err := snapWait(t, first); err != nil {
+					t.Errorf("the snapshot in flight: %v", err)
+				}
 			}
 		})
 	}
