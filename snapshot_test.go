@@ -20,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -1302,6 +1303,71 @@ func TestSendSnapshotRefusals(t *testing.T) {
 					t.Errorf("the snapshot in flight: %v", err)
 				}
 			}
+		})
+	}
+}
+
+// TestProgressWatch checks the watchdog's two phases on synctest's clock,
+// to the nanosecond: while the body is sent, a stall is declared
+// exactly the progress timeout after the last read; once it is sent, the
+// answer has the answer bound, and only then is it given up on.
+func TestProgressWatch(t *testing.T) {
+	const progress, answer = 300 * time.Millisecond, 2 * time.Second
+	tests := []struct {
+		name       string
+		reads      int  // reads 100 ms apart before anything else
+		sent       bool // the body is then sent
+		stopAfter  time.Duration
+		wantAfter  time.Duration // after the last read or sent; 0: no stall
+		wantAnswer bool          // the error says no answer came
+	}{
+		{name: "stall while sending", reads: 10, wantAfter: progress},
+		{name: "stall before the first byte", wantAfter: progress},
+		{name: "no answer within the bound", reads: 3, sent: true, wantAfter: answer, wantAnswer: true},
+		{name: "answer just within the bound", reads: 3, sent: true, stopAfter: answer - time.Nanosecond},
+		{name: "stopped while sending", reads: 2, stopAfter: progress - time.Nanosecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var (
+					got   error
+					gotAt time.Time
+				)
+				w := newProgressWatch(progress, answer, func(err error) {
+					got, gotAt = err, time.Now()
+				})
+				for range tc.reads {
+					time.Sleep(100 * time.Millisecond) // synctest's clock: no real wait
+					w.touch()
+				}
+				if tc.sent {
+					w.sent()
+				}
+				last := time.Now()
+				if tc.stopAfter > 0 {
+					time.Sleep(tc.stopAfter)
+					w.stop()
+				}
+				time.Sleep(10 * answer) // long past any bound
+				synctest.Wait()
+				w.stop()
+				if tc.wantAfter == 0 {
+					if got != nil {
+						t.Fatalf("stalled (%v) %v after the last progress, want no stall", got, gotAt.Sub(last))
+					}
+					return
+				}
+				if got == nil {
+					t.Fatal("no stall, want one")
+				}
+				if after := gotAt.Sub(last); after != tc.wantAfter {
+					t.Errorf("stalled %v after the last progress, want %v", after, tc.wantAfter)
+				}
+				if !errors.Is(got, ErrSnapshotStalled) || strings.Contains(got.Error(), "no answer") != tc.wantAnswer {
+					t.Errorf("stalled with %q, want %v (answer phase: %v)", got, ErrSnapshotStalled, tc.wantAnswer)
+				}
+			})
 		})
 	}
 }
