@@ -148,7 +148,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}
-	if cerr := r.Context().Err(); cerr != nil {
+	if r.Context().Err() != nil {
 		// The sender gave up (or went) while the store was making the
 		// payload durable. Raft must not get the MsgSnap: Process would
 		// run with a dead context, and the sender has already reported
