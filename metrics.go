@@ -49,7 +49,7 @@ const (
 	dropSendFailed  = "send_failed"  // a pipeline POST or stream write failed
 	dropUnknownPeer = "unknown_peer" // Send named a member the transport does not know
 	dropRetired     = "retired"      // held by a remote learnt from a request when it expired or was evicted (Peer "unknown")
-	dropPeerRemoved = "peer_removed" // queued for a peer when RemovePeer stopped it
+	dropRemoved     = "removed"      // held by a peer's queues when RemovePeer stopped it (Peer "unknown")
 )
 
 func newMetrics() *metrics {

@@ -78,7 +78,7 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		propc:   make(chan received, t.cfg.propQueue),
 	}
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
-	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics)
+	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
 	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
 	p.writer = newStreamWriter(p, streamTypeMessage)
 	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
@@ -238,14 +238,14 @@ func (p *peer) stop() {
 		p.msgAppV2Writer.abort()
 		p.writer.abort()
 		p.wg.Wait()
-		// Messages still queued for the streams will never be sent:
-		// raft is told of each (unless the transport is stopping, see
-		// reportUnreachable).
+		// Messages still queued for the streams or on the pipeline will
+		// never be sent: raft is told of each (not once Stop has begun).
 		for _, w := range []*streamWriter{p.msgAppV2Writer, p.writer} {
 			for len(w.msgc) > 0 {
-				w.lost((<-w.msgc).GetType(), dropPeerRemoved)
+				p.pipeline.abandon(<-w.msgc)
 			}
 		}
+		p.pipeline.drain()
 		// What is still received will never be processed: give back what
 		// it holds of the receive budget.
 		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -28,16 +30,24 @@ type pipeline struct {
 	metrics peerMetrics
 	msgc    chan *raftpb.Message
 	refused logLimiter // POSTs refused (412): each message sent would log
+
+	// gone is the drop reason of the messages the pipeline still holds
+	// when its owner stops (dropRemoved, dropRetired); abandoned counts
+	// them.
+	gone      string
+	abandoned atomic.Int64
 }
 
-func newPipeline(t *Transport, to uint64, lg *zap.Logger, status *peerStatus, picker *urlPicker, m peerMetrics) *pipeline {
-	return &pipeline{t: t, to: to, lg: lg, status: status, picker: picker, metrics: m,
+func newPipeline(t *Transport, to uint64, lg *zap.Logger, status *peerStatus, picker *urlPicker, m peerMetrics, gone string) *pipeline {
+	return &pipeline{t: t, to: to, lg: lg, status: status, picker: picker, metrics: m, gone: gone,
 		msgc: make(chan *raftpb.Message, t.cfg.pipelineQueue)}
 }
 
 // start launches the workers under wg; they end when ctx is cancelled, which
-// also aborts the POSTs in flight. Queued messages are then dropped
-// unreported, as the owner is stopping.
+// also aborts the POSTs in flight. The owner stops the pipeline by
+// cancelling ctx, waiting on wg, and then calling drain: every message the
+// pipeline held, in flight or queued, is then reported to raft as a drop,
+// unless the Transport is stopping (see abandon).
 func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup) {
 	for range pl.t.cfg.pipelineWorkers {
 		wg.Go(func() {
@@ -58,12 +68,9 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	body := raftproto.AppendMessage(make([]byte, 0, raftproto.MessageSize(m)), m)
 	u := pl.picker.pick()
 	err := pl.post(ctx, u.String(), m, body)
-	if ctx.Err() != nil {
-		// The owner is stopping. A retired remote's raft goes on and is
-		// told; at Stop raft is going too.
-		if errors.Is(context.Cause(ctx), errRemoteRetired) && pl.t.ctx.Err() == nil {
-			pl.retiredDrop(m)
-		}
+	if err != nil && ctx.Err() != nil {
+		// The owner is stopping: not the peer's failure.
+		pl.abandon(m)
 		return
 	}
 	isSnap := m.GetType() == raftpb.MsgSnap
@@ -89,35 +96,90 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	pl.metrics.sent(1, len(body))
 }
 
-// retiredDrop reports to raft a message that a retired remote will not
-// send. It is counted under the "unknown" peer label: the remote's own
-// series go with it.
-func (pl *pipeline) retiredDrop(m *raftpb.Message) {
+// abandon reports to raft a message the pipeline will not send because its
+// owner stopped (RemovePeer, or a learnt remote retired), as any other drop
+// is reported: ReportUnreachable, and ReportSnapshot(Failure) for a
+// MsgSnap, so that raft does not wait for ever on a snapshot. It is counted
+// under the "unknown" peer label: the owner's own series go with it.
+//
+// At Stop nothing is reported or counted, as in etcd: raft is stopping too,
+// and may no longer take reports.
+func (pl *pipeline) abandon(m *raftpb.Message) {
+	if pl.t.stopping() {
+		return
+	}
 	pl.t.reportUnreachable(pl.to)
 	if m.GetType() == raftpb.MsgSnap {
 		pl.t.reportSnapshot(pl.to, raft.SnapshotFailure)
 	}
-	pl.t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropRetired).Inc()
+	pl.t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), pl.gone).Inc()
+	pl.abandoned.Add(1)
 }
+
+// drain, called by the owner once the workers have ended, abandons the
+// messages still queued, and logs how many the pipeline abandoned in all.
+// The owner is out of the Transport's maps by then, so Send adds no more.
+func (pl *pipeline) drain() {
+	for {
+		select {
+		case m := <-pl.msgc:
+			pl.abandon(m)
+		default:
+			if n := pl.abandoned.Load(); n > 0 {
+				pl.lg.Info("dropped the messages left on the queues of a stopped peer; reported to raft",
+					zap.Int64("dropped", n), zap.String("reason", pl.gone))
+			}
+			return
+		}
+	}
+}
+
+// stopping reports whether Transport.Stop has begun: Stop cancels t.ctx
+// under t.mu as it marks itself stopped. It takes no lock, so that it can
+// be asked with t.mu held (Send's drops are).
+func (t *Transport) stopping() bool { return t.ctx != nil && t.ctx.Err() != nil }
 
 // post makes one POST /raft and maps the answer to an error.
 func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, body []byte) error {
-	// A MsgSnap may carry a whole state machine (raftexample style) and
-	// take as long as it takes; anything else is small and bounded.
-	if m.GetType() != raftpb.MsgSnap {
+	var rd io.Reader
+	if m.GetType() == raftpb.MsgSnap {
+		// A MsgSnap may carry a whole state machine (raftexample style)
+		// and take as long as its size needs, but it must keep moving,
+		// and be answered in time once sent, as a SendSnapshot body must
+		// (progressWatch): a peer that takes it and never answers would
+		// otherwise hold this worker, and raft's snapshot, for ever.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		progress := pl.t.cfg.snapProgressTimeout
+		wb := &watchedBody{r: bytes.NewReader(body)}
+		wb.watch = newProgressWatch(progress, snapshotAnswerTimeout(progress, int64(len(body))), func(err error) { cancel(err) })
+		defer wb.watch.stop()
+		rd = wb
+	} else {
+		// Anything else is small: bounded as a whole.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, pl.t.cfg.pipelineTimeout)
 		defer cancel()
+		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/raft", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/raft", rd)
 	if err != nil {
 		return fmt.Errorf("building pipeline request: %w", err)
 	}
+	// A Content-Length, not chunked, as etcd sends it (NewRequest sets it
+	// only for the readers it knows).
+	req.ContentLength = int64(len(body))
 	req.Header.Set("Content-Type", "application/protobuf")
 	pl.t.setHeaders(req.Header)
 	start := time.Now()
 	resp, err := pl.t.pipelineRt.RoundTrip(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Why the request was cut: a stall, the timeout, the owner
+			// stopping.
+			return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+		}
 		return err
 	}
 	defer drainClose(resp.Body)
@@ -128,6 +190,24 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		ce.Write(zap.Stringer("message-type", m.GetType()), zap.Duration("took", time.Since(start)))
 	}
 	return nil
+}
+
+// watchedBody is the body of a pipeline POST carrying a MsgSnap: the
+// encoded message, read through a progressWatch.
+type watchedBody struct {
+	r     *bytes.Reader
+	watch *progressWatch
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.watch.touch()
+	}
+	if b.r.Len() == 0 {
+		b.watch.sent()
+	}
+	return n, err
 }
 
 // checkPostResponse maps the answer to a pipeline or snapshot POST to an

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
 // postLog records the POSTs a fake peer server receives.
@@ -91,6 +94,12 @@ func TestPipelinePostRequest(t *testing.T) {
 		if got := req.Header.Get(h); got != want {
 			t.Errorf("got %s %q, want %q", h, got, want)
 		}
+	}
+	// With a Content-Length, as etcd sends it, although a MsgSnap's body
+	// is read through the progress watch.
+	if req.ContentLength != int64(len(body)) || len(req.TransferEncoding) != 0 {
+		t.Errorf("got Content-Length %d and Transfer-Encoding %q for a %d-byte body, want the length and no chunking",
+			req.ContentLength, req.TransferEncoding, len(body))
 	}
 	got := &raftpb.Message{}
 	if err := proto.Unmarshal(body, got); err != nil {
@@ -252,5 +261,131 @@ func TestPipelineStopWithBlockedPosts(t *testing.T) {
 	}
 	if got := r.unreachableCount(2); got != 0 {
 		t.Errorf("got %d ReportUnreachable for messages abandoned at Stop, want 0", got)
+	}
+}
+
+// TestPipelineMsgSnapProgress checks that a MsgSnap sent by the pipeline,
+// which has no overall timeout, is bounded by progress as a SendSnapshot
+// body is: a peer that takes the body and never answers is given up on
+// once the answer bound (SnapshotProgressTimeout plus a second per 10 MiB)
+// has passed, and one that stops reading mid-body after
+// SnapshotProgressTimeout without a byte moving; raft hears of the failure.
+func TestPipelineMsgSnapProgress(t *testing.T) {
+	const progress = 300 * time.Millisecond
+	tests := []struct {
+		name string
+		data int   // bytes of Snapshot.Data
+		read int64 // bytes of the body the peer reads before it hangs; -1: all
+	}{
+		{name: "peer reads the body and never answers", data: 1 << 10, read: -1},
+		{name: "peer stops reading mid-body", data: 32 << 20, read: 1 << 20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var posts atomic.Int32
+			hang := make(chan struct{})
+			tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+				posts.Add(1)
+				if tc.read < 0 {
+					_, _ = io.Copy(io.Discard, r.Body)
+				} else {
+					_, _ = io.CopyN(io.Discard, r.Body, tc.read)
+				}
+				// Never answers. Not r.Context(): net/http does not see
+				// the client go while the body is unread.
+				<-hang
+			}, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
+			t.Cleanup(func() { close(hang) }) // before the server closes (cleanups run last first)
+
+			m := testMsg(raftpb.MsgSnap, 1)
+			m.Snapshot.Data = make([]byte, tc.data)
+			bound := snapshotAnswerTimeout(progress, int64(raftproto.MessageSize(m)))
+			start := time.Now()
+			tr.Send([]*raftpb.Message{m})
+			waitFor(t, "the snapshot to be reported", func() bool { return len(r.snapshotReports()) > 0 })
+			took := time.Since(start)
+			t.Logf("%d-byte MsgSnap: reported %v after Send (progress timeout %v, answer bound %v)",
+				raftproto.MessageSize(m), took, progress, bound)
+			if got, want := r.snapshotReports(), []snapshotReport{{2, raft.SnapshotFailure}}; !slices.Equal(got, want) {
+				t.Errorf("snapshot reports = %v, want %v", got, want)
+			}
+			if n := r.unreachableCount(2); n != 1 {
+				t.Errorf("ReportUnreachable called %d times, want 1", n)
+			}
+			if took < progress-50*time.Millisecond || took > bound+2*time.Second {
+				t.Errorf("reported %v after Send, want between %v and %v", took, progress, bound+2*time.Second)
+			}
+			if got := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Type": "MsgSnap", "Reason": dropSendFailed}); got != 1 {
+				t.Errorf("%v MsgSnap drops counted as send_failed, want 1", got)
+			}
+			if got := posts.Load(); got != 1 {
+				t.Errorf("the peer got %d POSTs, want 1", got)
+			}
+		})
+	}
+}
+
+// TestPipelineStopReportsHeld checks what becomes of the messages a
+// pipeline holds, one being posted to a peer that never answers (a MsgSnap,
+// which no timeout cuts short here) and more queued behind it, when its
+// peer stops: RemovePeer and RemoveAllPeers report each to raft (a MsgSnap
+// as a failed snapshot too) and count it, before they return; at Stop
+// nothing is reported, as etcd does, since raft stops too.
+func TestPipelineStopReportsHeld(t *testing.T) {
+	queued := []raftpb.MessageType{raftpb.MsgHeartbeat, raftpb.MsgSnap, raftpb.MsgApp, raftpb.MsgHeartbeat}
+	held := 1 + len(queued)
+	tests := []struct {
+		name  string
+		stop  func(tr *Transport)
+		wantN int // reports (ReportUnreachable) and drops counted as removed
+	}{
+		{name: "RemovePeer", stop: func(tr *Transport) { tr.RemovePeer(2) }, wantN: held},
+		{name: "RemoveAllPeers", stop: func(tr *Transport) { tr.RemoveAllPeers() }, wantN: held},
+		{name: "Stop", stop: func(tr *Transport) { tr.Stop() }, wantN: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var posts atomic.Int32
+			tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+				posts.Add(1)
+				_, _ = io.Copy(io.Discard, r.Body)
+				<-r.Context().Done() // never answers
+			}, func(tr *Transport) {
+				tr.PipelineWorkers = 1
+				tr.SnapshotProgressTimeout = time.Minute
+			})
+			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			waitFor(t, "the MsgSnap to be posted", func() bool { return posts.Load() == 1 })
+			for i, typ := range queued {
+				tr.Send([]*raftpb.Message{testMsg(typ, uint64(2+i))})
+			}
+
+			start := time.Now()
+			tc.stop(tr)
+			took := time.Since(start)
+			unreachable, snaps := r.unreachableCount(2), r.snapshotReports()
+			removed := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
+			t.Logf("%s returned after %v with %d messages held: %d ReportUnreachable, snapshot reports %v, %v drops counted as removed",
+				tc.name, took, held, unreachable, snaps, removed)
+			if took > time.Second {
+				t.Errorf("%s took %v, want under 1s", tc.name, took)
+			}
+			if unreachable != tc.wantN {
+				t.Errorf("ReportUnreachable called %d times, want %d", unreachable, tc.wantN)
+			}
+			var wantSnaps []snapshotReport
+			if tc.wantN > 0 {
+				wantSnaps = []snapshotReport{{2, raft.SnapshotFailure}, {2, raft.SnapshotFailure}}
+			}
+			if !slices.Equal(snaps, wantSnaps) {
+				t.Errorf("snapshot reports = %v, want %v", snaps, wantSnaps)
+			}
+			if removed != float64(tc.wantN) {
+				t.Errorf("%v drops counted as removed, want %d", removed, tc.wantN)
+			}
+			if got := posts.Load(); got != 1 {
+				t.Errorf("the peer got %d POSTs, want 1 (the queued messages are not sent)", got)
+			}
+		})
 	}
 }

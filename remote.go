@@ -95,7 +95,7 @@ func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *rem
 	}
 	status := newPeerStatus(statusLg, t.warns.now, t.metrics, t.cfg.idStr, idStr)
 	r := &remote{t: t, id: id, idStr: idStr, lg: lg, status: status, fromRequest: fromRequest, urlsKey: urlsString(urls),
-		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr))}
+		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr), dropRetired)}
 	r.touch()
 	var ctx context.Context
 	ctx, r.cancel = context.WithCancelCause(t.ctx)
@@ -152,18 +152,8 @@ func (r *remote) stop() {
 func (r *remote) retire() {
 	r.cancel(errRemoteRetired)
 	r.wg.Wait()
-	report := r.t.ctx.Err() == nil // Stop drops silently
-	for {
-		select {
-		case m := <-r.pipeline.msgc:
-			if report {
-				r.pipeline.retiredDrop(m)
-			}
-		default:
-			r.status.release()
-			return
-		}
-	}
+	r.pipeline.drain() // silent if Stop has begun
+	r.status.release()
 }
 
 // AddRemote adds a member that is not (yet) a peer, reachable only through a

@@ -20,7 +20,9 @@ import (
 type SnapshotStore interface {
 	// SaveSnapshot reads the payload of the snapshot m announces from r
 	// until EOF and returns once it is durable. On error nothing may be
-	// kept. ctx ends if the sender goes away.
+	// kept. ctx ends if the sender goes away; a payload saved after that is
+	// not handed to raft (the sender reports the snapshot failed, and raft
+	// sends it again, at the same index or a later one).
 	SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error
 }
 
@@ -143,6 +145,21 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 			t.lg.Warn("failed to save incoming database snapshot", zap.Uint64("incoming-snapshot-index", index), zap.Error(err), suppressed(n))
 		}
 		refuse(fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
+		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+		return
+	}
+	if r.Context().Err() != nil {
+		// The sender gave up (or went) while the store was making the
+		// payload durable. Raft must not get the MsgSnap: Process would
+		// run with a dead context, and the sender has already reported
+		// the snapshot failed to its raft, which sends it again. The
+		// payload stays stored; the retry replaces it (DirSnapshotStore).
+		// No answer: nobody reads it.
+		if n, ok := t.warns.allow(warnSnapshot); ok {
+			t.lg.Warn("sender gave up before the incoming database snapshot was saved; not processed",
+				zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", index),
+				zap.Duration("took", time.Since(start)), zap.NamedError("cause", context.Cause(r.Context())), suppressed(n))
+		}
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}

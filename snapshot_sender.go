@@ -53,8 +53,9 @@ const (
 // Snapshot defaults.
 const (
 	// DefaultSnapshotProgressTimeout is how long a snapshot transfer may go
-	// without moving a byte (or, once the body is sent, without an answer:
-	// the receiver is making the payload durable) before it fails.
+	// without moving a byte before it fails. Once the body is sent, the
+	// wait for the answer (the receiver is making the payload durable) has
+	// a bound of its own: this plus a second per 10 MiB sent.
 	DefaultSnapshotProgressTimeout = 30 * time.Second
 	// DefaultMaxSnapshotSends and DefaultMaxSnapshotReceives bound the
 	// snapshots in flight at once, per Transport, in each direction. A
@@ -84,38 +85,55 @@ var (
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
 // POST /raft/snapshot with the length-prefixed MsgSnap and then the payload,
 // streamed with constant memory whatever its size. The returned channel
-// receives the outcome once (nil on success) and raft gets
-// ReportSnapshot(Finish or Failure). The payload is always closed.
+// receives the outcome once (nil on success). The payload is always closed.
+//
+// Raft is told the outcome with ReportSnapshot, always before the channel
+// receives it:
+//   - a transfer that was started reports Finish or Failure (with
+//     ReportUnreachable) from the transport's goroutine when it ends, at
+//     Stop included, as etcd does;
+//   - a refusal (not a MsgSnap, no payload, an unknown peer, a snapshot to
+//     that peer already in flight, MaxSnapshotSends reached, the peer
+//     stopping) reports Failure synchronously, in the caller's goroutine,
+//     before SendSnapshot returns, as Send reports its drops; raft retries
+//     later. Before Start and after Stop a refusal (ErrStopped) is not
+//     reported, as Send's drops are not.
+//
+// Refusals are logged, rate-limited per kind (a raft retrying at once
+// could otherwise log a line per attempt).
 func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	errc := make(chan error, 1)
-	fail := func(err error) <-chan error {
+	to := m.Message.GetTo()
+	t.mu.RLock()
+	p, known := t.peers[to]
+	unusable := t.usableLocked()
+	t.mu.RUnlock()
+	refuse := func(kind warnKind, err error) <-chan error {
 		if m.Payload != nil {
 			m.Payload.Close()
 		}
-		if to := m.Message.GetTo(); to != 0 && t.Raft != nil {
-			t.reportSnapshot(to, raft.SnapshotFailure)
-		}
+		t.refusedSnapshot(kind, m.Message, err, unusable == nil)
 		errc <- err
 		return errc
 	}
 	switch {
 	case m.Message == nil || m.Message.GetType() != raftpb.MsgSnap:
-		return fail(errors.New("rafthttp: SendSnapshot needs a MsgSnap"))
+		return refuse(warnSnapRefused, errors.New("rafthttp: SendSnapshot needs a MsgSnap"))
 	case m.Payload == nil || m.PayloadSize < 0:
-		return fail(errors.New("rafthttp: SendSnapshot needs a payload and its size"))
-	}
-	p, ok := t.get(m.Message.GetTo())
-	if !ok {
-		return fail(fmt.Errorf("rafthttp: SendSnapshot to %s: %w", formatID(m.Message.GetTo()), ErrMemberNotFound))
+		return refuse(warnSnapRefused, errors.New("rafthttp: SendSnapshot needs a payload and its size"))
+	case unusable != nil:
+		return refuse(warnSnapRefused, unusable)
+	case !known:
+		return refuse(warnSnapRefused, fmt.Errorf("rafthttp: SendSnapshot to %s: %w", formatID(to), ErrMemberNotFound))
 	}
 	if !p.snapSending.CompareAndSwap(false, true) {
-		return fail(fmt.Errorf("%w: a snapshot to %s is already in flight", ErrTooManySnapshots, p.idStr))
+		return refuse(warnSnapBusy, fmt.Errorf("%w: a snapshot to %s is already in flight", ErrTooManySnapshots, p.idStr))
 	}
 	select {
 	case t.snapSendSem <- struct{}{}:
 	default:
 		p.snapSending.Store(false)
-		return fail(ErrTooManySnapshots)
+		return refuse(warnSnapBusy, fmt.Errorf("%w: %d in flight (MaxSnapshotSends)", ErrTooManySnapshots, t.cfg.maxSnapSends))
 	}
 	if !p.goIfRunning(func() {
 		err := p.sendSnapshot(m)
@@ -132,9 +150,24 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 	}) {
 		<-t.snapSendSem
 		p.snapSending.Store(false)
-		return fail(ErrStopped)
+		return refuse(warnSnapRefused, fmt.Errorf("rafthttp: SendSnapshot to %s: peer being removed: %w", p.idStr, ErrStopped))
 	}
 	return errc
+}
+
+// refusedSnapshot logs a SendSnapshot refusal, rate-limited by kind, and,
+// if report, tells raft the snapshot failed.
+func (t *Transport) refusedSnapshot(kind warnKind, m *raftpb.Message, err error, report bool) {
+	if t.warns != nil { // started: there is a logger and a limiter
+		if n, ok := t.warns.allow(kind); ok {
+			t.lg.Warn("refused to send database snapshot", zap.String("local-member-id", t.cfg.idStr),
+				zap.String("remote-peer-id", formatID(m.GetTo())),
+				zap.Uint64("snapshot-index", m.GetSnapshot().GetMetadata().GetIndex()), zap.Error(err), suppressed(n))
+		}
+	}
+	if report && m.GetTo() != 0 {
+		t.reportSnapshot(m.GetTo(), raft.SnapshotFailure)
+	}
 }
 
 // sendSnapshot does one snapshot POST and records its outcome; the caller
@@ -187,12 +220,15 @@ func messageFrameSize(m *raftpb.Message) int {
 }
 
 // postSnapshot makes the POST. The request fails if the transfer makes no
-// progress for the progress timeout; there is no limit on its total time.
+// progress for the progress timeout, or if no answer comes within
+// snapshotAnswerTimeout of the last byte; there is no limit on its total
+// time.
 func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	t := p.t
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
-	body.watch(t.cfg.snapProgressTimeout, func() { cancel(ErrSnapshotStalled) })
+	body.watch = newProgressWatch(t.cfg.snapProgressTimeout, snapshotAnswerTimeout(t.cfg.snapProgressTimeout, body.total),
+		func(err error) { cancel(err) })
 	// RoundTrip does not return until its writer goroutine is done with the
 	// body: a payload Read that blocks (a stalled producer) must be broken
 	// by closing the payload, or neither a stall nor Stop could end the
@@ -236,12 +272,10 @@ type snapshotBody struct {
 	crc      hash.Hash32
 	chunk    int
 	trailer  http.Header
+	total    int64 // bytes of the whole body, envelope included
 	sent     atomic.Int64
 	err      atomic.Pointer[error] // why reading failed, if it did
-
-	progress atomic.Int64 // unix nanoseconds of the last byte read
-	timer    *time.Timer
-	done     atomic.Bool // the transfer is over: the watchdog stands down
+	watch    *progressWatch        // set before the body is read
 
 	closeOnce sync.Once // guards closing the payload
 }
@@ -256,6 +290,7 @@ func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody
 		envelope: appendMessageFrame(nil, m.Message),
 		payload:  m.Payload,
 		left:     m.PayloadSize,
+		total:    int64(messageFrameSize(m.Message)) + m.PayloadSize,
 		ctx:      p.ctx,
 		crc:      crc32.New(crc32c),
 		chunk:    snapshotChunk,
@@ -267,28 +302,9 @@ func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody
 	return b
 }
 
-// watch calls stalled if no byte is read for timeout, and, once the body is
-// sent, if no answer comes within timeout.
-func (b *snapshotBody) watch(timeout time.Duration, stalled func()) {
-	b.progress.Store(time.Now().UnixNano())
-	check := func() {
-		if b.done.Load() {
-			return
-		}
-		idle := time.Since(time.Unix(0, b.progress.Load()))
-		if idle >= timeout {
-			stalled()
-			return
-		}
-		b.timer.Reset(timeout - idle)
-	}
-	b.timer = time.AfterFunc(timeout, check)
-}
-
 func (b *snapshotBody) close() {
-	b.done.Store(true)
-	if b.timer != nil {
-		b.timer.Stop()
+	if b.watch != nil {
+		b.watch.stop()
 	}
 	b.closePayload()
 }
@@ -302,12 +318,12 @@ func (b *snapshotBody) Read(p []byte) (int, error) {
 	if n > 0 {
 		b.crc.Write(p[:n])
 		b.sent.Add(int64(n))
-		b.progress.Store(time.Now().UnixNano())
+		b.watch.touch()
 	}
 	if err == io.EOF {
 		// The trailer goes out after the last chunk.
 		b.trailer.Set(trailerCRC32C, crcOf(b.crc.Sum32()))
-		b.progress.Store(time.Now().UnixNano())
+		b.watch.sent()
 	} else if err != nil {
 		b.err.CompareAndSwap(nil, &err)
 	}
@@ -355,4 +371,113 @@ func crcOf(sum uint32) string { return fmt.Sprintf("%08x", sum) }
 func parseCRC(s string) (uint32, error) {
 	v, err := strconv.ParseUint(s, 16, 32)
 	return uint32(v), err
+}
+
+// progressWatch ends a transfer that makes no progress: the body of a
+// snapshot POST, or of a pipeline POST carrying a MsgSnap (both carry a
+// snapshot, and may take as long as their size needs, so neither has an
+// overall timeout). It has two phases.
+//
+// While the body is being sent, the body's reader calls touch for every
+// read; no read for the progress timeout is a stall. Reads block while the
+// connection cannot take more (TCP pushes back), so a receiver that stops
+// reading stalls the body too.
+//
+// Once the last byte is read (sent), nothing moves until the answer comes:
+// the receiver is making the payload durable (a store fsyncs it) and then
+// hands the MsgSnap to raft. That wait is not a stall and gets its own
+// bound, answer (snapshotAnswerTimeout), which grows with the size sent.
+//
+// stalled is called at most once, with why (ErrSnapshotStalled, wrapped
+// for the answer phase), from a timer goroutine, never after stop returns.
+// It must be quick and must not call stop.
+type progressWatch struct {
+	last      atomic.Int64 // monoNanos of the last read, or of the end of the body
+	allowed   atomic.Int64 // how long may pass after last, in nanoseconds
+	answering atomic.Bool  // the body is sent
+	answer    time.Duration
+	stalled   func(error)
+
+	mu    sync.Mutex // guards timer (the first check may run before AfterFunc returns) and done
+	timer *time.Timer
+	done  bool // the transfer is over: the watch stands down
+}
+
+func newProgressWatch(progress, answer time.Duration, stalled func(error)) *progressWatch {
+	w := &progressWatch{answer: answer, stalled: stalled}
+	w.last.Store(monoNanos())
+	w.allowed.Store(int64(progress))
+	w.mu.Lock()
+	w.timer = time.AfterFunc(progress, w.check)
+	w.mu.Unlock()
+	return w
+}
+
+// touch records progress: a read of the body returned bytes. It costs an
+// atomic store; only the timer, when it fires, looks at the clock of the
+// last one.
+func (w *progressWatch) touch() { w.last.Store(monoNanos()) }
+
+// sent records that the last byte of the body was read: from now on, the
+// answer is awaited. Idempotent.
+func (w *progressWatch) sent() {
+	if !w.answering.CompareAndSwap(false, true) {
+		return
+	}
+	// allowed first: a check that sees the new allowed with the old last,
+	// or the reverse, finds no stall where there is none (answer is never
+	// shorter than the progress timeout).
+	w.allowed.Store(int64(w.answer))
+	w.last.Store(monoNanos())
+}
+
+// check runs when the timer fires: it calls stalled if the allowed time has
+// passed since the last progress, and otherwise waits for the rest of it.
+func (w *progressWatch) check() {
+	w.mu.Lock()
+	if w.done {
+		w.mu.Unlock()
+		return
+	}
+	allowed := time.Duration(w.allowed.Load())
+	idle := time.Duration(monoNanos() - w.last.Load())
+	if idle < allowed {
+		w.timer.Reset(allowed - idle)
+		w.mu.Unlock()
+		return
+	}
+	w.done = true
+	err := ErrSnapshotStalled
+	if w.answering.Load() {
+		err = fmt.Errorf("%w: no answer within %v of the last byte sent", ErrSnapshotStalled, allowed)
+	}
+	// Under mu, so that stop, once returned, has no stalled call behind
+	// it. stalled only cancels a context.
+	w.stalled(err)
+	w.mu.Unlock()
+}
+
+// stop ends the watch; stalled is not called after it returns.
+func (w *progressWatch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+	w.timer.Stop()
+}
+
+// snapshotAnswerRate is the rate, in bytes per second, at which the wait
+// for a snapshot's answer expects the receiver's disk to make what it was
+// sent durable. A store writes the payload as it arrives, but mostly into
+// the page cache; the fsync at the end may have to write all of it. 10 MiB/s
+// is well below what the disks raft members run on write sequentially, so
+// a slow disk is waited for; a receiver that is stuck for good is still
+// given up on, and the peer's snapshot slot freed, in a bounded time.
+const snapshotAnswerRate = 10 << 20
+
+// snapshotAnswerTimeout is how long a snapshot's sender waits for the
+// answer once the last of its size bytes is sent: the progress timeout (for
+// the receiver's Process, a directory fsync, the network) plus the time to
+// write size bytes at snapshotAnswerRate.
+func snapshotAnswerTimeout(progress time.Duration, size int64) time.Duration {
+	return progress + time.Duration(float64(size)/snapshotAnswerRate*float64(time.Second))
 }

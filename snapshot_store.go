@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -16,6 +17,20 @@ import (
 // finds it), through a temporary file that is fsynced and renamed, and then
 // fsyncs the directory. A partial payload never becomes visible under the
 // final name, whatever fails and whenever the process dies.
+//
+// A second payload for an index already saved replaces the first, with the
+// same atomic rename: the file under an index's name is always the payload
+// of the last MsgSnap accepted for it, the one raft processes next. (A raft
+// retry after a lost answer sends the same snapshot again; it succeeds. At
+// one index raft's state is the same whoever sent it, so replacing loses
+// nothing, while keeping the first, as etcd does, would keep a stale file of
+// another history, left in a reused directory, for good.) A reader that has
+// the first file open keeps reading it.
+//
+// Temporary files left by a save the process did not finish (it crashed or
+// was killed) are removed by the next save to the same directory. Saves in
+// progress in this process keep theirs; Dir must not be shared with another
+// process's store.
 type DirSnapshotStore struct {
 	// Dir is the directory snapshots are written to. It must exist.
 	Dir string
@@ -32,16 +47,67 @@ const copyBufSize = 1 << 20
 // tmpPattern names temporary files; they never match the final name.
 const tmpPattern = ".tmp-*.snap.db"
 
+// liveTemps holds the names of the temporary files of the saves in progress
+// in this process, so that the stale-file sweep of one save does not remove
+// another's. Names, not paths: os.CreateTemp makes them random, so two
+// directories sharing one is unlikely, and would only postpone the removal
+// of a stale file to a later save. Creating a temporary file and registering
+// it, and sweeping, are done under mu, so that no sweep can see a file
+// before it is registered.
+var liveTemps = struct {
+	mu    sync.Mutex
+	names map[string]struct{}
+}{names: map[string]struct{}{}}
+
+// createTemp sweeps dir of the temporary files no save in this process owns,
+// then creates and registers a new one. Call release when done with it.
+func createTemp(dir string) (*os.File, error) {
+	liveTemps.mu.Lock()
+	defer liveTemps.mu.Unlock()
+	removeStaleTemps(dir)
+	f, err := os.CreateTemp(dir, tmpPattern)
+	if err != nil {
+		return nil, err
+	}
+	liveTemps.names[filepath.Base(f.Name())] = struct{}{}
+	return f, nil
+}
+
+// releaseTemp forgets a temporary file created by createTemp, once it was
+// renamed or removed.
+func releaseTemp(f *os.File) {
+	liveTemps.mu.Lock()
+	defer liveTemps.mu.Unlock()
+	delete(liveTemps.names, filepath.Base(f.Name()))
+}
+
+// removeStaleTemps removes the temporary files in dir that no save in this
+// process owns: they were left by a process that died while saving. It is
+// best effort: a file it cannot remove is tried again at the next save, and
+// the save goes on. liveTemps.mu must be held.
+func removeStaleTemps(dir string) {
+	stale, err := filepath.Glob(filepath.Join(dir, tmpPattern))
+	if err != nil {
+		return // the pattern is valid; Glob fails on nothing else
+	}
+	for _, path := range stale {
+		if _, live := liveTemps.names[filepath.Base(path)]; !live {
+			_ = os.Remove(path)
+		}
+	}
+}
+
 // SaveSnapshot implements SnapshotStore.
 func (s DirSnapshotStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) (err error) {
 	if s.Dir == "" {
 		return errors.New("rafthttp: DirSnapshotStore without a Dir")
 	}
 	target := s.Path(m.GetSnapshot().GetMetadata().GetIndex())
-	f, err := os.CreateTemp(s.Dir, tmpPattern)
+	f, err := createTemp(s.Dir)
 	if err != nil {
 		return err
 	}
+	defer releaseTemp(f)
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -66,12 +132,7 @@ func (s DirSnapshotStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if _, statErr := os.Stat(target); statErr == nil {
-		// Already have it (a retried transfer): keep the first copy, but
-		// still make sure it is durable before saying so.
-		os.Remove(f.Name())
-		return syncDir(s.Dir)
-	}
+	// Replaces a payload saved before at this index (see the type's doc).
 	if err = os.Rename(f.Name(), target); err != nil {
 		return err
 	}

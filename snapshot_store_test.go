@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -135,38 +136,117 @@ func TestDirSnapshotStoreFailures(t *testing.T) {
 	}
 }
 
-// TestDirSnapshotStoreKeepsExisting: a second save of the same index (a
-// retried transfer) succeeds but keeps the first file, and leaves no
-// temporary file.
-func TestDirSnapshotStoreKeepsExisting(t *testing.T) {
+// TestDirSnapshotStoreReplacesExisting: a second save of the same index (a
+// raft retry, or another sender) succeeds and replaces the first payload,
+// leaving no temporary file; a failed one leaves the stored file alone.
+func TestDirSnapshotStoreReplacesExisting(t *testing.T) {
 	dir := t.TempDir()
 	s := DirSnapshotStore{Dir: dir}
 	first, second := snapBytes(27, 1<<20), snapBytes(28, 2<<20)
 	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(first)); err != nil {
 		t.Fatalf("first SaveSnapshot: %v", err)
 	}
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(second)); err != nil {
+	// A reader that opened the first file keeps reading it whole.
+	held, err := os.Open(s.Path(12))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := s.SaveSnapshot(context.Background(), snapMsg(3, 2, 12), bytes.NewReader(second)); err != nil {
 		t.Fatalf("second SaveSnapshot = %v, want success", err)
 	}
 	got, err := os.ReadFile(s.Path(12))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, first) {
-		t.Errorf("file holds %d bytes, want the %d of the first save", len(got), len(first))
+	if !bytes.Equal(got, second) {
+		t.Errorf("file holds %d bytes, want the %d of the second save", len(got), len(second))
+	}
+	if old, err := io.ReadAll(held); err != nil || !bytes.Equal(old, first) {
+		t.Errorf("the first file, held open, reads %d bytes (%v), want the %d of the first save", len(old), err, len(first))
 	}
 	if files := snapDirFiles(t, dir); len(files) != 1 {
 		t.Errorf("directory holds %q, want only %s", files, filepath.Base(s.Path(12)))
 	}
 
 	// A failed save of an index already stored leaves the stored file alone.
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), &snapFailAfter{r: bytes.NewReader(second), n: 10, err: io.ErrUnexpectedEOF}); err == nil {
+	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), &snapFailAfter{r: bytes.NewReader(first), n: 10, err: io.ErrUnexpectedEOF}); err == nil {
 		t.Error("failed save reported success")
 	}
-	if got, _ := os.ReadFile(s.Path(12)); !bytes.Equal(got, first) {
-		t.Errorf("after a failed save the file holds %d bytes, want the %d of the first save", len(got), len(first))
+	if got, _ := os.ReadFile(s.Path(12)); !bytes.Equal(got, second) {
+		t.Errorf("after a failed save the file holds %d bytes, want the %d of the second save", len(got), len(second))
 	}
 	if files := snapDirFiles(t, dir); len(files) != 1 {
 		t.Errorf("directory holds %q, want only %s", files, filepath.Base(s.Path(12)))
+	}
+}
+
+// TestDirSnapshotStoreRemovesStaleTemps: the temporary files a crashed save
+// left (made here by hand, with the store's naming) are gone after the next
+// save; files that are not the store's temporary files stay.
+func TestDirSnapshotStoreRemovesStaleTemps(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files []string // present before the save
+		keep  []string // of them, present after it
+	}{
+		{name: "temp file of a crashed save", files: []string{".tmp-1234567.snap.db"}},
+		{name: "several, one of them empty", files: []string{".tmp-1.snap.db", ".tmp-98765.snap.db", ".tmp-.snap.db"}},
+		{name: "files not ours stay",
+			files: []string{".tmp-42.snap.db", "tmp123456", "0000000000000005.snap.db", ".tmp-7.snap", "0000000000000001.snap"},
+			keep:  []string{"tmp123456", "0000000000000005.snap.db", ".tmp-7.snap", "0000000000000001.snap"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for i, name := range tc.files {
+				if err := os.WriteFile(filepath.Join(dir, name), bytes.Repeat([]byte{'x'}, i*1000), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := DirSnapshotStore{Dir: dir}
+			if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(snapBytes(29, 64<<10))); err != nil {
+				t.Fatalf("SaveSnapshot: %v", err)
+			}
+			want := append(slices.Clone(tc.keep), filepath.Base(s.Path(12)))
+			slices.Sort(want)
+			if got := snapDirFiles(t, dir); !slices.Equal(got, want) {
+				t.Errorf("directory holds %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestDirSnapshotStoreSweepSparesLiveSave: a save's sweep of stale
+// temporary files leaves alone the one of another save in progress in the
+// same process, which then completes.
+func TestDirSnapshotStoreSweepSparesLiveSave(t *testing.T) {
+	dir := t.TempDir()
+	s := DirSnapshotStore{Dir: dir}
+	const size = 1 << 20
+	gen := newSnapGen(30, size)
+	gate := newSnapGate(t, gen, size/2)
+	done := make(chan error, 1)
+	go func() { done <- s.SaveSnapshot(context.Background(), snapMsg(1, 2, 10), gate) }()
+	gate.waitReached(t)
+	live, err := filepath.Glob(filepath.Join(dir, tmpPattern))
+	if err != nil || len(live) != 1 {
+		t.Fatalf("temporary files of the blocked save: %q (%v), want one", live, err)
+	}
+
+	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 11), bytes.NewReader(snapBytes(31, 64<<10))); err != nil {
+		t.Fatalf("second SaveSnapshot: %v", err)
+	}
+	if _, err := os.Stat(live[0]); err != nil {
+		t.Errorf("the blocked save's temporary file after another save: %v, want it kept", err)
+	}
+	gate.release()
+	if err := <-done; err != nil {
+		t.Fatalf("blocked SaveSnapshot: %v", err)
+	}
+	if n, sum := snapFileCRC(t, s.Path(10)); n != size || sum != gen.crc {
+		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+	}
+	if got, want := snapDirFiles(t, dir), []string{"000000000000000a.snap.db", "000000000000000b.snap.db"}; !slices.Equal(got, want) {
+		t.Errorf("directory holds %q, want %q", got, want)
 	}
 }

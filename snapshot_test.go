@@ -18,7 +18,9 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +28,10 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -1069,5 +1074,308 @@ func TestSnapshotReceiverStorePanics(t *testing.T) {
 	}
 	if snaps := snapProcessed(b); len(snaps) != 0 {
 		t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
+	}
+}
+
+// snapSlowStore saves through inner, then, before returning, takes delay
+// more (a slow fsync), or with delay < 0 waits until its context ends and
+// then claims success (a store that ignores ctx, or a save that finished
+// just as the sender gave up). saved is closed when inner returns: the
+// whole payload was received.
+type snapSlowStore struct {
+	inner SnapshotStore
+	delay time.Duration
+	saved chan struct{}
+}
+
+func (s snapSlowStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error {
+	if err := s.inner.SaveSnapshot(ctx, m, r); err != nil {
+		return err
+	}
+	close(s.saved)
+	var slow <-chan time.Time // nil: for ever
+	if s.delay >= 0 {
+		// A wall-clock delay is what is simulated: a disk that takes
+		// this long, not an event to wait for.
+		slow = time.After(s.delay)
+	}
+	select {
+	case <-slow:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// TestSnapshotAnswerWait: once the last byte is sent, the sender waits for
+// the answer longer than the progress timeout (SnapshotProgressTimeout plus
+// a second per 10 MiB), so a receiver with a slow disk gets its snapshot,
+// and Process a live context; a receiver that does not answer within that
+// bound is given up on, and then does not hand the MsgSnap to raft.
+func TestSnapshotAnswerWait(t *testing.T) {
+	const progress = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		delay time.Duration // of the store after the payload is in; < 0: until the sender gives up
+		ok    bool
+	}{
+		{name: "store takes twice the progress timeout", size: 8 << 20, delay: 2 * progress, ok: true},
+		{name: "store outlasts the answer bound", size: 64 << 10, delay: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			store := snapSlowStore{inner: DirSnapshotStore{Dir: dir}, delay: tc.delay, saved: make(chan struct{})}
+			a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
+			b := newTestNode(t, 2, func(tr *Transport) {
+				tr.SnapshotStore = store
+				tr.SnapshotProgressTimeout = progress
+			})
+			connect(t, a, b)
+			type call struct{ ctxErr error }
+			calls := make(chan call, 4)
+			b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
+				if m.GetType() == raftpb.MsgSnap {
+					calls <- call{ctxErr: ctx.Err()}
+				}
+				return nil
+			})
+
+			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(snapMsg(1, 2, 12)))+tc.size)
+			gen := newSnapGen(40, tc.size)
+			errc := snapSend(a, 2, 12, gen, tc.size)
+			select {
+			case <-store.saved:
+			case <-time.After(10 * time.Second):
+				t.Fatal("timed out waiting for the receiver to have the payload")
+			}
+			received := time.Now()
+			err := snapWait(t, errc)
+			took := time.Since(received)
+			t.Logf("size %d KiB, store delay %v, progress timeout %v, answer bound %v: outcome %v, %v after the payload was in",
+				tc.size>>10, tc.delay, progress, bound, err, took)
+
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("SendSnapshot: %v, want success", err)
+				}
+				if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+					t.Errorf("sender's reports = %v, want one Finish for 2", reps)
+				}
+				select {
+				case c := <-calls:
+					if c.ctxErr != nil {
+						t.Errorf("Process got a context already done (%v), want a live one", c.ctxErr)
+					}
+				default:
+					t.Error("raft did not get the MsgSnap")
+				}
+				if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != tc.size || sum != gen.crc {
+					t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, tc.size, gen.crc)
+				}
+				return
+			}
+			if !errors.Is(err, ErrSnapshotStalled) {
+				t.Errorf("SendSnapshot yielded %v, want %v", err, ErrSnapshotStalled)
+			}
+			if took < bound-100*time.Millisecond || took > bound+2*time.Second {
+				t.Errorf("sender gave up %v after the payload was in, want about %v", took, bound)
+			}
+			if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFailure}) {
+				t.Errorf("sender's reports = %v, want one Failure for 2", reps)
+			}
+			snapWaitRecvFailed(t, b, 1)
+			select {
+			case c := <-calls:
+				t.Errorf("raft got the MsgSnap (context error %v) after its sender gave up, want nothing", c.ctxErr)
+			default:
+			}
+		})
+	}
+}
+
+// snapCloseCount is an empty payload that counts how often it is closed.
+type snapCloseCount struct{ n *atomic.Int64 }
+
+func (snapCloseCount) Read([]byte) (int, error) { return 0, io.EOF }
+func (c snapCloseCount) Close() error {
+	c.n.Add(1)
+	return nil
+}
+
+// TestSendSnapshotRefusals: each kind of SendSnapshot refusal, repeated
+// 1,000 times with the limiters' clock moving 2 ms a call, yields its error
+// at once, closes the payload, reports Failure to raft before SendSnapshot
+// returns (but not after Stop), and is logged, rate-limited: a line a
+// second of clock, the line carrying the count of those it stands for.
+func TestSendSnapshotRefusals(t *testing.T) {
+	const (
+		calls = 1000
+		step  = 2 * time.Millisecond
+	)
+	tests := []struct {
+		name     string
+		maxSends int
+		inFlight bool // a snapshot to 2 is in flight during the calls
+		stop     bool // the transport is stopped before them
+		msg      *raftpb.Message
+		want     error // nil: any error
+		kind     warnKind
+		reports  bool // Failure is reported to raft, for msg.To
+	}{
+		{name: "not a MsgSnap", msg: testMsg(raftpb.MsgApp, 1), kind: warnSnapRefused, reports: true},
+		{name: "unknown peer", msg: snapMsg(1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
+		{name: "one in flight to the peer", inFlight: true, msg: snapMsg(1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: snapMsg(1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "after Stop", stop: true, msg: snapMsg(1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != RaftSnapshotPrefix {
+					http.Error(w, "error sender not found", http.StatusNotFound) // streams stay down
+					return
+				}
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.WriteHeader(http.StatusNoContent)
+			})
+			core, logs := observer.New(zapcore.InfoLevel)
+			clock := newFakeClock()
+			tr, fr := newClientTransport(t, 1, func(tr *Transport) {
+				tr.Logger = zap.New(core)
+				tr.logClock = clock.now
+				tr.MaxSnapshotSends = tc.maxSends
+			})
+			for _, id := range []uint64{2, 3} {
+				if err := tr.AddPeer(id, []string{srv.URL}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var first <-chan error
+			var gate *snapGate
+			if tc.inFlight {
+				const size = 1 << 20
+				gate = newSnapGate(t, newSnapGen(50, size), 64<<10)
+				first = tr.SendSnapshot(SnapshotMessage{Message: snapMsg(1, 2, 12), Payload: gate, PayloadSize: size})
+				gate.waitReached(t)
+			}
+			if tc.stop {
+				tr.Stop()
+			}
+
+			var closed atomic.Int64
+			for i := range calls {
+				errc := tr.SendSnapshot(SnapshotMessage{Message: tc.msg, Payload: snapCloseCount{&closed}, PayloadSize: 0})
+				select {
+				case err := <-errc:
+					if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+						t.Fatalf("call %d yielded %v, want an error wrapping %v", i, err, tc.want)
+					}
+				default:
+					t.Fatalf("call %d: no outcome when SendSnapshot returned, want the refusal", i)
+				}
+				clock.advance(step)
+			}
+			// Reports run in the caller's goroutine: all there, no waiting.
+			reports := 0
+			for _, r := range fr.snapshotReports() {
+				if r.id == tc.msg.GetTo() && r.status == raft.SnapshotFailure {
+					reports++
+				}
+			}
+			var lines, counted int64
+			for _, e := range logs.FilterMessage("refused to send database snapshot").All() {
+				lines++
+				counted += e.ContextMap()["suppressed"].(int64)
+				if errStr, _ := e.ContextMap()["error"].(string); tc.want != nil && !strings.Contains(errStr, tc.want.Error()) {
+					t.Errorf("line says %q, want the reason (%v)", errStr, tc.want)
+				}
+			}
+			held := tr.warns.kinds[tc.kind].suppressed.Load()
+			t.Logf("%d refusals over %v of clock: %d lines, reporting %d suppressed, %d held for the next; %d Failure reports; %d payloads closed",
+				calls, time.Duration(calls)*step, lines, counted, held, reports, closed.Load())
+			if want := int64(time.Duration(calls) * step / warnInterval); lines < want || lines > want+2 {
+				t.Errorf("%d lines, want %d to %d (one a second of clock)", lines, want, want+2)
+			}
+			if lines+counted+held != calls {
+				t.Errorf("lines + suppressed + held = %d, want %d", lines+counted+held, calls)
+			}
+			if wantReports := map[bool]int{true: calls}[tc.reports]; reports != wantReports {
+				t.Errorf("%d Failure reports for %d, want %d", reports, tc.msg.GetTo(), wantReports)
+			}
+			if closed.Load() != calls {
+				t.Errorf("%d payloads closed, want %d", closed.Load(), calls)
+			}
+			if tc.inFlight {
+				gate.release()
+				if err := snapWait(t, first); err != nil {
+					t.Errorf("the snapshot in flight: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestProgressWatch checks the watchdog's two phases on synctest's clock,
+// to the nanosecond: while the body is sent, a stall is declared
+// exactly the progress timeout after the last read; once it is sent, the
+// answer has the answer bound, and only then is it given up on.
+func TestProgressWatch(t *testing.T) {
+	const progress, answer = 300 * time.Millisecond, 2 * time.Second
+	tests := []struct {
+		name       string
+		reads      int  // reads 100 ms apart before anything else
+		sent       bool // the body is then sent
+		stopAfter  time.Duration
+		wantAfter  time.Duration // after the last read or sent; 0: no stall
+		wantAnswer bool          // the error says no answer came
+	}{
+		{name: "stall while sending", reads: 10, wantAfter: progress},
+		{name: "stall before the first byte", wantAfter: progress},
+		{name: "no answer within the bound", reads: 3, sent: true, wantAfter: answer, wantAnswer: true},
+		{name: "answer just within the bound", reads: 3, sent: true, stopAfter: answer - time.Nanosecond},
+		{name: "stopped while sending", reads: 2, stopAfter: progress - time.Nanosecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var (
+					got   error
+					gotAt time.Time
+				)
+				w := newProgressWatch(progress, answer, func(err error) {
+					got, gotAt = err, time.Now()
+				})
+				for range tc.reads {
+					time.Sleep(100 * time.Millisecond) // synctest's clock: no real wait
+					w.touch()
+				}
+				if tc.sent {
+					w.sent()
+				}
+				last := time.Now()
+				if tc.stopAfter > 0 {
+					time.Sleep(tc.stopAfter)
+					w.stop()
+				}
+				time.Sleep(10 * answer) // long past any bound
+				synctest.Wait()
+				w.stop()
+				if tc.wantAfter == 0 {
+					if got != nil {
+						t.Fatalf("stalled (%v) %v after the last progress, want no stall", got, gotAt.Sub(last))
+					}
+					return
+				}
+				if got == nil {
+					t.Fatal("no stall, want one")
+				}
+				if after := gotAt.Sub(last); after != tc.wantAfter {
+					t.Errorf("stalled %v after the last progress, want %v", after, tc.wantAfter)
+				}
+				if !errors.Is(got, ErrSnapshotStalled) || strings.Contains(got.Error(), "no answer") != tc.wantAnswer {
+					t.Errorf("stalled with %q, want %v (answer phase: %v)", got, ErrSnapshotStalled, tc.wantAnswer)
+				}
+			})
+		})
 	}
 }

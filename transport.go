@@ -156,7 +156,8 @@ type Transport struct {
 	// ConnWriteTimeout bounds one write to a stream. Zero means
 	// DefaultConnWriteTimeout.
 	ConnWriteTimeout time.Duration
-	// PipelineTimeout bounds one pipeline POST, except of a MsgSnap. Zero
+	// PipelineTimeout bounds one pipeline POST, except of a MsgSnap, which
+	// is bounded by its progress instead (SnapshotProgressTimeout). Zero
 	// means DefaultPipelineTimeout. As a receiver, the pipeline handler
 	// gives a request body this long to start and then requires it to
 	// arrive at 1 KiB/s or faster, so that a client trickling bytes cannot
@@ -207,7 +208,11 @@ type Transport struct {
 	// it well above that.
 	SnapshotSendRate int64
 	// SnapshotProgressTimeout fails a snapshot transfer, in either
-	// direction, that moves no byte for this long. Zero means
+	// direction, that moves no byte for this long: a SendSnapshot, and a
+	// MsgSnap given to Send (which the pipeline posts). Once a sender has
+	// sent the last byte, nothing moves while the receiver makes the
+	// payload durable; the answer is then awaited this long plus a second
+	// per 10 MiB sent (a disk writing 10 MiB/s). Zero means
 	// DefaultSnapshotProgressTimeout. As a receiver, the snapshot handler
 	// applies it only once the body has started: its first bytes, the
 	// MsgSnap envelope, which senders (ours and etcd's) write from memory
@@ -954,12 +959,13 @@ func (t *Transport) Stop() {
 		return
 	}
 	t.stopped = true
+	// Cancelled under the lock, so that stopping() and stopped agree.
+	t.cancel()
 	peers, remotes := t.peers, t.remotes
 	t.peers, t.remotes = map[uint64]*peer{}, map[uint64]*remote{}
 	t.mu.Unlock()
 	defer close(t.stopDone)
 
-	t.cancel()
 	var wg sync.WaitGroup
 	for _, r := range remotes {
 		wg.Go(r.stop)
@@ -1015,7 +1021,7 @@ func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
 }
 
 // reporting says whether failures reach raft: not once Stop has begun.
-func (t *Transport) reporting() bool { return t.ctx == nil || t.ctx.Err() == nil }
+func (t *Transport) reporting() bool { return !t.stopping() }
 
 // setHeaders sets the headers every request we send carries (spec §2.1).
 func (t *Transport) setHeaders(h http.Header) {

@@ -77,8 +77,9 @@ func (l *logLimiter) allow(now func() int64) (int64, bool) {
 	return l.suppressed.Swap(0) - 1, true
 }
 
-// warnKind is a kind of warning a request can set off; each is limited on
-// its own, so that a flood of one does not hide another.
+// warnKind is a kind of warning a request, or a call the application may
+// repeat in a loop, can set off; each is limited on its own, so that a
+// flood of one does not hide another.
 type warnKind uint8
 
 const (
@@ -90,6 +91,8 @@ const (
 	warnMalformed                     // body not a raft message, or the wrong one
 	warnProcess                       // Raft.Process failed a message from a request
 	warnSnapshot                      // snapshot not saved
+	warnSnapBusy                      // SendSnapshot refused: one in flight to the peer, or MaxSnapshotSends reached
+	warnSnapRefused                   // SendSnapshot refused: invalid, unknown peer, stopped
 	numWarnKinds
 )
 
