@@ -64,11 +64,12 @@
 //
 // # Performance
 //
-// The hot path allocates only what raft keeps: encoding allocates nothing;
-// on the msgappv2 stream, message blocks and small entries are carved from a
-// per-stream arena (consecutive log entries share an allocation, so a slice
-// of one small entry's Data kept by the application keeps up to 8 KiB
-// alive). While MsgApps stream at full speed, the bulk loops yield their P
+// Encoding allocates nothing. Decoding allocates what raft keeps, and
+// little else: each entry lives in an allocation of its own with its bytes
+// (its Data aliases them), so that an entry raft or the application keeps
+// keeps nothing else alive, and costs no more than protobuf's own decoding
+// of it; the msgappv2 stream carves message blocks, which raft drops after
+// stepping them, from a per-stream arena. While MsgApps stream at full speed, the bulk loops yield their P
 // every 200 µs and message streams look at their socket every 100 µs,
 // so that heartbeats and votes are not held up behind the bulk traffic by
 // Go's scheduler, which polls the network rarely when every core is busy.
