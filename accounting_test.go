@@ -16,6 +16,9 @@ import (
 // Process or reported to a's raft. (Messages lost inside a TCP connection
 // that breaks after a successful write are beyond any transport without
 // acknowledgements; churn here ends connections in order, so none are.)
+// Reports are one per lost message, plus one per failed stream connection
+// that lost none: the count of reports can only overstate the losses by
+// those few.
 func TestAccountingUnderChurn(t *testing.T) {
 	const total = 20000
 	a := newTestNode(t, 1, nil)

@@ -134,11 +134,13 @@ func htFuzzRequest(method, path, serverVersion, minClusterVersion, clusterID, fr
 }
 
 // htFuzzStatuses lists, by mux pattern, the statuses a route may answer
-// (spec §2 and Appendix C). "" is the mux's own 404.
+// (spec §2 and Appendix C). "" is the mux's own 404. 503 is ours: the
+// receive budget is full, or (snapshots) the sender went away before the
+// store returned (the fuzzed requests come with their context done).
 var htFuzzStatuses = map[string][]int{
-	RaftPrefix:             {204, 400, 403, 405, 412, 413, 500},
+	RaftPrefix:             {204, 400, 403, 405, 412, 413, 500, 503},
 	RaftStreamPrefix + "/": {200, 404, 405, 410, 412},
-	RaftSnapshotPrefix:     {204, 400, 403, 405, 412, 500},
+	RaftSnapshotPrefix:     {204, 400, 403, 405, 412, 500, 503},
 	ProbingPrefix:          {200},
 	"":                     {404},
 }

@@ -37,7 +37,7 @@ type remote struct {
 	drops    logLimiter // rate-limits drop warnings (warnlog.go)
 
 	// lastUsed is when a request from the member, or a Send to it, last
-	// came (Transport.monotonic). An atomic, so that Send stamps it under
+	// came (monoNanos). An atomic, so that Send stamps it under
 	// the read lock it already holds.
 	lastUsed atomic.Int64
 	// fromRequest says the remote was learnt from a request: it counts
@@ -104,7 +104,7 @@ func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *rem
 }
 
 // touch records that the remote is in use.
-func (r *remote) touch() { r.lastUsed.Store(r.t.monotonic()) }
+func (r *remote) touch() { r.lastUsed.Store(monoNanos()) }
 
 // send queues m on the pipeline, or drops it and tells raft. Unlike etcd,
 // which drops remote messages silently, a drop here is reported like any
@@ -357,7 +357,7 @@ func (t *Transport) expireIdleRemotes() {
 			return
 		case <-timer.C:
 		}
-		next, more := t.sweepIdleRemotes(t.monotonic())
+		next, more := t.sweepIdleRemotes(monoNanos())
 		if !more {
 			return
 		}

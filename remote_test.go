@@ -410,8 +410,8 @@ func TestRequestRemoteEviction(t *testing.T) {
 				rtPost(t, h, id, srv.srv.URL)
 				// Uses are stamped on the monotonic clock: make sure the
 				// next one is later.
-				stamp := tr.monotonic()
-				waitFor(t, "the clock to move", func() bool { return tr.monotonic() > stamp })
+				stamp := monoNanos()
+				waitFor(t, "the clock to move", func() bool { return monoNanos() > stamp })
 			}
 			tc.use(t, tr, h, srv.srv.URL)
 			rtPost(t, h, d, srv.srv.URL)
@@ -556,7 +556,7 @@ func TestSweepIdleRemotes(t *testing.T) {
 			for i := range tc.unused {
 				rtPost(t, h, rtForged+uint64(i), srv.srv.URL)
 			}
-			now := tr.monotonic() + int64(3*idle)
+			now := monoNanos() + int64(3*idle)
 			tr.mu.RLock()
 			for id, r := range tr.remotes {
 				unused := 2 * idle

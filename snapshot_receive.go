@@ -154,12 +154,13 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		// run with a dead context, and the sender has already reported
 		// the snapshot failed to its raft, which sends it again. The
 		// payload stays stored; the retry replaces it (DirSnapshotStore).
-		// No answer: nobody reads it.
+		// The answer, which nobody may read, says so.
 		if n, ok := t.warns.allow(warnSnapshot); ok {
 			t.lg.Warn("sender gave up before the incoming database snapshot was saved; not processed",
 				zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", index),
 				zap.Duration("took", time.Since(start)), zap.NamedError("cause", context.Cause(r.Context())), suppressed(n))
 		}
+		refuse("the sender went away before the snapshot was saved", http.StatusServiceUnavailable)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}

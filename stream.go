@@ -193,7 +193,10 @@ func (w *streamWriter) run(ctx context.Context) {
 	)
 	reprobe.Stop()
 	defer reprobe.Stop()
-	detach := func(reason error, action string) {
+	// detach lets go of the connection. reason, if not nil, is its
+	// failure, and lost how many messages of the failed write were
+	// reported already.
+	detach := func(reason error, action string, lost int) {
 		w.p.status.writer(w.typ).down() // before working: PeerStats never says up while pick says down
 		w.working.Store(false)
 		w.cur.Store(nil)
@@ -214,10 +217,16 @@ func (w *streamWriter) run(ctx context.Context) {
 			select {
 			case m := <-w.msgc:
 				w.lost(m.GetType(), dropConnClosed)
+				lost++
 				continue
 			default:
 			}
 			break
+		}
+		if lost == 0 {
+			// No message was lost with it, but raft should still hear
+			// that the peer's link failed, as it would from a drop.
+			t.reportUnreachable(w.p.id)
 		}
 	}
 
@@ -257,7 +266,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				for _, typ := range batchTypes {
 					w.lost(typ, dropSendFailed)
 				}
-				detach(err, "write")
+				detach(err, "write", len(batchTypes))
 				continue
 			}
 			busy = true
@@ -269,7 +278,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				continue
 			}
 			if err := w.probe(conn, enc); err != nil {
-				detach(err, "heartbeat")
+				detach(err, "heartbeat", 0)
 			}
 
 		case <-gone:
@@ -283,7 +292,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			// here.
 			gone = nil
 			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write")
+				detach(err, "write", 0)
 				continue
 			}
 			reprobes = maxReprobes
@@ -293,7 +302,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		case <-reprobec:
 			reprobec = nil
 			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write")
+				detach(err, "write", 0)
 				continue
 			}
 			if reprobes--; reprobes > 0 {
@@ -306,7 +315,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				continue
 			}
 			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write")
+				detach(err, "write", 0)
 				continue
 			}
 			reprobes = maxReprobes
@@ -318,7 +327,7 @@ func (w *streamWriter) run(ctx context.Context) {
 				if n, ok := churnLog.allow(t.warns.now); ok {
 					lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"), suppressed(n))
 				}
-				detach(nil, "")
+				detach(nil, "", 0)
 			}
 			conn, enc, heartbeatc, gone, reprobec = c, w.newEncoder(c), heartbeat.C, c.gone, nil
 			busy = false
@@ -334,7 +343,7 @@ func (w *streamWriter) run(ctx context.Context) {
 
 		case <-ctx.Done():
 			if conn != nil {
-				detach(nil, "")
+				detach(nil, "", 0)
 				lg.Info("stopped TCP streaming connection with remote peer")
 			}
 			return

@@ -258,7 +258,6 @@ type Transport struct {
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
-	epoch  time.Time // Start; monotonic counts from it
 
 	// bg holds the goroutines that are neither a peer's nor a remote's:
 	// the idle-remote janitor, and the retiring of an evicted remote by
@@ -459,7 +458,6 @@ func (t *Transport) Start() error {
 	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.stopDone = make(chan struct{})
-	t.epoch = time.Now()
 	t.peers = make(map[uint64]*peer)
 	t.remotes = make(map[uint64]*remote)
 	t.snapSendSem = make(chan struct{}, cfg.maxSnapSends)
@@ -1033,11 +1031,6 @@ func (t *Transport) setHeaders(h http.Header) {
 		h.Set(headerPeerURLs, t.cfg.urlsHeader)
 	}
 }
-
-// monotonic returns the time since Start on the monotonic clock, in
-// nanoseconds: what remotes stamp their last use with, immune to wall clock
-// steps and cheaper to store than a time.Time.
-func (t *Transport) monotonic() int64 { return int64(time.Since(t.epoch)) }
 
 // get returns the peer with the given id, if any.
 func (t *Transport) get(id uint64) (*peer, bool) {
