@@ -35,17 +35,18 @@ func repeatField(num protowire.Number, v []byte, n int) []byte {
 	return b
 }
 
-// amplifiers are the shapes that cost the most to decode per wire byte.
-func amplifiers() map[string][]byte {
+// amplifiers are the shapes that cost the most to decode per wire byte, n
+// entries (or n*4 IDs) each.
+func amplifiers(n int) map[string][]byte {
 	return map[string][]byte{
 		// The smallest accepted entry: one one-byte varint field.
-		"tiny entries": repeatField(7, []byte{0x10, 0x01}, 4096),
+		"tiny entries": repeatField(7, []byte{0x10, 0x01}, n),
 		// A raft no-op entry: term, index and type.
-		"no-op entries":  repeatField(7, []byte{0x08, 0x00, 0x10, 0x05, 0x18, 0x80, 0x01}, 4096),
+		"no-op entries":  repeatField(7, []byte{0x08, 0x00, 0x10, 0x05, 0x18, 0x80, 0x01}, n),
 		"one tiny entry": repeatField(7, []byte{0x10, 0x01}, 1),
 		// Packed conf state IDs, one byte each.
 		"conf state IDs": func() []byte {
-			ids := bytes.Repeat([]byte{0x01}, 16<<10)
+			ids := bytes.Repeat([]byte{0x01}, 4*n)
 			cs := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), ids)
 			md := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), cs)
 			snap := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), md)
@@ -60,7 +61,7 @@ func amplifiers() map[string][]byte {
 // most amplifying shapes allocates, and checks it against the documented
 // bound and against the cost the decoder charges.
 func TestDecodeCostBound(t *testing.T) {
-	for name, buf := range amplifiers() {
+	for name, buf := range amplifiers(4096) {
 		t.Run(name, func(t *testing.T) {
 			_, cost, err := UnmarshalMessageCharged(buf, nil)
 			if err != nil {
@@ -122,7 +123,7 @@ func (r *refuseCharger) Charge(int) error { r.calls++; return errRefused }
 // TestDecodeChargeRefused: a refused charge stops the decode before it
 // allocates, and its error comes back as it is.
 func TestDecodeChargeRefused(t *testing.T) {
-	buf := amplifiers()["tiny entries"]
+	buf := amplifiers(4096)["tiny entries"]
 	r := refuseCharger{}
 	m, _, err := UnmarshalMessageCharged(buf, &r)
 	if m != nil || err != errRefused || r.calls != 1 {
