@@ -27,6 +27,9 @@ type pipeline struct {
 	picker  *urlPicker
 	metrics peerMetrics
 	msgc    chan *raftpb.Message
+	// budget is the owner's send budget: a message's charge is
+	// released once its POST is over.
+	budget  *sendBudget
 	refused logLimiter // POSTs refused (412): each message sent would log
 }
 
@@ -45,6 +48,7 @@ func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup) {
 				select {
 				case m := <-pl.msgc:
 					pl.send(ctx, m)
+					pl.budget.releaseMsg(m)
 				case <-ctx.Done():
 					return
 				}
