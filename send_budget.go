@@ -7,25 +7,31 @@ import (
 )
 
 // The send budget bounds, per peer (and per remote), the bytes of the
-// messages Send has queued to it and no writer has finished with yet:
-// queued on a stream or the pipeline, or taken by a stream writer whose
-// batch is not yet flushed, or by a pipeline worker whose POST is not over.
-// Queues are bounded in messages too, but 4,096 one-MiB appends are 4 GiB:
-// behind a follower that reads slowly, count alone lets one peer take all
-// our memory.
+// messages Send has queued to it and not yet written: queued on a stream
+// or the pipeline, encoded by a stream writer but not yet written to the
+// connection, or in a pipeline POST not yet answered. Queues are bounded in
+// messages too, but 4,096 one-MiB appends are 4 GiB: behind a follower that
+// reads slowly, count alone lets one peer take all our memory.
 //
 // Send charges a message to its peer's budget before queueing it, and drops
 // it (reported as any drop, reason budget_exceeded) if that would take the
 // budget over its limit, unless nothing is charged at the time: a message
 // larger than the whole budget still goes, alone. Whoever takes the
 // message off the queue gives the charge back when done with it: the
-// stream writer once per batch, after the flush or the failure that loses
-// the batch; a pipeline worker after the POST; and the code that drains a
-// queue (a detached writer, a stopped peer, a retired remote) for each
-// message it drains. The charge is computed again from the message there,
-// not carried with it: queues stay queues of pointers, and Send's contract
-// (the message must not be modified after Send) keeps both computations
-// equal.
+// stream writer when its encoder has written the message to the connection
+// (encoders write through every 256 KiB), or after the batch's flush or the
+// failure that loses the batch; a pipeline worker after the POST; and the
+// code that drains a queue (a detached writer, a stopped peer, a retired
+// remote) for each message it drains. A batch is not released as a whole
+// at its end: a sender that keeps the queue full can make a batch last for
+// up to maxBatch messages, far more than the queue holds at any time (seen
+// in BenchmarkSendMsgApp: 512 appends in flight, and batches of 2,048).
+//
+// The charge is computed again from the message where it is released, not
+// carried with it: queues stay queues of pointers, and Send's contract (the
+// message must not be modified after Send) keeps both computations equal.
+// Only lengths enter it, so renumbering a message's indexes, as the
+// benchmarks do once it is processed, cannot change it either.
 //
 // Small messages (charge at most smallSendBytes: heartbeats, votes,
 // responses, one-entry appends) are neither charged nor refused: their

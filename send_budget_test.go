@@ -418,3 +418,40 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkSendCharge compares what Send pays to charge a message, with
+// raftproto.MessageSize, the exact encoded size, for reference: the charge
+// is computed twice per message (at Send and when the writer is done).
+func BenchmarkSendCharge(b *testing.B) {
+	for _, bc := range []struct {
+		name          string
+		entries, size int
+	}{
+		{"1x128B", 1, 128},
+		{"64x1KiB", 64, 1 << 10},
+	} {
+		m := benchMsgApp(bc.entries, bc.size, 1<<20)
+		b.Run(bc.name+"/sendCharge", func(b *testing.B) {
+			var n int64
+			for b.Loop() {
+				n += sendCharge(m)
+			}
+			_ = n
+		})
+		b.Run(bc.name+"/MessageSize", func(b *testing.B) {
+			var n int
+			for b.Loop() {
+				n += raftproto.MessageSize(m)
+			}
+			_ = n
+		})
+		b.Run(bc.name+"/charge+release", func(b *testing.B) {
+			budget := &sendBudget{max: DefaultMaxPeerSendBytes}
+			for b.Loop() {
+				n := sendCharge(m)
+				budget.charge(n)
+				budget.release(n)
+			}
+		})
+	}
+}

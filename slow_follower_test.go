@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -160,13 +161,15 @@ func TestSendBudgetSlowFollower(t *testing.T) {
 // pacedResponse is a stream response that takes pace to accept each write,
 // as the connection to a follower that reads slowly but steadily, and
 // enforces the write deadline set on it, as a connection does. Its first
-// write waits until gate is closed.
+// write waits until gate is closed; onWrite, if set, is called at each
+// write, once past the gate.
 type pacedResponse struct {
 	h         http.Header
 	pace      time.Duration
 	entered   chan struct{} // closed at the first write
 	gate      chan struct{}
 	enterOnce sync.Once
+	onWrite   func()
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -193,6 +196,9 @@ func (r *pacedResponse) expired() bool {
 func (r *pacedResponse) Write(b []byte) (int, error) {
 	r.enterOnce.Do(func() { close(r.entered) })
 	<-r.gate
+	if r.onWrite != nil {
+		r.onWrite()
+	}
 	time.Sleep(r.pace) // the follower reading b: bandwidth, not a wait for an event
 	if r.expired() {
 		return 0, os.ErrDeadlineExceeded
@@ -252,5 +258,57 @@ func TestStreamWriterDeadlinePerLargeMessage(t *testing.T) {
 	}
 	if !w.isWorking() {
 		t.Error("the writer detached from a follower that reads steadily")
+	}
+}
+
+// TestStreamWriterReleasesAsItWrites: a batch gives back each message's
+// charge once the encoder has written it through, not at the end of the
+// batch. A sender that keeps the queue full can make one batch last for
+// maxBatch messages; released at its end, it held the whole batch charged,
+// and BenchmarkSendMsgApp (512 appends of 64 KiB in flight, 32 MiB) hit
+// the 64 MiB budget.
+func TestStreamWriterReleasesAsItWrites(t *testing.T) {
+	const (
+		msgs = 5
+		size = 300 << 10 // over encoderWriteThreshold: one write per message
+	)
+	tr, fr := newHTTransport(t, nil)
+	htAddPeer(t, tr)
+	p, _ := tr.get(htPeerID)
+	w := p.msgAppV2Writer
+	var (
+		mu   sync.Mutex
+		seen []int64 // charged at each write
+	)
+	resp := &pacedResponse{h: http.Header{}, entered: make(chan struct{}), gate: make(chan struct{}),
+		onWrite: func() {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, p.queued.inUse())
+		}}
+	if !w.attach(newOutgoingConn(streamTypeMsgAppV2, resp)) {
+		t.Fatal("attach refused")
+	}
+	waitFor(t, "the writer to attach", w.isWorking)
+	msg := func(i int) *raftpb.Message { return chargedMsg(raftpb.MsgApp, htLocalID, htPeerID, uint64(i), size) }
+	tr.Send([]*raftpb.Message{msg(0)})
+	<-resp.entered // writing the first: the others queue, to go in one batch
+	for i := 1; i < msgs; i++ {
+		tr.Send([]*raftpb.Message{msg(i)})
+	}
+	close(resp.gate)
+	waitFor(t, "the batch to be written", func() bool { return p.queued.inUse() == 0 })
+	if n := fr.unreachableCount(htPeerID); n != 0 {
+		t.Fatalf("%d messages lost, want none", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	c := sendCharge(msg(0))
+	want := make([]int64, msgs)
+	for i := range want {
+		want[i] = int64(msgs-i) * c // the messages not yet written
+	}
+	if !slices.Equal(seen, want) {
+		t.Errorf("charged at each write: %v, want %v", seen, want)
 	}
 }

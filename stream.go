@@ -183,8 +183,8 @@ func (w *streamWriter) run(ctx context.Context) {
 		// The types of the batch being written, so that a failed write
 		// counts what it lost. Reused: no allocation per batch.
 		batchTypes = make([]raftpb.MessageType, 0, 64)
-		// What the batch was charged to the peer's send budget, given
-		// back once when the batch is written or lost.
+		// What the batch's messages not yet written were charged to the
+		// peer's send budget.
 		batchBytes int64
 		reprobe    = time.NewTimer(time.Hour)
 		reprobec   <-chan time.Time // armed after a first probe succeeded
@@ -240,6 +240,14 @@ func (w *streamWriter) run(ctx context.Context) {
 			}
 			// Encode what else is queued, then write it all at once.
 			for err == nil && len(batchTypes) < maxBatch {
+				if enc.buffered() == 0 {
+					// The encoder wrote through: what the batch
+					// encoded so far is written, and its charge goes
+					// back now, not at the end of a batch that a
+					// sender keeping the queue full can make last.
+					w.p.queued.release(batchBytes)
+					batchBytes = 0
+				}
 				y.tick()
 				select {
 				case m = <-msgc:
@@ -265,7 +273,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			if err == nil {
 				err = w.flush(conn, enc, len(batchTypes))
 			}
-			w.p.queued.release(batchBytes)
+			w.p.queued.release(batchBytes) // written, or lost below
 			if err != nil {
 				// The batch may have reached the peer in part; count it
 				// all as lost, and tell raft of each: a report for a
