@@ -138,6 +138,36 @@ func TestSendBudgetCharge(t *testing.T) {
 	}
 }
 
+// TestSendBudgetLimit checks the limit each peer and remote gets from
+// MaxPeerSendBytes: the default when zero, the field otherwise.
+func TestSendBudgetLimit(t *testing.T) {
+	tests := []struct {
+		name  string
+		field int
+		want  int64
+	}{
+		{"zero means the default", 0, DefaultMaxPeerSendBytes},
+		{"set", 3 << 20, 3 << 20},
+		{"below the size of a message", 1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr, _ := newHTTransport(t, func(tr *Transport) { tr.MaxPeerSendBytes = tt.field })
+			htAddPeer(t, tr)
+			if err := tr.AddRemote(htStranger, []string{"http://" + freeAddr(t)}); err != nil {
+				t.Fatal(err)
+			}
+			p, _ := tr.get(htPeerID)
+			tr.mu.RLock()
+			r := tr.remotes[htStranger]
+			tr.mu.RUnlock()
+			if p.queued.max != tt.want || r.queued.max != tt.want {
+				t.Errorf("peer's limit %d, remote's %d, want %d", p.queued.max, r.queued.max, tt.want)
+			}
+		})
+	}
+}
+
 // stallingResponse is a stream response whose writes wait until fail is
 // closed and then fail: a connection that hangs, then breaks.
 type stallingResponse struct {
