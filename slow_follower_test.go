@@ -136,8 +136,8 @@ func TestSendBudgetSlowFollower(t *testing.T) {
 		t.Errorf("heap in use peaked at %d bytes, over %d (%d before, budget %d, slack %d)",
 			peak.Load(), limit, base, budget, heapSlack)
 	}
-	if max := charged.Load(); max > budget {
-		t.Errorf("%d bytes charged at a sample, over the budget %d", max, budget)
+	if most := charged.Load(); most > budget {
+		t.Errorf("%d bytes charged at a sample, over the budget %d", most, budget)
 	}
 	if budgetDrops == 0 {
 		t.Error("no message was dropped for the budget")
