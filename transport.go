@@ -237,21 +237,24 @@ type Transport struct {
 	StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize, PropQueueSize int
 	// MaxPeerSendBytes bounds, per peer and per remote, the bytes of the
 	// messages Send has queued to it that are not yet written: queued on
-	// its streams or pipeline, in a stream writer's batch not yet flushed,
-	// or in a pipeline POST not yet answered. Each message is charged about
-	// its encoded size (its entries' and snapshot's data plus a small
-	// constant per entry). A message that would take the peer over the
-	// limit is dropped, and reported to raft as any other drop (reason
-	// budget_exceeded), unless nothing is charged to the peer at the time:
-	// a message larger than the limit is still sent, alone. Messages of
-	// 1 KiB or less (heartbeats, votes, responses, one-entry appends) are
-	// neither charged nor dropped for the budget; their queues bound them
-	// by count, at most StreamQueueSize×2+PipelineQueueSize KiB per peer.
-	// The queue sizes alone let a follower that reads slowly make one peer
-	// hold gigabytes of 1 MiB appends (StreamQueueSize of them per
-	// stream). Zero means DefaultMaxPeerSendBytes (64 MiB), which does not
-	// throttle a follower that keeps up: raise it for links whose
-	// bandwidth-delay product comes near it.
+	// its streams or pipeline, encoded by a stream writer but not yet
+	// written to the connection, or in a pipeline POST not yet answered.
+	// Each message is charged about its encoded size (the data of its
+	// entries, snapshot and context, plus a small constant per entry). A
+	// message that would take the peer over the limit is dropped and
+	// reported to raft as any other drop (reason budget_exceeded; raft
+	// then probes the follower rather than stream to it), unless nothing
+	// is charged to the peer at the time: a message larger than the limit
+	// is still sent, alone. Messages of 1 KiB or less (heartbeats, votes,
+	// responses, appends of a few small entries) are neither charged nor
+	// dropped for the budget, so that appends never crowd them out; their
+	// queues bound them by count, to at most StreamQueueSize×2 +
+	// PipelineQueueSize KiB per peer. Without the budget, a follower that
+	// reads slowly could make one peer hold gigabytes: StreamQueueSize
+	// appends of raft's MaxSizePerMsg per stream. Zero means
+	// DefaultMaxPeerSendBytes (64 MiB), which does not hold back a
+	// follower that keeps up; raise it for a link whose bandwidth-delay
+	// product comes near it.
 	MaxPeerSendBytes int
 
 	// Test hooks, zero meaning the constant: maxRequestRemotes and
