@@ -80,18 +80,22 @@
 // # Back-pressure and dropping
 //
 // Send puts each message on a bounded queue (stream or pipeline) and never
-// waits. A message that finds its queue full is dropped, ReportUnreachable is
-// called (and ReportSnapshot(SnapshotFailure) for a MsgSnap), and the drop is
-// counted by peer, type and reason; a Send that dropped for a full queue
-// yields the processor once before returning, so that the goroutine draining
-// the queue runs before the caller queues more. When a peer is removed
-// (RemovePeer, RemoveAllPeers), each message its pipeline still held, queued
-// or being posted, is reported the same way before RemovePeer returns, and
-// counted (reason "removed"); so is what a remote learnt from a request held
-// when it is closed ("retired"). At Stop nothing is reported, as in etcd:
-// raft is stopping too. On the receiving side a full queue does
-// not drop: the stream reader stops reading and TCP pushes back to the
-// sender, where the drop, if any, is reported. Only proposals may be dropped
+// waits. Each peer also has a budget in bytes for what is queued to it and
+// not yet written (MaxPeerSendBytes, 64 MiB), so that a follower that reads
+// slowly cannot make its queues hold gigabytes of appends. A message that
+// finds its queue full, or the budget without room for it, is dropped,
+// ReportUnreachable is called (and ReportSnapshot(SnapshotFailure) for a
+// MsgSnap), and the drop is counted by peer, type and reason; a Send that
+// dropped for a full queue yields the processor once before returning, so
+// that the goroutine draining the queue runs before the caller queues more.
+// When a peer is removed (RemovePeer, RemoveAllPeers), each message its
+// queues still held, or its pipeline was posting, is reported the same way
+// before RemovePeer returns, and counted (reason "removed"); so is what a
+// remote learnt from a request held when it is closed ("retired"). Once Stop
+// has begun nothing is reported, as in etcd: raft is stopping too. On the
+// receiving side a full queue does not drop: the stream reader stops
+// reading and TCP pushes back to the sender, where the drop, if any, is
+// reported. Only proposals may be dropped
 // at the receiver (raft drops proposals without a leader anyway); those drops
 // are counted and logged.
 //

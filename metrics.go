@@ -52,6 +52,10 @@ const (
 	dropRemoved     = "removed"      // held by a peer's queues when RemovePeer stopped it (Peer "unknown")
 )
 
+// dropBudgetExceeded is the drop reason of a message that Send refused
+// because its peer's send budget (MaxPeerSendBytes) had no room for it.
+const dropBudgetExceeded = "budget_exceeded"
+
 func newMetrics() *metrics {
 	const ns, sub = "etcd", "network"
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
@@ -92,7 +96,10 @@ func newMetrics() *metrics {
 		snapSentBytes:     ours("snapshot_sent_bytes_total", "Snapshot payload bytes sent, by peer.", "To"),
 		snapReceivedBytes: ours("snapshot_received_bytes_total", "Snapshot payload bytes received, by peer.", "From"),
 		queueDepth: &queueCollector{desc: prometheus.NewDesc("rafthttp_queue_depth",
-			"Messages waiting in a peer's send or receive queue, sampled when scraped.", []string{"Peer", "Queue"}, nil)},
+			"Messages waiting in a peer's send or receive queue, sampled when scraped.", []string{"Peer", "Queue"}, nil),
+			bytesDesc: prometheus.NewDesc("rafthttp_send_queue_bytes",
+				"Bytes of the messages queued to a peer and not yet written, charged to its send budget (MaxPeerSendBytes; messages of 1 KiB or less are not counted), sampled when scraped.",
+				[]string{"Peer"}, nil)},
 	}
 	m.collectors = []prometheus.Collector{
 		m.activePeers, m.disconnectedPeers, m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
@@ -141,14 +148,19 @@ func (m *metrics) forgetPeer(local, id string) {
 	m.streamReconnects.DeletePartialMatch(prometheus.Labels{"Peer": id})
 }
 
-// queueCollector reports the length of every peer's queues when scraped:
-// sampling at scrape time costs the hot path nothing.
+// queueCollector reports the length of every peer's queues, and the bytes
+// charged to its send budget, when scraped: sampling at scrape time costs
+// the hot path nothing.
 type queueCollector struct {
-	desc *prometheus.Desc
-	t    atomic.Pointer[Transport]
+	desc      *prometheus.Desc // rafthttp_queue_depth
+	bytesDesc *prometheus.Desc // rafthttp_send_queue_bytes
+	t         atomic.Pointer[Transport]
 }
 
-func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.bytesDesc
+}
 
 func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	t := c.t.Load()
@@ -168,6 +180,7 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		} {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(q.n), p.idStr, q.name)
 		}
+		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.GaugeValue, float64(p.queued.inUse()), p.idStr)
 	}
 }
 
@@ -192,7 +205,7 @@ type dropCounters [dropTypes][len(dropReasons)]atomic.Pointer[prometheus.Counter
 const dropTypes = 32
 
 // dropReasons are the reasons a drop is counted under.
-var dropReasons = [...]string{dropQueueFull, dropConnClosed, dropPaused, dropRecvFull, dropSendFailed, dropUnknownPeer}
+var dropReasons = [...]string{dropQueueFull, dropConnClosed, dropPaused, dropRecvFull, dropSendFailed, dropUnknownPeer, dropBudgetExceeded}
 
 // counter returns the child for typ and reason.
 func (pm peerMetrics) dropCounter(typ raftpb.MessageType, reason string) prometheus.Counter {

@@ -235,6 +235,7 @@ var obsMetricSpecs = []obsMetricSpec{
 	{"rafthttp_snapshot_sent_bytes_total", dto.MetricType_COUNTER, []string{"To"}, nil},
 	{"rafthttp_snapshot_received_bytes_total", dto.MetricType_COUNTER, []string{"From"}, nil},
 	{"rafthttp_queue_depth", dto.MetricType_GAUGE, []string{"Peer", "Queue"}, nil},
+	{"rafthttp_send_queue_bytes", dto.MetricType_GAUGE, []string{"Peer"}, nil},
 }
 
 // obsStore is a SnapshotStore that reads and counts payloads.

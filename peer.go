@@ -45,6 +45,10 @@ type peer struct {
 	// up the rest.
 	propc chan received
 
+	// queued is the send budget (send_budget.go): the bytes of the
+	// messages queued to this peer and not yet written.
+	queued sendBudget
+
 	paused atomic.Bool
 	// Limiters of the warnings this peer can set off (warnlog.go).
 	drops       logLimiter  // messages dropped, sent or received
@@ -77,8 +81,10 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		metrics: t.metrics.forPeer(idStr),
 		propc:   make(chan received, t.cfg.propQueue),
 	}
+	p.queued.max = int64(t.cfg.maxPeerSendBytes)
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
+	p.pipeline.budget = &p.queued
 	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
 	p.writer = newStreamWriter(p, streamTypeMessage)
 	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
@@ -140,8 +146,9 @@ func (p *peer) processLoop(c chan received, y yielder) {
 	}
 }
 
-// send queues m on the channel pick chooses, or drops it and tells raft. It
-// never blocks; it reports whether it dropped m for a full queue.
+// send queues m on the channel pick chooses, charging it to the peer's send
+// budget, or drops it and tells raft. It never blocks; it reports whether it
+// dropped m for a full queue.
 func (p *peer) send(m *raftpb.Message) (full bool) {
 	if p.paused.Load() {
 		p.metrics.drop(m.GetType(), dropPaused)
@@ -155,10 +162,18 @@ func (p *peer) send(m *raftpb.Message) (full bool) {
 		p.dropped(m, name, dropQueueFull)
 		return true
 	}
+	n := sendCharge(m)
+	if !p.queued.charge(n) {
+		// Not a full queue: the writer is held up by the network, and
+		// yielding to it would not help.
+		p.dropped(m, name, dropBudgetExceeded)
+		return false
+	}
 	select {
 	case c <- m:
 		return false
 	default:
+		p.queued.release(n)
 		p.dropped(m, name, dropQueueFull)
 		return true
 	}
@@ -175,7 +190,7 @@ func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
 	p.metrics.drop(m.GetType(), reason)
 	if n, ok := p.drops.allow(p.t.warns.now); ok {
 		p.lg.Warn("dropped internal Raft message since sending buffer is full",
-			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel),
+			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel), zap.String("reason", reason),
 			zap.Bool("remote-peer-active", p.status.isActive()), suppressed(n))
 	}
 }
@@ -242,10 +257,12 @@ func (p *peer) stop() {
 		// never be sent: raft is told of each (not once Stop has begun).
 		for _, w := range []*streamWriter{p.msgAppV2Writer, p.writer} {
 			for len(w.msgc) > 0 {
-				p.pipeline.abandon(<-w.msgc)
+				m := <-w.msgc
+				p.queued.releaseMsg(m)
+				p.pipeline.abandon(m)
 			}
 		}
-		p.pipeline.drain()
+		p.pipeline.drain() // releases what its queue held, too
 		// What is still received will never be processed: give back what
 		// it holds of the receive budget.
 		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {

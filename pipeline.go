@@ -29,6 +29,9 @@ type pipeline struct {
 	picker  *urlPicker
 	metrics peerMetrics
 	msgc    chan *raftpb.Message
+	// budget is the owner's send budget: a message's charge is
+	// released once its POST is over.
+	budget  *sendBudget
 	refused logLimiter // POSTs refused (412): each message sent would log
 
 	// gone is the drop reason of the messages the pipeline still holds
@@ -55,6 +58,7 @@ func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup) {
 				select {
 				case m := <-pl.msgc:
 					pl.send(ctx, m)
+					pl.budget.releaseMsg(m)
 				case <-ctx.Done():
 					return
 				}
@@ -123,6 +127,7 @@ func (pl *pipeline) drain() {
 	for {
 		select {
 		case m := <-pl.msgc:
+			pl.budget.releaseMsg(m)
 			pl.abandon(m)
 		default:
 			if n := pl.abandoned.Load(); n > 0 {

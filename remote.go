@@ -35,6 +35,9 @@ type remote struct {
 	pipeline *pipeline
 	paused   atomic.Bool
 	drops    logLimiter // rate-limits drop warnings (warnlog.go)
+	// queued is the send budget (send_budget.go), as a peer's: a remote
+	// that reads slowly must not hold more than a peer could.
+	queued sendBudget
 
 	// lastUsed is when a request from the member, or a Send to it, last
 	// came (monoNanos). An atomic, so that Send stamps it under
@@ -96,6 +99,8 @@ func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *rem
 	status := newPeerStatus(statusLg, t.warns.now, t.metrics, t.cfg.idStr, idStr)
 	r := &remote{t: t, id: id, idStr: idStr, lg: lg, status: status, fromRequest: fromRequest, urlsKey: urlsString(urls),
 		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr), dropRetired)}
+	r.queued.max = int64(t.cfg.maxPeerSendBytes)
+	r.pipeline.budget = &r.queued
 	r.touch()
 	var ctx context.Context
 	ctx, r.cancel = context.WithCancelCause(t.ctx)
@@ -106,13 +111,18 @@ func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *rem
 // touch records that the remote is in use.
 func (r *remote) touch() { r.lastUsed.Store(monoNanos()) }
 
-// send queues m on the pipeline, or drops it and tells raft. Unlike etcd,
-// which drops remote messages silently, a drop here is reported like any
-// other.
+// send queues m on the pipeline, charging it to the remote's send budget,
+// or drops it and tells raft. Unlike etcd, which drops remote messages
+// silently, a drop here is reported like any other.
 func (r *remote) send(m *raftpb.Message) {
 	r.touch()
 	if r.paused.Load() {
 		r.pipeline.metrics.drop(m.GetType(), dropPaused)
+		return
+	}
+	n := sendCharge(m)
+	if !r.queued.charge(n) {
+		r.dropped(m, dropBudgetExceeded)
 		return
 	}
 	select {
@@ -120,18 +130,25 @@ func (r *remote) send(m *raftpb.Message) {
 		return
 	default:
 	}
+	r.queued.release(n)
+	r.dropped(m, dropQueueFull)
+}
+
+// dropped reports a message that will not be sent to raft, counts it and
+// logs it (rate-limited).
+func (r *remote) dropped(m *raftpb.Message, reason string) {
 	r.t.reportUnreachable(r.id)
 	if m.GetType() == raftpb.MsgSnap {
 		r.t.reportSnapshot(r.id, raft.SnapshotFailure)
 	}
 	r.pipeline.metrics.sentFailures.Inc()
-	r.pipeline.metrics.drop(m.GetType(), dropQueueFull)
+	r.pipeline.metrics.drop(m.GetType(), reason)
 	if n, ok := r.drops.allow(r.t.warns.now); ok {
 		msg := "dropped Raft message since sending buffer is full (overloaded network)"
 		if r.status.isActive() {
 			msg = "dropped internal Raft message since sending buffer is full (overloaded network)"
 		}
-		r.lg.Warn(msg, zap.Stringer("message-type", m.GetType()), suppressed(n))
+		r.lg.Warn(msg, zap.Stringer("message-type", m.GetType()), zap.String("reason", reason), suppressed(n))
 	}
 }
 
@@ -139,10 +156,15 @@ func (r *remote) pause()  { r.paused.Store(true) }
 func (r *remote) resume() { r.paused.Store(false) }
 
 // stop ends the pipeline's workers and waits for them. What is queued is
-// dropped unreported: the transport is stopping.
+// dropped unreported: the transport is stopping. Its charges are given
+// back all the same, so that the budget's accounting balances on every
+// path.
 func (r *remote) stop() {
 	r.cancel(nil)
 	r.wg.Wait()
+	for len(r.pipeline.msgc) > 0 {
+		r.queued.releaseMsg(<-r.pipeline.msgc)
+	}
 }
 
 // retire stops a learnt remote taken out of t.remotes while the transport
@@ -152,7 +174,7 @@ func (r *remote) stop() {
 func (r *remote) retire() {
 	r.cancel(errRemoteRetired)
 	r.wg.Wait()
-	r.pipeline.drain() // silent if Stop has begun
+	r.pipeline.drain() // releases and reports what it held; silent if Stop has begun
 	r.status.release()
 }
 

@@ -37,6 +37,11 @@ type PeerStats struct {
 	MessagesReceived, BytesReceived uint64
 	// Dropped counts messages to or from the peer that were not delivered.
 	Dropped uint64
+	// QueuedBytes is what is charged to the peer's send budget now: the
+	// bytes of the messages queued to it and not yet written (see
+	// Transport.MaxPeerSendBytes; messages of 1 KiB or less are not
+	// counted).
+	QueuedBytes uint64
 	// StreamReconnects counts stream connections made after the first one.
 	StreamReconnects uint64
 	// RTT is the smoothed round-trip time measured by probing, zero until
@@ -139,6 +144,7 @@ func (p *peer) stats() PeerStats {
 		MessagesReceived: c.msgsReceived.Load(),
 		BytesReceived:    c.bytesReceived.Load(),
 		Dropped:          c.dropped.Load(),
+		QueuedBytes:      uint64(max(p.queued.inUse(), 0)),
 		StreamReconnects: c.reconnects.Load(),
 		ProbeHealthy:     true,
 	}

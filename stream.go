@@ -183,6 +183,9 @@ func (w *streamWriter) run(ctx context.Context) {
 		// The types of the batch being written, so that a failed write
 		// counts what it lost. Reused: no allocation per batch.
 		batchTypes = make([]raftpb.MessageType, 0, 64)
+		// What the batch's messages not yet written were charged to the
+		// peer's send budget.
+		batchBytes int64
 		reprobe    = time.NewTimer(time.Hour)
 		reprobec   <-chan time.Time // armed after a first probe succeeded
 		reprobes   int              // probes still to make after that
@@ -216,7 +219,7 @@ func (w *streamWriter) run(ctx context.Context) {
 		for {
 			select {
 			case m := <-w.msgc:
-				w.lost(m.GetType(), dropConnClosed)
+				w.discard(m, dropConnClosed)
 				lost++
 				continue
 			default:
@@ -235,21 +238,42 @@ func (w *streamWriter) run(ctx context.Context) {
 		case m := <-msgc:
 			if conn == nil {
 				// Queued while the writer detached (see msgc).
-				w.lost(m.GetType(), dropConnClosed)
+				w.discard(m, dropConnClosed)
 				continue
 			}
 			batchTypes = append(batchTypes[:0], m.GetType())
+			batchBytes = sendCharge(m)
 			err := conn.arm(t.cfg.writeTimeout)
 			if err == nil {
 				err = enc.encode(m)
 			}
 			// Encode what else is queued, then write it all at once.
 			for err == nil && len(batchTypes) < maxBatch {
+				if enc.buffered() == 0 {
+					// The encoder wrote through: what the batch
+					// encoded so far is written, and its charge goes
+					// back now, not at the end of a batch that a
+					// sender keeping the queue full can make last.
+					w.p.queued.release(batchBytes)
+					batchBytes = 0
+				}
 				y.tick()
 				select {
 				case m = <-msgc:
 					batchTypes = append(batchTypes, m.GetType())
-					err = enc.encode(m)
+					n := sendCharge(m)
+					batchBytes += n
+					if n > 0 {
+						// A batch of large messages can take longer
+						// than the write timeout to a follower that
+						// reads slowly but steadily: the timeout
+						// bounds each write, not the batch. (Small
+						// messages skip the clock: arm costs a lock.)
+						err = conn.arm(t.cfg.writeTimeout)
+					}
+					if err == nil {
+						err = enc.encode(m)
+					}
 					continue
 				default:
 				}
@@ -258,6 +282,7 @@ func (w *streamWriter) run(ctx context.Context) {
 			if err == nil {
 				err = w.flush(conn, enc, len(batchTypes))
 			}
+			w.p.queued.release(batchBytes) // written, or lost below
 			if err != nil {
 				// The batch may have reached the peer in part; count it
 				// all as lost, and tell raft of each: a report for a
@@ -371,6 +396,14 @@ const (
 func (w *streamWriter) lost(typ raftpb.MessageType, reason string) {
 	w.p.metrics.drop(typ, reason)
 	w.p.t.reportUnreachable(w.p.id)
+}
+
+// discard drops m, taken off the queue and never to be written: what it was
+// charged goes back to the peer's send budget (first, so that raft, told
+// at once, finds room for what it sends instead), and it is lost.
+func (w *streamWriter) discard(m *raftpb.Message, reason string) {
+	w.p.queued.releaseMsg(m)
+	w.lost(m.GetType(), reason)
 }
 
 // probe writes a link heartbeat and flushes it.

@@ -104,6 +104,14 @@ const (
 	// maxPendingProposals. Proposals that find it full are dropped (raft
 	// drops proposals without a leader anyway); the drop is counted.
 	DefaultPropQueueSize = 4096
+	// DefaultMaxPeerSendBytes bounds the bytes queued to send to one peer
+	// (see Transport.MaxPeerSendBytes): 64 appends of etcd's 1 MiB
+	// MaxSizePerMsg, half a second of a 1 Gbit/s link, well above the
+	// bandwidth-delay product of a healthy follower's link (10 Gbit/s at
+	// 10 ms round trip is 12.5 MB), and an eighth of the 512 MiB that
+	// etcd's raft flow control (MaxInflightMsgs 512 × MaxSizePerMsg 1 MiB)
+	// lets one slow follower hold.
+	DefaultMaxPeerSendBytes = 64 << 20
 )
 
 // Transport carries raft messages between the members of one cluster over
@@ -232,6 +240,27 @@ type Transport struct {
 	// and PropQueueSize size each peer's queues and workers. Zero means the
 	// Default of the same name.
 	StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize, PropQueueSize int
+	// MaxPeerSendBytes bounds, per peer and per remote, the bytes of the
+	// messages Send has queued to it that are not yet written: queued on
+	// its streams or pipeline, encoded by a stream writer but not yet
+	// written to the connection, or in a pipeline POST not yet answered.
+	// Each message is charged about its encoded size (the data of its
+	// entries, snapshot and context, plus a small constant per entry). A
+	// message that would take the peer over the limit is dropped and
+	// reported to raft as any other drop (reason budget_exceeded; raft
+	// then probes the follower rather than stream to it), unless nothing
+	// is charged to the peer at the time: a message larger than the limit
+	// is still sent, alone. Messages of 1 KiB or less (heartbeats, votes,
+	// responses, appends of a few small entries) are neither charged nor
+	// dropped for the budget, so that appends never crowd them out; their
+	// queues bound them by count, to at most StreamQueueSize×2 +
+	// PipelineQueueSize KiB per peer. Without the budget, a follower that
+	// reads slowly could make one peer hold gigabytes: StreamQueueSize
+	// appends of raft's MaxSizePerMsg per stream. Zero means
+	// DefaultMaxPeerSendBytes (64 MiB), which does not hold back a
+	// follower that keeps up; raise it for a link whose bandwidth-delay
+	// product comes near it.
+	MaxPeerSendBytes int
 
 	// Test hooks, zero meaning the constant: maxRequestRemotes and
 	// requestRemoteIdleTimeout.
@@ -303,6 +332,7 @@ type config struct {
 	serverVersion, minClusterVersion  semver
 	maxMessageBytes, maxEnvelopeBytes uint64
 	maxReceiveBytes                   uint64
+	maxPeerSendBytes                  uint64
 	streamQueue, pipelineQueue        int
 	pipelineWorkers                   int
 	recvQueue, propQueue              int
@@ -398,7 +428,8 @@ func (t *Transport) validate() (config, error) {
 		def  uint64
 	}{{"MaxMessageBytes", t.MaxMessageBytes, &c.maxMessageBytes, DefaultMaxMessageBytes},
 		{"MaxSnapshotEnvelopeBytes", t.MaxSnapshotEnvelopeBytes, &c.maxEnvelopeBytes, DefaultMaxSnapshotEnvelopeBytes},
-		{"MaxReceiveBytes", t.MaxReceiveBytes, &c.maxReceiveBytes, DefaultMaxReceiveBytes}} {
+		{"MaxReceiveBytes", t.MaxReceiveBytes, &c.maxReceiveBytes, DefaultMaxReceiveBytes},
+		{"MaxPeerSendBytes", t.MaxPeerSendBytes, &c.maxPeerSendBytes, DefaultMaxPeerSendBytes}} {
 		switch {
 		case l.v < 0 || l.v > maxLimit:
 			errs = append(errs, fmt.Errorf("%s must be between 0 and %d", l.name, maxLimit))

@@ -72,8 +72,8 @@ func runWindowed(b *testing.B, recv *countingRaft, a *testNode, next func(i int)
 		select {
 		case recv.window <- struct{}{}:
 		case <-timeout.C:
-			b.Fatalf("timed out after %d of %d messages processed (%d reported unreachable)",
-				recv.n.Load(), b.N, recv.unreachable.Load())
+			b.Fatalf("timed out after %d of %d messages processed (%d dropped by the sender)",
+				recv.n.Load(), b.N, a.raft.unreachableCount(2))
 		}
 		batch[0] = next(i)
 		a.tr.Send(batch)
@@ -81,8 +81,8 @@ func runWindowed(b *testing.B, recv *countingRaft, a *testNode, next func(i int)
 	select {
 	case <-recv.done:
 	case <-timeout.C:
-		b.Fatalf("timed out after %d of %d messages processed (%d reported unreachable)",
-			recv.n.Load(), b.N, recv.unreachable.Load())
+		b.Fatalf("timed out after %d of %d messages processed (%d dropped by the sender)",
+			recv.n.Load(), b.N, a.raft.unreachableCount(2))
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()

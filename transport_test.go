@@ -284,6 +284,8 @@ func TestTransportStartValidation(t *testing.T) {
 		{"DialRetryMax below DialRetryMin", func(tr *Transport) { tr.DialRetryMin, tr.DialRetryMax = time.Second, time.Millisecond }},
 		{"MaxMessageBytes too large", func(tr *Transport) { tr.MaxMessageBytes = 1 << 31 }},
 		{"negative MaxMessageBytes", func(tr *Transport) { tr.MaxMessageBytes = -1 }},
+		{"negative MaxPeerSendBytes", func(tr *Transport) { tr.MaxPeerSendBytes = -1 }},
+		{"MaxPeerSendBytes too large", func(tr *Transport) { tr.MaxPeerSendBytes = 1 << 31 }},
 		{"negative StreamQueueSize", func(tr *Transport) { tr.StreamQueueSize = -1 }},
 		{"negative PipelineWorkers", func(tr *Transport) { tr.PipelineWorkers = -1 }},
 	}

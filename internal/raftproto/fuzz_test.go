@@ -23,7 +23,7 @@ func FuzzUnmarshalMessage(f *testing.F) {
 	}
 	f.Add(unhex(f, "08 03 10 02 18 01 20 01 28 01 30 03 3a 09 08 00 10 01 18 04 22 01 78 40 03 4a 0a 12 08 0a 02 28 00 10 00 18 00 50 00 58 00"))
 	f.Add(unhex(f, "4a 08 12 06 0a 04 0a 02 01 02")) // packed voters
-	for _, buf := range amplifiers(32) { // small: the fuzzer mutates them fast
+	for _, buf := range amplifiers(32) {             // small: the fuzzer mutates them fast
 		f.Add(buf)
 	}
 	f.Fuzz(func(t *testing.T, buf []byte) {
