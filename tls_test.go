@@ -439,6 +439,10 @@ func TestTLSUnixSockets(t *testing.T) {
 				snap.Snapshot = obsSnap(2, i, 0).Message.Snapshot
 				a.tr.Send([]*raftpb.Message{snap}) // by the pipeline
 				recvFrom(t, b, 1, raftpb.MsgSnap)
+				// Raft hears SnapshotFinish once the POST's answer is
+				// read, its connection back in the pool: only then may
+				// the next POST be expected to reuse it.
+				waitFor(t, "the POST to be answered", func() bool { return len(a.raft.snapshotReports()) > int(i) })
 			}
 			// Pipeline POSTs made one after another reuse kept-alive
 			// connections, as they do over TCP. A POST may still open one
