@@ -2,41 +2,57 @@ package rafthttp
 
 import "errors"
 
-// Sentinel errors. Test for them with [errors.Is]: the transport wraps them
-// with context (peer, URL, operation) as they travel up.
+// Error texts follow one rule: every error this package defines starts with
+// "rafthttp: ", so that a log line or a wrapped error says where it came from,
+// except the texts that are written into HTTP response bodies. Those are wire
+// bytes, kept byte for byte: "incompatible version" and "cluster ID mismatch"
+// are etcd's 412 bodies, which etcd peers match exactly to classify our
+// answers; "stopped" is the 503 body of a transport not serving, and
+// errNoSnapshotStore is quoted in a 500 body. Errors built with fmt.Errorf
+// wrap one of these sentinels or carry the prefix themselves where an
+// exported method returns them.
 //
-// Where etcd sends an error's text on the wire (the bodies of 412 responses),
-// the text here is exactly etcd's, so that etcd peers classify our answers as
-// they classify their own.
+// Test for the sentinels with [errors.Is]: the transport wraps them with
+// context (peer, URL, operation) as they travel up.
 var (
 	// ErrClusterIDMismatch means the remote belongs to another cluster: its
-	// X-Etcd-Cluster-ID differs from ours. Its text is the 412 body etcd sends.
+	// X-Etcd-Cluster-ID differs from ours. Its text is the 412 body etcd
+	// sends, hence no prefix.
 	ErrClusterIDMismatch = errors.New("cluster ID mismatch")
 
 	// ErrIncompatibleVersion means the remote's X-Server-Version or
 	// X-Min-Cluster-Version rules out talking to it. Its text is the 412 body
-	// etcd sends.
+	// etcd sends, hence no prefix.
 	ErrIncompatibleVersion = errors.New("incompatible version")
+
+	// ErrStopped means the transport, or the peer an operation was for, has
+	// been stopped. Its text is the body of the 503 the raft routes answer
+	// while the transport does not serve, hence no prefix.
+	ErrStopped = errors.New("stopped")
+
+	// ErrNotStarted means a method that needs a started transport (AddPeer,
+	// AddRemote) was called before Start.
+	ErrNotStarted = errors.New("rafthttp: Transport not started")
+
+	// ErrAlreadyStarted means Start was called a second time.
+	ErrAlreadyStarted = errors.New("rafthttp: Transport already started")
 
 	// ErrMemberRemoved means the remote told us that this member has been
 	// removed from the cluster (410 on a stream dial, 403 on a POST). It is
 	// posted to Transport.ErrorC.
-	ErrMemberRemoved = errors.New("the member has been permanently removed from the cluster")
+	ErrMemberRemoved = errors.New("rafthttp: the member has been permanently removed from the cluster")
 
 	// ErrMemberNotFound means a message or snapshot names a peer this
 	// transport does not know.
-	ErrMemberNotFound = errors.New("member not found")
+	ErrMemberNotFound = errors.New("rafthttp: member not found")
 
 	// ErrUnsupportedStreamType means the remote's version does not serve the
 	// stream type we dialled.
-	ErrUnsupportedStreamType = errors.New("unsupported stream type")
-
-	// ErrStopped means the transport, or the peer an operation was for, has
-	// been stopped.
-	ErrStopped = errors.New("stopped")
+	ErrUnsupportedStreamType = errors.New("rafthttp: unsupported stream type")
 
 	// ErrExceedSizeLimit means a length read from the wire is above the limit
-	// for its frame; nothing was allocated for it. The text is etcd's.
+	// for its frame; nothing was allocated for it. The text is etcd's, which
+	// happens to follow the prefix rule.
 	ErrExceedSizeLimit = errors.New("rafthttp: error limit exceeded")
 
 	// ErrMalformedFrame means bytes from the wire do not form a valid frame or
@@ -51,4 +67,19 @@ var (
 	// not be parsed (a malformed version or ID). etcd crashes on some of
 	// these; we answer them with an error.
 	ErrInvalidHeader = errors.New("rafthttp: invalid header")
+
+	// ErrSnapshotChecksum means a received snapshot's payload does not match
+	// the CRC-32C its sender computed: it was corrupted on the way.
+	ErrSnapshotChecksum = errors.New("rafthttp: snapshot checksum mismatch")
+
+	// ErrSnapshotStalled means a snapshot transfer made no progress for the
+	// progress timeout.
+	ErrSnapshotStalled = errors.New("rafthttp: snapshot transfer made no progress")
+
+	// ErrTooManySnapshots means the limit of concurrent snapshots was
+	// reached; raft retries later.
+	ErrTooManySnapshots = errors.New("rafthttp: too many concurrent snapshots")
+
+	// ErrSnapshotSize means a payload did not have its declared size.
+	ErrSnapshotSize = errors.New("rafthttp: snapshot payload size differs from the declared size")
 )

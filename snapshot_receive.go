@@ -27,7 +27,8 @@ type SnapshotStore interface {
 }
 
 // errNoSnapshotStore answers a snapshot POST to a transport configured
-// without a SnapshotStore.
+// without a SnapshotStore. Its text is quoted in the 500 body, so it has
+// no "rafthttp: " prefix (see errors.go).
 var errNoSnapshotStore = errors.New("no snapshot store configured")
 
 // serveSnapshot handles POST /raft/snapshot: a length-prefixed MsgSnap, then

@@ -67,21 +67,6 @@ const (
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
-// Errors of the snapshot path.
-var (
-	// ErrSnapshotChecksum means a received snapshot's payload does not match
-	// the CRC-32C its sender computed: it was corrupted on the way.
-	ErrSnapshotChecksum = errors.New("rafthttp: snapshot checksum mismatch")
-	// ErrSnapshotStalled means a snapshot transfer made no progress for the
-	// progress timeout.
-	ErrSnapshotStalled = errors.New("rafthttp: snapshot transfer made no progress")
-	// ErrTooManySnapshots means the limit of concurrent snapshots was
-	// reached; raft retries later.
-	ErrTooManySnapshots = errors.New("rafthttp: too many concurrent snapshots")
-	// ErrSnapshotSize means a payload did not have its declared size.
-	ErrSnapshotSize = errors.New("rafthttp: snapshot payload size differs from the declared size")
-)
-
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
 // POST /raft/snapshot with the length-prefixed MsgSnap and then the payload,
 // streamed with constant memory whatever its size. The returned channel

@@ -54,7 +54,7 @@ func (c *outgoingConn) remoteGone() { c.goneOnce.Do(func() { close(c.gone) }) }
 func (c *outgoingConn) release() { c.relseOnce.Do(func() { close(c.released) }) }
 
 // errStreamAborted fails the writes of a stream whose peer is stopping.
-var errStreamAborted = errors.New("stream aborted: the peer is stopping")
+var errStreamAborted = errors.New("rafthttp: stream aborted: the peer is stopping")
 
 // arm gives the writes that follow at least three quarters of timeout to
 // complete. The writer arms the connection before each batch, since an

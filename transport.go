@@ -464,7 +464,7 @@ func (t *Transport) Start() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.started {
-		return errors.New("rafthttp: Transport already started")
+		return ErrAlreadyStarted
 	}
 	cfg, err := t.validate()
 	if err != nil {
@@ -775,7 +775,7 @@ func (t *Transport) skippedLocal(m *raftpb.Message) {
 // cannot. t.mu must be held.
 func (t *Transport) usableLocked() error {
 	if !t.started {
-		return errors.New("rafthttp: Transport not started")
+		return ErrNotStarted
 	}
 	if t.stopped {
 		return ErrStopped

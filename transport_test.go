@@ -497,3 +497,34 @@ func TestTransportSendLocalTargets(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportLifecycleErrors checks that calls out of order in the
+// transport's lifecycle return the sentinels, so callers can tell them apart
+// with errors.Is rather than by their text.
+func TestTransportLifecycleErrors(t *testing.T) {
+	urls := []string{"http://127.0.0.1:1"}
+	tests := []struct {
+		name  string
+		start bool // Start the transport before the call
+		call  func(tr *Transport) error
+		want  error
+	}{
+		{name: "AddPeer before Start", call: func(tr *Transport) error { return tr.AddPeer(2, urls) }, want: ErrNotStarted},
+		{name: "AddRemote before Start", call: func(tr *Transport) error { return tr.AddRemote(2, urls) }, want: ErrNotStarted},
+		{name: "second Start", start: true, call: func(tr *Transport) error { return tr.Start() }, want: ErrAlreadyStarted},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &Transport{ID: 1, ClusterID: testClusterID, Raft: newFakeRaft()}
+			if tc.start {
+				if err := tr.Start(); err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				t.Cleanup(tr.Stop)
+			}
+			if err := tc.call(tr); !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
