@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -498,7 +499,7 @@ func (r *streamReader) run(ctx context.Context) {
 			p.writer.poke()
 			// A clean end (the remote closed or replaced the stream) is
 			// not a failure of the peer; a timeout or garbage is.
-			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "closed") {
+			if !cleanStreamEnd(err) {
 				p.status.deactivate(failureType{source: r.typ.String(), action: "read"}, err.Error())
 			}
 			backoff = t.cfg.dialRetryMin
@@ -514,6 +515,35 @@ func (r *streamReader) run(ctx context.Context) {
 		}
 		backoff = min(2*backoff, t.cfg.dialRetryMax)
 	}
+}
+
+// cleanStreamEnd reports whether err, which ended the reads of a stream
+// body, is an orderly end rather than a failure of the peer: only a failure
+// marks the peer inactive. What reaches here, from net/http's client body:
+//
+//   - io.EOF: the remote ended the chunked body, as it does when it replaces
+//     the stream or stops. Clean.
+//   - net.ErrClosed, inside a *net.OpError: we closed the body, and with it
+//     the connection, while a read was blocked. Clean: it is our doing.
+//   - context.Canceled: our request's context ended. Clean; run returns
+//     before asking, but the answer must not depend on that.
+//   - io.ErrUnexpectedEOF: the connection ended inside the chunked body (the
+//     remote's process died, or a proxy cut it). A failure, as in etcd.
+//   - os.ErrDeadlineExceeded, connection resets, ErrMalformedFrame,
+//     ErrExceedSizeLimit: failures.
+//
+// http.ErrBodyReadAfterClose and io.ErrClosedPipe, reads after a local
+// Close of a body or pipe, count as clean too, like net.ErrClosed. net/http
+// gives a read after Close of a client body an unexported error ("http: read
+// on closed response body") that errors.Is cannot match; run never reads a
+// body after closing it, so it cannot arrive here.
+func cleanStreamEnd(err error) bool {
+	for _, clean := range []error{io.EOF, net.ErrClosed, context.Canceled, http.ErrBodyReadAfterClose, io.ErrClosedPipe} {
+		if errors.Is(err, clean) {
+			return true
+		}
+	}
+	return false
 }
 
 // dial opens the stream and returns its body. On a non-200 answer it returns
