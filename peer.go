@@ -90,8 +90,8 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
 	p.msgAppReader = newStreamReader(p, streamTypeMessage)
 	p.probers = [2]*prober{
-		newProber(p, RoundTripperNameRaftMessage, t.streamRt),
-		newProber(p, RoundTripperNameSnapshot, t.pipelineRt),
+		newProber(p, roundTripperNameRaftMessage, t.streamRt),
+		newProber(p, roundTripperNameSnapshot, t.pipelineRt),
 	}
 
 	p.pipeline.start(p.ctx, &p.wg)

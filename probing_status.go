@@ -15,8 +15,8 @@ import (
 
 // Round tripper names, as etcd labels its probers in logs.
 const (
-	RoundTripperNameRaftMessage = "ROUND_TRIPPER_RAFT_MESSAGE"
-	RoundTripperNameSnapshot    = "ROUND_TRIPPER_SNAPSHOT"
+	roundTripperNameRaftMessage = "ROUND_TRIPPER_RAFT_MESSAGE"
+	roundTripperNameSnapshot    = "ROUND_TRIPPER_SNAPSHOT"
 )
 
 // Probing timings (spec §4.9). The first health check comes after

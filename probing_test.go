@@ -112,7 +112,7 @@ func TestProbingUnhealthy(t *testing.T) {
 				down()
 				waitLog(t, logs, "peer became inactive (message send to peer failed)", nil)
 			}
-			for _, name := range []string{RoundTripperNameRaftMessage, RoundTripperNameSnapshot} {
+			for _, name := range []string{roundTripperNameRaftMessage, roundTripperNameSnapshot} {
 				e := waitLog(t, logs, "prober detected unhealthy status", roundTripper(name))
 				if e.Level != zapcore.WarnLevel {
 					t.Errorf("%s: logged at %v, want warn", name, e.Level)
@@ -186,7 +186,7 @@ func TestProbingClockDrift(t *testing.T) {
 			if !tt.warn {
 				return
 			}
-			for _, name := range []string{RoundTripperNameRaftMessage, RoundTripperNameSnapshot} {
+			for _, name := range []string{roundTripperNameRaftMessage, roundTripperNameSnapshot} {
 				e := waitLog(t, logs, "prober found high clock drift", roundTripper(name))
 				drift, ok := e.ContextMap()["clock-drift"].(time.Duration)
 				if !ok {

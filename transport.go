@@ -43,22 +43,6 @@ type Raft interface {
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
 }
 
-// Transporter is the set of methods *Transport offers, for applications that
-// want to substitute a fake in their own tests.
-type Transporter interface {
-	Start() error
-	Handler() http.Handler
-	Send(msgs []*raftpb.Message)
-	AddRemote(id uint64, urls []string) error
-	AddPeer(id uint64, urls []string) error
-	RemovePeer(id uint64)
-	RemoveAllPeers()
-	UpdatePeer(id uint64, urls []string) error
-	ActiveSince(id uint64) time.Time
-	ActivePeers() int
-	Stop()
-}
-
 // Defaults of the Transport's configuration fields, used where a field is
 // left zero.
 const (
@@ -1070,5 +1054,3 @@ func (t *Transport) get(id uint64) (*peer, bool) {
 	p, ok := t.peers[id]
 	return p, ok
 }
-
-var _ Transporter = (*Transport)(nil)
