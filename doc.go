@@ -11,7 +11,8 @@
 // configuration is per Transport (no globals), nothing panics on what a peer
 // or a caller sends, a silent stream is noticed within the read timeout, every
 // dropped message is reported to raft and counted, and metrics go to a
-// Prometheus registry you choose.
+// Prometheus registry you choose, under etcd's names unless
+// Transport.MetricsNamespace says otherwise.
 //
 // # Embedding
 //

@@ -7,7 +7,7 @@ import (
 )
 
 func TestDropCounterCache(t *testing.T) {
-	m := newMetrics()
+	m := newMetrics(DefaultMetricsNamespace)
 	pm := m.forPeer("7")
 	tests := []struct {
 		name   string

@@ -56,8 +56,32 @@ const (
 // because its peer's send budget (MaxPeerSendBytes) had no room for it.
 const dropBudgetExceeded = "budget_exceeded"
 
-func newMetrics() *metrics {
-	const ns, sub = "etcd", "network"
+// DefaultMetricsNamespace is the namespace of the collectors when
+// Transport.MetricsNamespace is zero: etcd's, so that etcd's dashboards work.
+const DefaultMetricsNamespace = "etcd"
+
+// validMetricsNamespace reports whether ns can start a Prometheus metric
+// name. Colons, allowed in metric names, are left out: Prometheus reserves
+// them for recording rules.
+func validMetricsNamespace(ns string) bool {
+	if ns == "" {
+		return false
+	}
+	for i, c := range ns {
+		switch {
+		case c == '_', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case '0' <= c && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// newMetrics builds the collectors of a Transport whose metric namespace is
+// ns (see Transport.MetricsNamespace).
+func newMetrics(ns string) *metrics {
+	const sub = "network"
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, labels)
 	}
@@ -68,9 +92,15 @@ func newMetrics() *metrics {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help, Buckets: buckets}, labels)
 	}
 	// Our additions, which etcd lacks, live under their own prefix so they
-	// can never collide with a future etcd metric.
+	// can never collide with a future etcd metric. Under etcd's namespace
+	// that prefix stands alone, as it always has; under another it follows
+	// the namespace, so that each Transport's names are its own.
+	oursNS, oursSub := "rafthttp", ""
+	if ns != DefaultMetricsNamespace {
+		oursNS, oursSub = ns, "rafthttp"
+	}
 	ours := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "rafthttp", Name: name, Help: help}, labels)
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: oursNS, Subsystem: oursSub, Name: name, Help: help}, labels)
 	}
 	snapBuckets := prometheus.ExponentialBuckets(0.1, 2, 10)
 	m := &metrics{
@@ -95,9 +125,9 @@ func newMetrics() *metrics {
 		streamReconnects:  ours("stream_reconnects_total", "Stream connections established after the first, by peer and stream.", "Peer", "Stream"),
 		snapSentBytes:     ours("snapshot_sent_bytes_total", "Snapshot payload bytes sent, by peer.", "To"),
 		snapReceivedBytes: ours("snapshot_received_bytes_total", "Snapshot payload bytes received, by peer.", "From"),
-		queueDepth: &queueCollector{desc: prometheus.NewDesc("rafthttp_queue_depth",
+		queueDepth: &queueCollector{desc: prometheus.NewDesc(prometheus.BuildFQName(oursNS, oursSub, "queue_depth"),
 			"Messages waiting in a peer's send or receive queue, sampled when scraped.", []string{"Peer", "Queue"}, nil),
-			bytesDesc: prometheus.NewDesc("rafthttp_send_queue_bytes",
+			bytesDesc: prometheus.NewDesc(prometheus.BuildFQName(oursNS, oursSub, "send_queue_bytes"),
 				"Bytes of the messages queued to a peer and not yet written, charged to its send budget (MaxPeerSendBytes; messages of 1 KiB or less are not counted), sampled when scraped.",
 				[]string{"Peer"}, nil)},
 	}

@@ -137,6 +137,15 @@ type Transport struct {
 	// Registerer, if not nil, gets this Transport's Prometheus collectors
 	// (etcd's metric names) at Start; Stop unregisters them.
 	Registerer prometheus.Registerer
+	// MetricsNamespace is the first component of the collectors' names.
+	// Zero means DefaultMetricsNamespace, "etcd": etcd_network_active_peers
+	// and the rest of etcd's names, which existing dashboards expect, and
+	// our own additions as rafthttp_dropped_messages_total and so on. Any
+	// other value replaces etcd in etcd's names (foo_network_active_peers)
+	// and comes before our additions (foo_rafthttp_dropped_messages_total),
+	// so that two Transports can register on one Registerer. It must be a
+	// valid Prometheus name component: [a-zA-Z_][a-zA-Z0-9_]*.
+	MetricsNamespace string
 
 	// DialTimeout bounds connecting to a peer. Zero means
 	// DefaultDialTimeout.
@@ -325,6 +334,7 @@ type config struct {
 	maxSnapSends, maxSnapRecvs        int
 	maxRequestRemotes                 int
 	requestRemoteIdle                 time.Duration
+	metricsNamespace                  string
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -360,6 +370,10 @@ func (t *Transport) validate() (config, error) {
 		maxSnapRecvs:        orDefault(t.MaxSnapshotReceives, DefaultMaxSnapshotReceives),
 		maxRequestRemotes:   orDefault(t.maxRequestRemotes, maxRequestRemotes),
 		requestRemoteIdle:   orDefault(t.requestRemoteIdle, requestRemoteIdleTimeout),
+		metricsNamespace:    orDefault(t.MetricsNamespace, DefaultMetricsNamespace),
+	}
+	if !validMetricsNamespace(c.metricsNamespace) {
+		errs = append(errs, fmt.Errorf("MetricsNamespace %q is not a Prometheus name component ([a-zA-Z_][a-zA-Z0-9_]*)", c.metricsNamespace))
 	}
 	if t.SnapshotSendRate < 0 {
 		errs = append(errs, errors.New("SnapshotSendRate must not be negative"))
@@ -460,7 +474,7 @@ func (t *Transport) Start() error {
 		t.lg = zap.NewNop()
 	}
 	t.warns = newWarnLimits(t.logClock)
-	t.metrics = newMetrics()
+	t.metrics = newMetrics(cfg.metricsNamespace)
 	t.metrics.queueDepth.t.Store(t)
 	if t.Registerer != nil {
 		if err := t.metrics.register(t.Registerer); err != nil {
