@@ -8,9 +8,15 @@ import "errors"
 // bytes, kept byte for byte: "incompatible version" and "cluster ID mismatch"
 // are etcd's 412 bodies, which etcd peers match exactly to classify our
 // answers; "stopped" is the 503 body of a transport not serving, and
-// errNoSnapshotStore is quoted in a 500 body. Errors built with fmt.Errorf
-// wrap one of these sentinels or carry the prefix themselves where an
-// exported method returns them.
+// errNoSnapshotStore is quoted in a 500 body.
+//
+// Errors built on the fly with fmt.Errorf wrap a sentinel wherever a caller
+// may act on them, and so carry its prefix. Those that
+// describe a peer's unexpected answer keep etcd's words ("unhandled http
+// status 502", "unexpected http status ... while posting to ..."), so that
+// logs, PeerStatus and SendSnapshot's outcome read as etcd's do. Errors of
+// net/http (a refused connection, say) pass through unchanged: their
+// *url.Error already names the request.
 //
 // Test for the sentinels with [errors.Is]: the transport wraps them with
 // context (peer, URL, operation) as they travel up.
