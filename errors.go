@@ -8,7 +8,8 @@ import "errors"
 // bytes, kept byte for byte: "incompatible version" and "cluster ID mismatch"
 // are etcd's 412 bodies, which etcd peers match exactly to classify our
 // answers; "stopped" is the 503 body of a transport not serving, and
-// errNoSnapshotStore is quoted in a 500 body.
+// errNoSnapshotStore is quoted in a 500 body. One more keeps etcd's text:
+// ErrMemberRemoved, the value of ErrorC, which applications compare.
 //
 // Errors built on the fly with fmt.Errorf wrap a sentinel wherever a caller
 // may act on them, and so carry its prefix. Those that
@@ -45,8 +46,10 @@ var (
 
 	// ErrMemberRemoved means the remote told us that this member has been
 	// removed from the cluster (410 on a stream dial, 403 on a POST). It is
-	// posted to Transport.ErrorC.
-	ErrMemberRemoved = errors.New("rafthttp: the member has been permanently removed from the cluster")
+	// posted to Transport.ErrorC. Its text is etcd's, without the prefix:
+	// an application moving from etcd's transport may compare ErrorC's
+	// texts, and compat/interop checks that both transports post the same.
+	ErrMemberRemoved = errors.New("the member has been permanently removed from the cluster")
 
 	// ErrMemberNotFound means a message or snapshot names a peer this
 	// transport does not know.
