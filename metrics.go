@@ -56,10 +56,6 @@ const (
 // because its peer's send budget (MaxPeerSendBytes) had no room for it.
 const dropBudgetExceeded = "budget_exceeded"
 
-// DefaultMetricsNamespace is the namespace of the collectors when
-// Transport.MetricsNamespace is zero: etcd's, so that etcd's dashboards work.
-const DefaultMetricsNamespace = "etcd"
-
 // validMetricsNamespace reports whether ns can start a Prometheus metric
 // name. Colons, allowed in metric names, are left out: Prometheus reserves
 // them for recording rules.

@@ -96,6 +96,10 @@ const (
 	// etcd's raft flow control (MaxInflightMsgs 512 × MaxSizePerMsg 1 MiB)
 	// lets one slow follower hold.
 	DefaultMaxPeerSendBytes = 64 << 20
+	// DefaultMetricsNamespace is the namespace of the collectors when
+	// Transport.MetricsNamespace is zero: etcd's, so that etcd's dashboards
+	// work.
+	DefaultMetricsNamespace = "etcd"
 )
 
 // Transport carries raft messages between the members of one cluster over
@@ -135,7 +139,8 @@ type Transport struct {
 	// sent through Send still arrives by the pipeline.
 	SnapshotStore SnapshotStore
 	// Registerer, if not nil, gets this Transport's Prometheus collectors
-	// (etcd's metric names) at Start; Stop unregisters them.
+	// (etcd's metric names, unless MetricsNamespace says otherwise) at
+	// Start; Stop unregisters them.
 	Registerer prometheus.Registerer
 	// MetricsNamespace is the first component of the collectors' names.
 	// Zero means DefaultMetricsNamespace, "etcd": etcd_network_active_peers
