@@ -266,6 +266,9 @@ type Transport struct {
 	// requestRemoteIdleTimeout.
 	maxRequestRemotes int
 	requestRemoteIdle time.Duration
+	// announce, if set before Start, replaces supportedFeatures as what
+	// we announce and use: tests play a peer of another version.
+	announce *featureSet
 
 	cfg     config
 	lg      *zap.Logger
@@ -341,6 +344,10 @@ type config struct {
 	maxSnapSends, maxSnapRecvs        int
 	maxRequestRemotes                 int
 	requestRemoteIdle                 time.Duration
+	// features is what we announce and use (features.go);
+	// featuresHeader its formatted announcement.
+	features       featureSet
+	featuresHeader string
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -455,6 +462,11 @@ func (t *Transport) validate() (config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return config{}, fmt.Errorf("rafthttp: invalid Transport: %w", err)
 	}
+	c.features = supportedFeatures
+	if t.announce != nil {
+		c.features = *t.announce
+	}
+	c.featuresHeader = c.features.String()
 	return c, nil
 }
 
@@ -1060,6 +1072,15 @@ func (t *Transport) setHeaders(h http.Header) {
 	h.Set(headerClusterID, t.cfg.clusterIDStr)
 	if t.cfg.urlsHeader != "" {
 		h.Set(headerPeerURLs, t.cfg.urlsHeader)
+	}
+	t.announceFeatures(h)
+}
+
+// announceFeatures sets our X-Rafthttp-Features on a request or an answer.
+// Announcing nothing sends no header, as etcd.
+func (t *Transport) announceFeatures(h http.Header) {
+	if t.cfg.featuresHeader != "" {
+		h.Set(headerFeatures, t.cfg.featuresHeader)
 	}
 }
 

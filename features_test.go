@@ -1,0 +1,242 @@
+package rafthttp
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+func TestParseFeatures(t *testing.T) {
+	crc := featureSet(1 << featureCRC32CTrailer)
+	for _, tc := range []struct {
+		name string
+		in   string
+		want featureSet
+	}{
+		{"empty", "", 0},
+		{"ours", "crc32c-trailer", crc},
+		{"spaces and tabs around tokens", " \tcrc32c-trailer\t ", crc},
+		{"unknown tokens ignored", "resumable-snapshot,crc32c-trailer,zstd-msgappv2", crc},
+		{"only unknown tokens", "resumable-snapshot, zstd", 0},
+		{"empty tokens", ",,crc32c-trailer,,", crc},
+		{"repeated token", "crc32c-trailer,crc32c-trailer", crc},
+		{"case matters", "CRC32C-Trailer", 0},
+		{"a prefix is another token", "crc32c-trailer-v2,crc32c", 0},
+		{"inner space is not a separator", "crc32c-trailer foo", 0},
+		{"just under the bound", strings.Repeat(" ", maxFeaturesHeader-len("crc32c-trailer")) + "crc32c-trailer", crc},
+		{"over the bound ignored whole", strings.Repeat(" ", maxFeaturesHeader) + "crc32c-trailer", 0},
+		{"invalid UTF-8", "\xff\xfe,crc32c-trailer", crc},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parseFeatures(tc.in); got != tc.want {
+				t.Errorf("parseFeatures(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFeaturesOf(t *testing.T) {
+	crc := featureSet(1 << featureCRC32CTrailer)
+	for _, tc := range []struct {
+		name   string
+		values []string
+		want   featureSet
+	}{
+		{"absent: an etcd peer", nil, 0},
+		{"one line", []string{"crc32c-trailer"}, crc},
+		{"several lines are one list", []string{"zstd", "crc32c-trailer"}, crc},
+		{"several lines over the bound together", []string{strings.Repeat("x", maxFeaturesHeader/2), strings.Repeat("y", maxFeaturesHeader/2), "crc32c-trailer"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			for _, v := range tc.values {
+				h.Add(headerFeatures, v)
+			}
+			if got := featuresOf(h); got != tc.want {
+				t.Errorf("featuresOf(%q) = %q, want %q", tc.values, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestFeatureSetString: the announcement we send, byte for byte, and that
+// every known feature has a token that parses back to it.
+func TestFeatureSetString(t *testing.T) {
+	if got, want := supportedFeatures.String(), "crc32c-trailer"; got != want {
+		t.Errorf("supportedFeatures = %q, want %q", got, want)
+	}
+	if got := featureSet(0).String(); got != "" {
+		t.Errorf("empty set = %q, want \"\"", got)
+	}
+	all := featureSet(1<<numFeatures - 1)
+	if got := parseFeatures(all.String()); got != all {
+		t.Errorf("parseFeatures(%q) = %q, want every feature", all.String(), got)
+	}
+	for f := range numFeatures {
+		if tok := featureTokens[f]; tok == "" || strings.ContainsAny(tok, ", \t") || tok != strings.ToLower(tok) {
+			t.Errorf("feature %d has token %q: want a lowercase token without separators", f, tok)
+		}
+	}
+}
+
+// TestPeerFeaturesLearn: the latest announcement wins, and an absent one
+// (an etcd member restarted in the place of ours) resets what was known.
+func TestPeerFeaturesLearn(t *testing.T) {
+	var pf peerFeatures
+	for _, step := range []struct {
+		name   string
+		header string // "" sends no header
+		want   featureSet
+	}{
+		{"ours announces", "crc32c-trailer", supportedFeatures},
+		{"a newer version adds unknown features", "crc32c-trailer,zstd", supportedFeatures},
+		{"restarted as etcd: no header", "", 0},
+		{"ours again", "crc32c-trailer", supportedFeatures},
+	} {
+		h := http.Header{}
+		if step.header != "" {
+			h.Set(headerFeatures, step.header)
+		}
+		pf.learn(h, zap.NewNop())
+		if got := pf.load(); got != step.want {
+			t.Errorf("%s: features = %q, want %q", step.name, got, step.want)
+		}
+	}
+	var remote *peerFeatures // a remote's pipeline has none
+	remote.learn(http.Header{headerFeatures: {"crc32c-trailer"}}, zap.NewNop())
+	if got := remote.load(); got != 0 {
+		t.Errorf("nil peerFeatures = %q, want the empty set", got)
+	}
+}
+
+func FuzzParseFeatures(f *testing.F) {
+	for _, seed := range []string{
+		"", "crc32c-trailer", " crc32c-trailer ,zstd", ",,,", "crc32c-trailer,crc32c-trailer",
+		"CRC32C-TRAILER", "\xff\x00,crc32c-trailer", strings.Repeat("crc32c-trailer,", 100),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		s := parseFeatures(v)
+		if s&^(1<<numFeatures-1) != 0 {
+			t.Fatalf("parseFeatures(%q) = %b: bits of no feature", v, s)
+		}
+		// What we parse, we can announce again to the same effect.
+		if again := parseFeatures(s.String()); again != s {
+			t.Fatalf("parseFeatures(%q) = %q, which parses back to %q", v, s, again)
+		}
+		if len(v) > maxFeaturesHeader && s != 0 {
+			t.Fatalf("parseFeatures read %d bytes, over the bound", len(v))
+		}
+		if s.has(featureCRC32CTrailer) && !strings.Contains(v, featureTokens[featureCRC32CTrailer]) {
+			t.Fatalf("parseFeatures(%q) found a token that is not there", v)
+		}
+	})
+}
+
+// snapSeen records what a snapshot receiver got: the sender's announcement
+// and the CRC-32C trailer, read once the handler has read the body to its
+// end.
+type snapSeen struct {
+	mu       sync.Mutex
+	posts    int
+	features []string
+	trailer  []string
+}
+
+func (s *snapSeen) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		if r.URL.Path != RaftSnapshotPrefix {
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.posts++
+		s.features = append(s.features, r.Header.Get(headerFeatures))
+		s.trailer = append(s.trailer, r.Trailer.Get(trailerCRC32C))
+	})
+}
+
+func announcing(s featureSet) func(*Transport) {
+	return func(tr *Transport) { tr.announce = &s }
+}
+
+// TestFeatureNegotiationSnapshotTrailer: the CRC-32C trailer travels only
+// when both sides announced it; a side that announces nothing (as etcd)
+// sends no header, and what each side learnt of the other, from the stream
+// dials, is what the other announced. The payload is stored either way.
+func TestFeatureNegotiationSnapshotTrailer(t *testing.T) {
+	const size = 256 << 10
+	for _, tc := range []struct {
+		name             string
+		sender, receiver featureSet
+		wantTrailer      bool
+	}{
+		{"both announce", supportedFeatures, supportedFeatures, true},
+		{"receiver announces nothing", supportedFeatures, 0, false},
+		{"sender announces nothing", 0, supportedFeatures, false},
+		{"neither announces", 0, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var seen snapSeen
+			a := newTestNode(t, 1, announcing(tc.sender))
+			b := newSnapNode(t, 2, func(tr *Transport) {
+				announcing(tc.receiver)(tr)
+				withStore(DirSnapshotStore{Dir: dir})(tr)
+			}, seen.wrap)
+			connect(t, a, b)
+			// Each side has dialled the other's streams, so each has read
+			// the other's answer and request.
+			waitStreamsUp(t, a, b)
+			pa, _ := a.tr.get(2)
+			pb, _ := b.tr.get(1)
+			if got := pa.features.load(); got != tc.receiver {
+				t.Errorf("sender learnt %q, want the receiver's %q", got, tc.receiver)
+			}
+			if got := pb.features.load(); got != tc.sender {
+				t.Errorf("receiver learnt %q, want the sender's %q", got, tc.sender)
+			}
+
+			payload := snapBytes(7, size)
+			if err := snapWait(t, snapSend(a, 2, 12, io.NopCloser(bytes.NewReader(payload)), size)); err != nil {
+				t.Fatalf("SendSnapshot: %v", err)
+			}
+			seen.mu.Lock()
+			posts, features, trailer := seen.posts, seen.features, seen.trailer
+			seen.mu.Unlock()
+			if posts != 1 {
+				t.Fatalf("receiver saw %d snapshot POSTs, want 1", posts)
+			}
+			if got, want := features[0], tc.sender.String(); got != want {
+				t.Errorf("announcement on the POST = %q, want %q", got, want)
+			}
+			if got := trailer[0] != ""; got != tc.wantTrailer {
+				t.Errorf("trailer %q sent: %v, want %v", trailer[0], got, tc.wantTrailer)
+			}
+			data, err := os.ReadFile(DirSnapshotStore{Dir: dir}.Path(12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(data, payload) {
+				t.Errorf("stored %d bytes, want the %d sent", len(data), len(payload))
+			}
+		})
+	}
+}
+
+// waitFeatures waits until a has learnt that peer announced f.
+func waitFeatures(t testing.TB, a *testNode, peer uint64, f feature) {
+	t.Helper()
+	waitFor(t, "the peer's features to be known", func() bool {
+		p, ok := a.tr.get(peer)
+		return ok && p.features.load().has(f)
+	})
+}
