@@ -71,18 +71,6 @@ func (s featureSet) String() string {
 	return b.String()
 }
 
-// tokens returns the names of the features in s, in feature order; nil
-// for the empty set.
-func (s featureSet) tokens() []string {
-	var out []string
-	for f := range numFeatures {
-		if s.has(f) {
-			out = append(out, featureTokens[f])
-		}
-	}
-	return out
-}
-
 // parseFeatures reads an announcement: tokens separated by commas, with
 // optional spaces or tabs around them, matched exactly (tokens are
 // lowercase). Unknown and empty tokens are ignored, and an announcement

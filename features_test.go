@@ -204,6 +204,9 @@ func TestFeatureNegotiationSnapshotTrailer(t *testing.T) {
 			if got := pb.features.load(); got != tc.sender {
 				t.Errorf("receiver learnt %q, want the sender's %q", got, tc.sender)
 			}
+			if st, _ := a.tr.PeerStatus(2); st.Features != tc.receiver.String() {
+				t.Errorf("PeerStats.Features = %q, want %q", st.Features, tc.receiver.String())
+			}
 
 			payload := snapBytes(7, size)
 			if err := snapWait(t, snapSend(a, 2, 12, io.NopCloser(bytes.NewReader(payload)), size)); err != nil {
