@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 )
 
@@ -242,4 +243,59 @@ func waitFeatures(t testing.TB, a *testNode, peer uint64, f feature) {
 		p, ok := a.tr.get(peer)
 		return ok && p.features.load().has(f)
 	})
+}
+
+// TestFeaturesLearntFromRequests: a configured peer's pipeline and snapshot
+// requests teach us its announcement, an etcd request (no header) resets
+// it, and every answer, an error included, carries ours.
+func TestFeaturesLearntFromRequests(t *testing.T) {
+	routes := []struct {
+		name string
+		kind htKind
+		path string
+		body func(t *testing.T) io.Reader
+	}{
+		{"pipeline", htPipeline, "/raft", func(t *testing.T) io.Reader {
+			return bytes.NewReader(htMarshal(t, htMessage(raftpb.MsgHeartbeat)))
+		}},
+		{"snapshot", htSnapshot, "/raft/snapshot", func(t *testing.T) io.Reader {
+			return bytes.NewReader(append(htEnvelope(t, htSnapMessage()), "payload"...))
+		}},
+	}
+	for _, rt := range routes {
+		for _, tc := range []struct {
+			name     string
+			header   func(http.Header)
+			before   featureSet // what we knew of the peer before
+			wantCode int
+			want     featureSet
+		}{
+			{"ours announces", setHeader("X-Rafthttp-Features", "crc32c-trailer"), 0, http.StatusNoContent, supportedFeatures},
+			{"etcd announces nothing", nil, supportedFeatures, http.StatusNoContent, 0},
+			{"refused request teaches nothing", func(h http.Header) {
+				h.Set("X-Etcd-Cluster-ID", "1")
+				h.Set("X-Rafthttp-Features", "crc32c-trailer")
+			}, 0, http.StatusPreconditionFailed, 0},
+		} {
+			t.Run(rt.name+"/"+tc.name, func(t *testing.T) {
+				htRun(t, htCase{
+					header: tc.header,
+					setup: func(t *testing.T, e *htEnv) {
+						htAddPeer(t, e.tr)
+						p, _ := e.tr.get(htPeerID)
+						p.features.v.Store(uint32(tc.before))
+					},
+					wantCode:   tc.wantCode,
+					anyBody:    true,
+					wantHeader: map[string]string{"X-Rafthttp-Features": "crc32c-trailer"},
+					check: func(t *testing.T, e *htEnv) {
+						p, _ := e.tr.get(htPeerID)
+						if got := p.features.load(); got != tc.want {
+							t.Errorf("learnt %q, want %q", got, tc.want)
+						}
+					},
+				}, rt.kind, http.MethodPost, rt.path, rt.body)
+			})
+		}
+	}
 }
