@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestParseFeatures(t *testing.T) {
@@ -297,5 +299,89 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 				}, rt.kind, http.MethodPost, rt.path, rt.body)
 			})
 		}
+	}
+}
+
+// fakeAnnouncer is a peer that answers pipeline and snapshot POSTs with
+// 204 and its announcement, and never answers a stream dial, so that those
+// answers are the only ones we learn from.
+type fakeAnnouncer struct {
+	announce string // "" sends no header
+
+	mu       sync.Mutex
+	posts    map[string]int
+	trailers []string // the snapshot trailers received
+}
+
+func (f *fakeAnnouncer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		<-r.Context().Done() // a stream dial: no answer until it is cut
+		return
+	}
+	_, _ = io.Copy(io.Discard, r.Body)
+	f.mu.Lock()
+	f.posts[r.URL.Path]++
+	if r.URL.Path == RaftSnapshotPrefix {
+		f.trailers = append(f.trailers, r.Trailer.Get(trailerCRC32C))
+	}
+	f.mu.Unlock()
+	if f.announce != "" {
+		w.Header().Set(headerFeatures, f.announce)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (f *fakeAnnouncer) count(path string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.posts[path]
+}
+
+// TestFeaturesLearntFromAnswers: the answers to our pipeline and snapshot
+// POSTs teach us the peer's announcement, and the first snapshot to a peer
+// we have not heard from carries no trailer.
+func TestFeaturesLearntFromAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		snapshot bool // else a pipeline POST
+		announce string
+		before   featureSet
+		want     featureSet
+	}{
+		{"pipeline answer announces", false, "crc32c-trailer", 0, supportedFeatures},
+		{"pipeline answer from etcd", false, "", supportedFeatures, 0},
+		{"snapshot answer announces", true, "crc32c-trailer", 0, supportedFeatures},
+		{"snapshot answer from etcd", true, "", supportedFeatures, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &fakeAnnouncer{announce: tc.announce, posts: map[string]int{}}
+			srv := httptest.NewServer(fake)
+			t.Cleanup(srv.Close) // after the node's cleanup, which cuts the dials
+			a := newTestNode(t, 1, nil)
+			if err := a.tr.AddPeer(2, []string{srv.URL}); err != nil {
+				t.Fatal(err)
+			}
+			p, _ := a.tr.get(2)
+			p.features.v.Store(uint32(tc.before))
+			if !tc.snapshot {
+				// The streams never come up: the heartbeat goes by the pipeline.
+				a.tr.Send([]*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum(), From: proto.Uint64(1), To: proto.Uint64(2), Term: proto.Uint64(1)}})
+				waitFor(t, "the pipeline POST", func() bool { return fake.count(RaftPrefix) > 0 })
+				waitFor(t, "the features to be learnt", func() bool { return p.features.load() == tc.want })
+				return
+			}
+			payload := []byte("payload")
+			if err := snapWait(t, snapSend(a, 2, 12, io.NopCloser(bytes.NewReader(payload)), int64(len(payload)))); err != nil {
+				t.Fatalf("SendSnapshot: %v", err)
+			}
+			if got := p.features.load(); got != tc.want {
+				t.Errorf("learnt %q, want %q", got, tc.want)
+			}
+			fake.mu.Lock()
+			defer fake.mu.Unlock()
+			if wantTrailer := tc.before.has(featureCRC32CTrailer); len(fake.trailers) != 1 || (fake.trailers[0] != "") != wantTrailer {
+				t.Errorf("trailers %q, want one, present: %v", fake.trailers, wantTrailer)
+			}
+		})
 	}
 }
