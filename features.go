@@ -118,8 +118,13 @@ func featuresOf(h http.Header) featureSet {
 // until it is heard from, what it said before is kept. A zero peerFeatures
 // is the empty set. A nil *peerFeatures (a remote, which gets no
 // extensions) ignores what it is told.
+//
+// An extension that changes a stream's bytes (compression, say) must be
+// decided per connection, from the dial's request and its answer, not from
+// peerFeatures, which another connection may change meanwhile.
 type peerFeatures struct {
-	v atomic.Uint32
+	v       atomic.Uint32
+	changes logLimiter // a client that flips them must not flood the log
 }
 
 // load returns the peer's last announcement.
@@ -135,12 +140,15 @@ func (pf *peerFeatures) load() featureSet {
 // that passed checkRequest for a configured peer, so an unknown client
 // cannot set what a peer supports; one that passes the checks can at most
 // turn an extension on or off, and each extension is harmless both ways.
-func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger) {
+// now is the clock of the change log's limiter (warnLimits.now).
+func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger, now func() int64) {
 	if pf == nil {
 		return
 	}
 	s := featuresOf(h)
 	if old := featureSet(pf.v.Swap(uint32(s))); old != s {
-		lg.Info("remote peer features changed", zap.Stringer("from", old), zap.Stringer("to", s))
+		if n, ok := pf.changes.allow(now); ok {
+			lg.Info("remote peer features changed", zap.Stringer("from", old), zap.Stringer("to", s), suppressed(n))
+		}
 	}
 }

@@ -106,13 +106,13 @@ func TestPeerFeaturesLearn(t *testing.T) {
 		if step.header != "" {
 			h.Set(headerFeatures, step.header)
 		}
-		pf.learn(h, zap.NewNop())
+		pf.learn(h, zap.NewNop(), monoNanos)
 		if got := pf.load(); got != step.want {
 			t.Errorf("%s: features = %q, want %q", step.name, got, step.want)
 		}
 	}
 	var remote *peerFeatures // a remote's pipeline has none
-	remote.learn(http.Header{headerFeatures: {"crc32c-trailer"}}, zap.NewNop())
+	remote.learn(http.Header{headerFeatures: {"crc32c-trailer"}}, zap.NewNop(), monoNanos)
 	if got := remote.load(); got != 0 {
 		t.Errorf("nil peerFeatures = %q, want the empty set", got)
 	}

@@ -153,7 +153,7 @@ func (t *Transport) learnFeatures(r *http.Request) {
 		return
 	}
 	if p, ok := t.get(from); ok {
-		p.features.learn(r.Header, p.lg)
+		p.features.learn(r.Header, p.lg, t.warns.now)
 	}
 }
 
@@ -365,7 +365,7 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return
 	}
-	p.features.learn(r.Header, p.lg)
+	p.features.learn(r.Header, p.lg, t.warns.now)
 
 	c := newOutgoingConn(typ, w)
 	// A stream lives for hours: lift any read deadline the server set

@@ -192,7 +192,7 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		return err
 	}
 	defer drainClose(resp.Body)
-	pl.features.learn(resp.Header, pl.lg)
+	pl.features.learn(resp.Header, pl.lg, pl.t.warns.now)
 	if err := checkPostResponse(pl.t, pl.lg, &pl.refused, resp, base); err != nil {
 		return err
 	}

@@ -253,7 +253,7 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 		return err
 	}
 	defer drainClose(resp.Body)
-	p.features.learn(resp.Header, p.lg)
+	p.features.learn(resp.Header, p.lg, t.warns.now)
 	return checkPostResponse(t, p.lg, &p.pipeline.refused, resp, base)
 }
 
