@@ -146,6 +146,9 @@ func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger, now func() int64) {
 		return
 	}
 	s := featuresOf(h)
+	if featureSet(pf.v.Load()) == s {
+		return // the usual case: no write, so no cache line bouncing between POSTs
+	}
 	if old := featureSet(pf.v.Swap(uint32(s))); old != s {
 		if n, ok := pf.changes.allow(now); ok {
 			lg.Info("remote peer features changed", zap.Stringer("from", old), zap.Stringer("to", s), suppressed(n))
