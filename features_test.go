@@ -385,3 +385,24 @@ func TestFeaturesLearntFromAnswers(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPeerFeaturesLearn is what every pipeline POST and answer pays to
+// learn an unchanged announcement.
+func BenchmarkPeerFeaturesLearn(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		h    http.Header
+	}{
+		{"ours", http.Header{headerFeatures: {"crc32c-trailer"}}},
+		{"etcd", http.Header{}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var pf peerFeatures
+			lg := zap.NewNop()
+			b.ReportAllocs()
+			for b.Loop() {
+				pf.learn(bc.h, lg, monoNanos)
+			}
+		})
+	}
+}
