@@ -110,4 +110,10 @@
 // X-Etcd-Cluster-ID, X-Raft-To and X-PeerURLs, as etcd sends and checks them.
 // Frames are byte-identical to etcd's; decoders accept the encodings of etcd
 // 3.5, 3.6 and 3.7 and bound every length before allocating.
+//
+// Extensions beyond etcd are negotiated: every request and answer carries
+// X-Rafthttp-Features (which etcd ignores), each peer's latest announcement
+// is kept (PeerStats.Features), and an extension is used only when both
+// sides announced it. The one extension today is the CRC-32C trailer on
+// snapshot bodies; etcd announces nothing, so it gets etcd's bytes.
 package rafthttp

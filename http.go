@@ -145,6 +145,18 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 	}
 }
 
+// learnFeatures records the announcement of a request that passed
+// checkRequest, if its X-Server-From names a configured peer.
+func (t *Transport) learnFeatures(r *http.Request) {
+	from, err := parseID(r.Header.Get(headerServerFrom))
+	if err != nil {
+		return
+	}
+	if p, ok := t.get(from); ok {
+		p.features.learn(r.Header, p.lg, t.warns.now)
+	}
+}
+
 // receivedFrom returns the metrics of the sender of a message, if it is a
 // known peer. Labels come only from configured members, never from what a
 // request claims, so a hostile client cannot blow up metric cardinality.
@@ -163,10 +175,12 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	t.announceFeatures(w.Header())
 	if !t.checkRequest(w, r) {
 		return
 	}
 	t.addRemoteFromRequest(r)
+	t.learnFeatures(r)
 
 	// Unlike etcd, which reads any size, the body is bounded, allocated
 	// once at its length, and charged to the receive budget with its
@@ -306,6 +320,7 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	// dialer does not mistake an error for "stream type unsupported".
 	w.Header().Set(headerServerVersion, t.cfg.serverVersion.String())
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	t.announceFeatures(w.Header())
 	if !t.checkRequest(w, r) {
 		return
 	}
@@ -350,6 +365,7 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return
 	}
+	p.features.learn(r.Header, p.lg, t.warns.now)
 
 	c := newOutgoingConn(typ, w)
 	// A stream lives for hours: lift any read deadline the server set

@@ -49,6 +49,9 @@ type peer struct {
 	// messages queued to this peer and not yet written.
 	queued sendBudget
 
+	// features is what the member last announced (features.go).
+	features peerFeatures
+
 	paused atomic.Bool
 	// Limiters of the warnings this peer can set off (warnlog.go).
 	drops       logLimiter  // messages dropped, sent or received
@@ -85,6 +88,7 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
 	p.pipeline.budget = &p.queued
+	p.pipeline.features = &p.features
 	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
 	p.writer = newStreamWriter(p, streamTypeMessage)
 	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)

@@ -33,6 +33,10 @@ type pipeline struct {
 	// released once its POST is over.
 	budget  *sendBudget
 	refused logLimiter // POSTs refused (412): each message sent would log
+	// features is where the owner keeps what the remote announced, learnt
+	// from its answers; nil for a remote (request-learnt members get no
+	// extensions).
+	features *peerFeatures
 
 	// gone is the drop reason of the messages the pipeline still holds
 	// when its owner stops (dropRemoved, dropRetired); abandoned counts
@@ -188,6 +192,7 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		return err
 	}
 	defer drainClose(resp.Body)
+	pl.features.learn(resp.Header, pl.lg, pl.t.warns.now)
 	if err := checkPostResponse(pl.t, pl.lg, &pl.refused, resp, base); err != nil {
 		return err
 	}

@@ -51,11 +51,13 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	t.announceFeatures(w.Header())
 	if !t.checkRequest(w, r) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
 	t.addRemoteFromRequest(r)
+	t.learnFeatures(r)
 
 	// Beyond etcd: a bound on concurrent receives, answered with a status
 	// any sender reads as a failure, so raft retries later.

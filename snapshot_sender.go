@@ -37,18 +37,11 @@ type SnapshotMessage struct {
 	PayloadSize int64
 }
 
-// Headers of our snapshot extension. etcd ignores unknown headers and
-// trailers, so they change nothing for etcd peers.
-const (
-	// headerFeatures announces the extensions we support (design note 6).
-	headerFeatures = "X-Rafthttp-Features"
-	// featureCRC32CTrailer says that a snapshot body is followed by a
-	// trailer with its CRC-32C.
-	featureCRC32CTrailer = "crc32c-trailer"
-	// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot
-	// body (envelope and payload), as 8 lowercase hex digits.
-	trailerCRC32C = "X-Rafthttp-Crc32c"
-)
+// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot body
+// (envelope and payload), as 8 lowercase hex digits. It is sent only to a
+// peer that announced featureCRC32CTrailer (features.go), so an etcd peer
+// gets etcd's bytes.
+const trailerCRC32C = "X-Rafthttp-Crc32c"
 
 // Snapshot defaults.
 const (
@@ -224,12 +217,15 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	if err != nil {
 		return err
 	}
-	req.ContentLength = -1 // chunked, so that the trailer can follow
+	// Chunked, as etcd sends it (its body is a pipe, of unknown length),
+	// which also lets a trailer follow.
+	req.ContentLength = -1
 	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(headerFeatures, featureCRC32CTrailer)
 	t.setHeaders(req.Header)
-	req.Trailer = http.Header{trailerCRC32C: nil}
-	body.trailer = req.Trailer
+	if t.cfg.features.has(featureCRC32CTrailer) && p.features.load().has(featureCRC32CTrailer) {
+		req.Trailer = http.Header{trailerCRC32C: nil}
+		body.trailer = req.Trailer
+	}
 
 	resp, err := t.pipelineRt.RoundTrip(req)
 	if err != nil {
@@ -242,6 +238,7 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 		return err
 	}
 	defer drainClose(resp.Body)
+	p.features.learn(resp.Header, p.lg, t.warns.now)
 	return checkPostResponse(t, p.lg, &p.pipeline.refused, resp, base)
 }
 
@@ -256,8 +253,8 @@ type snapshotBody struct {
 	ctx      context.Context
 	crc      hash.Hash32
 	chunk    int
-	trailer  http.Header
-	total    int64 // bytes of the whole body, envelope included
+	trailer  http.Header // nil unless the peer takes the CRC-32C trailer
+	total    int64       // bytes of the whole body, envelope included
 	sent     atomic.Int64
 	err      atomic.Pointer[error] // why reading failed, if it did
 	watch    *progressWatch        // set before the body is read
@@ -306,8 +303,11 @@ func (b *snapshotBody) Read(p []byte) (int, error) {
 		b.watch.touch()
 	}
 	if err == io.EOF {
-		// The trailer goes out after the last chunk.
-		b.trailer.Set(trailerCRC32C, crcOf(b.crc.Sum32()))
+		// The trailer, if the peer takes one, goes out after the last
+		// chunk.
+		if b.trailer != nil {
+			b.trailer.Set(trailerCRC32C, crcOf(b.crc.Sum32()))
+		}
 		b.watch.sent()
 	} else if err != nil {
 		b.err.CompareAndSwap(nil, &err)

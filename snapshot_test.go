@@ -542,6 +542,8 @@ func TestSnapshotCorruptedPayloadRejected(t *testing.T) {
 	a := newTestNode(t, 1, nil)
 	b := newSnapNode(t, 2, withStore(probe), snapFlipByte(size/2))
 	connect(t, a, b)
+	// The trailer goes only to a peer known to take it.
+	waitFeatures(t, a, 2, featureCRC32CTrailer)
 
 	errc := snapSend(a, 2, 12, newSnapGen(2, size), size)
 	err := snapWait(t, errc)

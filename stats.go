@@ -56,6 +56,12 @@ type PeerStats struct {
 	// a stream is down in the direction a message would take, the message
 	// goes by the pipeline (MsgApp falls back to the message stream first).
 	Streams [2]StreamStats
+	// Features is what the peer last announced in X-Rafthttp-Features, as
+	// the comma-separated tokens of the extensions this version knows
+	// (unknown ones left out): "" for an etcd peer, or one not heard from
+	// yet. An extension is used with the peer only when both sides
+	// announced it. A string, not a slice, keeps PeerStats comparable.
+	Features string
 }
 
 // StreamStats is the state of one stream type with a peer, in each
@@ -147,6 +153,7 @@ func (p *peer) stats() PeerStats {
 		QueuedBytes:      uint64(max(p.queued.inUse(), 0)),
 		StreamReconnects: c.reconnects.Load(),
 		ProbeHealthy:     true,
+		Features:         p.features.load().String(),
 	}
 	for i, typ := range statsStreamOrder {
 		s.Streams[i] = StreamStats{Type: typ.statsName(), Writer: p.status.writer(typ).state(), Reader: p.status.reader(typ).state()}

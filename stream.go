@@ -565,6 +565,8 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 	if err != nil {
 		return nil, err
 	}
+	// Whatever the answer, it is the remote's latest announcement.
+	p.features.learn(resp.Header, p.lg, t.warns.now)
 
 	// The version check comes first, before the status (spec §2.6): an
 	// older remote that does not serve this type answers 404.

@@ -264,6 +264,9 @@ type Transport struct {
 	// requestRemoteIdleTimeout.
 	maxRequestRemotes int
 	requestRemoteIdle time.Duration
+	// announce, if set before Start, replaces supportedFeatures as what
+	// we announce and use: tests play a peer of another version.
+	announce *featureSet
 
 	cfg     config
 	lg      *zap.Logger
@@ -340,6 +343,10 @@ type config struct {
 	maxRequestRemotes                 int
 	requestRemoteIdle                 time.Duration
 	metricsNamespace                  string
+	// features is what we announce and use (features.go);
+	// featuresHeader its formatted announcement.
+	features       featureSet
+	featuresHeader string
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -458,6 +465,11 @@ func (t *Transport) validate() (config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return config{}, fmt.Errorf("rafthttp: invalid Transport: %w", err)
 	}
+	c.features = supportedFeatures
+	if t.announce != nil {
+		c.features = *t.announce
+	}
+	c.featuresHeader = c.features.String()
 	return c, nil
 }
 
@@ -1063,6 +1075,15 @@ func (t *Transport) setHeaders(h http.Header) {
 	h.Set(headerClusterID, t.cfg.clusterIDStr)
 	if t.cfg.urlsHeader != "" {
 		h.Set(headerPeerURLs, t.cfg.urlsHeader)
+	}
+	t.announceFeatures(h)
+}
+
+// announceFeatures sets our X-Rafthttp-Features on a request or an answer.
+// Announcing nothing sends no header, as etcd.
+func (t *Transport) announceFeatures(h http.Header) {
+	if t.cfg.featuresHeader != "" {
+		h.Set(headerFeatures, t.cfg.featuresHeader)
 	}
 }
 

@@ -1,0 +1,157 @@
+package rafthttp
+
+import (
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+)
+
+// Extensions beyond etcd's wire format are negotiated (design note 7): each
+// side announces the features it supports in X-Rafthttp-Features on every
+// request it sends and every answer it serves, each side remembers per peer
+// what the other announced, and an extension is used only when both sides
+// announced it. etcd announces nothing, so with an etcd peer no extension is
+// ever used and the bytes on the wire are etcd's. The header itself goes to
+// every peer, etcd included: we cannot know a peer is etcd before it answers,
+// and etcd 3.5-3.7 ignore headers they do not know (compat/ TestSnapshot).
+
+// headerFeatures carries the announcement: feature tokens separated by
+// commas. Unknown tokens are ignored, so that a newer peer can announce
+// features we do not know.
+const headerFeatures = "X-Rafthttp-Features"
+
+// maxFeaturesHeader bounds the announcement we read, in bytes over all the
+// header's values. A longer one is ignored whole rather than cut, since a
+// token cut short could read as another feature.
+const maxFeaturesHeader = 1 << 10
+
+// feature is one extension, as the index of its bit in a featureSet.
+type feature uint8
+
+const (
+	// featureCRC32CTrailer: a snapshot body is followed by a trailer with
+	// its CRC-32C (trailerCRC32C). A receiver that announces it checks
+	// the trailer when there is one.
+	featureCRC32CTrailer feature = iota
+
+	numFeatures // the number of features we know; keep it last
+)
+
+// featureTokens are the features' names on the wire, indexed by feature.
+// A token, once released, must never change meaning.
+var featureTokens = [numFeatures]string{
+	featureCRC32CTrailer: "crc32c-trailer",
+}
+
+// supportedFeatures is what this version of the library announces.
+const supportedFeatures = featureSet(1 << featureCRC32CTrailer)
+
+// featureSet is a set of features, one bit per feature. Its zero value is
+// the empty set: what an etcd peer, or a peer not heard from yet, supports.
+type featureSet uint32
+
+// has says whether f is in s.
+func (s featureSet) has(f feature) bool { return s&(1<<f) != 0 }
+
+// String formats s as the header carries it: tokens in feature order,
+// separated by commas; "" for the empty set.
+func (s featureSet) String() string {
+	var b strings.Builder
+	for f := range numFeatures {
+		if !s.has(f) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(featureTokens[f])
+	}
+	return b.String()
+}
+
+// parseFeatures reads an announcement: tokens separated by commas, with
+// optional spaces or tabs around them, matched exactly (tokens are
+// lowercase). Unknown and empty tokens are ignored, and an announcement
+// longer than maxFeaturesHeader is ignored whole. It never fails: anything
+// it does not understand is a feature not announced.
+func parseFeatures(v string) featureSet {
+	if len(v) > maxFeaturesHeader {
+		return 0
+	}
+	var s featureSet
+	for tok := range strings.SplitSeq(v, ",") {
+		tok = strings.Trim(tok, " \t")
+		for f := range numFeatures {
+			if tok == featureTokens[f] {
+				s |= 1 << f
+			}
+		}
+	}
+	return s
+}
+
+// featuresOf reads the announcement in h. Several header lines count as one
+// list, as HTTP defines it; their total length is bounded as one value's.
+func featuresOf(h http.Header) featureSet {
+	vs := h.Values(headerFeatures)
+	switch len(vs) {
+	case 0:
+		return 0
+	case 1:
+		return parseFeatures(vs[0])
+	}
+	n := 0
+	for _, v := range vs {
+		n += len(v) + 1
+		if n > maxFeaturesHeader+1 {
+			return 0
+		}
+	}
+	return parseFeatures(strings.Join(vs, ","))
+}
+
+// peerFeatures is what a peer last announced, learnt from everything it
+// sends us and answers us. The latest announcement wins, absent included: a
+// member restarted on another version (or on etcd) announces afresh, and
+// until it is heard from, what it said before is kept. A zero peerFeatures
+// is the empty set. A nil *peerFeatures (a remote, which gets no
+// extensions) ignores what it is told.
+//
+// An extension that changes a stream's bytes (compression, say) must be
+// decided per connection, from the dial's request and its answer, not from
+// peerFeatures, which another connection may change meanwhile.
+type peerFeatures struct {
+	v       atomic.Uint32
+	changes logLimiter // a client that flips them must not flood the log
+}
+
+// load returns the peer's last announcement.
+func (pf *peerFeatures) load() featureSet {
+	if pf == nil {
+		return 0
+	}
+	return featureSet(pf.v.Load())
+}
+
+// learn records the announcement in h (none: the empty set), logging a
+// change. Callers learn only from answers to our requests and from requests
+// that passed checkRequest for a configured peer, so an unknown client
+// cannot set what a peer supports; one that passes the checks can at most
+// turn an extension on or off, and each extension is harmless both ways.
+// now is the clock of the change log's limiter (warnLimits.now).
+func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger, now func() int64) {
+	if pf == nil {
+		return
+	}
+	s := featuresOf(h)
+	if featureSet(pf.v.Load()) == s {
+		return // the usual case: no write, so no cache line bouncing between POSTs
+	}
+	if old := featureSet(pf.v.Swap(uint32(s))); old != s {
+		if n, ok := pf.changes.allow(now); ok {
+			lg.Info("remote peer features changed", zap.Stringer("from", old), zap.Stringer("to", s), suppressed(n))
+		}
+	}
+}
