@@ -12,23 +12,6 @@ import (
 	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
-// Limits on lengths read from the wire. Each is checked before anything is
-// allocated for the frame it bounds.
-const (
-	// DefaultMaxMessageBytes bounds one received message (see
-	// Transport.MaxMessageBytes for why 32 MiB, not etcd's 512 MiB).
-	DefaultMaxMessageBytes = 32 << 20
-
-	// DefaultMaxReceiveBytes bounds what received messages hold at once
-	// (see Transport.MaxReceiveBytes).
-	DefaultMaxReceiveBytes = 64 << 20
-
-	// DefaultMaxSnapshotEnvelopeBytes bounds the MsgSnap envelope at the head
-	// of a snapshot body, etcd's snapshotLimitByte since 3.6.14 and 3.7.1
-	// (64 MiB). The database bytes after it are not part of the envelope.
-	DefaultMaxSnapshotEnvelopeBytes = 64 << 20
-)
-
 const (
 	// frameHeaderLen is the size of the big-endian uint64 length prefix of a
 	// message-stream frame (spec §3.2).

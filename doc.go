@@ -116,4 +116,23 @@
 // is kept (PeerStats.Features), and an extension is used only when both
 // sides announced it. The one extension today is the CRC-32C trailer on
 // snapshot bodies; etcd announces nothing, so it gets etcd's bytes.
+//
+// # Where things live
+//
+//   - transport.go: the Transport's life (Start, Stop, membership, Send,
+//     Handler); config.go: every Default and the validation of the fields;
+//     dial.go: the HTTP clients and connections we dial.
+//   - peer.go, remote.go: a member we talk to, and one we only answer;
+//     stream.go: the stream writers and readers; pipeline.go: POST /raft.
+//   - coder.go, msgappv2_codec.go: the two stream codecs;
+//     internal/raftproto: the protobuf codec and what decoding costs.
+//   - http.go: the raft routes (server.go: the http.Server recipe);
+//     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
+//     readahead.go: snapshots.
+//   - budget.go: what received messages may hold; send_budget.go: what may
+//     be queued to a peer; warnlog.go: rate-limited warnings.
+//   - version.go: headers, versions and IDs; features.go: negotiation;
+//     errors.go: every exported error; metrics.go, stats.go,
+//     peer_status.go, probing_status.go: what is observed; yield.go: the
+//     scheduler measures.
 package rafthttp

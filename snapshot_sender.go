@@ -43,21 +43,6 @@ type SnapshotMessage struct {
 // gets etcd's bytes.
 const trailerCRC32C = "X-Rafthttp-Crc32c"
 
-// Snapshot defaults.
-const (
-	// DefaultSnapshotProgressTimeout is how long a snapshot transfer may go
-	// without moving a byte before it fails. Once the body is sent, the
-	// wait for the answer (the receiver is making the payload durable) has
-	// a bound of its own: this plus a second per 10 MiB sent.
-	DefaultSnapshotProgressTimeout = 30 * time.Second
-	// DefaultMaxSnapshotSends and DefaultMaxSnapshotReceives bound the
-	// snapshots in flight at once, per Transport, in each direction. A
-	// snapshot is big; several at once compete for disk and network with
-	// the raft traffic that keeps the cluster alive.
-	DefaultMaxSnapshotSends    = 4
-	DefaultMaxSnapshotReceives = 4
-)
-
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
