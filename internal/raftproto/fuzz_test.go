@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -32,7 +33,12 @@ func FuzzUnmarshalMessage(f *testing.F) {
 		want := new(raftpb.Message)
 		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(buf, want)
 		if errors.Is(err, ErrDegenerate) {
-			return // protobuf may accept it; raft never sends it
+			// protobuf may accept it; raft never sends it. But it must
+			// really hold such a shape, found by a scan of our own.
+			if !degenerateForTest(buf) {
+				t.Fatalf("UnmarshalMessage refused %x as degenerate, which it is not", buf)
+			}
+			return
 		}
 		if (err == nil) != (werr == nil) {
 			t.Fatalf("UnmarshalMessage error %v, proto.Unmarshal error %v", err, werr)
@@ -75,4 +81,61 @@ func checkCostBound(t *testing.T, buf []byte) {
 		}
 	}
 	t.Fatalf("decoding %d bytes allocated %d, bound %d", len(buf), got, bound)
+}
+
+// degenerateForTest says, independently of the decoder, whether buf holds
+// a shape raft never sends among its well-formed fields (the scan stops at
+// the first malformed one): a Responses field, an entry with no field raft
+// knows, or a repeated snapshot, snapshot metadata or conf state.
+func degenerateForTest(buf []byte) bool {
+	// fields calls f with the value of each length-delimited field of b,
+	// up to the first malformed field.
+	fields := func(b []byte, f func(num protowire.Number, v []byte)) {
+		for len(b) > 0 {
+			num, typ, n := protowire.ConsumeTag(b)
+			if n < 0 {
+				return
+			}
+			b = b[n:]
+			m := protowire.ConsumeFieldValue(num, typ, b)
+			if m < 0 {
+				return
+			}
+			if typ == protowire.BytesType {
+				v, _ := protowire.ConsumeBytes(b)
+				f(num, v)
+			}
+			b = b[m:]
+		}
+	}
+	found, snaps := false, 0
+	fields(buf, func(num protowire.Number, v []byte) {
+		switch num {
+		case 14:
+			found = true
+		case 7:
+			var e raftpb.Entry
+			if (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(v, &e) == nil && proto.Size(&e) == 0 {
+				found = true
+			}
+		case 9:
+			snaps++
+			metas := 0
+			fields(v, func(num protowire.Number, md []byte) {
+				if num != 2 {
+					return
+				}
+				metas++
+				states := 0
+				fields(md, func(num protowire.Number, _ []byte) {
+					if num == 1 {
+						states++
+					}
+				})
+				found = found || states > 1
+			})
+			found = found || metas > 1
+		}
+	})
+	return found || snaps > 1
 }
