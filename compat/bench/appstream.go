@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,21 +51,16 @@ const spotEvery = 64
 type appStream struct {
 	from, to uint64
 	spec     appSpec
-	window   int
-	slots    chan struct{}
-	pattern  []byte
-	batch    []*raftpb.Message
-	ring     []*ringSlot
-	next     int    // next ring slot to use
-	index    uint64 // index of the last entry sent
+	window
+	pattern []byte
+	batch   []*raftpb.Message
+	ring    []*ringSlot
+	next    int    // next ring slot to use
+	index   uint64 // index of the last entry sent
 
-	delivered atomic.Int64 // messages handed to the receiver's raft, both phases
-
-	mu      sync.Mutex // guards the receiver's state below
-	expect  uint64     // Index the next measured message must carry
-	got     int64      // measured messages received
-	warmGot int64      // warm-up messages received
-	err     error      // first bad message
+	// The receiver's state, guarded by window.mu.
+	expect uint64 // Index the next measured message must carry
+	got    int64  // measured messages received
 }
 
 type ringSlot struct {
@@ -79,8 +72,7 @@ type ringSlot struct {
 
 func newAppStream(from, to uint64, spec appSpec, window int) *appStream {
 	s := &appStream{
-		from: from, to: to, spec: spec, window: window,
-		slots:   make(chan struct{}, window),
+		from: from, to: to, spec: spec, window: newWindow(window),
 		pattern: make([]byte, spec.size),
 		batch:   make([]*raftpb.Message, 1),
 	}
@@ -88,7 +80,7 @@ func newAppStream(from, to uint64, spec appSpec, window int) *appStream {
 		s.pattern[i] = byte(i*131 + 7)
 	}
 	term := measureTerm
-	for range 2 * window {
+	for range 2 * cap(s.slots) {
 		sl := &ringSlot{ents: make([]uint64, spec.entries)}
 		m := &raftpb.Message{
 			Type: raftpb.MsgApp.Enum(), To: proto.Uint64(to), From: proto.Uint64(from),
@@ -114,86 +106,23 @@ func stamp(data []byte, idx uint64) {
 
 // receive is the receiver's raft handling a MsgApp of the stream: it checks
 // it and frees its window slot.
-func (s *appStream) receive(m *raftpb.Message) {
-	s.mu.Lock()
-	err := s.check(m)
-	if err != nil && s.err == nil {
-		s.err = err
-	}
-	s.mu.Unlock()
-	s.delivered.Add(1)
-	select {
-	case <-s.slots:
-	default:
-		s.mu.Lock()
-		if s.err == nil {
-			s.err = fmt.Errorf("message %d delivered with no message in flight (duplicate?)", m.GetIndex())
-		}
-		s.mu.Unlock()
-	}
-}
+func (s *appStream) receive(m *raftpb.Message) { s.deliver(m, s.check) }
 
 // check checks m; s.mu is held. It allocates nothing unless m is wrong.
 func (s *appStream) check(m *raftpb.Message) error {
-	if m.GetType() != raftpb.MsgApp || m.GetFrom() != s.from || m.GetTo() != s.to {
-		return fmt.Errorf("got %s from %d to %d, want MsgApp from %d to %d", m.GetType(), m.GetFrom(), m.GetTo(), s.from, s.to)
-	}
-	if len(m.Entries) != s.spec.entries {
-		return fmt.Errorf("MsgApp at index %d has %d entries, want %d", m.GetIndex(), len(m.Entries), s.spec.entries)
-	}
-	switch m.GetTerm() {
-	case warmTerm:
-		s.warmGot++
-		return nil
-	case measureTerm:
-	default:
-		return fmt.Errorf("MsgApp of term %d, want %d or %d", m.GetTerm(), warmTerm, measureTerm)
+	if measured, err := s.checkMsgApp(m, s.from, s.to, s.spec.entries); !measured {
+		return err
 	}
 	base := m.GetIndex()
 	if base != s.expect || m.GetLogTerm() != measureTerm || m.GetCommit() != base {
 		return fmt.Errorf("measured MsgApp #%d: got index %d logterm %d commit %d, want index %d logterm %d commit %d",
 			s.got, base, m.GetLogTerm(), m.GetCommit(), s.expect, measureTerm, s.expect)
 	}
-	full := s.got%spotEvery == 0
-	for j, e := range m.Entries {
-		idx := base + uint64(j) + 1
-		d := e.GetData()
-		if e.GetIndex() != idx || e.GetTerm() != measureTerm || e.GetType() != raftpb.EntryNormal || len(d) != s.spec.size {
-			return fmt.Errorf("entry %d of MsgApp at %d: got index %d term %d type %s %d bytes, want index %d term %d EntryNormal %d bytes",
-				j, base, e.GetIndex(), e.GetTerm(), e.GetType(), len(d), idx, measureTerm, s.spec.size)
-		}
-		if binary.BigEndian.Uint64(d) != idx || binary.BigEndian.Uint64(d[len(d)-8:]) != idx {
-			return fmt.Errorf("entry %d: data stamped %d/%d, want %d", idx, binary.BigEndian.Uint64(d), binary.BigEndian.Uint64(d[len(d)-8:]), idx)
-		}
-		if full && !bytes.Equal(d[8:len(d)-8], s.pattern[8:len(d)-8]) {
-			return fmt.Errorf("entry %d: data differs from what was sent", idx)
-		}
+	if err := checkMeasuredEntries(m, base, s.spec, s.pattern, s.got%spotEvery == 0); err != nil {
+		return err
 	}
 	s.expect = base + uint64(s.spec.entries)
 	s.got++
-	return nil
-}
-
-// acquire takes a window slot, unless ctx ends first.
-func (s *appStream) acquire(ctx context.Context) error {
-	select {
-	case s.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("window stuck with %d messages in flight: %w", len(s.slots), context.Cause(ctx))
-	}
-}
-
-// drain waits until every message sent was delivered.
-func (s *appStream) drain(ctx context.Context) error {
-	for i := range s.window {
-		if err := s.acquire(ctx); err != nil {
-			return fmt.Errorf("draining (%d of %d slots back): %w", i, s.window, err)
-		}
-	}
-	for range s.window {
-		<-s.slots
-	}
 	return nil
 }
 

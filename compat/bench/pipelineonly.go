@@ -3,12 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -34,23 +31,19 @@ const pipelineWindow = 64
 type pipeStream struct {
 	spec    appSpec
 	pattern []byte
-	slots   chan struct{}
 	batch   []*raftpb.Message
 	index   uint64 // index of the last entry sent
+	window
 
-	delivered atomic.Int64 // messages handed to b's raft, both phases
-
-	mu      sync.Mutex // guards the receiver's state below
-	base    uint64     // Index of the first measured message
-	seen    []uint64   // bitmap of measured messages delivered, by (Index-base)/entries
-	got     int64      // measured messages delivered
-	warmGot int64      // warm-up messages delivered
-	err     error      // first bad message
+	// The receiver's state, guarded by window.mu.
+	base uint64   // Index of the first measured message
+	seen []uint64 // bitmap of measured messages delivered, by (Index-base)/entries
+	got  int64    // measured messages delivered
 }
 
 func newPipeStream(spec appSpec) *pipeStream {
 	s := &pipeStream{spec: spec, pattern: make([]byte, spec.size),
-		slots: make(chan struct{}, pipelineWindow), batch: make([]*raftpb.Message, 1)}
+		window: newWindow(pipelineWindow), batch: make([]*raftpb.Message, 1)}
 	for i := range s.pattern {
 		s.pattern[i] = byte(i*131 + 7)
 	}
@@ -75,58 +68,20 @@ func (s *pipeStream) next(term uint64) *raftpb.Message {
 }
 
 // receive is b's raft: it checks m and frees its window slot.
-func (s *pipeStream) receive(m *raftpb.Message) {
-	s.mu.Lock()
-	if err := s.check(m); err != nil && s.err == nil {
-		s.err = err
-	}
-	s.mu.Unlock()
-	s.delivered.Add(1)
-	select {
-	case <-s.slots:
-	default:
-		s.mu.Lock()
-		if s.err == nil {
-			s.err = fmt.Errorf("message %d delivered with no message in flight (duplicate?)", m.GetIndex())
-		}
-		s.mu.Unlock()
-	}
-}
+func (s *pipeStream) receive(m *raftpb.Message) { s.deliver(m, s.check) }
 
 // check checks m; s.mu is held.
 func (s *pipeStream) check(m *raftpb.Message) error {
-	if m.GetType() != raftpb.MsgApp || m.GetFrom() != idA || m.GetTo() != idB {
-		return fmt.Errorf("got %s from %d to %d, want MsgApp from %d to %d", m.GetType(), m.GetFrom(), m.GetTo(), idA, idB)
-	}
-	if len(m.Entries) != s.spec.entries {
-		return fmt.Errorf("MsgApp at index %d has %d entries, want %d", m.GetIndex(), len(m.Entries), s.spec.entries)
-	}
-	switch m.GetTerm() {
-	case warmTerm:
-		s.warmGot++
-		return nil
-	case measureTerm:
-	default:
-		return fmt.Errorf("MsgApp of term %d, want %d or %d", m.GetTerm(), warmTerm, measureTerm)
+	if measured, err := s.checkMsgApp(m, idA, idB, s.spec.entries); !measured {
+		return err
 	}
 	base := m.GetIndex()
 	if base < s.base || (base-s.base)%uint64(s.spec.entries) != 0 || m.GetLogTerm() != measureTerm || m.GetCommit() != base {
 		return fmt.Errorf("measured MsgApp: index %d logterm %d commit %d, want an index from %d in steps of %d, logterm %d, commit = index",
 			base, m.GetLogTerm(), m.GetCommit(), s.base, s.spec.entries, measureTerm)
 	}
-	for j, e := range m.Entries {
-		idx := base + uint64(j) + 1
-		d := e.GetData()
-		if e.GetIndex() != idx || e.GetTerm() != measureTerm || e.GetType() != raftpb.EntryNormal || len(d) != s.spec.size {
-			return fmt.Errorf("entry %d of MsgApp at %d: got index %d term %d type %s %d bytes, want index %d term %d EntryNormal %d bytes",
-				j, base, e.GetIndex(), e.GetTerm(), e.GetType(), len(d), idx, measureTerm, s.spec.size)
-		}
-		if binary.BigEndian.Uint64(d) != idx || binary.BigEndian.Uint64(d[len(d)-8:]) != idx {
-			return fmt.Errorf("entry %d: data stamped %d/%d, want %d", idx, binary.BigEndian.Uint64(d), binary.BigEndian.Uint64(d[len(d)-8:]), idx)
-		}
-		if !bytes.Equal(d[8:len(d)-8], s.pattern[8:len(d)-8]) {
-			return fmt.Errorf("entry %d: data differs from what was sent", idx)
-		}
+	if err := checkMeasuredEntries(m, base, s.spec, s.pattern, true); err != nil {
+		return err
 	}
 	n := (base - s.base) / uint64(s.spec.entries)
 	for uint64(len(s.seen))*64 <= n {
@@ -137,28 +92,6 @@ func (s *pipeStream) check(m *raftpb.Message) error {
 	}
 	s.seen[n/64] |= 1 << (n % 64)
 	s.got++
-	return nil
-}
-
-func (s *pipeStream) acquire(ctx context.Context) error {
-	select {
-	case s.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("window stuck with %d messages in flight: %w", len(s.slots), context.Cause(ctx))
-	}
-}
-
-// drain waits until every message sent was delivered.
-func (s *pipeStream) drain(ctx context.Context) error {
-	for i := range pipelineWindow {
-		if err := s.acquire(ctx); err != nil {
-			return fmt.Errorf("draining (%d of %d slots back): %w", i, pipelineWindow, err)
-		}
-	}
-	for range pipelineWindow {
-		<-s.slots
-	}
 	return nil
 }
 
