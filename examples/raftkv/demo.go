@@ -463,7 +463,14 @@ func (d *demo) stepAddMember(ctx context.Context) error {
 	}
 	took := time.Since(start)
 	recv := metricSum(m4.registry, "etcd_network_snapshot_receive_success")
+	// The leader counts its send once it has read the receiver's answer,
+	// which the receiver writes after raft took the snapshot: member 4
+	// can have caught up a moment before. Give the answer time to arrive.
 	sent := metricSum(lead.registry, "etcd_network_snapshot_send_success")
+	for deadline := time.Now().Add(5 * time.Second); sent == 0 && recv > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // poll with a deadline
+		sent = metricSum(lead.registry, "etcd_network_snapshot_send_success")
+	}
 	if m4.snapshotsApplied.Load() == 0 || recv == 0 || sent == 0 {
 		return fmt.Errorf("member %d caught up without a snapshot over /raft/snapshot (applied %d, received %v, leader sent %v)",
 			id, m4.snapshotsApplied.Load(), recv, sent)
