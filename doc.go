@@ -70,13 +70,13 @@
 // (its Data aliases them), so that an entry raft or the application keeps
 // keeps nothing else alive, and costs no more than protobuf's own decoding
 // of it; the msgappv2 stream carves message blocks, which raft drops after
-// stepping them, from a per-stream arena. While MsgApps stream at full speed, the bulk loops yield their P
-// every 200 µs and message streams look at their socket every 100 µs,
-// so that heartbeats and votes are not held up behind the bulk traffic by
-// Go's scheduler, which polls the network rarely when every core is busy.
-// A snapshot being received is read from the network ahead of the store
-// (up to 2 MiB), so that receiving and writing overlap. Figures, and what
-// is left, are in compat/BENCHMARKS.md.
+// stepping them, from a per-stream arena. While appends stream at full
+// speed, heartbeats and votes are not held up behind them by Go's
+// scheduler, which polls the network rarely when every core is busy: the
+// bulk loops give way now and then and message streams look at their
+// socket often (yield.go says how and where). A snapshot being received is
+// read from the network ahead of the store, so that receiving and writing
+// overlap. Figures, and what is left, are in compat/BENCHMARKS.md.
 //
 // # Back-pressure and dropping
 //

@@ -18,7 +18,10 @@ type Arena struct {
 // ArenaBlocks is how many message blocks one allocation holds.
 const ArenaBlocks = 16
 
-// NewMsgApp is NewMsgApp with the message block taken from the arena.
+// NewMsgApp returns a MsgApp with the given fields set, the shape the
+// msgappv2 decoder rebuilds from a compact AppEntries record. Its message
+// block comes from the arena, so that consecutive messages share one
+// allocation.
 func (a *Arena) NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
 	if len(a.msgs) == 0 {
 		a.msgs = make([]msgBlock, ArenaBlocks)
@@ -29,8 +32,9 @@ func (a *Arena) NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []
 	return m
 }
 
-// NewMsgApp1 is NewMsgApp of the one entry e, the message and its entry
-// slice taken from the arena.
+// NewMsgApp1 returns a MsgApp carrying the one entry e, the most common
+// append: its message block and its one-element entry slice both come from
+// the arena.
 func (a *Arena) NewMsgApp1(to, from, term, logTerm, index, commit uint64, e *raftpb.Entry) *raftpb.Message {
 	if len(a.msgs1) == 0 {
 		a.msgs1 = make([]msg1Block, ArenaBlocks)

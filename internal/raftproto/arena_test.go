@@ -15,7 +15,7 @@ func TestArenaNewMsgApp1(t *testing.T) {
 	for i := range 3 * ArenaBlocks {
 		e := entry(3, uint64(11+i), "x")
 		m := a.NewMsgApp1(2, 1, 3, 3, uint64(10+i), 9, e)
-		want := NewMsgApp(2, 1, 3, 3, uint64(10+i), 9, []*raftpb.Entry{e})
+		want := newMsgApp(2, 1, 3, 3, uint64(10+i), 9, []*raftpb.Entry{e})
 		if !proto.Equal(m, want) {
 			t.Fatalf("message %d = %v, want %v", i, m, want)
 		}
@@ -26,13 +26,13 @@ func TestArenaNewMsgApp1(t *testing.T) {
 }
 
 // TestArenaNewMsgApp: messages of several entries from the arena equal
-// NewMsgApp's, and cost one allocation per ArenaBlocks of them.
+// newMsgApp's, and cost one allocation per ArenaBlocks of them.
 func TestArenaNewMsgApp(t *testing.T) {
 	var a Arena
 	ents := []*raftpb.Entry{entry(3, 11, "a"), entry(3, 12, "b")}
 	for i := range 3 * ArenaBlocks {
 		m := a.NewMsgApp(2, 1, 3, 3, uint64(10+2*i), 9, ents)
-		want := NewMsgApp(2, 1, 3, 3, uint64(10+2*i), 9, ents)
+		want := newMsgApp(2, 1, 3, 3, uint64(10+2*i), 9, ents)
 		if !proto.Equal(m, want) {
 			t.Fatalf("message %d = %v, want %v", i, m, want)
 		}

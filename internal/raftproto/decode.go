@@ -242,15 +242,6 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 	return m, cost, nil
 }
 
-// NewMsgApp returns a MsgApp with the given fields set, in one allocation:
-// the shape the msgappv2 decoder rebuilds from a compact AppEntries record.
-func NewMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
-	blk := new(msgBlock)
-	m := blk.setMsgApp(to, from, term, logTerm, index, commit)
-	m.Entries = ents
-	return m
-}
-
 // setMsgApp makes blk a MsgApp with the given fields and returns it.
 func (blk *msgBlock) setMsgApp(to, from, term, logTerm, index, commit uint64) *raftpb.Message {
 	blk.typ, blk.to, blk.from, blk.term, blk.logTerm, blk.index, blk.commit =
