@@ -233,7 +233,7 @@ const dropTypes = 32
 // dropReasons are the reasons a drop is counted under.
 var dropReasons = [...]string{dropQueueFull, dropConnClosed, dropPaused, dropRecvFull, dropSendFailed, dropUnknownPeer, dropBudgetExceeded}
 
-// counter returns the child for typ and reason.
+// dropCounter returns the drop counter child for typ and reason.
 func (pm peerMetrics) dropCounter(typ raftpb.MessageType, reason string) prometheus.Counter {
 	r := -1
 	for i, name := range dropReasons {

@@ -205,3 +205,27 @@ func (e *streamEnd) state() StreamState {
 	}
 	return StreamState{}
 }
+
+// ActiveSince returns when the peer's connection last became active, or the
+// zero time if it is inactive or unknown.
+func (t *Transport) ActiveSince(id uint64) time.Time {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if p, ok := t.peers[id]; ok {
+		return p.status.activeSince()
+	}
+	return time.Time{}
+}
+
+// ActivePeers returns the number of peers (not remotes) that are active.
+func (t *Transport) ActivePeers() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	n := 0
+	for _, p := range t.peers {
+		if p.status.isActive() {
+			n++
+		}
+	}
+	return n
+}
