@@ -9,10 +9,8 @@ import (
 
 // readAhead reads its source in a goroutine of its own, up to depth
 // buffers ahead of its consumer, so that receiving a snapshot from the
-// network and writing it to disk overlap instead of taking turns (with
-// both in one goroutine, a 2-core machine moved a snapshot at 0.64-0.77 of
-// a plain file write's speed, 0.81-0.83 with it; see
-// snapshot_bench_test.go).
+// network and writing it to disk overlap instead of taking turns (figures
+// in compat/BENCHMARKS.md, "Where the gaps come from").
 //
 // The goroutine is owned by whoever calls newReadAhead, which must call
 // stop: stop ends the goroutine, calling abort to unblock a read in

@@ -218,10 +218,8 @@ func (s *snapshotSource) Read(p []byte) (int, error) {
 // The read-ahead of a snapshot being received: up to snapReadAheadDepth
 // buffers of snapReadAheadSize (2 MiB in all) between the goroutine reading
 // the network and the store, to absorb the store's stalls (page cache
-// writeback). Small buffers, hence small writes: with 1 MiB buffers,
-// compat/bench's 512 MiB transfer varied from 354 to 1,200 MB/s from run to
-// run (the writes themselves taking up to 8 times longer); with 32 KiB ones
-// it held 1,460-1,630 MB/s over 13 runs (64 and 128 KiB varied again).
+// writeback). Small buffers, hence small writes: large ones made the
+// store's writes erratically slow (compat/BENCHMARKS.md has the runs).
 const (
 	snapReadAheadSize  = 32 << 10
 	snapReadAheadDepth = 64
