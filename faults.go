@@ -8,43 +8,35 @@ package rafthttp
 
 // Pause makes every peer drop what it is given to send and what it
 // receives, without reporting, as etcd's Pause does for its failure tests.
-func (t *Transport) Pause() {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	for _, p := range t.peers {
-		p.pause()
-	}
-}
+func (t *Transport) Pause() { t.setPaused(true) }
 
 // Resume undoes Pause.
-func (t *Transport) Resume() {
+func (t *Transport) Resume() { t.setPaused(false) }
+
+// CutPeer pauses one peer (and remote) as Pause does; MendPeer undoes it.
+func (t *Transport) CutPeer(id uint64) { t.setPeerPaused(id, true) }
+
+// MendPeer resumes a peer cut with CutPeer.
+func (t *Transport) MendPeer(id uint64) { t.setPeerPaused(id, false) }
+
+// setPaused pauses or resumes every peer (remotes are left alone, as etcd's
+// Pause leaves them).
+func (t *Transport) setPaused(paused bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, p := range t.peers {
-		p.resume()
+		p.paused.Store(paused)
 	}
 }
 
-// CutPeer pauses one peer (and remote) as Pause does; MendPeer undoes it.
-func (t *Transport) CutPeer(id uint64) {
+// setPeerPaused pauses or resumes the peer and the remote of id.
+func (t *Transport) setPeerPaused(id uint64, paused bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if p, ok := t.peers[id]; ok {
-		p.pause()
+		p.paused.Store(paused)
 	}
 	if r, ok := t.remotes[id]; ok {
-		r.pause()
-	}
-}
-
-// MendPeer resumes a peer cut with CutPeer.
-func (t *Transport) MendPeer(id uint64) {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	if p, ok := t.peers[id]; ok {
-		p.resume()
-	}
-	if r, ok := t.remotes[id]; ok {
-		r.resume()
+		r.paused.Store(paused)
 	}
 }
