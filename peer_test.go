@@ -31,17 +31,16 @@ func TestPeerPick(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := &peer{
-				pipeline:       &pipeline{msgc: make(chan *raftpb.Message, 1)},
-				msgAppV2Writer: &streamWriter{msgc: make(chan *raftpb.Message, 1)},
-				writer:         &streamWriter{msgc: make(chan *raftpb.Message, 1)},
+			p := &peer{pipeline: &pipeline{msgc: make(chan *raftpb.Message, 1)}}
+			for _, typ := range streamTypes {
+				p.writers[typ] = &streamWriter{msgc: make(chan *raftpb.Message, 1)}
 			}
-			p.msgAppV2Writer.working.Store(tc.msgAppWorking)
-			p.writer.working.Store(tc.msgWorking)
+			p.writers[streamTypeMsgAppV2].working.Store(tc.msgAppWorking)
+			p.writers[streamTypeMessage].working.Store(tc.msgWorking)
 			chans := map[string]chan<- *raftpb.Message{
 				chanPipeline:       p.pipeline.msgc,
-				chanStreamMsgAppV2: p.msgAppV2Writer.msgc,
-				chanStreamMsg:      p.writer.msgc,
+				chanStreamMsgAppV2: p.writers[streamTypeMsgAppV2].msgc,
+				chanStreamMsg:      p.writers[streamTypeMessage].msgc,
 			}
 			for _, c := range []struct {
 				typ  raftpb.MessageType
