@@ -11,21 +11,22 @@ import (
 	"time"
 )
 
-// rtKind says what an HTTP client carries.
+// rtKind says what an HTTP client carries. A stream type's row in the
+// streams table says which stream kind its reader dials with.
 type rtKind int
 
 const (
-	rtMsgAppStream  rtKind = iota // msgappv2 streams
-	rtMessageStream               // message streams, read in slices while busy (deadlineConn)
-	rtPipeline                    // POSTs, snapshots and the snapshot prober
+	rtStream       rtKind = iota // streams read as the network delivers (the bulk stream)
+	rtSlicedStream               // streams read in slices while bulk traffic streams (deadlineConn)
+	rtPipeline                   // POSTs, snapshots and the snapshot prober
 )
 
-// newRoundTripper builds one of the three HTTP clients. Streams get no idle
-// connections (each is long-lived) and per-Read/Write deadlines on the
+// newRoundTripper builds an HTTP client of the given kind. Streams get no
+// idle connections (each is long-lived) and per-Read/Write deadlines on the
 // connection itself, so that a silent stream fails within the read timeout
-// (etcd installs these deadlines where Go ignores them); message streams
-// look at the socket every busyPollInterval while MsgApps stream. The pipeline keeps
-// connections alive between POSTs.
+// (etcd installs these deadlines where Go ignores them); sliced streams
+// look at the socket every busyPollInterval while MsgApps stream. The
+// pipeline keeps connections alive between POSTs.
 func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Transport {
 	d := &net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -34,7 +35,7 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Tran
 			return c, err
 		}
 		dc := &deadlineConn{Conn: c, rd: rd, wr: wr}
-		if kind == rtMessageStream {
+		if kind == rtSlicedStream {
 			dc.bulk = t.bulk
 		}
 		return dc, nil

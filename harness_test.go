@@ -181,7 +181,15 @@ func waitStreams(t testing.TB, a *testNode, peers ...*testNode) {
 	for _, b := range peers {
 		waitFor(t, "streams to be attached", func() bool {
 			s, ok := a.tr.PeerStatus(b.tr.ID)
-			return ok && s.Streams[0].Writer.Up && s.Streams[1].Writer.Up
+			if !ok {
+				return false
+			}
+			for _, st := range s.Streams {
+				if !st.Writer.Up {
+					return false
+				}
+			}
+			return true
 		})
 	}
 }

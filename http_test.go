@@ -710,7 +710,7 @@ func TestServeStream(t *testing.T) {
 		}
 	}
 	notWorking := func(t *testing.T, e *htEnv) {
-		if p, ok := e.tr.get(htPeerID); ok && (p.writer.isWorking() || p.msgAppV2Writer.isWorking()) {
+		if p, ok := e.tr.get(htPeerID); ok && (p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking()) {
 			t.Error("a stream writer of b2 is working, want none")
 		}
 	}
@@ -808,7 +808,7 @@ func TestServeStreamAttach(t *testing.T) {
 		{name: "message", path: "/raft/stream/message/b2",
 			msg:  &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(7), Commit: proto.Uint64(3)},
 			read: func(r io.Reader) (*raftpb.Message, int, error) { return newMessageDecoder(r, 1<<20).decode() },
-			this: func(p *peer) *streamWriter { return p.writer }, other: func(p *peer) *streamWriter { return p.msgAppV2Writer }},
+			this: func(p *peer) *streamWriter { return p.writers[streamTypeMessage] }, other: func(p *peer) *streamWriter { return p.writers[streamTypeMsgAppV2] }},
 		{name: "msgapp", path: "/raft/stream/msgapp/b2",
 			msg: &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(7),
 				LogTerm: proto.Uint64(6), Index: proto.Uint64(20), Commit: proto.Uint64(19),
@@ -816,7 +816,7 @@ func TestServeStreamAttach(t *testing.T) {
 			read: func(r io.Reader) (*raftpb.Message, int, error) {
 				return newMsgAppV2Decoder(r, htPeerID, htLocalID, 1<<20).decode()
 			},
-			this: func(p *peer) *streamWriter { return p.msgAppV2Writer }, other: func(p *peer) *streamWriter { return p.writer }},
+			this: func(p *peer) *streamWriter { return p.writers[streamTypeMsgAppV2] }, other: func(p *peer) *streamWriter { return p.writers[streamTypeMessage] }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -879,7 +879,7 @@ func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
 	app, cancelApp := htDialStream(t, client, srv, "/raft/stream/msgapp/b2")
 	defer cancelApp()
 	waitFor(t, "both writers to take their streams", func() bool {
-		return p.writer.isWorking() && p.msgAppV2Writer.isWorking()
+		return p.writers[streamTypeMessage].isWorking() && p.writers[streamTypeMsgAppV2].isWorking()
 	})
 
 	tr.RemovePeer(htPeerID)
@@ -903,14 +903,14 @@ func TestServeStreamReplacedConnection(t *testing.T) {
 
 	first, cancelFirst := htDialStream(t, client, srv, "/raft/stream/message/b2")
 	defer cancelFirst()
-	waitFor(t, "the writer to take the first stream", p.writer.isWorking)
+	waitFor(t, "the writer to take the first stream", p.writers[streamTypeMessage].isWorking)
 	second, cancelSecond := htDialStream(t, client, srv, "/raft/stream/message/b2")
 	defer cancelSecond()
 	if b, err := io.ReadAll(first.Body); err != nil || len(b) != 0 {
 		t.Errorf("first stream: got %q, %v, want a clean end without data", b, err)
 	}
 	waitFor(t, "the first handler to return", func() bool { return srv.inflight.Load() == 1 })
-	if !p.writer.isWorking() {
+	if !p.writers[streamTypeMessage].isWorking() {
 		t.Error("the writer stopped working, want it on the second stream")
 	}
 	tr.Send([]*raftpb.Message{{Type: raftpb.MsgVote.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(9)}})

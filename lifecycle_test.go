@@ -35,7 +35,7 @@ func TestStreamWriterReportsMessageQueuedAfterDetach(t *testing.T) {
 	tr, fr := newHTTransport(t, nil)
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
-	w := p.writer
+	w := p.writers[streamTypeMessage]
 
 	c := newOutgoingConn(streamTypeMessage, &brokenResponse{h: http.Header{}})
 	if !w.attach(c) {
@@ -66,11 +66,11 @@ func TestRemovePeerReportsQueuedStreamMessages(t *testing.T) {
 	// that picked them would, with the writers stopped first so that
 	// nothing drains them before RemovePeer.
 	p.cancel()
-	<-p.writer.done
-	<-p.msgAppV2Writer.done
+	<-p.writers[streamTypeMessage].done
+	<-p.writers[streamTypeMsgAppV2].done
 	for range 3 {
-		p.writer.msgc <- htMessage(raftpb.MsgHeartbeat)
-		p.msgAppV2Writer.msgc <- htMessage(raftpb.MsgApp)
+		p.writers[streamTypeMessage].msgc <- htMessage(raftpb.MsgHeartbeat)
+		p.writers[streamTypeMsgAppV2].msgc <- htMessage(raftpb.MsgApp)
 	}
 	tr.RemovePeer(htPeerID)
 	if got := fr.unreachableCount(htPeerID); got != 6 {

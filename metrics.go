@@ -195,18 +195,14 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	var qs []queueDepth
 	for _, p := range t.peers {
-		for _, q := range []struct {
-			name string
-			n    int
-		}{
-			{"stream_msgappv2", len(p.msgAppV2Writer.msgc)}, {"stream_message", len(p.writer.msgc)},
-			{"pipeline", len(p.pipeline.msgc)}, {"recv_msgappv2", len(p.msgAppV2Reader.recvc)}, {"recv_message", len(p.msgAppReader.recvc)},
-			{"prop", len(p.propc)},
-		} {
+		var queued int64
+		qs, queued = p.queueDepths(qs[:0])
+		for _, q := range qs {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(q.n), p.idStr, q.name)
 		}
-		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.GaugeValue, float64(p.queued.inUse()), p.idStr)
+		ch <- prometheus.MustNewConstMetric(c.bytesDesc, prometheus.GaugeValue, float64(queued), p.idStr)
 	}
 }
 

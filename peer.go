@@ -18,10 +18,11 @@ const (
 	chanPipeline       = "pipeline"
 )
 
-// peer is one remote member: its two stream writers (serving the streams the
-// member dials to us), its two stream readers (dialling the streams it
-// serves us), its pipeline, and the two loops that hand received messages to
-// raft. It owns all of their goroutines; stop ends them and waits.
+// peer is one remote member: a stream writer per stream type (serving the
+// streams the member dials to us), a stream reader per type (dialling the
+// streams it serves us), its pipeline, and the loops that hand received
+// messages to raft (one per stream, one for proposals). It owns all of
+// their goroutines; stop ends them and waits.
 type peer struct {
 	t       *Transport
 	id      uint64
@@ -31,12 +32,12 @@ type peer struct {
 	picker  *urlPicker
 	metrics peerMetrics
 
-	msgAppV2Writer *streamWriter
-	writer         *streamWriter
-	pipeline       *pipeline
-	msgAppV2Reader *streamReader
-	msgAppReader   *streamReader
-	probers        [2]*prober // over the stream and the pipeline round trippers
+	// writers and readers are indexed by streamType (element 0 is nil);
+	// walk them through streamTypes.
+	writers  [streamTypeEnd]*streamWriter
+	readers  [streamTypeEnd]*streamReader
+	pipeline *pipeline
+	probers  [2]*prober // over the stream and the pipeline round trippers
 
 	// Each stream reader has its own receive queue (streamReader.recvc),
 	// so appends backed up on the msgappv2 stream do not delay heartbeats
@@ -69,11 +70,11 @@ type peer struct {
 	stopOnce sync.Once
 }
 
-// startPeer builds a peer and starts its goroutines.
-func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
+// newPeer builds a peer and starts nothing: start does. A peer built and
+// never started may still be stopped.
+func newPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	idStr := formatID(id)
 	lg := t.lg.With(zap.String("local-member-id", t.cfg.idStr), zap.String("remote-peer-id", idStr))
-	lg.Info("starting remote peer")
 	p := &peer{
 		t:       t,
 		id:      id,
@@ -89,28 +90,48 @@ func startPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
 	p.pipeline.budget = &p.queued
 	p.pipeline.features = &p.features
-	p.msgAppV2Writer = newStreamWriter(p, streamTypeMsgAppV2)
-	p.writer = newStreamWriter(p, streamTypeMessage)
-	p.msgAppV2Reader = newStreamReader(p, streamTypeMsgAppV2)
-	p.msgAppReader = newStreamReader(p, streamTypeMessage)
+	for _, typ := range streamTypes {
+		p.writers[typ] = newStreamWriter(p, typ)
+		p.readers[typ] = newStreamReader(p, typ)
+	}
 	p.probers = [2]*prober{
-		newProber(p, roundTripperNameRaftMessage, t.streamRt),
+		// The stream prober dials as the msgappv2 reader does: a fresh
+		// connection with per-Read/Write deadlines.
+		newProber(p, roundTripperNameRaftMessage, t.streamRts[streamTypeMsgAppV2]),
 		newProber(p, roundTripperNameSnapshot, t.pipelineRt),
 	}
+	return p
+}
 
+// start starts the peer's goroutines: the pipeline's workers, a writer and
+// a reader per stream type, a loop handing each stream's messages to raft
+// and one for proposals, and the probers. Once the peer is stopping, it
+// starts nothing (see goIfRunning).
+func (p *peer) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping {
+		return
+	}
+	p.lg.Info("starting remote peer")
 	p.pipeline.start(p.ctx, &p.wg)
-	p.wg.Go(func() { p.msgAppV2Writer.run(p.ctx) })
-	p.wg.Go(func() { p.writer.run(p.ctx) })
-	p.wg.Go(func() { p.msgAppV2Reader.run(p.ctx) })
-	p.wg.Go(func() { p.msgAppReader.run(p.ctx) })
-	p.wg.Go(func() { p.processLoop(p.msgAppV2Reader.recvc, yielder{clock: t.bulk}) })
-	p.wg.Go(func() { p.processLoop(p.msgAppReader.recvc, yielder{}) })
-	p.wg.Go(func() { p.processLoop(p.propc, yielder{}) })
+	for _, typ := range streamTypes {
+		w := p.writers[typ]
+		p.wg.Go(func() { w.run(p.ctx) })
+	}
+	for _, typ := range streamTypes {
+		r := p.readers[typ]
+		p.wg.Go(func() { r.run(p.ctx) })
+	}
+	for _, typ := range streamTypes {
+		c, y := p.readers[typ].recvc, p.t.bulkYielder(typ)
+		p.wg.Go(func() { p.processLoop(c, y) })
+	}
+	p.wg.Go(func() { p.processLoop(p.propc, yielder{}) }) // proposals are never bulk
 	for _, pr := range p.probers {
 		p.wg.Go(func() { pr.run(p.ctx) })
 	}
-	lg.Info("started remote peer")
-	return p
+	p.lg.Info("started remote peer")
 }
 
 // received is a message on its way to Process, with what it holds of the
@@ -200,32 +221,59 @@ func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
 }
 
 // pick chooses how m leaves (spec §4.2): a MsgSnap by the pipeline, so that
-// a large snapshot never holds up a stream; a MsgApp by the msgappv2 stream
-// when it is up; anything by the message stream when it is up; else the
-// pipeline.
+// a large snapshot never holds up a stream; otherwise by the first stream,
+// in streamTypes order, that carries m and is up (a MsgApp by msgappv2, else
+// anything by the message stream); else the pipeline.
 func (p *peer) pick(m *raftpb.Message) (chan<- *raftpb.Message, string) {
-	switch {
-	case m.GetType() == raftpb.MsgSnap:
-		return p.pipeline.msgc, chanPipeline
-	case m.GetType() == raftpb.MsgApp && p.msgAppV2Writer.isWorking():
-		return p.msgAppV2Writer.msgc, chanStreamMsgAppV2
-	case p.writer.isWorking():
-		return p.writer.msgc, chanStreamMsg
-	default:
+	mt := m.GetType()
+	if mt == raftpb.MsgSnap {
 		return p.pipeline.msgc, chanPipeline
 	}
+	for typ := streamType(1); typ < streamTypeEnd; typ++ { // streamTypes, without bounds checks
+		if d, w := &streams[typ], p.writers[typ]; d.carries.has(mt) && w.isWorking() {
+			return w.msgc, d.channel
+		}
+	}
+	return p.pipeline.msgc, chanPipeline
 }
 
 // attachOutgoingConn hands a stream the remote dialled to the writer of its
 // type. It returns false if the peer has stopped.
 func (p *peer) attachOutgoingConn(c *outgoingConn) bool {
-	switch c.typ {
-	case streamTypeMsgAppV2:
-		return p.msgAppV2Writer.attach(c)
-	case streamTypeMessage:
-		return p.writer.attach(c)
+	if c.typ.endpoint() == "" {
+		return false
 	}
-	return false
+	return p.writers[c.typ].attach(c)
+}
+
+// pokeWriters asks every stream writer to probe its connection soon (see
+// streamWriter.poke).
+func (p *peer) pokeWriters() {
+	for _, typ := range streamTypes {
+		p.writers[typ].poke()
+	}
+}
+
+// queueDepth is the length of one of a peer's queues, under its name in
+// rafthttp_queue_depth.
+type queueDepth struct {
+	name string
+	n    int
+}
+
+// queueDepths appends the length of each of the peer's queues to qs, and
+// returns it with the bytes charged to its send budget: what the metrics
+// collector samples at scrape time.
+func (p *peer) queueDepths(qs []queueDepth) ([]queueDepth, int64) {
+	for _, typ := range streamTypes {
+		qs = append(qs, queueDepth{streams[typ].sendQueue, len(p.writers[typ].msgc)})
+	}
+	qs = append(qs, queueDepth{"pipeline", len(p.pipeline.msgc)})
+	for _, typ := range streamTypes {
+		qs = append(qs, queueDepth{streams[typ].recvQueue, len(p.readers[typ].recvc)})
+	}
+	qs = append(qs, queueDepth{"prop", len(p.propc)})
+	return qs, p.queued.inUse()
 }
 
 // goIfRunning starts fn as one of the peer's goroutines, unless the peer is
@@ -254,12 +302,14 @@ func (p *peer) stop() {
 		p.stopping = true
 		p.mu.Unlock()
 		p.cancel()
-		p.msgAppV2Writer.abort()
-		p.writer.abort()
+		for _, typ := range streamTypes {
+			p.writers[typ].abort()
+		}
 		p.wg.Wait()
 		// Messages still queued for the streams or on the pipeline will
 		// never be sent: raft is told of each (not once Stop has begun).
-		for _, w := range []*streamWriter{p.msgAppV2Writer, p.writer} {
+		for _, typ := range streamTypes {
+			w := p.writers[typ]
 			for len(w.msgc) > 0 {
 				m := <-w.msgc
 				p.queued.releaseMsg(m)
@@ -269,11 +319,18 @@ func (p *peer) stop() {
 		p.pipeline.drain() // releases what its queue held, too
 		// What is still received will never be processed: give back what
 		// it holds of the receive budget.
-		for _, c := range []chan received{p.msgAppV2Reader.recvc, p.msgAppReader.recvc, p.propc} {
-			for len(c) > 0 {
-				p.t.budget.release((<-c).charge)
-			}
+		for _, typ := range streamTypes {
+			p.releaseReceived(p.readers[typ].recvc)
 		}
+		p.releaseReceived(p.propc)
 		p.lg.Info("stopped remote peer")
 	})
+}
+
+// releaseReceived empties c, a receive queue of the stopped peer, giving
+// back what its messages hold of the receive budget.
+func (p *peer) releaseReceived(c chan received) {
+	for len(c) > 0 {
+		p.t.budget.release((<-c).charge)
+	}
 }

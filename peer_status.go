@@ -33,11 +33,11 @@ type peerStatus struct {
 	// alternately 204 and 500) flips its status at the rate we send.
 	inactiveLog logLimiter
 
-	// writers and readers are the ends of the peer's streams, indexed as
-	// statsStreamOrder, for PeerStats. They are not under mu: each has a
+	// writers and readers are the ends of the peer's streams, indexed by
+	// streamType, for PeerStats. They are not under mu: each has a
 	// single goroutine that sets it (the stream's writer or reader), and
 	// they are independent of active, which any mechanism can set.
-	writers, readers [len(statsStreamOrder)]streamEnd
+	writers, readers [streamTypeEnd]streamEnd
 }
 
 func newPeerStatus(lg *zap.Logger, now func() int64, m *metrics, local, id string) *peerStatus {
@@ -111,13 +111,5 @@ func (s *peerStatus) lastError() error {
 
 // writer and reader return the ends of the stream of type t that our stream
 // writer and our stream reader hold.
-func (s *peerStatus) writer(t streamType) *streamEnd { return &s.writers[streamIndex(t)] }
-func (s *peerStatus) reader(t streamType) *streamEnd { return &s.readers[streamIndex(t)] }
-
-// streamIndex is t's place in statsStreamOrder.
-func streamIndex(t streamType) int {
-	if t == streamTypeMsgAppV2 {
-		return 0
-	}
-	return 1
-}
+func (s *peerStatus) writer(t streamType) *streamEnd { return &s.writers[t] }
+func (s *peerStatus) reader(t streamType) *streamEnd { return &s.readers[t] }

@@ -1,6 +1,8 @@
 package rafthttp
 
 import (
+	"net/url"
+	"slices"
 	"testing"
 
 	"go.etcd.io/raft/v3"
@@ -31,17 +33,16 @@ func TestPeerPick(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := &peer{
-				pipeline:       &pipeline{msgc: make(chan *raftpb.Message, 1)},
-				msgAppV2Writer: &streamWriter{msgc: make(chan *raftpb.Message, 1)},
-				writer:         &streamWriter{msgc: make(chan *raftpb.Message, 1)},
+			p := &peer{pipeline: &pipeline{msgc: make(chan *raftpb.Message, 1)}}
+			for _, typ := range streamTypes {
+				p.writers[typ] = &streamWriter{msgc: make(chan *raftpb.Message, 1)}
 			}
-			p.msgAppV2Writer.working.Store(tc.msgAppWorking)
-			p.writer.working.Store(tc.msgWorking)
+			p.writers[streamTypeMsgAppV2].working.Store(tc.msgAppWorking)
+			p.writers[streamTypeMessage].working.Store(tc.msgWorking)
 			chans := map[string]chan<- *raftpb.Message{
 				chanPipeline:       p.pipeline.msgc,
-				chanStreamMsgAppV2: p.msgAppV2Writer.msgc,
-				chanStreamMsg:      p.writer.msgc,
+				chanStreamMsgAppV2: p.writers[streamTypeMsgAppV2].msgc,
+				chanStreamMsg:      p.writers[streamTypeMessage].msgc,
 			}
 			for _, c := range []struct {
 				typ  raftpb.MessageType
@@ -129,5 +130,85 @@ func TestPeerCutDropsReceived(t *testing.T) {
 	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 3)})
 	if got := b.raft.recv(t); got.GetCommit() != 3 {
 		t.Errorf("got %v commit %d first after the mend, want the heartbeat with commit 3", got.GetType(), got.GetCommit())
+	}
+}
+
+// TestPeerBuildThenStart checks that newPeer only builds a peer and start
+// starts its goroutines, and that a peer stopping starts nothing, as
+// goIfRunning does not: stop waits for every goroutine started, so a writer
+// whose run has returned by then was started, and one whose run has not
+// never was.
+func TestPeerBuildThenStart(t *testing.T) {
+	tests := []struct {
+		name    string
+		steps   func(p *peer)
+		wantRan bool
+	}{
+		{name: "built and stopped", steps: func(p *peer) { p.stop() }, wantRan: false},
+		{name: "started and stopped", steps: func(p *peer) { p.start(); p.stop() }, wantRan: true},
+		{name: "started after stop", steps: func(p *peer) { p.stop(); p.start(); p.wg.Wait() }, wantRan: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, _ := newHTTransport(t, nil)
+			p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
+			tc.steps(p)
+			for _, typ := range streamTypes {
+				ran := false
+				select {
+				case <-p.writers[typ].done:
+					ran = true
+				default:
+				}
+				if ran != tc.wantRan {
+					t.Errorf("%v writer ran: got %v, want %v", typ, ran, tc.wantRan)
+				}
+			}
+		})
+	}
+}
+
+// TestPeerQueueDepths checks what the queue collector samples: every queue
+// of the peer under its rafthttp_queue_depth label, in a fixed order, and
+// the bytes charged to the send budget. The peer is built, not started, so
+// that nothing drains the queues.
+func TestPeerQueueDepths(t *testing.T) {
+	tr, _ := newHTTransport(t, nil)
+	p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
+	t.Cleanup(p.stop)
+	var charged int64
+	queue := func(c chan<- *raftpb.Message, n int) {
+		for range n {
+			m := htMessage(raftpb.MsgApp)
+			if !p.queued.charge(sendCharge(m)) {
+				t.Fatal("send budget refused a message")
+			}
+			charged += sendCharge(m)
+			c <- m
+		}
+	}
+	queue(p.writers[streamTypeMsgAppV2].msgc, 1)
+	queue(p.writers[streamTypeMessage].msgc, 2)
+	queue(p.pipeline.msgc, 3)
+	for range 4 {
+		p.readers[streamTypeMsgAppV2].recvc <- received{m: htMessage(raftpb.MsgApp)}
+	}
+	for range 5 {
+		p.readers[streamTypeMessage].recvc <- received{m: htMessage(raftpb.MsgHeartbeat)}
+	}
+	for range 6 {
+		p.propc <- received{m: htMessage(raftpb.MsgProp)}
+	}
+
+	got, bytes := p.queueDepths(nil)
+	want := []queueDepth{
+		{"stream_msgappv2", 1}, {"stream_message", 2}, {"pipeline", 3},
+		{"recv_msgappv2", 4}, {"recv_message", 5}, {"prop", 6},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("queue depths: got %v, want %v", got, want)
+	}
+	if bytes != charged {
+		t.Errorf("send budget bytes: got %d, want %d", bytes, charged)
 	}
 }

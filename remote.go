@@ -52,6 +52,7 @@ type remote struct {
 	// by t.mu.
 	urlsKey string
 
+	ctx    context.Context // the pipeline's, cancelled by stop and retire
 	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
 }
@@ -84,7 +85,9 @@ var errTooManyRemotes = errors.New("rafthttp: too many remotes created from requ
 // reported to raft as dropped, where Stop drops silently.
 var errRemoteRetired = errors.New("rafthttp: remote learnt from a request retired")
 
-func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *remote {
+// newRemote builds a remote and starts nothing: start does. fromRequest
+// says it is learnt from a request (see remote.fromRequest).
+func newRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *remote {
 	idStr := formatID(id)
 	lg := t.lg.With(zap.String("local-member-id", t.cfg.idStr), zap.String("remote-peer-id", idStr))
 	// A remote's activity is its own: it is not a peer, and ActivePeers
@@ -102,11 +105,13 @@ func startRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *rem
 	r.queued.max = int64(t.cfg.maxPeerSendBytes)
 	r.pipeline.budget = &r.queued
 	r.touch()
-	var ctx context.Context
-	ctx, r.cancel = context.WithCancelCause(t.ctx)
-	r.pipeline.start(ctx, &r.wg)
+	r.ctx, r.cancel = context.WithCancelCause(t.ctx)
 	return r
 }
+
+// start starts the pipeline's workers. It is called once, before stop or
+// retire.
+func (r *remote) start() { r.pipeline.start(r.ctx, &r.wg) }
 
 // touch records that the remote is in use.
 func (r *remote) touch() { r.lastUsed.Store(monoNanos()) }
@@ -209,7 +214,9 @@ func (t *Transport) AddRemote(id uint64, urls []string) error {
 		}
 		return nil
 	}
-	t.remotes[id] = startRemote(t, id, us, false)
+	r := newRemote(t, id, us, false)
+	r.start()
+	t.remotes[id] = r
 	t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
 		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
 	return nil
@@ -285,7 +292,9 @@ func (t *Transport) addRequestRemote(id uint64, us []url.URL) error {
 		}
 		evicted = true
 	}
-	t.remotes[id] = startRemote(t, id, us, true)
+	r := newRemote(t, id, us, true)
+	r.start()
+	t.remotes[id] = r
 	if !t.janitorRunning {
 		t.janitorRunning = true
 		t.bg.Go(t.expireIdleRemotes)

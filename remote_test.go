@@ -131,7 +131,7 @@ func rtPipelineWorkers() int {
 		buf = make([]byte, 2*len(buf))
 	}
 	// A worker is the closure (*pipeline).start launches; inlined into
-	// startRemote or startPeer its frame is named after them too.
+	// remote.start or peer.start its frame is named after them too.
 	n := 0
 	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
 		if bytes.Contains(g, []byte(".(*pipeline).start.func")) {

@@ -122,7 +122,7 @@ func TestEntryRetention(t *testing.T) {
 						// Send drops what a full queue cannot take: wait
 						// for room rather than lose entries.
 						p, _ := a.tr.get(2)
-						if len(p.msgAppV2Writer.msgc) < cap(p.msgAppV2Writer.msgc)/2 {
+						if len(p.writers[streamTypeMsgAppV2].msgc) < cap(p.writers[streamTypeMsgAppV2].msgc)/2 {
 							break
 						}
 						runtime.Gosched()

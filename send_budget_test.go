@@ -322,7 +322,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			tr, fr := newHTTransport(t, nil)
 			htAddPeer(t, tr)
 			p, _ := tr.get(htPeerID)
-			w := p.msgAppV2Writer
+			w := p.writers[streamTypeMsgAppV2]
 			resp := newStallingResponse()
 			t.Cleanup(resp.failAndClose) // before Stop: a stalled write ignores aborts
 			if !w.attach(newOutgoingConn(streamTypeMsgAppV2, resp)) {
@@ -343,7 +343,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			tr, fr := newHTTransport(t, nil)
 			htAddPeer(t, tr)
 			p, _ := tr.get(htPeerID)
-			w := p.msgAppV2Writer
+			w := p.writers[streamTypeMsgAppV2]
 			if !w.attach(newOutgoingConn(streamTypeMsgAppV2, &brokenResponse{h: http.Header{}})) {
 				t.Fatal("attach refused")
 			}
@@ -392,13 +392,13 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 		{"queued on every channel at RemovePeer", func(t *testing.T) budgetEnv {
 			tr, fr := newHTTransport(t, nil)
 			p := stoppedPeer(t, tr)
-			p.msgAppV2Writer.working.Store(true)
-			p.writer.working.Store(true)
+			p.writers[streamTypeMsgAppV2].working.Store(true)
+			p.writers[streamTypeMessage].working.Store(true)
 			tr.Send([]*raftpb.Message{big(raftpb.MsgApp, 1), big(raftpb.MsgProp, 2), big(raftpb.MsgSnap, 3)})
-			for _, c := range []int{len(p.msgAppV2Writer.msgc), len(p.writer.msgc), len(p.pipeline.msgc)} {
+			for _, c := range []int{len(p.writers[streamTypeMsgAppV2].msgc), len(p.writers[streamTypeMessage].msgc), len(p.pipeline.msgc)} {
 				if c != 1 {
 					t.Fatalf("queues hold %d, %d and %d messages, want one each",
-						len(p.msgAppV2Writer.msgc), len(p.writer.msgc), len(p.pipeline.msgc))
+						len(p.writers[streamTypeMsgAppV2].msgc), len(p.writers[streamTypeMessage].msgc), len(p.pipeline.msgc))
 				}
 			}
 			tr.RemovePeer(htPeerID)

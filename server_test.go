@@ -319,13 +319,13 @@ func TestServerRecipeKeepsQuietStreams(t *testing.T) {
 		{name: "message", path: RaftStreamPrefix + "/message/b2",
 			msg:    &raftpb.Message{Type: raftpb.MsgVote.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(9)},
 			dec:    func(r io.Reader) decoder { return newMessageDecoder(r, 1<<20) },
-			writer: func(p *peer) *streamWriter { return p.writer }},
+			writer: func(p *peer) *streamWriter { return p.writers[streamTypeMessage] }},
 		{name: "msgapp", path: RaftStreamPrefix + "/msgapp/b2",
 			msg: &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(7),
 				LogTerm: proto.Uint64(6), Index: proto.Uint64(20), Commit: proto.Uint64(19),
 				Entries: []*raftpb.Entry{{Term: proto.Uint64(7), Index: proto.Uint64(21), Data: []byte("x")}}},
 			dec:    func(r io.Reader) decoder { return newMsgAppV2Decoder(r, htPeerID, htLocalID, 1<<20) },
-			writer: func(p *peer) *streamWriter { return p.msgAppV2Writer }},
+			writer: func(p *peer) *streamWriter { return p.writers[streamTypeMsgAppV2] }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -231,7 +231,7 @@ func TestStreamWriterDeadlinePerLargeMessage(t *testing.T) {
 	tr, fr := newHTTransport(t, func(tr *Transport) { tr.ConnWriteTimeout = timeout })
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
-	w := p.msgAppV2Writer
+	w := p.writers[streamTypeMsgAppV2]
 	resp := &pacedResponse{h: http.Header{}, pace: pace, entered: make(chan struct{}), gate: make(chan struct{})}
 	if !w.attach(newOutgoingConn(streamTypeMsgAppV2, resp)) {
 		t.Fatal("attach refused")
@@ -275,7 +275,7 @@ func TestStreamWriterReleasesAsItWrites(t *testing.T) {
 	tr, fr := newHTTransport(t, nil)
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
-	w := p.msgAppV2Writer
+	w := p.writers[streamTypeMsgAppV2]
 	var (
 		mu   sync.Mutex
 		seen []int64 // charged at each write

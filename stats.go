@@ -155,7 +155,7 @@ func (p *peer) stats() PeerStats {
 		ProbeHealthy:     true,
 		Features:         p.features.load().String(),
 	}
-	for i, typ := range statsStreamOrder {
+	for i, typ := range streamTypes {
 		s.Streams[i] = StreamStats{Type: typ.statsName(), Writer: p.status.writer(typ).state(), Reader: p.status.reader(typ).state()}
 	}
 	// Report the stream prober's view, which measures the connections raft
@@ -168,17 +168,6 @@ func (p *peer) stats() PeerStats {
 		}
 	}
 	return s
-}
-
-// statsStreamOrder is the order of PeerStats.Streams.
-var statsStreamOrder = [...]streamType{streamTypeMsgAppV2, streamTypeMessage}
-
-// statsName is the stream type's name in PeerStats.
-func (t streamType) statsName() string {
-	if t == streamTypeMsgAppV2 {
-		return StreamMsgAppV2
-	}
-	return StreamMessage
 }
 
 // streamEnd records whether one end of a stream is up and since when, for

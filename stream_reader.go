@@ -76,8 +76,7 @@ func (r *streamReader) run(ctx context.Context) {
 			}
 			// The remote may be gone: have our writers check their
 			// connections to it now rather than at their next write.
-			p.msgAppV2Writer.poke()
-			p.writer.poke()
+			p.pokeWriters()
 			// A clean end (the remote closed or replaced the stream) is
 			// not a failure of the peer; a timeout or garbage is.
 			if !cleanStreamEnd(err) {
@@ -138,11 +137,7 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 	}
 	t.setHeaders(req.Header)
 	req.Header.Set(headerRaftTo, p.idStr)
-	rt := t.streamRt
-	if r.typ == streamTypeMessage {
-		rt = t.msgStreamRt
-	}
-	resp, err := rt.RoundTrip(req)
+	resp, err := t.streamRts[r.typ].RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
@@ -193,16 +188,9 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 	// and is released once Process has returned for it; the decoder
 	// waits for room, so a full budget stops this stream's reads.
 	ch := recvCharger{budget: p.t.budget, ctx: ctx, wait: true}
-	var dec decoder
-	if r.typ == streamTypeMsgAppV2 {
-		d := newMsgAppV2Decoder(body, p.t.cfg.id, p.id, p.t.cfg.maxMessageBytes)
-		d.recvCharger = ch
-		dec = d
-	} else {
-		d := newMessageDecoder(body, p.t.cfg.maxMessageBytes)
-		d.recvCharger = ch
-		dec = d
-	}
+	dec := r.typ.desc().newDecoder(body, decoderConfig{
+		local: p.t.cfg.id, remote: p.id, limit: p.t.cfg.maxMessageBytes, charger: ch,
+	})
 	y := p.t.bulkYielder(r.typ)
 	// Counters are added up here and published with the last message
 	// read from the connection so far, before it is handed on (or every

@@ -203,7 +203,7 @@ func TestStreamReaderDialResult(t *testing.T) {
 				t.Fatal(err)
 			}
 			p, _ := tr.get(2)
-			for _, r := range []*streamReader{p.msgAppReader, p.msgAppV2Reader} {
+			for _, r := range []*streamReader{p.readers[streamTypeMessage], p.readers[streamTypeMsgAppV2]} {
 				body, err := r.dial(context.Background(), srv.URL)
 				if body != nil {
 					body.Close()

@@ -147,11 +147,9 @@ func (w *streamWriter) attach(c *outgoingConn) bool {
 	}
 }
 
+// newEncoder returns the encoder of the writer's stream type over c.
 func (w *streamWriter) newEncoder(c *outgoingConn) encoder {
-	if w.typ == streamTypeMsgAppV2 {
-		return newMsgAppV2Encoder(c.w)
-	}
-	return newMessageEncoder(c.w)
+	return w.typ.desc().newEncoder(c.w)
 }
 
 func (w *streamWriter) run(ctx context.Context) {

@@ -308,7 +308,7 @@ func TestTLSUntrustedPeerRefused(t *testing.T) {
 			t.Errorf("node %d: c is active %v with %d messages received, want inactive with none", n.tr.ID, st.Active, st.MessagesReceived)
 		}
 		p, _ := n.tr.get(3)
-		if p.writer.isWorking() || p.msgAppV2Writer.isWorking() {
+		if p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking() {
 			t.Errorf("node %d: c's streams attached", n.tr.ID)
 		}
 		if slices.Contains(n.clientsSeen.all(), 301) {
@@ -476,9 +476,16 @@ func TestProxyEnvIgnored(t *testing.T) {
 	// Go's environment proxy never applies to loopback targets, so traffic
 	// flowing here does not prove much on its own: check that neither
 	// round tripper consults a proxy at all.
-	for name, rt := range map[string]http.RoundTripper{"stream": a.tr.streamRt, "pipeline": a.tr.pipelineRt} {
-		if tr, ok := rt.(*http.Transport); !ok || tr.Proxy != nil {
-			t.Errorf("%s round tripper: got %T with Proxy set %v, want an *http.Transport without a proxy", name, rt, ok && tr.Proxy != nil)
+	rts := map[string]*http.Transport{"pipeline": a.tr.pipelineRt}
+	for _, typ := range streamTypes {
+		rts[typ.String()] = a.tr.streamRts[typ]
+	}
+	for name, tr := range rts {
+		switch {
+		case tr == nil:
+			t.Errorf("%s round tripper: got nil, want an *http.Transport", name)
+		case tr.Proxy != nil:
+			t.Errorf("%s round tripper: got a Proxy func, want none", name)
 		}
 	}
 }

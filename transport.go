@@ -216,11 +216,13 @@ type Transport struct {
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
 	budget                   *recvBudget   // bytes held by received messages (budget.go)
 
-	streamRt    http.RoundTripper // msgappv2 streams: no idle connections, per-Read/Write deadlines
-	msgStreamRt http.RoundTripper // message streams: the same, read in slices while busy
-	pipelineRt  http.RoundTripper // keep-alive connections, no deadlines
-	unixRts     []*unixTransport  // their unix-socket transports
-	bulk        *bulkClock        // when MsgApps last streamed (yield.go)
+	// streamRts are the HTTP clients stream readers dial with, one per
+	// type, of the kind its row in the streams table says: no idle
+	// connections, per-Read/Write deadlines (dial.go).
+	streamRts  [streamTypeEnd]*http.Transport
+	pipelineRt *http.Transport  // keep-alive connections, no deadlines
+	unixRts    []*unixTransport // their unix-socket transports
+	bulk       *bulkClock       // when MsgApps last streamed (yield.go)
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -281,8 +283,9 @@ func (t *Transport) Start() error {
 		}
 	}
 	t.bulk = newBulkClock()
-	t.streamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMsgAppStream)
-	t.msgStreamRt = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, rtMessageStream)
+	for _, typ := range streamTypes {
+		t.streamRts[typ] = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, streams[typ].client)
+	}
 	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.stopDone = make(chan struct{})
@@ -419,7 +422,9 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 	if _, ok := t.peers[id]; ok {
 		return nil
 	}
-	t.peers[id] = startPeer(t, id, us)
+	p := newPeer(t, id, us)
+	p.start()
+	t.peers[id] = p
 	t.lg.Info("added remote peer", zap.String("local-member-id", t.cfg.idStr),
 		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
 	return nil
@@ -552,15 +557,10 @@ func (t *Transport) Stop() {
 	t.removing.Wait()
 	t.handlers.Wait()
 	t.bg.Wait()
-	if tr, ok := t.msgStreamRt.(*http.Transport); ok {
-		tr.CloseIdleConnections()
+	for _, typ := range streamTypes {
+		t.streamRts[typ].CloseIdleConnections()
 	}
-	if tr, ok := t.streamRt.(*http.Transport); ok {
-		tr.CloseIdleConnections()
-	}
-	if tr, ok := t.pipelineRt.(*http.Transport); ok {
-		tr.CloseIdleConnections()
-	}
+	t.pipelineRt.CloseIdleConnections()
 	for _, u := range t.unixRts {
 		u.closeIdleConnections()
 	}

@@ -532,7 +532,7 @@ func TestTransportChannelsStreamsDown(t *testing.T) {
 			var want []raftpb.MessageType
 			for i, typ := range allMessageTypes() {
 				p, ok := a.tr.get(2)
-				if !ok || p.writer.isWorking() || p.msgAppV2Writer.isWorking() {
+				if !ok || p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking() {
 					t.Fatalf("a's writers to b are attached; the test needs them down")
 				}
 				a.tr.Send([]*raftpb.Message{testMsg(typ, uint64(100+i))})
@@ -771,7 +771,7 @@ func TestTransportReconnectAfterRestart(t *testing.T) {
 	b.close()
 	waitFor(t, "a's writers to notice b went away", func() bool {
 		p, _ := a.tr.get(2)
-		return !p.writer.isWorking() && !p.msgAppV2Writer.isWorking()
+		return !p.writers[streamTypeMessage].isWorking() && !p.writers[streamTypeMsgAppV2].isWorking()
 	})
 
 	restart := time.Now()

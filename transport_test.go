@@ -43,7 +43,7 @@ func TestTransportRemovedMemberStream410(t *testing.T) {
 	if err := recvErr(t, errc); !errors.Is(err, ErrMemberRemoved) {
 		t.Errorf("got %v on ErrorC, want ErrMemberRemoved", err)
 	}
-	if p, _ := b.tr.get(1); p.writer.isWorking() || p.msgAppV2Writer.isWorking() {
+	if p, _ := b.tr.get(1); p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking() {
 		t.Error("b attached a stream from a removed member")
 	}
 }
@@ -67,8 +67,8 @@ func TestTransportClusterIDMismatch(t *testing.T) {
 	waitFor(t, "the refused POST to be reported", func() bool { return a.raft.unreachableCount(2) > 0 })
 
 	pb, _ := b.tr.get(1)
-	for name, w := range map[string]*streamWriter{"a's message": pa.writer, "a's msgapp": pa.msgAppV2Writer,
-		"b's message": pb.writer, "b's msgapp": pb.msgAppV2Writer} {
+	for name, w := range map[string]*streamWriter{"a's message": pa.writers[streamTypeMessage], "a's msgapp": pa.writers[streamTypeMsgAppV2],
+		"b's message": pb.writers[streamTypeMessage], "b's msgapp": pb.writers[streamTypeMsgAppV2]} {
 		if w.isWorking() {
 			t.Errorf("%s writer is attached across clusters", name)
 		}
@@ -124,7 +124,7 @@ func TestTransportUpdatePeer(t *testing.T) {
 	if n := len(b.raft.msgc); n != 0 {
 		t.Fatalf("b received %d messages sent to a dead address", n)
 	}
-	if pb.writer.isWorking() || pb.msgAppV2Writer.isWorking() {
+	if pb.writers[streamTypeMessage].isWorking() || pb.writers[streamTypeMsgAppV2].isWorking() {
 		t.Fatal("a's readers reached b through a dead address")
 	}
 

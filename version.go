@@ -42,60 +42,6 @@ const maxSemverLen = 256
 // hex digits, and etcd never sends leading zeros.
 const maxIDLen = 16
 
-// streamType identifies one of the two long-lived streams between each
-// ordered pair of members. The zero value is deliberately invalid so that an
-// unset field is never mistaken for a real stream.
-type streamType uint8
-
-// The stream types. Values start at 1: the zero value stays invalid.
-const (
-	// streamTypeMessage is the general stream: any raft message, framed with
-	// the message codec.
-	streamTypeMessage streamType = iota + 1
-	// streamTypeMsgAppV2 carries only MsgApp and link heartbeats, with the
-	// compact msgappv2 codec.
-	streamTypeMsgAppV2
-)
-
-// endpoint returns the URL path segment that selects the stream type in
-// /raft/stream/{segment}/{fromID}, or "" for an invalid type.
-func (t streamType) endpoint() string {
-	switch t {
-	case streamTypeMessage:
-		return "message"
-	case streamTypeMsgAppV2:
-		return "msgapp"
-	default:
-		return ""
-	}
-}
-
-// String returns etcd's name for the stream type, as used in its logs and as
-// the status source name, so operators see the same words for both.
-func (t streamType) String() string {
-	switch t {
-	case streamTypeMessage:
-		return "stream Message"
-	case streamTypeMsgAppV2:
-		return "stream MsgApp v2"
-	default:
-		return "unknown stream type " + strconv.Itoa(int(t))
-	}
-}
-
-// parseStreamType maps a URL path segment back to its stream type; ok is
-// false for anything but "message" and "msgapp".
-func parseStreamType(seg string) (t streamType, ok bool) {
-	switch seg {
-	case "message":
-		return streamTypeMessage, true
-	case "msgapp":
-		return streamTypeMsgAppV2, true
-	default:
-		return 0, false
-	}
-}
-
 // semver is a parsed etcd version. We parse versions ourselves, with the
 // strict grammar of coreos/go-semver that etcd 3.5-3.7 use, so that we accept
 // what those peers accept and so that malformed input is an error rather
@@ -290,54 +236,6 @@ func parseID(s string) (uint64, error) {
 		return 0, fmt.Errorf("%w: ID %s is not hexadecimal", ErrInvalidHeader, quoteClipped(s))
 	}
 	return id, nil
-}
-
-// majorMinor keys supportedStreams: only major.minor matters.
-type majorMinor struct{ major, minor uint64 }
-
-// supportedStreams lists, by the "major.minor.0" of a remote that is older
-// than us, which stream types it serves (spec §6.2). etcd 2.0 had no streams
-// we speak; every later release serves both.
-//
-// The lookup is by exact major.minor, and a release missing from the table
-// is taken to serve nothing, so every 3.x minor is listed: a gap would make
-// us refuse the streams of a real, perfectly compatible etcd release and fall
-// back to the pipeline for good. 3.8 is listed for the benefit of a local
-// version configured above it.
-var supportedStreams = map[majorMinor][]streamType{
-	{2, 0}: {},
-	{2, 1}: {streamTypeMsgAppV2, streamTypeMessage},
-	{2, 2}: {streamTypeMsgAppV2, streamTypeMessage},
-	{2, 3}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 0}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 1}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 2}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 3}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 4}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 5}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 6}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 7}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 8}: {streamTypeMsgAppV2, streamTypeMessage},
-}
-
-// supportsStream reports whether a remote at version remote serves stream
-// type t, from the point of view of a local member at version local (the
-// dialer's check, spec §6.2): a remote at least as new as us (by
-// major.minor) is assumed to serve both types; an older one must list t in
-// supportedStreams. An invalid t is never supported.
-func supportsStream(local, remote semver, t streamType) bool {
-	if t.endpoint() == "" {
-		return false
-	}
-	if compareMajorMinor(remote, local) >= 0 {
-		return true
-	}
-	for _, st := range supportedStreams[majorMinor{remote.major, remote.minor}] {
-		if st == t {
-			return true
-		}
-	}
-	return false
 }
 
 // parsePeerURLsHeader reads the X-PeerURLs header: the value split on ","

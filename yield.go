@@ -115,10 +115,12 @@ func (y *yielder) tick() {
 	y.last = now
 }
 
-// bulkYielder is the yield schedule of a stream loop: msgappv2 streams carry
-// the bulk traffic and stamp the bulk clock.
+// bulkYielder is the yield schedule of a loop working for a stream of type
+// typ (its writer, its reader, the loop handing its messages to raft): the
+// loops of a stream the streams table marks bulk stamp the bulk clock. It is
+// the one place bulk-ness is read.
 func (t *Transport) bulkYielder(typ streamType) yielder {
-	if typ == streamTypeMsgAppV2 {
+	if typ.desc().bulk {
 		return yielder{clock: t.bulk}
 	}
 	return yielder{}
