@@ -290,9 +290,6 @@ func (p *peer) goIfRunning(fn func()) bool {
 
 func (p *peer) update(urls []url.URL) { p.picker.update(urls) }
 
-func (p *peer) pause()  { p.paused.Store(true) }
-func (p *peer) resume() { p.paused.Store(false) }
-
 // stop ends every goroutine of the peer and waits for them; the stream
 // connections it writes to are released to their handlers. Idempotent.
 func (p *peer) stop() {

@@ -157,9 +157,6 @@ func (r *remote) dropped(m *raftpb.Message, reason string) {
 	}
 }
 
-func (r *remote) pause()  { r.paused.Store(true) }
-func (r *remote) resume() { r.paused.Store(false) }
-
 // stop ends the pipeline's workers and waits for them. What is queued is
 // dropped unreported: the transport is stopping. Its charges are given
 // back all the same, so that the budget's accounting balances on every
