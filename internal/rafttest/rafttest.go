@@ -196,16 +196,16 @@ func (m *Member) handleReady(s Sender, rd raft.Ready) error {
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		if err := m.storage.ApplySnapshot(rd.Snapshot); err != nil {
-			return fmt.Errorf("ApplySnapshot: %w", err)
+			return fmt.Errorf("applying a snapshot: %w", err)
 		}
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
 		if err := m.storage.SetHardState(rd.HardState); err != nil {
-			return fmt.Errorf("SetHardState: %w", err)
+			return fmt.Errorf("setting the hard state: %w", err)
 		}
 	}
 	if err := m.storage.Append(rd.Entries); err != nil {
-		return fmt.Errorf("Append: %w", err)
+		return fmt.Errorf("appending entries: %w", err)
 	}
 	s.Send(rd.Messages)
 	for _, e := range rd.CommittedEntries {
@@ -231,13 +231,13 @@ func (m *Member) apply(e *raftpb.Entry) error {
 	case raftpb.EntryConfChange:
 		var cc raftpb.ConfChange
 		if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
-			return fmt.Errorf("ConfChange: %w", err)
+			return fmt.Errorf("decoding a ConfChange: %w", err)
 		}
 		m.node.ApplyConfChange(&cc)
 	case raftpb.EntryConfChangeV2:
 		var cc raftpb.ConfChangeV2
 		if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
-			return fmt.Errorf("ConfChangeV2: %w", err)
+			return fmt.Errorf("decoding a ConfChangeV2: %w", err)
 		}
 		m.node.ApplyConfChange(&cc)
 	}
