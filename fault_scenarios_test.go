@@ -3,8 +3,6 @@ package rafthttp
 import (
 	"context"
 	"fmt"
-	"io"
-	"log"
 	"maps"
 	"runtime"
 	"slices"
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp/internal/faultnet"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file runs failure scenarios over a fault-injecting network: every
@@ -105,34 +104,17 @@ type faultOptions struct {
 // from it (raft.RestartNode) on the given address.
 func newFaultMember(t testing.TB, id uint64, peers []raft.Peer, o faultOptions, storage *raft.MemoryStorage, addr string) *raftMember {
 	t.Helper()
-	restart := storage != nil
-	if !restart {
-		storage = raft.NewMemoryStorage()
+	ids := make([]uint64, 0, len(peers))
+	for _, p := range peers {
+		ids = append(ids, p.ID)
 	}
-	m := &raftMember{t: t, id: id, storage: storage, stopc: make(chan struct{}), done: make(chan struct{})}
-	cfg := &raft.Config{
-		ID:              id,
-		ElectionTick:    10,
-		HeartbeatTick:   1,
-		Storage:         storage,
-		MaxSizePerMsg:   1 << 20,
-		MaxInflightMsgs: 256,
-		CheckQuorum:     o.etcdRaft,
-		PreVote:         o.etcdRaft,
-		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}
-	if restart {
-		m.node = raft.RestartNode(cfg)
-	} else {
-		m.node = raft.StartNode(cfg, peers)
-	}
-	t.Cleanup(m.node.Stop)
+	m := &raftMember{Member: rafttest.NewMember(t, id, ids, rafttest.Config{Tick: clusterTick, ElectionTick: 10,
+		CheckQuorum: o.etcdRaft, PreVote: o.etcdRaft, Storage: storage})}
 	configure := faultTransport(t)
 	m.net = newE2ENode(t, id, e2eOptions{addr: addr, configure: func(tr *Transport) {
 		configure(tr)
-		tr.Raft = &raftAdapter{node: m.node}
+		tr.Raft = m.Member
 	}})
-	t.Cleanup(m.stop)
 	return m
 }
 
@@ -236,7 +218,7 @@ func converged(v *raftCluster, not uint64) bool {
 	for i, m := range v.live() {
 		got, err := m.appliedData()
 		if err != nil {
-			v.t.Fatalf("member %d: %v", m.id, err)
+			v.t.Fatalf("member %d: %v", m.ID(), err)
 		}
 		if i == 0 {
 			want = got
@@ -265,7 +247,7 @@ func TestFaultScenarioLeaderPartitioned(t *testing.T) {
 			c.cut(old, true, true)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			if err := c.members[old].node.Propose(ctx, []byte("orphan")); err != nil {
+			if err := c.members[old].Node().Propose(ctx, []byte("orphan")); err != nil {
 				t.Fatalf("proposal through the isolated leader: %v", err)
 			}
 			lead := rest.waitLeader()
@@ -277,7 +259,7 @@ func TestFaultScenarioLeaderPartitioned(t *testing.T) {
 			if !slices.Equal(oldApplied, before) {
 				t.Errorf("the isolated leader applied %d entries, want the %d committed before the partition", len(oldApplied), len(before))
 			}
-			staleState := raft.StateType(c.members[old].state.Load())
+			staleState := c.members[old].State()
 
 			healedAt := time.Now()
 			c.heal()
@@ -598,7 +580,7 @@ func TestFaultScenarioRestart(t *testing.T) {
 	rest.commit(proposals("down", 50), roundRobin(rest.live()))
 
 	restartedAt := time.Now()
-	m := newFaultMember(t, f, nil, c.opts, old.storage, addr)
+	m := newFaultMember(t, f, nil, c.opts, old.Storage(), addr)
 	if m.net.url != old.net.url {
 		t.Fatalf("restarted on %s, want %s", m.net.url, old.net.url)
 	}

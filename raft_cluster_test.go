@@ -3,175 +3,62 @@ package rafthttp
 import (
 	"context"
 	"fmt"
-	"io"
-	"log"
 	"maps"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.etcd.io/raft/v3"
-	"go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file runs real go.etcd.io/raft/v3 nodes over the transport: each
 // member has its own Transport behind its own HTTP server on 127.0.0.1, and
 // its own Ready loop, as an application would.
 
-// raftAdapter connects a Transport to a raft.Node.
-type raftAdapter struct{ node raft.Node }
-
-func (a *raftAdapter) Process(ctx context.Context, m *raftpb.Message) error {
-	return a.node.Step(ctx, m)
-}
-
-func (a *raftAdapter) IsIDRemoved(uint64) bool { return false }
-
-func (a *raftAdapter) ReportUnreachable(id uint64) { a.node.ReportUnreachable(id) }
-
-func (a *raftAdapter) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
-	a.node.ReportSnapshot(id, status)
-}
-
 // clusterTick is the raft tick of the test clusters: with ElectionTick 10 a
 // follower campaigns after 100-200 ms without a leader.
 const clusterTick = 10 * time.Millisecond
 
-// raftMember is one raft node with its transport and Ready loop. It records
-// the data of the normal entries it applies, in order.
+// The shared member is the Raft our Transport reports to.
+var _ Raft = (*rafttest.Member)(nil)
+
+// raftMember is one raft node with its Ready loop (rafttest.Member) on its
+// own Transport behind its own HTTP server.
 type raftMember struct {
-	t       testing.TB
-	id      uint64
-	node    raft.Node
-	storage *raft.MemoryStorage
-	net     *testNode
-
-	stopc    chan struct{}
-	done     chan struct{}
-	stopOnce sync.Once
-
-	lead  atomic.Uint64 // leader as of the last SoftState
-	state atomic.Uint64 // raft.StateType as of the last SoftState
-
-	mu      sync.Mutex
-	applied []string
-	err     error // first storage or decoding error of the Ready loop
+	*rafttest.Member
+	net *testNode
 }
 
-func newRaftMember(t testing.TB, id uint64, peers []raft.Peer) *raftMember {
+// newRaftMember starts member id of a new cluster of peers; its Ready loop
+// waits for start.
+func newRaftMember(t testing.TB, id uint64, peers []uint64) *raftMember {
 	t.Helper()
-	m := &raftMember{t: t, id: id, storage: raft.NewMemoryStorage(),
-		stopc: make(chan struct{}), done: make(chan struct{})}
-	m.node = raft.StartNode(&raft.Config{
-		ID:              id,
-		ElectionTick:    10,
-		HeartbeatTick:   1,
-		Storage:         m.storage,
-		MaxSizePerMsg:   1 << 20,
-		MaxInflightMsgs: 256,
-		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}, peers)
-	// Registered first, so it runs last: covers a failing newTestNode.
-	t.Cleanup(m.node.Stop)
-	m.net = newTestNode(t, id, func(tr *Transport) { tr.Raft = &raftAdapter{node: m.node} })
-	// Registered after newTestNode, so it runs first: the Ready loop and
-	// the node stop before the transport and the server.
-	t.Cleanup(m.stop)
-	return m
+	m := rafttest.NewMember(t, id, peers, rafttest.Config{Tick: clusterTick, ElectionTick: 10})
+	return &raftMember{Member: m, net: newTestNode(t, id, func(tr *Transport) { tr.Raft = m })}
 }
 
-// start runs the Ready loop.
-func (m *raftMember) start() { go m.run() }
+// start runs the Ready loop. The loop stops at the end of the test before
+// the transport and the server, as an application shuts down.
+func (m *raftMember) start() { m.Run(m.net.tr) }
 
 // stop ends the member as a crash would, but cleanly: the Ready loop, the
 // raft node, the transport, then the HTTP server. Idempotent.
 func (m *raftMember) stop() {
-	m.stopOnce.Do(func() {
-		close(m.stopc)
-		<-m.done
-		m.node.Stop()
-		m.net.close()
-	})
+	m.Stop()
+	m.net.close()
 }
 
-func (m *raftMember) run() {
-	defer close(m.done)
-	ticker := time.NewTicker(clusterTick)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ticker.C:
-			m.node.Tick()
-		case rd := <-m.node.Ready():
-			if err := m.handleReady(rd); err != nil {
-				m.mu.Lock()
-				if m.err == nil {
-					m.err = err
-				}
-				m.mu.Unlock()
-			}
-			m.node.Advance()
-		case <-m.stopc:
-			return
-		}
-	}
-}
-
-// handleReady persists, sends and applies one Ready, in the order raft's
-// documentation prescribes.
-func (m *raftMember) handleReady(rd raft.Ready) error {
-	if rd.SoftState != nil {
-		m.lead.Store(rd.SoftState.Lead)
-		m.state.Store(uint64(rd.SoftState.RaftState))
-	}
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := m.storage.ApplySnapshot(rd.Snapshot); err != nil {
-			return fmt.Errorf("ApplySnapshot: %w", err)
-		}
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := m.storage.SetHardState(rd.HardState); err != nil {
-			return fmt.Errorf("SetHardState: %w", err)
-		}
-	}
-	if err := m.storage.Append(rd.Entries); err != nil {
-		return fmt.Errorf("Append: %w", err)
-	}
-	m.net.tr.Send(rd.Messages)
-	for _, e := range rd.CommittedEntries {
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			if len(e.GetData()) > 0 {
-				m.mu.Lock()
-				m.applied = append(m.applied, string(e.GetData()))
-				m.mu.Unlock()
-			}
-		case raftpb.EntryConfChange:
-			var cc raftpb.ConfChange
-			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
-				return fmt.Errorf("entry %d: ConfChange: %w", e.GetIndex(), err)
-			}
-			m.node.ApplyConfChange(&cc)
-		case raftpb.EntryConfChangeV2:
-			var cc raftpb.ConfChangeV2
-			if err := proto.Unmarshal(e.GetData(), &cc); err != nil {
-				return fmt.Errorf("entry %d: ConfChangeV2: %w", e.GetIndex(), err)
-			}
-			m.node.ApplyConfChange(&cc)
-		}
-	}
-	return nil
-}
-
-// appliedData returns a copy of the data applied so far, and the loop's
-// first error.
+// appliedData returns the data of the normal entries applied so far (the
+// empty ones raft appends on taking the lead left out), and the loop's
+// error.
 func (m *raftMember) appliedData() ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.applied), m.err
+	var out []string
+	for _, a := range m.Applied() {
+		if a.Data != "" {
+			out = append(out, a.Data)
+		}
+	}
+	return out, m.Err()
 }
 
 // raftCluster is a set of members that know each other.
@@ -184,15 +71,15 @@ type raftCluster struct {
 // and starts their Ready loops.
 func newRaftCluster(t testing.TB, n int) *raftCluster {
 	t.Helper()
-	peers := make([]raft.Peer, n)
+	peers := make([]uint64, n)
 	for i := range peers {
-		peers[i] = raft.Peer{ID: uint64(i + 1)}
+		peers[i] = uint64(i + 1)
 	}
 	c := &raftCluster{t: t, members: map[uint64]*raftMember{}}
 	nets := make([]*testNode, 0, n)
-	for _, p := range peers {
-		m := newRaftMember(t, p.ID, peers)
-		c.members[p.ID] = m
+	for _, id := range peers {
+		m := newRaftMember(t, id, peers)
+		c.members[id] = m
 		nets = append(nets, m.net)
 	}
 	connect(t, nets...)
@@ -222,14 +109,14 @@ func (c *raftCluster) crash(id uint64) {
 func (c *raftCluster) agreedLeader() (uint64, bool) {
 	var lead uint64
 	for _, m := range c.live() {
-		l := m.lead.Load()
+		l := m.Lead()
 		if l == 0 || (lead != 0 && l != lead) {
 			return 0, false
 		}
 		lead = l
 	}
 	lm, ok := c.members[lead]
-	return lead, ok && raft.StateType(lm.state.Load()) == raft.StateLeader
+	return lead, ok && lm.IsLeader()
 }
 
 // waitLeader waits until the live members agree on a leader.
@@ -248,7 +135,7 @@ func (c *raftCluster) waitLeader() uint64 {
 func (c *raftCluster) maxTerm() uint64 {
 	var term uint64
 	for _, m := range c.live() {
-		term = max(term, m.node.Status().GetTerm())
+		term = max(term, m.Node().Status().GetTerm())
 	}
 	return term
 }
@@ -264,8 +151,8 @@ func (c *raftCluster) commit(data []string, via func(i int) *raftMember) ([]stri
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for i, d := range data {
-		if err := via(i).node.Propose(ctx, []byte(d)); err != nil {
-			c.t.Logf("proposal %d through %d: %v", i, via(i).id, err)
+		if err := via(i).Node().Propose(ctx, []byte(d)); err != nil {
+			c.t.Logf("proposal %d through %d: %v", i, via(i).ID(), err)
 		}
 	}
 
@@ -278,9 +165,9 @@ func (c *raftCluster) commit(data []string, via func(i int) *raftMember) ([]stri
 		for _, m := range c.live() {
 			seq, err := m.appliedData()
 			if err != nil {
-				c.t.Fatalf("member %d: %v", m.id, err)
+				c.t.Fatalf("member %d: %v", m.ID(), err)
 			}
-			seqs[m.id] = seq
+			seqs[m.ID()] = seq
 			have := map[string]bool{}
 			for _, d := range seq {
 				have[d] = true
@@ -308,7 +195,7 @@ func (c *raftCluster) commit(data []string, via func(i int) *raftMember) ([]stri
 					term, c.maxTerm(), len(missing), lead)
 				term, reproposed, lastRound = c.maxTerm(), true, time.Now()
 				for _, d := range missing {
-					if err := c.members[lead].node.Propose(ctx, []byte(d)); err != nil {
+					if err := c.members[lead].Node().Propose(ctx, []byte(d)); err != nil {
 						c.t.Logf("proposal again through %d: %v", lead, err)
 					}
 				}
@@ -392,7 +279,7 @@ func TestRaftClusterElectsAndCommits(t *testing.T) {
 				}
 			}
 			if !slices.IsSorted(mine) {
-				t.Errorf("proposals through member %d applied out of order: %.80q", m.id, mine)
+				t.Errorf("proposals through member %d applied out of order: %.80q", m.ID(), mine)
 			}
 		}
 	}

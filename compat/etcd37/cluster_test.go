@@ -2,17 +2,13 @@ package etcd37
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,9 +21,9 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file runs mixed clusters of go.etcd.io/raft/v3 nodes in one process:
@@ -44,34 +40,22 @@ const (
 	etcd kind = "etcd"
 )
 
-// netTransport is what a member needs of either transport.
+// netTransport is what a cluster needs of either transport; the member's
+// Ready loop sends through the transport itself (rafttest.Sender).
 type netTransport interface {
-	send(msgs []*raftpb.Message)
 	addPeer(id uint64, url string)
 	stop()
 }
 
-// raftAdapter hands what a transport receives to the raft node. It serves
-// both transports: their Raft interfaces have the same methods.
-type raftAdapter struct{ node raft.Node }
-
-func (a *raftAdapter) Process(ctx context.Context, m *raftpb.Message) error {
-	return a.node.Step(ctx, m)
-}
-func (a *raftAdapter) IsIDRemoved(uint64) bool     { return false }
-func (a *raftAdapter) ReportUnreachable(id uint64) { a.node.ReportUnreachable(id) }
-func (a *raftAdapter) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
-	a.node.ReportSnapshot(id, status)
-}
-
+// The shared raft member is the Raft of both transports: their Raft
+// interfaces have the same methods.
 var (
-	_ rafthttp.Raft = (*raftAdapter)(nil)
-	_ etcdhttp.Raft = (*raftAdapter)(nil)
+	_ rafthttp.Raft = (*rafttest.Member)(nil)
+	_ etcdhttp.Raft = (*rafttest.Member)(nil)
 )
 
 type ourTransport struct{ tr *rafthttp.Transport }
 
-func (o ourTransport) send(msgs []*raftpb.Message) { o.tr.Send(msgs) }
 func (o ourTransport) addPeer(id uint64, u string) {
 	if err := o.tr.AddPeer(id, []string{u}); err != nil {
 		panic(err) // URLs come from httptest: cannot happen
@@ -81,7 +65,6 @@ func (o ourTransport) stop() { o.tr.Stop() }
 
 type etcdTransport struct{ tr *etcdhttp.Transport }
 
-func (e etcdTransport) send(msgs []*raftpb.Message) { e.tr.Send(msgs) }
 func (e etcdTransport) addPeer(id uint64, u string) { e.tr.AddPeer(types.ID(id), []string{u}) }
 func (e etcdTransport) stop()                       { e.tr.Stop() }
 
@@ -112,29 +95,18 @@ func newLogger(b *logBuffer, name string) *zap.Logger {
 	return zap.New(zapcore.NewCore(enc, b, zap.WarnLevel)).Named(name)
 }
 
-// member is one raft node with its transport and Ready loop. It records
-// every committed entry, in order.
+// member is one raft member (node, storage and Ready loop: rafttest.Member,
+// which records every committed entry, in order) on either transport,
+// behind its own HTTP server.
 type member struct {
-	id      uint64
-	kind    kind
-	node    raft.Node
-	storage *raft.MemoryStorage
-	tr      netTransport
-	srv     *httptest.Server
-	url     string
-	logs    *logBuffer
+	*rafttest.Member
+	kind kind
+	tr   netTransport
+	srv  *httptest.Server
+	url  string
+	logs *logBuffer
 
-	stopc    chan struct{}
-	done     chan struct{}
 	stopOnce sync.Once
-
-	lead  atomic.Uint64
-	state atomic.Uint64
-
-	mu        sync.Mutex
-	committed []*raftpb.Entry
-	data      map[string]bool // data of the committed normal entries
-	err       error
 }
 
 // clusterTick and electionTick give an election timeout of 0.5-1 s: long
@@ -145,32 +117,22 @@ const (
 	electionTick = 50
 )
 
-func newMember(t *testing.T, id uint64, k kind, peers []raft.Peer) *member {
+func newMember(t *testing.T, id uint64, k kind, peers []uint64) *member {
 	t.Helper()
-	m := &member{id: id, kind: k, storage: raft.NewMemoryStorage(), logs: &logBuffer{},
-		stopc: make(chan struct{}), done: make(chan struct{}), data: map[string]bool{}}
-	m.node = raft.StartNode(&raft.Config{
-		ID:              id,
-		ElectionTick:    electionTick,
-		HeartbeatTick:   1,
-		Storage:         m.storage,
-		MaxSizePerMsg:   1 << 20,
-		MaxInflightMsgs: 256,
-		CheckQuorum:     true,
-		PreVote:         true,
-		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}, peers)
-	adapter := &raftAdapter{node: m.node}
+	m := &member{kind: k, logs: &logBuffer{},
+		Member: rafttest.NewMember(t, id, peers, rafttest.Config{Tick: clusterTick, ElectionTick: electionTick,
+			CheckQuorum: true, PreVote: true})}
 	lg := newLogger(m.logs, fmt.Sprintf("%s-%d", k, id))
 	m.srv = httptest.NewUnstartedServer(nil)
+	var sender rafttest.Sender
 	switch k {
 	case ours:
 		m.url = "http://" + m.srv.Listener.Addr().String()
-		tr := &rafthttp.Transport{ID: id, ClusterID: clusterID, Raft: adapter, Logger: lg, URLs: []string{m.url}}
+		tr := &rafthttp.Transport{ID: id, ClusterID: clusterID, Raft: m.Member, Logger: lg, URLs: []string{m.url}}
 		if err := tr.Start(); err != nil {
 			t.Fatalf("Start: %v", err)
 		}
-		m.tr = ourTransport{tr}
+		m.tr, sender = ourTransport{tr}, tr
 		m.srv.Config.Handler = mount(tr.Handler())
 	case etcd:
 		// Serve etcd's transport as etcd does: on its peer listener, with
@@ -189,7 +151,7 @@ func newMember(t *testing.T, id uint64, k kind, peers []raft.Peer) *member {
 			ID:          types.ID(id),
 			URLs:        types.MustNewURLs([]string{m.url}),
 			ClusterID:   types.ID(clusterID),
-			Raft:        adapter,
+			Raft:        m.Member,
 			Snapshotter: snap.New(lg, t.TempDir()),
 			ServerStats: stats.NewServerStats("", idStr),
 			LeaderStats: stats.NewLeaderStats(lg, idStr),
@@ -198,17 +160,19 @@ func newMember(t *testing.T, id uint64, k kind, peers []raft.Peer) *member {
 		if err := tr.Start(); err != nil {
 			t.Fatalf("Start: %v", err)
 		}
-		m.tr = etcdTransport{tr}
+		m.tr, sender = etcdTransport{tr}, tr
 		m.srv.Config.Handler = mount(tr.Handler())
 	}
 	m.srv.Start()
 	t.Cleanup(func() {
 		m.stop()
 		if t.Failed() {
-			t.Logf("logs of %s member %d:\n%s", m.kind, m.id, m.logs)
+			t.Logf("logs of %s member %d:\n%s", m.kind, m.ID(), m.logs)
 		}
 	})
-	go m.run()
+	// Run's cleanup, registered last, stops the Ready loop and the node
+	// first.
+	m.Run(sender)
 	return m
 }
 
@@ -223,96 +187,11 @@ func mount(h http.Handler) http.Handler {
 // raft node, the transport, then the HTTP server. Idempotent.
 func (m *member) stop() {
 	m.stopOnce.Do(func() {
-		close(m.stopc)
-		<-m.done
-		m.node.Stop()
+		m.Stop()
 		m.tr.stop()
 		m.srv.CloseClientConnections()
 		m.srv.Close()
 	})
-}
-
-func (m *member) run() {
-	defer close(m.done)
-	ticker := time.NewTicker(clusterTick)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ticker.C:
-			m.node.Tick()
-		case rd := <-m.node.Ready():
-			if err := m.handleReady(rd); err != nil {
-				m.mu.Lock()
-				m.err = errors.Join(m.err, err)
-				m.mu.Unlock()
-			}
-			m.node.Advance()
-		case <-m.stopc:
-			return
-		}
-	}
-}
-
-// handleReady persists, sends and applies one Ready, in the order raft
-// prescribes.
-func (m *member) handleReady(rd raft.Ready) error {
-	if rd.SoftState != nil {
-		m.lead.Store(rd.SoftState.Lead)
-		m.state.Store(uint64(rd.SoftState.RaftState))
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := m.storage.SetHardState(rd.HardState); err != nil {
-			return fmt.Errorf("SetHardState: %w", err)
-		}
-	}
-	if err := m.storage.Append(rd.Entries); err != nil {
-		return fmt.Errorf("Append: %w", err)
-	}
-	m.tr.send(rd.Messages)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, e := range rd.CommittedEntries {
-		m.committed = append(m.committed, e)
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			if len(e.GetData()) > 0 {
-				m.data[string(e.GetData())] = true
-			}
-		case raftpb.EntryConfChange:
-			cc := &raftpb.ConfChange{}
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("ConfChange: %w", err)
-			}
-			m.node.ApplyConfChange(cc)
-		}
-	}
-	return nil
-}
-
-func (m *member) isLeader() bool { return raft.StateType(m.state.Load()) == raft.StateLeader }
-
-// has reports whether every datum has been committed here.
-func (m *member) has(data []string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, d := range data {
-		if !m.data[d] {
-			return false
-		}
-	}
-	return true
-}
-
-func (m *member) log() []*raftpb.Entry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.committed)
-}
-
-func (m *member) failure() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.err
 }
 
 // cluster is a set of members, all peers of each other.
@@ -323,9 +202,9 @@ type cluster struct {
 
 func newCluster(t *testing.T, kinds []kind) *cluster {
 	t.Helper()
-	var peers []raft.Peer
+	var peers []uint64
 	for i := range kinds {
-		peers = append(peers, raft.Peer{ID: uint64(i + 1)})
+		peers = append(peers, uint64(i+1))
 	}
 	c := &cluster{stopped: map[uint64]bool{}}
 	for i, k := range kinds {
@@ -334,7 +213,7 @@ func newCluster(t *testing.T, kinds []kind) *cluster {
 	for _, a := range c.members {
 		for _, b := range c.members {
 			if a != b {
-				a.tr.addPeer(b.id, b.url)
+				a.tr.addPeer(b.ID(), b.url)
 			}
 		}
 	}
@@ -344,7 +223,7 @@ func newCluster(t *testing.T, kinds []kind) *cluster {
 func (c *cluster) running() []*member {
 	var out []*member
 	for _, m := range c.members {
-		if !c.stopped[m.id] {
+		if !c.stopped[m.ID()] {
 			out = append(out, m)
 		}
 	}
@@ -358,9 +237,9 @@ func (c *cluster) leader(t *testing.T) *member {
 	eventually(t, "the cluster to agree on a leader", func() bool {
 		run := c.running()
 		for _, m := range run {
-			if m.isLeader() {
+			if m.IsLeader() {
 				for _, o := range run {
-					if o.lead.Load() != m.id {
+					if o.Lead() != m.ID() {
 						return false
 					}
 				}
@@ -376,12 +255,12 @@ func (c *cluster) leader(t *testing.T) *member {
 // transferTo makes m the leader.
 func (c *cluster) transferTo(t *testing.T, m *member) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("member %d to take the lead", m.id), func() bool {
+	eventually(t, fmt.Sprintf("member %d to take the lead", m.ID()), func() bool {
 		lead := c.leader(t)
 		if lead == m {
 			return true
 		}
-		lead.node.TransferLeadership(t.Context(), lead.id, m.id)
+		lead.Node().TransferLeadership(t.Context(), lead.ID(), m.ID())
 		return false
 	})
 }
@@ -395,9 +274,9 @@ func (c *cluster) commit(t *testing.T, data []string) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		lead := c.leader(t)
-		missing := slices.DeleteFunc(slices.Clone(data), func(d string) bool { return lead.has([]string{d}) })
+		missing := slices.DeleteFunc(slices.Clone(data), func(d string) bool { return lead.Has(d) })
 		for _, d := range missing {
-			err := lead.node.Propose(t.Context(), []byte(d))
+			err := lead.Node().Propose(t.Context(), []byte(d))
 			if errors.Is(err, raft.ErrProposalDropped) {
 				break // leadership changed: start over with the new leader
 			}
@@ -430,27 +309,17 @@ func (c *cluster) commit(t *testing.T, data []string) {
 
 func (c *cluster) allHave(data []string) bool {
 	for _, m := range c.running() {
-		if !m.has(data) {
+		if !m.Has(data...) {
 			return false
 		}
 	}
 	return true
 }
 
-// eventually polls cond until it holds, failing the test after a while.
+// eventually polls cond until it holds, failing the test after 30 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(30 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+	rafttest.Eventually(t, 30*time.Second, what, cond)
 }
 
 func data(prefix string, n int) []string {
@@ -500,10 +369,10 @@ func TestMixedCluster(t *testing.T) {
 
 			old := c.leader(t)
 			old.stop()
-			c.stopped[old.id] = true
+			c.stopped[old.ID()] = true
 			lead := c.leader(t)
 			if lead == old {
-				t.Fatalf("the stopped member %d is still the leader", old.id)
+				t.Fatalf("the stopped member %d is still the leader", old.ID())
 			}
 			c.commit(t, data("after", 100))
 
@@ -511,27 +380,27 @@ func TestMixedCluster(t *testing.T) {
 			// log, and the stopped leader's must be a prefix of it.
 			run := c.running()
 			eventually(t, "the survivors to commit the same number of entries", func() bool {
-				return len(run[0].log()) == len(run[1].log())
+				return len(run[0].Committed()) == len(run[1].Committed())
 			})
 			if kinds := []kind{run[0].kind, run[1].kind}; kinds[0] == kinds[1] {
 				t.Fatalf("survivors both use the %s transport, want one of each", kinds[0])
 			}
-			a, b := run[0].log(), run[1].log()
+			a, b := run[0].Committed(), run[1].Committed()
 			if err := sameEntries(a, b); err != nil {
-				t.Errorf("member %d's log vs member %d's: %v", run[0].id, run[1].id, err)
+				t.Errorf("member %d's log vs member %d's: %v", run[0].ID(), run[1].ID(), err)
 			}
-			if err := sameEntries(old.log(), a); err != nil {
-				t.Errorf("stopped leader %d's log vs member %d's: %v", old.id, run[0].id, err)
+			if err := sameEntries(old.Committed(), a); err != nil {
+				t.Errorf("stopped leader %d's log vs member %d's: %v", old.ID(), run[0].ID(), err)
 			}
-			if len(old.log()) > len(a) {
-				t.Errorf("the stopped leader committed %d entries, more than the survivors' %d", len(old.log()), len(a))
+			if len(old.Committed()) > len(a) {
+				t.Errorf("the stopped leader committed %d entries, more than the survivors' %d", len(old.Committed()), len(a))
 			}
 			if want := entries + 100; len(a) < want {
 				t.Errorf("the survivors committed %d entries, want at least %d", len(a), want)
 			}
 			for _, m := range c.members {
-				if err := m.failure(); err != nil {
-					t.Errorf("member %d: %v", m.id, err)
+				if err := m.Err(); err != nil {
+					t.Errorf("member %d: %v", m.ID(), err)
 				}
 			}
 		})

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp/compat/peerkit"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // event is something one side of a test reported. Both sides, the etcd
@@ -120,17 +121,7 @@ const waitTimeout = 20 * time.Second
 // eventually polls cond until it holds, failing the test after waitTimeout.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-	}
+	rafttest.Eventually(t, waitTimeout, what, cond)
 }
 
 // idle lets d pass, for the tests whose point is that nothing happens for a

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -456,7 +457,9 @@ func TestLinkHeartbeats(t *testing.T) {
 // etcd's snap.Message and Snapshotter on its side, SendSnapshot and
 // DirSnapshotStore on ours. The receiver must keep the payload as
 // %016x.snap.db, byte for byte, and then hand the MsgSnap to raft; the
-// sender must report success.
+// sender must report success. The POST must be etcd's bytes both ways
+// (checkSnapshotRequest): in particular we send etcd no CRC-32C trailer,
+// since etcd announces no features.
 func TestSnapshot(t *testing.T) {
 	forEachDirection(t, func(t *testing.T, p *pair, snd, rcv side) {
 		connectAndWait(t, p)
@@ -478,6 +481,7 @@ func TestSnapshot(t *testing.T) {
 		if answers := rcv.log().since(from, isHTTP("POST", rafthttp.RaftSnapshotPrefix)); len(answers) != 1 || answers[0].Status != http.StatusNoContent {
 			t.Errorf("%s answered snapshot POSTs %+v, want one 204", rcv.name(), answers)
 		}
+		checkSnapshotRequest(t, p, snd, rcv, from, m, size)
 
 		entries, err := os.ReadDir(rcv.snapDir())
 		if err != nil {
@@ -504,6 +508,56 @@ func TestSnapshot(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkSnapshotRequest checks the snapshot POST rcv got from position from
+// on (its Tap's "request" event) against etcd's format: chunked, the
+// envelope (an 8-byte big-endian length, then the MsgSnap m) and the
+// payload of size bytes, read to the end, and no trailer. From us to etcd
+// that is the proof of feature negotiation: we announce the CRC-32C
+// trailer (X-Rafthttp-Features), learn nothing from etcd, which announces
+// nothing, and so send etcd exactly the bytes etcd would, body length
+// included. From etcd to us, it shows etcd announces nothing and sends no
+// trailer. (Between two of ours, both announcing, the trailer is sent:
+// TestFeatureNegotiationSnapshotTrailer in the library's tests.)
+func checkSnapshotRequest(t *testing.T, p *pair, snd, rcv side, from int, m *raftpb.Message, size int64) {
+	t.Helper()
+	isSnapRequest := func(e event) bool {
+		return e.Ev == "request" && e.Method == "POST" && e.Path == rafthttp.RaftSnapshotPrefix
+	}
+	eventually(t, rcv.name()+" to report the snapshot request", func() bool { return rcv.log().count(from, isSnapRequest) > 0 })
+	reqs := rcv.log().since(from, isSnapRequest)
+	if len(reqs) != 1 {
+		t.Fatalf("%s got %d snapshot requests, want 1", rcv.name(), len(reqs))
+	}
+	req := reqs[0]
+	if !req.Chunked || !req.EOF {
+		t.Errorf("snapshot POST chunked %v, read to its end %v; want both, as etcd sends and reads it", req.Chunked, req.EOF)
+	}
+	if len(req.Trailer) != 0 {
+		t.Errorf("snapshot POST from %s carried the trailer %v, want none", snd.name(), req.Trailer)
+	}
+	features := http.Header(req.Header).Values("X-Rafthttp-Features")
+	if snd == side(p.etcd) {
+		if len(features) != 0 {
+			t.Errorf("etcd's snapshot POST announced features %q, want none", features)
+		}
+		if req.Len <= 8+size {
+			t.Errorf("etcd's snapshot POST has a %d-byte body, want an envelope and the %d-byte payload", req.Len, size)
+		}
+		return
+	}
+	// Ours to etcd.
+	if want := []string{"crc32c-trailer"}; !slices.Equal(features, want) {
+		t.Errorf("our snapshot POST announced %q, want %q (etcd ignores it)", features, want)
+	}
+	if want := 8 + int64(proto.Size(m)) + size; req.Len != want {
+		t.Errorf("our snapshot POST has a %d-byte body, want etcd's %d: an 8-byte length, the %d-byte MsgSnap, the %d-byte payload",
+			req.Len, want, proto.Size(m), size)
+	}
+	if st, ok := p.ours.tr.PeerStatus(rcv.id()); !ok || st.Features != "" {
+		t.Errorf("we learnt features %q of %s (known %v), want none", st.Features, rcv.name(), ok)
+	}
 }
 
 // TestProbing asks each side's /raft/probing, as the other side's prober

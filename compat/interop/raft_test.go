@@ -3,27 +3,20 @@ package interop
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.etcd.io/raft/v3"
-	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp"
 	"github.com/raftkit/rafthttp/compat/peerkit"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file runs mixed raft clusters across processes: members in etcd
@@ -42,11 +35,9 @@ const (
 	raftElection = 50
 )
 
-// appliedEntry is a committed normal entry as a member applied it.
-type appliedEntry struct {
-	Index, Term uint64
-	Data        string
-}
+// appliedEntry is a committed normal entry as a member applied it; an
+// etcd member reports its own as "applied" events.
+type appliedEntry = rafttest.Applied
 
 // raftMember is a member of a mixed cluster.
 type raftMember interface {
@@ -69,22 +60,13 @@ type raftMember interface {
 // ---------------------------------------------------------------------------
 // Our member: raft v3.7 on our Transport, in this process.
 
+// ourMember is the shared raft member (rafttest.Member: node, storage,
+// Ready loop) on our Transport, behind an httptest server.
 type ourMember struct {
-	id      uint64
-	tr      *rafthttp.Transport
-	srv     *httptest.Server
-	base    string
-	node    raft.Node
-	storage *raft.MemoryStorage
-	lead    atomic.Uint64
-
-	stopc    chan struct{}
-	done     chan struct{}
-	stopOnce sync.Once
-
-	mu   sync.Mutex
-	apps []appliedEntry
-	err  error
+	*rafttest.Member
+	tr   *rafthttp.Transport
+	srv  *httptest.Server
+	base string
 }
 
 // newOurMember starts member id of a new cluster of peers. Its node runs
@@ -92,13 +74,14 @@ type ourMember struct {
 // to; it reaches its peers once they are added.
 func newOurMember(t *testing.T, id uint64, peers []uint64) *ourMember {
 	t.Helper()
-	m := &ourMember{id: id, storage: raft.NewMemoryStorage(), stopc: make(chan struct{}), done: make(chan struct{})}
+	m := &ourMember{Member: rafttest.NewMember(t, id, peers, rafttest.Config{Tick: raftTick, ElectionTick: raftElection,
+		CheckQuorum: true, PreVote: true})}
 	m.srv = httptest.NewUnstartedServer(nil)
 	m.base = "http://" + m.srv.Listener.Addr().String()
 	m.tr = &rafthttp.Transport{
 		ID:           id,
 		ClusterID:    clusterID,
-		Raft:         ourRaft{m},
+		Raft:         m.Member,
 		Logger:       zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Named(fmt.Sprintf("ours-%d", id)),
 		URLs:         []string{m.base},
 		DialRetryMin: 50 * time.Millisecond,
@@ -111,33 +94,19 @@ func newOurMember(t *testing.T, id uint64, peers []uint64) *ourMember {
 	mux.Handle(rafthttp.RaftPrefix, m.tr.Handler())
 	mux.Handle(rafthttp.RaftPrefix+"/", m.tr.Handler())
 	m.srv.Config.Handler = mux
-	m.start(peers)
-	m.srv.Start()
 	t.Cleanup(func() {
-		m.stopRaft(t)
 		m.tr.Stop()
 		m.srv.CloseClientConnections()
 		m.srv.Close()
-		if err := m.failure(); err != nil {
-			t.Errorf("member %d: %v", id, err)
-		}
 	})
+	m.srv.Start()
+	// Run's cleanup, registered last, stops the Ready loop and the node
+	// before the transport, and fails the test if the loop failed.
+	m.Run(m.tr)
 	return m
 }
 
-// ourRaft hands what our transport receives to the member's node.
-type ourRaft struct{ m *ourMember }
-
-func (r ourRaft) Process(ctx context.Context, msg *raftpb.Message) error {
-	return r.m.node.Step(ctx, msg)
-}
-func (r ourRaft) IsIDRemoved(uint64) bool     { return false }
-func (r ourRaft) ReportUnreachable(id uint64) { r.m.node.ReportUnreachable(id) }
-func (r ourRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
-	r.m.node.ReportSnapshot(id, status)
-}
-
-func (m *ourMember) memberID() uint64 { return m.id }
+func (m *ourMember) memberID() uint64 { return m.ID() }
 func (m *ourMember) kind() string     { return "ours" }
 func (m *ourMember) url() string      { return m.base }
 
@@ -151,108 +120,22 @@ func (m *ourMember) addPeer(t testing.TB, id uint64, url string) {
 // startRaft does nothing: newOurMember started the node.
 func (m *ourMember) startRaft(testing.TB, []uint64) {}
 
-func (m *ourMember) start(peers []uint64) {
-	var rp []raft.Peer
-	for _, id := range peers {
-		rp = append(rp, raft.Peer{ID: id})
-	}
-	m.node = raft.StartNode(&raft.Config{
-		ID:              m.id,
-		ElectionTick:    raftElection,
-		HeartbeatTick:   1,
-		Storage:         m.storage,
-		MaxSizePerMsg:   1 << 20,
-		MaxInflightMsgs: 256,
-		CheckQuorum:     true,
-		PreVote:         true,
-		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}, rp)
-	go m.run()
-}
-
-func (m *ourMember) run() {
-	defer close(m.done)
-	ticker := time.NewTicker(raftTick)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ticker.C:
-			m.node.Tick()
-		case rd := <-m.node.Ready():
-			if err := m.handleReady(rd); err != nil {
-				m.mu.Lock()
-				m.err = errors.Join(m.err, err)
-				m.mu.Unlock()
-			}
-			m.node.Advance()
-		case <-m.stopc:
-			return
-		}
-	}
-}
-
-func (m *ourMember) handleReady(rd raft.Ready) error {
-	if rd.SoftState != nil {
-		m.lead.Store(rd.SoftState.Lead)
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := m.storage.SetHardState(rd.HardState); err != nil {
-			return err
-		}
-	}
-	if err := m.storage.Append(rd.Entries); err != nil {
-		return err
-	}
-	m.tr.Send(rd.Messages)
-	for _, e := range rd.CommittedEntries {
-		switch e.GetType() {
-		case raftpb.EntryNormal:
-			m.mu.Lock()
-			m.apps = append(m.apps, appliedEntry{Index: e.GetIndex(), Term: e.GetTerm(), Data: string(e.GetData())})
-			m.mu.Unlock()
-		case raftpb.EntryConfChange:
-			cc := &raftpb.ConfChange{}
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return err
-			}
-			m.node.ApplyConfChange(cc)
-		}
-	}
-	return nil
-}
-
 func (m *ourMember) propose(t testing.TB, data string) error {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	return m.node.Propose(ctx, []byte(data))
+	return m.Node().Propose(ctx, []byte(data))
 }
 
-func (m *ourMember) leader(testing.TB) uint64 { return m.lead.Load() }
+func (m *ourMember) leader(testing.TB) uint64 { return m.Lead() }
 
 func (m *ourMember) transfer(t testing.TB, to uint64) {
-	m.node.TransferLeadership(t.Context(), m.lead.Load(), to)
+	m.Node().TransferLeadership(t.Context(), m.Lead(), to)
 }
 
-func (m *ourMember) applied() []appliedEntry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.apps)
-}
-
-func (m *ourMember) failure() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.err
-}
+func (m *ourMember) applied() []appliedEntry { return m.Applied() }
 
 // stopRaft stops the Ready loop and the node; the transport still runs.
-func (m *ourMember) stopRaft(testing.TB) {
-	m.stopOnce.Do(func() {
-		close(m.stopc)
-		<-m.done
-		m.node.Stop()
-	})
-}
+func (m *ourMember) stopRaft(testing.TB) { m.Stop() }
 
 // ---------------------------------------------------------------------------
 // An etcd member: the line's raft on etcd's transport, in a peer program.

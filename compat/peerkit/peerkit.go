@@ -36,6 +36,14 @@
 //	            "conn", "data" (hex), in the order written
 //	streamend   the handler of the stream request "conn" returned: etcd's
 //	            stream writer has let go of the connection
+//	request     the handler of a request other than a stream returned
+//	            (after its "http" event): "method", "path", "conn";
+//	            "header", the request's header as Go's server leaves it
+//	            (Transfer-Encoding and Trailer taken out); "chunked", sent
+//	            with chunked transfer coding; "trailer", every trailer key
+//	            the request declared with the values that followed its
+//	            body (null if none did); "len", the body bytes the handler
+//	            read; "eof", whether it read to the end
 //	applied     the raft member (see raftstart) applied a committed normal
 //	            entry: "index", "term", "data" (hex)
 //
@@ -105,6 +113,13 @@ type Event struct {
 	Index   uint64 `json:"index,omitempty"`
 	Term    uint64 `json:"term,omitempty"`
 	Lead    uint64 `json:"lead,omitempty"`
+	// The "request" event's: what the request carried and what of its
+	// body the handler read.
+	Header  map[string][]string `json:"header,omitempty"`
+	Trailer map[string][]string `json:"trailer,omitempty"`
+	Chunked bool                `json:"chunked,omitempty"`
+	Len     int64               `json:"len,omitempty"`
+	EOF     bool                `json:"eof,omitempty"`
 }
 
 // Command is one line of a peer program's input.

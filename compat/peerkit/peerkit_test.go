@@ -1,11 +1,14 @@
 package peerkit
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -187,7 +190,7 @@ func TestServeReports(t *testing.T) {
 		{Ev: "snapreport", ID: 6, Status: 1},
 		{Ev: "errorc", Err: "boom"},
 	} {
-		d.wait(t, want.Ev+" event", func(e Event) bool { return e == want })
+		d.wait(t, want.Ev+" event", func(e Event) bool { return reflect.DeepEqual(e, want) })
 	}
 
 	d.do(t, Command{Op: "removed", ID: 9, On: true})
@@ -214,7 +217,7 @@ func TestServeReports(t *testing.T) {
 	if err := raft.Process([]byte{0x08, 0x03}); err != nil {
 		t.Errorf("Process with reject403 off: %v", err)
 	}
-	d.wait(t, "the message processed after reject403 off", func(e Event) bool { return e == Event{Ev: "process", Msg: "0803"} })
+	d.wait(t, "the message processed after reject403 off", func(e Event) bool { return reflect.DeepEqual(e, Event{Ev: "process", Msg: "0803"}) })
 	if n := d.count(isEv("process")); n != 2 {
 		t.Errorf("%d process events, want 2 (none for the refused message)", n)
 	}
@@ -257,6 +260,41 @@ func TestServeStreams(t *testing.T) {
 	}
 }
 
+// TestServeRequests checks that what the Tap records of a request reaches
+// the program's output intact: the "request" event of a chunked POST with
+// a trailer, decoded from its JSON line, carries the trailer's value, the
+// body's length and the headers. It is the control of the interop tests
+// that find no trailer on what we send etcd.
+func TestServeRequests(t *testing.T) {
+	tr := newFakeTransport(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	d := serve(t, &fakeAdapter{tr: tr})
+	base := d.all()[0].URL
+	req, err := http.NewRequest("POST", base+"/raft/snapshot", io.MultiReader(strings.NewReader("envelope+payload")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Rafthttp-Features", "crc32c-trailer")
+	req.Trailer = http.Header{"X-Rafthttp-Crc32c": {"0a1b2c3d"}}
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	e := d.wait(t, "the request event", isEv("request"))
+	if e.Method != "POST" || e.Path != "/raft/snapshot" || !e.Chunked || e.Len != int64(len("envelope+payload")) || !e.EOF {
+		t.Errorf("request event %+v, want POST /raft/snapshot, chunked, 16 bytes read to the end", e)
+	}
+	if got := http.Header(e.Trailer).Get("X-Rafthttp-Crc32c"); got != "0a1b2c3d" {
+		t.Errorf("trailer %v, want X-Rafthttp-Crc32c 0a1b2c3d", e.Trailer)
+	}
+	if got := http.Header(e.Header).Get("X-Rafthttp-Features"); got != "crc32c-trailer" {
+		t.Errorf("X-Rafthttp-Features %q, want crc32c-trailer", got)
+	}
+}
+
 // TestTap checks the events the Tap reports for one request.
 func TestTap(t *testing.T) {
 	const stream = "/raft/stream/msgappv2/1"
@@ -270,17 +308,26 @@ func TestTap(t *testing.T) {
 		{
 			name: "no-content", method: "POST", path: "/raft",
 			handler: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) },
-			want:    []Event{{Ev: "http", Method: "POST", Path: "/raft", Status: 204}},
+			want: []Event{
+				{Ev: "http", Method: "POST", Path: "/raft", Status: 204},
+				{Ev: "request", Method: "POST", Path: "/raft"},
+			},
 		},
 		{
 			name: "nothing-written", method: "GET", path: "/raft/probing",
 			handler: func(w http.ResponseWriter, r *http.Request) {},
-			want:    []Event{{Ev: "http", Method: "GET", Path: "/raft/probing", Status: 200}},
+			want: []Event{
+				{Ev: "http", Method: "GET", Path: "/raft/probing", Status: 200},
+				{Ev: "request", Method: "GET", Path: "/raft/probing"},
+			},
 		},
 		{
 			name: "body-but-no-stream", method: "GET", path: "/raft/probing",
 			handler: func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "{}") },
-			want:    []Event{{Ev: "http", Method: "GET", Path: "/raft/probing", Status: 200}},
+			want: []Event{
+				{Ev: "http", Method: "GET", Path: "/raft/probing", Status: 200},
+				{Ev: "request", Method: "GET", Path: "/raft/probing"},
+			},
 		},
 		{
 			name: "stream", method: "GET", path: stream,
@@ -336,10 +383,97 @@ func TestTap(t *testing.T) {
 					t.Errorf("event %+v numbered conn %d, want 1", e, e.Conn)
 				}
 				e.Conn = 0
+				e.Header = nil // the client's: TestTapRequest checks them
 				got = append(got, e)
 			}
-			if !slices.Equal(got, tt.want) {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("events\n%+v\nwant\n%+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTapRequest checks what the Tap's "request" event says of a request
+// and its body: the headers, the trailer, the transfer coding, and how much
+// of the body the handler read.
+func TestTapRequest(t *testing.T) {
+	const size = 100
+	const trailerKey = "X-Rafthttp-Crc32c"
+	readAll := func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}
+	for _, tc := range []struct {
+		name    string
+		chunked bool        // sent with an unknown length
+		trailer http.Header // the request's trailer, values included
+		handler http.HandlerFunc
+		want    Event // Ev, Method, Path, Conn and Header left out
+	}{
+		{name: "content length, read to the end", handler: readAll,
+			want: Event{Len: size, EOF: true}},
+		{name: "chunked, no trailer", chunked: true, handler: readAll,
+			want: Event{Chunked: true, Len: size, EOF: true}},
+		{name: "chunked with a trailer", chunked: true, trailer: http.Header{trailerKey: {"0a1b2c3d"}}, handler: readAll,
+			want: Event{Chunked: true, Trailer: map[string][]string{trailerKey: {"0a1b2c3d"}}, Len: size, EOF: true}},
+		{name: "trailer declared, body read in part", chunked: true, trailer: http.Header{trailerKey: {"0a1b2c3d"}},
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				io.CopyN(io.Discard, r.Body, 10)
+				w.WriteHeader(http.StatusNoContent)
+			},
+			want: Event{Chunked: true, Trailer: map[string][]string{trailerKey: nil}, Len: 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			events := make(chan Event, 16)
+			srv := httptest.NewServer(NewTap(tc.handler, func(e Event) { events <- e }))
+			defer srv.Close()
+			var body io.Reader = bytes.NewReader(make([]byte, size))
+			if tc.chunked {
+				body = io.MultiReader(body) // no Len: the client cannot know the length
+			}
+			req, err := http.NewRequest("POST", srv.URL+"/raft/snapshot", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("X-Rafthttp-Features", "crc32c-trailer")
+			req.Trailer = tc.trailer
+			resp, err := client(t).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			srv.Close() // every handler has returned
+			close(events)
+			var got []Event
+			for e := range events {
+				if e.Ev == "request" {
+					got = append(got, e)
+				}
+			}
+			if len(got) != 1 {
+				t.Fatalf("%d request events, want 1", len(got))
+			}
+			e := got[0]
+			if e.Method != "POST" || e.Path != "/raft/snapshot" || e.Conn != 1 {
+				t.Errorf("request event for %s %s conn %d, want POST /raft/snapshot conn 1", e.Method, e.Path, e.Conn)
+			}
+			if f := http.Header(e.Header).Get("X-Rafthttp-Features"); f != "crc32c-trailer" {
+				t.Errorf("X-Rafthttp-Features %q, want %q", f, "crc32c-trailer")
+			}
+			wantCL := ""
+			if !tc.chunked {
+				wantCL = fmt.Sprint(size)
+			}
+			if cl := http.Header(e.Header).Get("Content-Length"); cl != wantCL {
+				t.Errorf("Content-Length %q, want %q", cl, wantCL)
+			}
+			if tr, ok := e.Header["Trailer"]; ok {
+				t.Errorf("header Trailer %q kept, want it in the trailer's keys", tr)
+			}
+			e.Ev, e.Method, e.Path, e.Conn, e.Header = "", "", "", 0, nil
+			if !reflect.DeepEqual(e, tc.want) {
+				t.Errorf("request event\n%+v\nwant\n%+v", e, tc.want)
 			}
 		})
 	}

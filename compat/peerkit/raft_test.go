@@ -3,6 +3,7 @@ package peerkit
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -118,19 +119,19 @@ func TestServeRaft(t *testing.T) {
 		t.Errorf("raftstatus answers lead %d, term %d; want 2, 3", reply.Lead, reply.Term)
 	}
 	d.do(t, Command{Op: "rafttransfer", ID: 7})
-	d.wait(t, "the applied event", func(e Event) bool { return e == Event{Ev: "applied", Index: 4, Term: 3, Data: "6869"} })
+	d.wait(t, "the applied event", func(e Event) bool { return reflect.DeepEqual(e, Event{Ev: "applied", Index: 4, Term: 3, Data: "6869"}) })
 	if n := d.count(isEv("process")); n != 0 {
 		t.Errorf("%d process events while raft runs, want 0", n)
 	}
 	for _, want := range []Event{{Ev: "unreachable", ID: 5}, {Ev: "snapreport", ID: 6, Status: 1}} {
-		d.wait(t, want.Ev+" event", func(e Event) bool { return e == want })
+		d.wait(t, want.Ev+" event", func(e Event) bool { return reflect.DeepEqual(e, want) })
 	}
 
 	d.do(t, Command{Op: "raftstop"})
 	if err := raft.Process([]byte{0x08, 0x02}); err != nil {
 		t.Fatalf("Process after raftstop: %v", err)
 	}
-	d.wait(t, "the message processed after raftstop", func(e Event) bool { return e == Event{Ev: "process", Msg: "0802"} })
+	d.wait(t, "the message processed after raftstop", func(e Event) bool { return reflect.DeepEqual(e, Event{Ev: "process", Msg: "0802"}) })
 	if reply := d.do(t, Command{Op: "raftstatus"}); !strings.Contains(reply.Err, "no raft member") {
 		t.Errorf("raftstatus after raftstop answers %q, want an error", reply.Err)
 	}

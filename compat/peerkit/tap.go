@@ -3,8 +3,10 @@ package peerkit
 import (
 	"context"
 	"encoding/hex"
+	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,9 +14,11 @@ import (
 
 // Tap is the recording middleware in front of a transport's handler, on
 // either side of an interoperability test: it reports every answer (an
-// "http" event), every byte written to a stream response ("wrote") and the
-// end of every stream handler ("streamend"), and can refuse new stream
-// requests and cut the open ones.
+// "http" event), every byte written to a stream response ("wrote"), the
+// end of every stream handler ("streamend") and, for the other requests,
+// what the request carried (headers, trailer) and what of its body the
+// handler read ("request"); and it can refuse new stream requests and cut
+// the open ones.
 //
 // Refusing and cutting streams reach the connections only if the
 // http.Server's ConnContext is [ConnContext].
@@ -68,9 +72,40 @@ func (t *Tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			t.report(Event{Ev: "streamend", Path: r.URL.Path, Conn: conn})
 		}()
 	}
+	if !stream {
+		body := &countingBody{ReadCloser: r.Body}
+		if r.Body != http.NoBody { // which handlers may test for
+			r.Body = body
+		}
+		// Deferred first, so it runs after the answer's report: by then
+		// the handler is done with the body, and the server has filled
+		// in the trailer if the handler read to the end.
+		defer func() {
+			t.report(Event{Ev: "request", Method: r.Method, Path: r.URL.Path, Conn: conn,
+				Header: r.Header.Clone(), Trailer: r.Trailer.Clone(), Chunked: slices.Contains(r.TransferEncoding, "chunked"),
+				Len: body.n.Load(), EOF: body.eof.Load()})
+		}()
+	}
 	rw := &tapWriter{ResponseWriter: w, t: t, r: r, conn: conn, stream: stream}
 	defer rw.done()
 	t.handler.ServeHTTP(rw, r)
+}
+
+// countingBody counts what a handler reads of a request body. A handler
+// may read from another goroutine, hence the atomics.
+type countingBody struct {
+	io.ReadCloser
+	n   atomic.Int64
+	eof atomic.Bool
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
 }
 
 // BlockStreams makes the Tap refuse the stream requests it gets while on,
