@@ -159,11 +159,11 @@ func (w *streamWriter) newEncoder(c *outgoingConn) encoder {
 type probeCause uint8
 
 const (
-	probeNone      probeCause = iota
-	probeHeartbeat            // an idle heartbeat tick
-	probeGone                 // the connection's request ended
-	probePoke                 // the peer's stream reader lost its stream
-	probeReprobe              // the reprobe timer fired
+	probeNone      probeCause = iota // no probe under way
+	probeHeartbeat                   // an idle heartbeat tick
+	probeGone                        // the connection's request ended
+	probePoke                        // the peer's stream reader lost its stream
+	probeReprobe                     // the reprobe timer fired
 )
 
 // writerStep is what run does after a batch or a probe is written, in field
@@ -198,16 +198,21 @@ type writerState struct {
 	batch []raftpb.MessageType
 }
 
+// newWriterState returns the state of a writer with no connection yet.
 func newWriterState() writerState {
 	return writerState{batch: make([]raftpb.MessageType, 0, 64)}
 }
 
-// wantsTicks, wantsGone and wantsReprobe say which of its channels run
-// waits on: link heartbeat ticks and the request's end only while a
-// connection is attached (the latter until it is seen), the reprobe timer
-// only while it is armed. The queue is always read.
-func (s *writerState) wantsTicks() bool   { return s.attached }
-func (s *writerState) wantsGone() bool    { return s.awaitGone }
+// wantsTicks says whether run waits for heartbeat ticks: while a
+// connection is attached. (The queue, by contrast, is always read.)
+func (s *writerState) wantsTicks() bool { return s.attached }
+
+// wantsGone says whether run waits for the attached connection's request
+// to end: until it is seen to.
+func (s *writerState) wantsGone() bool { return s.awaitGone }
+
+// wantsReprobe says whether run waits for the reprobe timer: while it is
+// armed.
 func (s *writerState) wantsReprobe() bool { return s.reprobes > 0 }
 
 // detach forgets the connection and everything armed for it.
