@@ -34,7 +34,7 @@ func (r *streamReader) run(ctx context.Context) {
 	lg.Info("started stream reader with remote peer")
 	defer lg.Info("stopped stream reader with remote peer")
 
-	backoff := t.cfg.dialRetryMin
+	bo := newBackoff(t.cfg.dialRetryMin, t.cfg.dialRetryMax)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
@@ -82,20 +82,47 @@ func (r *streamReader) run(ctx context.Context) {
 			if !cleanStreamEnd(err) {
 				p.status.deactivate(failureType{source: r.typ.String(), action: "read"}, err.Error())
 			}
-			backoff = t.cfg.dialRetryMin
+			bo.reset()
 		}
 
-		// Jitter spreads the redials of many readers that failed together.
-		wait := backoff/2 + rand.N(backoff/2+1)
-		timer.Reset(wait)
+		timer.Reset(bo.next())
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
 			return
 		}
-		backoff = min(2*backoff, t.cfg.dialRetryMax)
 	}
 }
+
+// backoff paces a stream reader's redials. The bound on the wait starts at
+// min, doubles after each wait up to max, and starts over at min once a
+// stream was up; each wait is drawn from the upper half of the bound, so
+// that the readers of many peers that failed together do not redial
+// together. One reader owns it: it is not safe for concurrent use.
+type backoff struct {
+	min, max time.Duration
+	cur      time.Duration // the bound of the next wait
+	// randN returns a uniform duration in [0, n): rand.N, or a fixed
+	// source in tests.
+	randN func(n time.Duration) time.Duration
+}
+
+// newBackoff returns a backoff between lo and hi, drawing from math/rand/v2.
+func newBackoff(lo, hi time.Duration) backoff {
+	return backoff{min: lo, max: hi, cur: lo, randN: rand.N[time.Duration]}
+}
+
+// next returns how long to wait before the next dial, in [cur/2, cur], and
+// doubles the bound for the wait after it.
+func (b *backoff) next() time.Duration {
+	wait := b.cur/2 + b.randN(b.cur/2+1)
+	b.cur = min(2*b.cur, b.max)
+	return wait
+}
+
+// reset starts the bound over at min: the last dial gave a stream that was
+// up, so the next failure is not part of a run of them.
+func (b *backoff) reset() { b.cur = b.min }
 
 // cleanStreamEnd reports whether err, which ended the reads of a stream
 // body, is an orderly end rather than a failure of the peer: only a failure

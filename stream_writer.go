@@ -152,6 +152,218 @@ func (w *streamWriter) newEncoder(c *outgoingConn) encoder {
 	return w.typ.desc().newEncoder(c.w)
 }
 
+// probeCause is why the writer probes its connection; it decides what the
+// probe's outcome leads to.
+type probeCause uint8
+
+const (
+	probeNone      probeCause = iota // no probe under way
+	probeHeartbeat                   // an idle heartbeat tick
+	probeGone                        // the connection's request ended
+	probePoke                        // the peer's stream reader lost its stream
+	probeReprobe                     // the reprobe timer fired
+)
+
+// writerStep is what run does after a batch or a probe is written, in field
+// order. The zero step does nothing.
+type writerStep struct {
+	// lost are the types of the failed batch's messages, each reported
+	// lost (dropSendFailed). Valid until the state's next event.
+	lost []raftpb.MessageType
+	// err, if not nil, failed the connection: run lets go of it, as a
+	// failure of action ("write" or "heartbeat"), and drops what is queued.
+	err    error
+	action string
+	// rearm (re)starts the reprobe timer, at reprobeDelay.
+	rearm bool
+}
+
+// writerState makes a stream writer's decisions: when a batch ends, when an
+// idle connection needs a heartbeat, how a connection whose request ended
+// is probed, and what a failure drops. It has no goroutine, channel or
+// clock: run, the writer's goroutine, tells it what happened and does what
+// it answers, so that the decisions can be tested without a connection.
+type writerState struct {
+	attached  bool       // a connection is attached
+	busy      bool       // a batch was written since the last heartbeat tick
+	awaitGone bool       // the attached connection's request is not yet seen to end
+	reprobes  int        // probes still to make on the reprobe timer, armed while > 0
+	probing   probeCause // the probe being written, if any
+	conns     int        // connections attached so far
+	failLost  int        // messages the last failure lost with its batch
+	// The types of the batch being written, so that a failed write counts
+	// what it lost. Reused: no allocation per batch.
+	batch []raftpb.MessageType
+}
+
+// newWriterState returns the state of a writer with no connection yet.
+func newWriterState() writerState {
+	return writerState{batch: make([]raftpb.MessageType, 0, 64)}
+}
+
+// wantsTicks says whether run waits for heartbeat ticks: while a
+// connection is attached. (The queue, by contrast, is always read.)
+func (s *writerState) wantsTicks() bool { return s.attached }
+
+// wantsGone says whether run waits for the attached connection's request
+// to end: until it is seen to.
+func (s *writerState) wantsGone() bool { return s.awaitGone }
+
+// wantsReprobe says whether run waits for the reprobe timer: while it is
+// armed.
+func (s *writerState) wantsReprobe() bool { return s.reprobes > 0 }
+
+// detach forgets the connection and everything armed for it.
+func (s *writerState) detach() {
+	s.attached, s.busy, s.awaitGone, s.reprobes, s.probing = false, false, false, 0, probeNone
+	s.batch = s.batch[:0]
+}
+
+// onAttach takes a new connection. replace says the current one must be
+// let go first (a replacement, not a failure), reconnect that this is not
+// the writer's first connection.
+func (s *writerState) onAttach() (replace, reconnect bool) {
+	replace = s.attached
+	s.detach()
+	s.attached, s.awaitGone = true, true
+	s.conns++
+	return replace, s.conns > 1
+}
+
+// onStop says whether a connection is attached, to be let go as the
+// writer stops.
+func (s *writerState) onStop() (release bool) {
+	release = s.attached
+	s.detach()
+	return release
+}
+
+// onMessage takes a message of type typ off the queue. With no connection
+// it returns false: the message is discarded and reported lost (a Send
+// that saw the writer working may queue one just after it detached), never
+// kept for a later connection. Otherwise it joins the batch, to be encoded.
+func (s *writerState) onMessage(typ raftpb.MessageType) bool {
+	if !s.attached {
+		return false
+	}
+	s.batch = append(s.batch, typ)
+	return true
+}
+
+// takeMore says whether the batch may take another queued message before
+// it is flushed. run flushes when it may not, or when the queue is empty:
+// a writer that never finds its queue empty still flushes every maxBatch
+// messages.
+func (s *writerState) takeMore() bool { return len(s.batch) < maxBatch }
+
+// onWritten ends the batch: err is nil if it was encoded and flushed.
+func (s *writerState) onWritten(err error) writerStep {
+	if err == nil {
+		s.batch = s.batch[:0]
+		s.busy = true
+		return writerStep{}
+	}
+	// The batch may have reached the peer in part; it counts as lost, each
+	// message reported: a report for a message that did arrive costs raft
+	// a probe, a message lost unreported costs it a stall.
+	st := writerStep{lost: s.batch, err: err, action: "write"}
+	s.failLost = len(s.batch)
+	s.detach()
+	return st
+}
+
+// onTick takes a heartbeat tick and says whether to probe: not when a
+// batch was written since the last tick, since traffic proves the link as
+// well as a heartbeat does.
+func (s *writerState) onTick() (probe bool) {
+	if !s.attached {
+		return false
+	}
+	if s.busy {
+		s.busy = false
+		return false
+	}
+	s.probing = probeHeartbeat
+	return true
+}
+
+// onGone takes the end of the connection's request and says to probe it.
+// Usually the remote went away, but a server whose listener sets a deadline
+// on every read (etcd's peer listener does) also ends it when the idle
+// stream's read times out. So the connection is probed now and, if that
+// succeeds, maxReprobes times more every reprobeDelay (see onProbed): a
+// closed connection fails the write after the one that drew the remote's
+// reset, a live one carries on, its fate left to its writes from there.
+func (s *writerState) onGone() (probe bool) {
+	if !s.awaitGone {
+		return false
+	}
+	s.awaitGone = false
+	s.probing = probeGone
+	return true
+}
+
+// onPoke takes a hint that the remote may be gone (the peer's reader lost
+// its stream) and says whether to probe as for onGone: not with no
+// connection, nor while reprobes are under way.
+func (s *writerState) onPoke() (probe bool) {
+	if !s.attached || s.reprobes > 0 {
+		return false
+	}
+	s.probing = probePoke
+	return true
+}
+
+// onReprobe takes the reprobe timer's firing and says to probe.
+func (s *writerState) onReprobe() (probe bool) {
+	if s.reprobes == 0 {
+		return false
+	}
+	s.probing = probeReprobe
+	return true
+}
+
+// onProbed takes the outcome of the probe that onTick, onGone, onPoke or
+// onReprobe asked for. A failure detaches, as a failure of the heartbeat or
+// of a write; a success after the request ended or a poke arms maxReprobes
+// reprobes, and each reprobe that succeeds rearms the timer until none is
+// left.
+func (s *writerState) onProbed(err error) writerStep {
+	cause := s.probing
+	s.probing = probeNone
+	if err != nil {
+		action := "write"
+		if cause == probeHeartbeat {
+			action = "heartbeat"
+		}
+		s.failLost = 0
+		s.detach()
+		return writerStep{err: err, action: action}
+	}
+	switch cause {
+	case probeGone, probePoke:
+		s.reprobes = maxReprobes
+		return writerStep{rearm: true}
+	case probeReprobe:
+		s.reprobes--
+		return writerStep{rearm: s.reprobes > 0}
+	}
+	return writerStep{}
+}
+
+// onDrained takes how many queued messages a failure dropped after its
+// batch, and says whether raft must still be told that the peer is
+// unreachable: only if no message was lost, since each lost message was
+// reported and a failed link must be heard of either way.
+func (s *writerState) onDrained(n int) (reportUnreachable bool) {
+	lost := s.failLost + n
+	s.failLost = 0
+	return lost == 0
+}
+
+// run is the writer's goroutine: it waits for the queue, a connection, the
+// heartbeat and reprobe timers, a poke or the end, tells writerState, and
+// does the writes, reports and bookkeeping the state's answers call for.
 func (w *streamWriter) run(ctx context.Context) {
 	defer close(w.done)
 	t := w.p.t
@@ -166,24 +378,11 @@ func (w *streamWriter) run(ctx context.Context) {
 	var (
 		conn *outgoingConn
 		enc  encoder
-		// The queue is always read, a connection attached or not: a
-		// Send that saw this writer working may queue a message just
-		// after it detached, and that message must be reported, not
-		// left in the queue.
-		msgc       = w.msgc
-		heartbeatc <-chan time.Time // nil while no connection is attached
-		gone       chan struct{}    // likewise
-		busy       bool             // wrote since the last tick
-		attached   int              // connections attached so far
-		// The types of the batch being written, so that a failed write
-		// counts what it lost. Reused: no allocation per batch.
-		batchTypes = make([]raftpb.MessageType, 0, 64)
+		s    = newWriterState()
 		// What the batch's messages not yet written were charged to the
 		// peer's send budget.
 		batchBytes int64
 		reprobe    = time.NewTimer(time.Hour)
-		reprobec   <-chan time.Time // armed after a first probe succeeded
-		reprobes   int              // probes still to make after that
 		y          = w.p.t.bulkYielder(w.typ)
 		// The remote can lose or replace its stream as often as it
 		// likes (a GET each time): rate-limit the lines that say so.
@@ -191,59 +390,79 @@ func (w *streamWriter) run(ctx context.Context) {
 	)
 	reprobe.Stop()
 	defer reprobe.Stop()
-	// detach lets go of the connection. reason, if not nil, is its
-	// failure, and lost how many messages of the failed write were
-	// reported already.
-	detach := func(reason error, action string, lost int) {
+	// release lets go of the connection the state has detached from.
+	release := func() {
 		w.p.status.writer(w.typ).down() // before working: PeerStats never says up while pick says down
 		w.working.Store(false)
 		w.cur.Store(nil)
 		conn.release()
-		conn, enc, heartbeatc, gone, reprobec = nil, nil, nil, nil, nil
-		if reason == nil {
+		conn, enc = nil, nil
+	}
+	// do carries out a step of the state.
+	do := func(st writerStep) {
+		for _, typ := range st.lost {
+			w.lost(typ, dropSendFailed)
+		}
+		if st.err == nil {
+			if st.rearm {
+				reprobe.Reset(reprobeDelay)
+			}
 			return
 		}
-		w.p.status.deactivate(failureType{source: w.typ.String(), action: action}, reason.Error())
+		release()
+		w.p.status.deactivate(failureType{source: w.typ.String(), action: st.action}, st.err.Error())
 		w.p.metrics.sentFailures.Inc()
 		if n, ok := churnLog.allow(t.warns.now); ok {
-			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(reason), suppressed(n))
+			lg.Warn("lost TCP streaming connection with remote peer", zap.Error(st.err), suppressed(n))
 		}
 		// Whatever was queued for the connection is not coming back: drop
 		// it now and tell raft, rather than deliver it late on a later
 		// connection.
+		drained := 0
 		for {
 			select {
 			case m := <-w.msgc:
 				w.discard(m, dropConnClosed)
-				lost++
+				drained++
 				continue
 			default:
 			}
 			break
 		}
-		if lost == 0 {
-			// No message was lost with it, but raft should still hear
-			// that the peer's link failed, as it would from a drop.
+		if s.onDrained(drained) {
 			t.reportUnreachable(w.p.id)
 		}
 	}
 
 	for {
+		var (
+			heartbeatc, reprobec <-chan time.Time
+			gone                 chan struct{}
+		)
+		if s.wantsTicks() {
+			heartbeatc = heartbeat.C
+		}
+		if s.wantsGone() {
+			gone = conn.gone
+		}
+		if s.wantsReprobe() {
+			reprobec = reprobe.C
+		}
 		select {
-		case m := <-msgc:
-			if conn == nil {
-				// Queued while the writer detached (see msgc).
+		// The queue is read whether a connection is attached or not, so
+		// that what is queued while none is gets reported (onMessage).
+		case m := <-w.msgc:
+			if !s.onMessage(m.GetType()) {
 				w.discard(m, dropConnClosed)
 				continue
 			}
-			batchTypes = append(batchTypes[:0], m.GetType())
 			batchBytes = sendCharge(m)
 			err := conn.arm(t.cfg.writeTimeout)
 			if err == nil {
 				err = enc.encode(m)
 			}
 			// Encode what else is queued, then write it all at once.
-			for err == nil && len(batchTypes) < maxBatch {
+			for err == nil && s.takeMore() {
 				if enc.buffered() == 0 {
 					// The encoder wrote through: what the batch
 					// encoded so far is written, and its charge goes
@@ -254,8 +473,8 @@ func (w *streamWriter) run(ctx context.Context) {
 				}
 				y.tick()
 				select {
-				case m = <-msgc:
-					batchTypes = append(batchTypes, m.GetType())
+				case m = <-w.msgc:
+					s.onMessage(m.GetType()) // attached: it joins the batch
 					n := sendCharge(m)
 					batchBytes += n
 					if n > 0 {
@@ -275,84 +494,41 @@ func (w *streamWriter) run(ctx context.Context) {
 				break
 			}
 			if err == nil {
-				err = w.flush(conn, enc, len(batchTypes))
+				err = w.flush(conn, enc, len(s.batch))
 			}
-			w.p.queued.release(batchBytes) // written, or lost below
-			if err != nil {
-				// The batch may have reached the peer in part; count it
-				// all as lost, and tell raft of each: a report for a
-				// message that did arrive costs raft a probe, a message
-				// lost unreported costs it a stall.
-				for _, typ := range batchTypes {
-					w.lost(typ, dropSendFailed)
-				}
-				detach(err, "write", len(batchTypes))
-				continue
-			}
-			busy = true
+			w.p.queued.release(batchBytes) // written, or lost by the step
+			do(s.onWritten(err))
 
 		case <-heartbeatc:
-			if busy {
-				// Traffic proves the link as well as a heartbeat does.
-				busy = false
-				continue
-			}
-			if err := w.probe(conn, enc); err != nil {
-				detach(err, "heartbeat", 0)
+			if s.onTick() {
+				do(s.onProbed(w.probe(conn, enc)))
 			}
 
 		case <-gone:
-			// The request's context ended. Usually the remote went away,
-			// but a server whose listener sets a deadline on every read
-			// (etcd's peer listener does) also ends it when the idle
-			// stream's read times out. Probe with a link heartbeat, now and
-			// a few times more over the next second: a closed connection
-			// fails the write after the one that drew the remote's reset,
-			// a live one carries on, its fate left to its writes from
-			// here.
-			gone = nil
-			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write", 0)
-				continue
+			if s.onGone() {
+				do(s.onProbed(w.probe(conn, enc)))
 			}
-			reprobes = maxReprobes
-			reprobe.Reset(reprobeDelay)
-			reprobec = reprobe.C
 
 		case <-reprobec:
-			reprobec = nil
-			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write", 0)
-				continue
-			}
-			if reprobes--; reprobes > 0 {
-				reprobe.Reset(reprobeDelay)
-				reprobec = reprobe.C
+			if s.onReprobe() {
+				do(s.onProbed(w.probe(conn, enc)))
 			}
 
 		case <-w.pokec:
-			if conn == nil || reprobec != nil {
-				continue
+			if s.onPoke() {
+				do(s.onProbed(w.probe(conn, enc)))
 			}
-			if err := w.probe(conn, enc); err != nil {
-				detach(err, "write", 0)
-				continue
-			}
-			reprobes = maxReprobes
-			reprobe.Reset(reprobeDelay)
-			reprobec = reprobe.C
 
 		case c := <-w.connc:
-			if conn != nil {
+			replace, reconnect := s.onAttach()
+			if replace {
 				if n, ok := churnLog.allow(t.warns.now); ok {
 					lg.Warn("closed TCP streaming connection with remote peer", zap.String("reason", "replaced by a new connection"), suppressed(n))
 				}
-				detach(nil, "", 0)
+				release()
 			}
-			conn, enc, heartbeatc, gone, reprobec = c, w.newEncoder(c), heartbeat.C, c.gone, nil
-			busy = false
-			attached++
-			if attached > 1 {
+			conn, enc = c, w.newEncoder(c)
+			if reconnect {
 				w.p.metrics.reconnect("writer " + w.typ.String())
 			}
 			w.cur.Store(c)
@@ -362,8 +538,8 @@ func (w *streamWriter) run(ctx context.Context) {
 			lg.Info("established TCP streaming connection with remote peer")
 
 		case <-ctx.Done():
-			if conn != nil {
-				detach(nil, "", 0)
+			if s.onStop() {
+				release()
 				lg.Info("stopped TCP streaming connection with remote peer")
 			}
 			return
