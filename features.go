@@ -17,11 +17,6 @@ import (
 // every peer, etcd included: we cannot know a peer is etcd before it answers,
 // and etcd 3.5-3.7 ignore headers they do not know (compat/ TestSnapshot).
 
-// headerFeatures carries the announcement: feature tokens separated by
-// commas. Unknown tokens are ignored, so that a newer peer can announce
-// features we do not know.
-const headerFeatures = "X-Rafthttp-Features"
-
 // maxFeaturesHeader bounds the announcement we read, in bytes over all the
 // header's values. A longer one is ignored whole rather than cut, since a
 // token cut short could read as another feature.

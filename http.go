@@ -15,19 +15,6 @@ import (
 	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
-// The paths of the raft routes, etcd's (spec §2).
-const (
-	// RaftPrefix is the pipeline path, and the prefix of all the others.
-	RaftPrefix = "/raft"
-	// ProbingPrefix is the path of the health probe.
-	ProbingPrefix = RaftPrefix + "/probing"
-	// RaftStreamPrefix is the prefix of the stream paths,
-	// RaftStreamPrefix/{msgapp,message}/<sender ID in hex>.
-	RaftStreamPrefix = RaftPrefix + "/stream"
-	// RaftSnapshotPrefix is the path snapshots are POSTed to.
-	RaftSnapshotPrefix = RaftPrefix + "/snapshot"
-)
-
 // writerToResponse is implemented by errors from Raft.Process that write
 // their own HTTP response, as etcd's 403 for a message from a removed member.
 type writerToResponse interface {
@@ -94,15 +81,6 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	return true
-}
-
-// clip bounds a header value before it goes into a log line.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
 }
 
 // addRemoteFromRequest lets a member we do not know yet get answers: if a

@@ -37,12 +37,6 @@ type SnapshotMessage struct {
 	PayloadSize int64
 }
 
-// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot body
-// (envelope and payload), as 8 lowercase hex digits. It is sent only to a
-// peer that announced featureCRC32CTrailer (features.go), so an etcd peer
-// gets etcd's bytes.
-const trailerCRC32C = "X-Rafthttp-Crc32c"
-
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:

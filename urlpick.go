@@ -77,16 +77,6 @@ func urlsString(urls []url.URL) string {
 	return strings.Join(parts, ",")
 }
 
-// quoteClipped quotes s for an error message, cutting it short first: the
-// strings we report come from peers and may be arbitrarily long.
-func quoteClipped(s string) string {
-	const keep = 64
-	if len(s) <= keep {
-		return fmt.Sprintf("%q", s)
-	}
-	return fmt.Sprintf("%q...(%d bytes)", s[:keep], len(s))
-}
-
 // urlPicker chooses which of a peer's URLs to use. It is shared by a peer's
 // pipeline, both stream readers and the snapshot sender so that they all
 // fail over together: the current URL stays in use until one of them reports
