@@ -63,9 +63,9 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 		if n, ok := t.warns.allowFrom(warnVersion, r.RemoteAddr); ok {
 			t.lg.Warn("failed version compatibility check",
 				zap.String("local-member-server-version", t.cfg.serverVersion.String()),
-				zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom))),
-				zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion))),
-				zap.String("remote-addr", clip(r.RemoteAddr)), zap.Error(err), suppressed(n))
+				zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom), clipPlain)),
+				zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion), clipPlain)),
+				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), zap.Error(err), suppressed(n))
 		}
 		http.Error(w, ErrIncompatibleVersion.Error(), http.StatusPreconditionFailed)
 		return false
@@ -74,8 +74,8 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 		if n, ok := t.warns.allowFrom(warnClusterID, r.RemoteAddr); ok {
 			t.lg.Warn("request cluster ID mismatch",
 				zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
-				zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID))),
-				zap.String("remote-addr", clip(r.RemoteAddr)), suppressed(n))
+				zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID), clipPlain)),
+				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), suppressed(n))
 		}
 		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
 		return false
@@ -306,14 +306,14 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	dir, last := path.Split(r.URL.Path)
 	typ, ok := parseStreamType(strings.TrimPrefix(path.Clean(dir), RaftStreamPrefix+"/"))
 	if !ok || path.Clean(dir) != RaftStreamPrefix+"/"+typ.endpoint() {
-		t.lg.Debug("ignored unexpected streaming request path", zap.String("path", clip(r.URL.Path)))
+		t.lg.Debug("ignored unexpected streaming request path", zap.String("path", clip(r.URL.Path, clipPlain)))
 		http.Error(w, "invalid path", http.StatusNotFound)
 		return
 	}
 	from, err := parseID(last)
 	if err != nil {
 		if n, ok := t.warns.allow(warnBadRequest); ok {
-			t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path)), zap.Error(err), suppressed(n))
+			t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path, clipPlain)), zap.Error(err), suppressed(n))
 		}
 		http.Error(w, "invalid from", http.StatusNotFound)
 		return
@@ -338,7 +338,7 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	if to := r.Header.Get(headerRaftTo); to != t.cfg.idStr {
 		if n, ok := t.warns.allow(warnUnknownSender); ok {
-			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to)), suppressed(n))
+			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to, clipPlain)), suppressed(n))
 		}
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return

@@ -87,11 +87,11 @@ func parseID(s string) (uint64, error) {
 		return 0, fmt.Errorf("%w: empty ID", ErrInvalidHeader)
 	}
 	if len(s) > maxIDLen {
-		return 0, fmt.Errorf("%w: ID %s is %d bytes long, at most %d allowed", ErrInvalidHeader, quoteClipped(s), len(s), maxIDLen)
+		return 0, fmt.Errorf("%w: ID %s is %d bytes long, at most %d allowed", ErrInvalidHeader, clip(s, clipQuoted), len(s), maxIDLen)
 	}
 	id, err := strconv.ParseUint(s, 16, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w: ID %s is not hexadecimal", ErrInvalidHeader, quoteClipped(s))
+		return 0, fmt.Errorf("%w: ID %s is not hexadecimal", ErrInvalidHeader, clip(s, clipQuoted))
 	}
 	return id, nil
 }
@@ -159,7 +159,7 @@ func checkClusterID(local uint64, h http.Header) error {
 		return fmt.Errorf("%w: local %s, remote sent no %s", ErrClusterIDMismatch, want, headerClusterID)
 	}
 	if got != want {
-		return fmt.Errorf("%w: local %s, remote %s", ErrClusterIDMismatch, want, quoteClipped(got))
+		return fmt.Errorf("%w: local %s, remote %s", ErrClusterIDMismatch, want, clip(got, clipQuoted))
 	}
 	return nil
 }
@@ -206,23 +206,37 @@ func (t *Transport) announceFeatures(h http.Header) {
 	}
 }
 
-// clip bounds a header value before it goes into a log line.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
-}
+// clipLen is how much of a string a peer sent we keep for a log line or an
+// error text: enough to recognise it, while a peer that sends megabytes
+// cannot put them in our logs.
+const clipLen = 64
 
-// quoteClipped quotes s for an error message, cutting it short first: the
-// strings we report come from peers and may be arbitrarily long.
-func quoteClipped(s string) string {
-	const keep = 64
-	if len(s) <= keep {
-		return fmt.Sprintf("%q", s)
+// clipStyle is how clip renders the string it bounds.
+type clipStyle uint8
+
+const (
+	// clipPlain keeps the string as it is and marks a cut with "...": for
+	// log fields, which the logger escapes itself.
+	clipPlain clipStyle = iota
+	// clipQuoted quotes the string (Go syntax, as %q) and follows a cut
+	// with its full length, "...(N bytes)": for error texts, in which it
+	// must stand apart from the words around it.
+	clipQuoted
+)
+
+// clip bounds s, a string a peer sent, to clipLen bytes, rendered in style.
+func clip(s string, style clipStyle) string {
+	cut := len(s) > clipLen
+	if style == clipQuoted {
+		if !cut {
+			return fmt.Sprintf("%q", s)
+		}
+		return fmt.Sprintf("%q...(%d bytes)", s[:clipLen], len(s))
 	}
-	return fmt.Sprintf("%q...(%d bytes)", s[:keep], len(s))
+	if !cut {
+		return s
+	}
+	return s[:clipLen] + "..."
 }
 
 // preconditionError maps the body of a 412 to its error (spec §2.6).

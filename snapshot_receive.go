@@ -208,7 +208,7 @@ func (s *snapshotSource) Read(p []byte) (int, error) {
 		if want := s.trailer.Trailer.Get(trailerCRC32C); want != "" {
 			sum, perr := parseCRC(want)
 			if perr != nil || sum != s.crc.Sum32() {
-				return n, fmt.Errorf("%w: trailer %q, body %s", ErrSnapshotChecksum, clip(want), crcOf(s.crc.Sum32()))
+				return n, fmt.Errorf("%w: trailer %q, body %s", ErrSnapshotChecksum, clip(want, clipPlain), crcOf(s.crc.Sum32()))
 			}
 		}
 	}

@@ -83,7 +83,7 @@ type semver struct {
 func parseSemver(s string) (semver, error) {
 	if len(s) > maxSemverLen {
 		return semver{}, fmt.Errorf("%w: version %s is %d bytes long, at most %d allowed",
-			ErrInvalidHeader, quoteClipped(s), len(s), maxSemverLen)
+			ErrInvalidHeader, clip(s, clipQuoted), len(s), maxSemverLen)
 	}
 	var v semver
 	rest := s
@@ -92,18 +92,18 @@ func parseSemver(s string) (semver, error) {
 	if i := strings.IndexByte(rest, '+'); i >= 0 {
 		rest, v.meta = rest[:i], rest[i+1:]
 		if !validSemverIdents(v.meta) {
-			return semver{}, fmt.Errorf("%w: version %s: invalid build metadata", ErrInvalidHeader, quoteClipped(s))
+			return semver{}, fmt.Errorf("%w: version %s: invalid build metadata", ErrInvalidHeader, clip(s, clipQuoted))
 		}
 	}
 	if i := strings.IndexByte(rest, '-'); i >= 0 {
 		rest, v.pre = rest[:i], rest[i+1:]
 		if !validSemverIdents(v.pre) {
-			return semver{}, fmt.Errorf("%w: version %s: invalid pre-release", ErrInvalidHeader, quoteClipped(s))
+			return semver{}, fmt.Errorf("%w: version %s: invalid pre-release", ErrInvalidHeader, clip(s, clipQuoted))
 		}
 	}
 	parts := strings.Split(rest, ".")
 	if len(parts) != 3 {
-		return semver{}, fmt.Errorf("%w: version %s: want MAJOR.MINOR.PATCH", ErrInvalidHeader, quoteClipped(s))
+		return semver{}, fmt.Errorf("%w: version %s: want MAJOR.MINOR.PATCH", ErrInvalidHeader, clip(s, clipQuoted))
 	}
 	nums := [3]*uint64{&v.major, &v.minor, &v.patch}
 	for i, p := range parts {
@@ -111,7 +111,7 @@ func parseSemver(s string) (semver, error) {
 		// with base 10 accepts only decimal digits: no sign, no '_'.
 		n, err := strconv.ParseUint(p, 10, 63)
 		if err != nil {
-			return semver{}, fmt.Errorf("%w: version %s: part %d is not a decimal number", ErrInvalidHeader, quoteClipped(s), i+1)
+			return semver{}, fmt.Errorf("%w: version %s: part %d is not a decimal number", ErrInvalidHeader, clip(s, clipQuoted), i+1)
 		}
 		*nums[i] = n
 	}
