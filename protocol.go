@@ -239,23 +239,114 @@ func clip(s string, style clipStyle) string {
 	return s[:clipLen] + "..."
 }
 
-// preconditionError maps the body of a 412 to its error (spec §2.6).
-func preconditionError(body string, t *Transport, p *peer) error {
+// requestKind is which of our requests an answer is to: dials and POSTs
+// read some statuses differently, and log refusals in etcd's words for each.
+type requestKind uint8
+
+const (
+	// dialRequest is a stream dial, GET /raft/stream/...: 200 opens the
+	// stream.
+	dialRequest requestKind = iota + 1
+	// postRequest is a pipeline or snapshot POST: 204 is success.
+	postRequest
+)
+
+// sentRequest is what answerError needs to know of the request an answer
+// is to.
+type sentRequest struct {
+	kind    requestKind
+	t       *Transport
+	lg      *zap.Logger // where refusals are logged
+	refused *logLimiter // limits those lines: every message sent may earn one
+	peer    string      // the remote's ID in hex, which a dial's 404 names
+	base    string      // the URL posted to, which a POST's unexpected status names
+}
+
+// answerError maps resp, the answer to q, to an error, nil for success, as
+// etcd maps answers (spec §2.6):
+//
+//	status  dial                           POST
+//	200     success                        unexpected
+//	204     unhandled                      success
+//	403     unhandled                      ErrMemberRemoved
+//	404     the remote does not know us    unexpected
+//	410     ErrMemberRemoved, logged       unexpected
+//	412     by the body: ErrIncompatibleVersion or ErrClusterIDMismatch,
+//	        logged, or an unhandled error
+//	503     unhandled                      ErrTooManySnapshots if the body
+//	                                       says so, else unexpected
+//	other   unhandled                      unexpected
+//
+// A failure's body is read (a little of it) and closed; a success's is
+// left to the caller. Posting ErrMemberRemoved to ErrorC is the caller's
+// call too: it knows whether it is stopping.
+func (q sentRequest) answerError(resp *http.Response) error {
+	code := resp.StatusCode
+	success := http.StatusNoContent
+	if q.kind == dialRequest {
+		success = http.StatusOK
+	}
+	switch {
+	case code == success:
+		return nil
+	case code == http.StatusPreconditionFailed:
+		return q.preconditionError(readErrorBody(resp.Body))
+	case code == http.StatusForbidden && q.kind == postRequest:
+		// What a Process error that writes its own response (etcd's, for
+		// a message from a removed member) answers.
+		drainClose(resp.Body)
+		return ErrMemberRemoved
+	case code == http.StatusGone && q.kind == dialRequest:
+		drainClose(resp.Body)
+		if n, ok := q.refused.allow(q.t.warns.now); ok {
+			q.lg.Error("the remote says this member was removed from the cluster", suppressed(n))
+		}
+		return ErrMemberRemoved
+	case code == http.StatusNotFound && q.kind == dialRequest:
+		drainClose(resp.Body)
+		return fmt.Errorf("peer %s failed to find local node %s", q.peer, q.t.cfg.idStr)
+	case code == http.StatusServiceUnavailable && q.kind == postRequest:
+		// Our snapshot receivers answer 503 when at their limit.
+		if readErrorBody(resp.Body) == ErrTooManySnapshots.Error() {
+			return ErrTooManySnapshots
+		}
+	default:
+		drainClose(resp.Body)
+	}
+	if q.kind == dialRequest {
+		return fmt.Errorf("unhandled http status %d", code)
+	}
+	return fmt.Errorf("unexpected http status %s while posting to %q", http.StatusText(code), q.base)
+}
+
+// preconditionError maps the body of a 412 to its error, logging the two
+// refusals etcd names.
+func (q sentRequest) preconditionError(body string) error {
+	var err error
 	switch body {
 	case ErrIncompatibleVersion.Error():
-		if n, ok := p.refused.allow(t.warns.now); ok {
-			p.lg.Warn("request sent was ignored by remote peer due to server version incompatibility", suppressed(n))
-		}
-		return ErrIncompatibleVersion
+		err = ErrIncompatibleVersion
 	case ErrClusterIDMismatch.Error():
-		if n, ok := p.refused.allow(t.warns.now); ok {
-			p.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch",
-				zap.String("local-member-cluster-id", t.cfg.clusterIDStr), suppressed(n))
-		}
-		return ErrClusterIDMismatch
+		err = ErrClusterIDMismatch
 	default:
 		return fmt.Errorf("unhandled error %q when precondition failed", body)
 	}
+	n, ok := q.refused.allow(q.t.warns.now)
+	if !ok {
+		return err
+	}
+	localCID := zap.String("local-member-cluster-id", q.t.cfg.clusterIDStr)
+	switch {
+	case q.kind == dialRequest && err == ErrIncompatibleVersion:
+		q.lg.Warn("request sent was ignored by remote peer due to server version incompatibility", suppressed(n))
+	case q.kind == dialRequest:
+		q.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch", localCID, suppressed(n))
+	case err == ErrIncompatibleVersion:
+		q.lg.Error("request sent was ignored by peer", zap.Error(ErrIncompatibleVersion), suppressed(n))
+	default:
+		q.lg.Error("request sent was ignored due to cluster ID mismatch", localCID, suppressed(n))
+	}
+	return err
 }
 
 // maxErrorBody bounds how much of an error response we read.

@@ -1,8 +1,16 @@
 package rafthttp
 
 import (
+	"errors"
+	"io"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestClip checks both renderings of a peer string at and around the clip
@@ -31,6 +39,134 @@ func TestClip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := clip(tc.s, tc.style); got != tc.want {
 				t.Errorf("clip(%q, %d) = %q, want %q", tc.s, tc.style, got, tc.want)
+			}
+		})
+	}
+}
+
+// closeRecorder is a response body that records whether it was closed.
+type closeRecorder struct {
+	io.Reader
+	closed bool
+}
+
+func (c *closeRecorder) Close() error {
+	c.closed = true
+	return nil
+}
+
+// TestAnswerError checks the one mapping of answers to errors, for stream
+// dials and for POSTs (spec §2.6): the error, the refusal logged, and who
+// closes the body.
+func TestAnswerError(t *testing.T) {
+	const base = "http://peer:2380"
+	const removedLog = "the remote says this member was removed from the cluster"
+	tests := []struct {
+		name    string
+		kind    requestKind
+		status  int
+		body    string
+		want    error  // if not nil, the error must wrap it
+		wantMsg string // if not empty, the error's exact text
+		log     string // the refusal logged, if any
+		level   zapcore.Level
+		fields  []string // the log line's fields, suppressed aside
+	}{
+		{name: "dial 200", kind: dialRequest, status: 200},
+		{name: "dial 204", kind: dialRequest, status: 204, wantMsg: "unhandled http status 204"},
+		{name: "dial 403", kind: dialRequest, status: 403, body: "removed", wantMsg: "unhandled http status 403"},
+		{name: "dial 404", kind: dialRequest, status: 404, body: "error sender not found", wantMsg: "peer 2 failed to find local node 1"},
+		{name: "dial 410", kind: dialRequest, status: 410, body: "removed member", want: ErrMemberRemoved,
+			log: removedLog, level: zapcore.ErrorLevel},
+		{name: "dial 412 incompatible version", kind: dialRequest, status: 412, body: "incompatible version\n", want: ErrIncompatibleVersion,
+			log: "request sent was ignored by remote peer due to server version incompatibility", level: zapcore.WarnLevel},
+		{name: "dial 412 cluster ID mismatch", kind: dialRequest, status: 412, body: "cluster ID mismatch\n", want: ErrClusterIDMismatch,
+			log: "request sent was ignored by remote peer due to cluster ID mismatch", level: zapcore.WarnLevel,
+			fields: []string{"local-member-cluster-id"}},
+		{name: "dial 412 other", kind: dialRequest, status: 412, body: "to field mismatch\n",
+			wantMsg: `unhandled error "to field mismatch" when precondition failed`},
+		{name: "dial 503", kind: dialRequest, status: 503, body: "too many snapshots being received", wantMsg: "unhandled http status 503"},
+		{name: "dial 500", kind: dialRequest, status: 500, wantMsg: "unhandled http status 500"},
+
+		{name: "POST 204", kind: postRequest, status: 204},
+		{name: "POST 200", kind: postRequest, status: 200, wantMsg: `unexpected http status OK while posting to "http://peer:2380"`},
+		{name: "POST 201", kind: postRequest, status: 201, wantMsg: `unexpected http status Created while posting to "http://peer:2380"`},
+		{name: "POST 403", kind: postRequest, status: 403, body: "removed", want: ErrMemberRemoved},
+		{name: "POST 403 to mismatch", kind: postRequest, status: 403, body: "cannot process message to mismatch member", want: ErrMemberRemoved},
+		{name: "POST 404", kind: postRequest, status: 404, wantMsg: `unexpected http status Not Found while posting to "http://peer:2380"`},
+		{name: "POST 410", kind: postRequest, status: 410, wantMsg: `unexpected http status Gone while posting to "http://peer:2380"`},
+		{name: "POST 412 incompatible version", kind: postRequest, status: 412, body: "incompatible version\n", want: ErrIncompatibleVersion,
+			log: "request sent was ignored by peer", level: zapcore.ErrorLevel, fields: []string{"error"}},
+		{name: "POST 412 incompatible version, no newline", kind: postRequest, status: 412, body: "incompatible version", want: ErrIncompatibleVersion,
+			log: "request sent was ignored by peer", level: zapcore.ErrorLevel, fields: []string{"error"}},
+		{name: "POST 412 cluster ID mismatch", kind: postRequest, status: 412, body: "cluster ID mismatch\n", want: ErrClusterIDMismatch,
+			log: "request sent was ignored due to cluster ID mismatch", level: zapcore.ErrorLevel, fields: []string{"local-member-cluster-id"}},
+		{name: "POST 412 other", kind: postRequest, status: 412, body: "something else\n",
+			wantMsg: `unhandled error "something else" when precondition failed`},
+		{name: "POST 412 two newlines", kind: postRequest, status: 412, body: "cluster ID mismatch\n\n",
+			wantMsg: `unhandled error "cluster ID mismatch\n" when precondition failed`},
+		{name: "POST 503 too many snapshots", kind: postRequest, status: 503, body: ErrTooManySnapshots.Error() + "\n", want: ErrTooManySnapshots},
+		{name: "POST 503 other", kind: postRequest, status: 503, body: "stopped\n",
+			wantMsg: `unexpected http status Service Unavailable while posting to "http://peer:2380"`},
+		{name: "POST 500", kind: postRequest, status: 500, body: "error processing raft message",
+			wantMsg: `unexpected http status Internal Server Error while posting to "http://peer:2380"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &Transport{warns: newWarnLimits(nil)}
+			tr.cfg.idStr, tr.cfg.clusterIDStr = "1", "1000"
+			core, logs := observer.New(zapcore.DebugLevel)
+			q := sentRequest{kind: tc.kind, t: tr, lg: zap.New(core), refused: new(logLimiter), peer: "2", base: base}
+			body := &closeRecorder{Reader: strings.NewReader(tc.body)}
+			err := q.answerError(&http.Response{StatusCode: tc.status, Body: body})
+
+			success := tc.want == nil && tc.wantMsg == ""
+			switch {
+			case success && err != nil:
+				t.Errorf("got %v, want nil", err)
+			case !success && err == nil:
+				t.Errorf("got nil, want an error")
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("got %v, want an error wrapping %v", err, tc.want)
+			case tc.wantMsg != "" && err.Error() != tc.wantMsg:
+				t.Errorf("got error %q, want %q", err, tc.wantMsg)
+			}
+			if tc.want == nil {
+				for _, e := range []error{ErrMemberRemoved, ErrIncompatibleVersion, ErrClusterIDMismatch, ErrTooManySnapshots} {
+					if errors.Is(err, e) {
+						t.Errorf("got %v, which wraps %v, want neither", err, e)
+					}
+				}
+			}
+			if body.closed == success {
+				t.Errorf("body closed: got %v, want %v (the caller keeps a success's body)", body.closed, !success)
+			}
+
+			entries := logs.AllUntimed()
+			if tc.log == "" {
+				if len(entries) != 0 {
+					t.Errorf("got log %q, want none", entries[0].Message)
+				}
+				return
+			}
+			if len(entries) != 1 {
+				t.Fatalf("got %d log lines, want 1 (%q)", len(entries), tc.log)
+			}
+			e := entries[0]
+			if e.Message != tc.log || e.Level != tc.level {
+				t.Errorf("got log %v %q, want %v %q", e.Level, e.Message, tc.level, tc.log)
+			}
+			var keys []string
+			for _, f := range e.Context {
+				if f.Key != "suppressed" {
+					keys = append(keys, f.Key)
+				}
+			}
+			if !slices.Equal(keys, tc.fields) {
+				t.Errorf("got log fields %q, want %q", keys, tc.fields)
+			}
+			if v, ok := e.ContextMap()["local-member-cluster-id"]; ok && v != "1000" {
+				t.Errorf("got local-member-cluster-id %v, want 1000", v)
 			}
 		})
 	}

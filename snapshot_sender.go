@@ -218,7 +218,8 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	}
 	defer drainClose(resp.Body)
 	p.features.learn(resp.Header, p.lg, t.warns.now)
-	return checkPostResponse(t, p.lg, &p.pipeline.refused, resp, base)
+	q := sentRequest{kind: postRequest, t: t, lg: p.lg, refused: &p.pipeline.refused, base: base}
+	return q.answerError(resp)
 }
 
 // snapshotBody is the body of a snapshot POST: the envelope, then the
