@@ -130,17 +130,25 @@ func (pf *peerFeatures) load() featureSet {
 	return featureSet(pf.v.Load())
 }
 
-// learn records the announcement in h (none: the empty set), logging a
-// change. Callers learn only from answers to our requests and from requests
-// that passed checkRequest for a configured peer, so an unknown client
-// cannot set what a peer supports; one that passes the checks can at most
-// turn an extension on or off, and each extension is harmless both ways.
-// now is the clock of the change log's limiter (warnLimits.now).
+// learn records the announcement in h (none: the empty set), as record
+// does: h is an answer to one of our requests.
 func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger, now func() int64) {
 	if pf == nil {
 		return
 	}
-	s := featuresOf(h)
+	pf.record(featuresOf(h), lg, now)
+}
+
+// record records s, the peer's latest announcement, logging a change.
+// Callers learn only from answers to our requests and from requests that
+// passed checkRequest for a configured peer, so an unknown client cannot
+// set what a peer supports; one that passes the checks can at most turn an
+// extension on or off, and each extension is harmless both ways. now is the
+// clock of the change log's limiter (warnLimits.now).
+func (pf *peerFeatures) record(s featureSet, lg *zap.Logger, now func() int64) {
+	if pf == nil {
+		return
+	}
 	if featureSet(pf.v.Load()) == s {
 		return // the usual case: no write, so no cache line bouncing between POSTs
 	}

@@ -56,25 +56,26 @@ func (t *Transport) gated(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // checkRequest runs the checks every POST handler and the stream handler
-// share after the method check (spec §6.1): version compatibility, then the
-// cluster ID. It answers the request itself on failure.
-func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
-	if err := checkVersionCompatibility(t.cfg.serverVersion, t.cfg.minClusterVersion, r.Header); err != nil {
+// share after the method check (spec §6.1) on the request's headers rh:
+// version compatibility, then the cluster ID. It answers the request itself
+// on failure.
+func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request, rh *requestHeaders) bool {
+	if err := rh.checkVersions(t.cfg.serverVersion, t.cfg.minClusterVersion); err != nil {
 		if n, ok := t.warns.allowFrom(warnVersion, r.RemoteAddr); ok {
 			t.lg.Warn("failed version compatibility check",
 				zap.String("local-member-server-version", t.cfg.serverVersion.String()),
-				zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom), clipPlain)),
-				zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion), clipPlain)),
+				zap.String("remote-peer-server-name", clip(rh.rawFrom, clipPlain)),
+				zap.String("remote-peer-server-version", clip(rh.rawServerVersion, clipPlain)),
 				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), zap.Error(err), suppressed(n))
 		}
 		http.Error(w, ErrIncompatibleVersion.Error(), http.StatusPreconditionFailed)
 		return false
 	}
-	if err := checkClusterID(t.cfg.clusterID, r.Header); err != nil {
+	if err := rh.checkClusterID(t.cfg.clusterID); err != nil {
 		if n, ok := t.warns.allowFrom(warnClusterID, r.RemoteAddr); ok {
 			t.lg.Warn("request cluster ID mismatch",
 				zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
-				zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID), clipPlain)),
+				zap.String("remote-peer-cluster-id", clip(rh.clusterID, clipPlain)),
 				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), suppressed(n))
 		}
 		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
@@ -87,12 +88,11 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 // POST names its sender (X-Server-From) and the sender's URLs, the sender
 // becomes a remote (spec §2.2 step 4). Malformed headers, on which etcd
 // panics, are logged and ignored.
-func (t *Transport) addRemoteFromRequest(r *http.Request) {
-	from, err := parseID(r.Header.Get(headerServerFrom))
-	if err != nil {
+func (t *Transport) addRemoteFromRequest(rh *requestHeaders) {
+	if rh.fromErr != nil {
 		return
 	}
-	t.addRemoteFromHeader(r, from)
+	t.addRemoteFromHeader(rh, rh.from)
 }
 
 // addRemoteFromHeader makes from a remote reachable at the request's
@@ -100,18 +100,17 @@ func (t *Transport) addRemoteFromRequest(r *http.Request) {
 // exists. Remotes learnt this way are capped and expire (addRequestRemote,
 // remote.go): the checks a request passes are not secrets, and each remote
 // costs goroutines and metric series.
-func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
-	urls, present, err := parsePeerURLsHeader(r.Header)
-	if !present {
+func (t *Transport) addRemoteFromHeader(rh *requestHeaders, from uint64) {
+	if !rh.hasPeerURLs {
 		return
 	}
-	if err != nil {
+	if rh.peerURLsErr != nil {
 		if n, ok := t.warns.allow(warnBadRequest); ok {
-			t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err), suppressed(n))
+			t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(rh.peerURLsErr), suppressed(n))
 		}
 		return
 	}
-	switch err := t.addRequestRemote(from, urls); {
+	switch err := t.addRequestRemote(from, rh.peerURLs); {
 	case err == nil, errors.Is(err, ErrStopped):
 	case errors.Is(err, errTooManyRemotes):
 		// Every request of a flood would log this: keep it at Debug.
@@ -125,13 +124,12 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 
 // learnFeatures records the announcement of a request that passed
 // checkRequest, if its X-Server-From names a configured peer.
-func (t *Transport) learnFeatures(r *http.Request) {
-	from, err := parseID(r.Header.Get(headerServerFrom))
-	if err != nil {
+func (t *Transport) learnFeatures(rh *requestHeaders) {
+	if rh.fromErr != nil {
 		return
 	}
-	if p, ok := t.get(from); ok {
-		p.features.learn(r.Header, p.lg, t.warns.now)
+	if p, ok := t.get(rh.from); ok {
+		p.features.record(rh.features, p.lg, t.warns.now)
 	}
 }
 
@@ -154,11 +152,12 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		return
 	}
-	t.addRemoteFromRequest(r)
-	t.learnFeatures(r)
+	t.addRemoteFromRequest(&rh)
+	t.learnFeatures(&rh)
 
 	// Unlike etcd, which reads any size, the body is bounded, allocated
 	// once at its length, and charged to the receive budget with its
@@ -299,7 +298,8 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(headerServerVersion, t.cfg.serverVersion.String())
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		return
 	}
 
@@ -329,21 +329,21 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		// The dialer may know of us before we know of it: let it at least
 		// reach us through the pipeline. Its ID is the one in the path.
-		t.addRemoteFromHeader(r, from)
+		t.addRemoteFromHeader(&rh, from)
 		if n, ok := t.warns.allow(warnUnknownSender); ok {
 			t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)), suppressed(n))
 		}
 		http.Error(w, "error sender not found", http.StatusNotFound)
 		return
 	}
-	if to := r.Header.Get(headerRaftTo); to != t.cfg.idStr {
+	if rh.raftTo != t.cfg.idStr {
 		if n, ok := t.warns.allow(warnUnknownSender); ok {
-			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to, clipPlain)), suppressed(n))
+			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(rh.raftTo, clipPlain)), suppressed(n))
 		}
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return
 	}
-	p.features.learn(r.Header, p.lg, t.warns.now)
+	p.features.record(rh.features, p.lg, t.warns.now)
 
 	c := newOutgoingConn(typ, w)
 	// A stream lives for hours: lift any read deadline the server set

@@ -96,24 +96,62 @@ func parseID(s string) (uint64, error) {
 	return id, nil
 }
 
-// headerVersions reads the remote's X-Server-Version and
-// X-Min-Cluster-Version. An absent (or empty) header means "2.0.0", as in
-// etcd. A malformed one, on which etcd panics, is an error wrapping both
-// ErrInvalidHeader and ErrIncompatibleVersion, so that handlers answer it
-// with 412 "incompatible version".
-func headerVersions(h http.Header) (server, minCluster semver, err error) {
-	server, err = headerVersion(h, headerServerVersion)
-	if err != nil {
-		return semver{}, semver{}, err
-	}
-	minCluster, err = headerVersion(h, headerMinClusterVersion)
-	if err != nil {
-		return semver{}, semver{}, err
-	}
-	return server, minCluster, nil
+// requestHeaders is what the protocol headers of a request to us say,
+// parsed once, as it arrives (parseRequestHeaders), for every check and
+// handler that reads them.
+type requestHeaders struct {
+	// from is X-Server-From, the sender's ID; fromErr says why there is
+	// none (absent or malformed).
+	from    uint64
+	fromErr error
+	// serverVersion and minClusterVersion are X-Server-Version and
+	// X-Min-Cluster-Version; an absent (or empty) header means "2.0.0", as
+	// in etcd. A malformed one, on which etcd panics, leaves both zero and
+	// sets versionErr, which wraps both ErrInvalidHeader and
+	// ErrIncompatibleVersion, so that handlers answer 412 "incompatible
+	// version".
+	serverVersion, minClusterVersion semver
+	versionErr                       error
+	// clusterID and raftTo are X-Etcd-Cluster-ID and X-Raft-To as sent:
+	// etcd compares them as strings.
+	clusterID, raftTo string
+	// peerURLs is X-PeerURLs, as parsePeerURLsHeader reads it: hasPeerURLs
+	// is false if the header is absent or empty, and peerURLsErr set if it
+	// is present but invalid.
+	peerURLs    []url.URL
+	hasPeerURLs bool
+	peerURLsErr error
+	// features is the sender's X-Rafthttp-Features announcement.
+	features featureSet
+	// rawFrom and rawServerVersion are X-Server-From and X-Server-Version
+	// as sent, for the log line of a refused request.
+	rawFrom, rawServerVersion string
 }
 
-// headerVersion parses one version header for headerVersions.
+// parseRequestHeaders reads every protocol header of a request. It never
+// fails: what is absent or malformed is recorded in the result, and the
+// handlers decide what it costs the request.
+func parseRequestHeaders(h http.Header) requestHeaders {
+	rh := requestHeaders{
+		// Get, not a map index: the canonical key is "X-Etcd-Cluster-Id".
+		clusterID:        h.Get(headerClusterID),
+		raftTo:           h.Get(headerRaftTo),
+		features:         featuresOf(h),
+		rawFrom:          h.Get(headerServerFrom),
+		rawServerVersion: h.Get(headerServerVersion),
+	}
+	rh.from, rh.fromErr = parseID(rh.rawFrom)
+	if rh.serverVersion, rh.versionErr = headerVersion(h, headerServerVersion); rh.versionErr == nil {
+		if rh.minClusterVersion, rh.versionErr = headerVersion(h, headerMinClusterVersion); rh.versionErr != nil {
+			rh.serverVersion = semver{}
+		}
+	}
+	rh.peerURLs, rh.hasPeerURLs, rh.peerURLsErr = parsePeerURLsHeader(h)
+	return rh
+}
+
+// headerVersion parses the version header name of h (a request's, or the
+// answer to a stream dial), as requestHeaders describes.
 func headerVersion(h http.Header, name string) (semver, error) {
 	s := h.Get(name)
 	if s == "" {
@@ -126,40 +164,37 @@ func headerVersion(h http.Header, name string) (semver, error) {
 	return v, nil
 }
 
-// checkVersionCompatibility is the inbound version check every handler runs
-// first (spec §6.1): the remote's server version must not be older than our
-// minimum cluster version, and its minimum cluster version must not be newer
-// than our server version, both by major.minor. Errors wrap
+// checkVersions is the version check every handler runs first (spec
+// §6.1): the remote's server version must not be older than our minimum
+// cluster version, and its minimum cluster version must not be newer than
+// our server version, both by major.minor. Errors wrap
 // ErrIncompatibleVersion and say which side is too low.
-func checkVersionCompatibility(localServer, localMinCluster semver, h http.Header) error {
-	remoteServer, remoteMinCluster, err := headerVersions(h)
-	if err != nil {
-		return err
+func (rh *requestHeaders) checkVersions(localServer, localMinCluster semver) error {
+	if rh.versionErr != nil {
+		return rh.versionErr
 	}
-	if compareMajorMinor(remoteServer, localMinCluster) < 0 {
+	if compareMajorMinor(rh.serverVersion, localMinCluster) < 0 {
 		return fmt.Errorf("%w: remote version is too low: remote server version %s, local minimum cluster version %s",
-			ErrIncompatibleVersion, remoteServer, localMinCluster)
+			ErrIncompatibleVersion, rh.serverVersion, localMinCluster)
 	}
-	if compareMajorMinor(remoteMinCluster, localServer) > 0 {
+	if compareMajorMinor(rh.minClusterVersion, localServer) > 0 {
 		return fmt.Errorf("%w: local version is too low: remote minimum cluster version %s, local server version %s",
-			ErrIncompatibleVersion, remoteMinCluster, localServer)
+			ErrIncompatibleVersion, rh.minClusterVersion, localServer)
 	}
 	return nil
 }
 
-// checkClusterID refuses requests from other clusters: X-Etcd-Cluster-ID must
-// equal the canonical form of local exactly, as etcd compares strings (an
-// upper-case or zero-padded ID is a mismatch). A missing header is a
+// checkClusterID refuses requests from other clusters: X-Etcd-Cluster-ID
+// must equal the canonical form of local exactly, as etcd compares strings
+// (an upper-case or zero-padded ID is a mismatch). A missing header is a
 // mismatch. Errors wrap ErrClusterIDMismatch.
-func checkClusterID(local uint64, h http.Header) error {
+func (rh *requestHeaders) checkClusterID(local uint64) error {
 	want := formatID(local)
-	// Get, not a map index: the canonical key is "X-Etcd-Cluster-Id".
-	got := h.Get(headerClusterID)
-	if got == "" {
+	if rh.clusterID == "" {
 		return fmt.Errorf("%w: local %s, remote sent no %s", ErrClusterIDMismatch, want, headerClusterID)
 	}
-	if got != want {
-		return fmt.Errorf("%w: local %s, remote %s", ErrClusterIDMismatch, want, clip(got, clipQuoted))
+	if rh.clusterID != want {
+		return fmt.Errorf("%w: local %s, remote %s", ErrClusterIDMismatch, want, clip(rh.clusterID, clipQuoted))
 	}
 	return nil
 }

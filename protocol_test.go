@@ -3,6 +3,7 @@ package rafthttp
 import (
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -167,6 +168,100 @@ func TestAnswerError(t *testing.T) {
 			}
 			if v, ok := e.ContextMap()["local-member-cluster-id"]; ok && v != "1000" {
 				t.Errorf("got local-member-cluster-id %v, want 1000", v)
+			}
+		})
+	}
+}
+
+// TestParseRequestHeaders checks what one parse of a request's headers
+// yields for every check and handler: parsed values, the errors of what is
+// malformed, and the raw values the refusal logs quote.
+func TestParseRequestHeaders(t *testing.T) {
+	etcd37 := map[string]string{
+		headerServerFrom:        "2",
+		headerServerVersion:     "3.7.3",
+		headerMinClusterVersion: "3.0.0",
+		headerClusterID:         "1000",
+		headerPeerURLs:          "http://b:2380,http://a:2380",
+	}
+	with := func(base map[string]string, kv ...string) map[string]string {
+		m := maps.Clone(base)
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	type want struct {
+		from              uint64
+		fromErr           bool // wraps ErrInvalidHeader
+		server, minServer string
+		versionErr        bool // wraps ErrInvalidHeader and ErrIncompatibleVersion
+		clusterID, raftTo string
+		peerURLs          string // urlsString of peerURLs
+		hasPeerURLs       bool
+		peerURLsErr       bool // wraps ErrInvalidHeader and ErrInvalidURL
+		features          featureSet
+		rawFrom, rawVer   string
+	}
+	tests := []struct {
+		name    string
+		headers map[string]string
+		want    want
+	}{
+		{name: "no headers (etcd 2.0)", headers: nil,
+			want: want{fromErr: true, server: "2.0.0", minServer: "2.0.0"}},
+		{name: "etcd 3.7 POST", headers: etcd37,
+			want: want{from: 2, server: "3.7.3", minServer: "3.0.0", clusterID: "1000",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "2", rawVer: "3.7.3"}},
+		{name: "stream dial", headers: with(etcd37, headerRaftTo, "1"),
+			want: want{from: 2, server: "3.7.3", minServer: "3.0.0", clusterID: "1000", raftTo: "1",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "2", rawVer: "3.7.3"}},
+		{name: "features announced", headers: with(etcd37, headerFeatures, "crc32c-trailer, future-thing"),
+			want: want{from: 2, server: "3.7.3", minServer: "3.0.0", clusterID: "1000",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, features: 1 << featureCRC32CTrailer, rawFrom: "2", rawVer: "3.7.3"}},
+		{name: "upper-case IDs", headers: with(etcd37, headerServerFrom, "AB", headerClusterID, "ABC"),
+			want: want{from: 0xab, server: "3.7.3", minServer: "3.0.0", clusterID: "ABC",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "AB", rawVer: "3.7.3"}},
+		{name: "malformed from", headers: with(etcd37, headerServerFrom, "xyz"),
+			want: want{fromErr: true, server: "3.7.3", minServer: "3.0.0", clusterID: "1000",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "xyz", rawVer: "3.7.3"}},
+		{name: "malformed server version", headers: with(etcd37, headerServerVersion, "v3.7"),
+			want: want{from: 2, versionErr: true, server: "0.0.0", minServer: "0.0.0", clusterID: "1000",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "2", rawVer: "v3.7"}},
+		{name: "malformed min cluster version", headers: with(etcd37, headerMinClusterVersion, "3.0"),
+			want: want{from: 2, versionErr: true, server: "0.0.0", minServer: "0.0.0", clusterID: "1000",
+				peerURLs: "http://a:2380,http://b:2380", hasPeerURLs: true, rawFrom: "2", rawVer: "3.7.3"}},
+		{name: "invalid peer URLs", headers: with(etcd37, headerPeerURLs, "http://a:2380/path"),
+			want: want{from: 2, server: "3.7.3", minServer: "3.0.0", clusterID: "1000",
+				hasPeerURLs: true, peerURLsErr: true, rawFrom: "2", rawVer: "3.7.3"}},
+		{name: "empty peer URLs", headers: with(etcd37, headerPeerURLs, ""),
+			want: want{from: 2, server: "3.7.3", minServer: "3.0.0", clusterID: "1000", rawFrom: "2", rawVer: "3.7.3"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			for k, v := range tc.headers {
+				h.Set(k, v)
+			}
+			rh := parseRequestHeaders(h)
+			got := want{
+				from: rh.from, fromErr: rh.fromErr != nil,
+				server: rh.serverVersion.String(), minServer: rh.minClusterVersion.String(), versionErr: rh.versionErr != nil,
+				clusterID: rh.clusterID, raftTo: rh.raftTo,
+				peerURLs: urlsString(rh.peerURLs), hasPeerURLs: rh.hasPeerURLs, peerURLsErr: rh.peerURLsErr != nil,
+				features: rh.features, rawFrom: rh.rawFrom, rawVer: rh.rawServerVersion,
+			}
+			if got != tc.want {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+			if rh.fromErr != nil && !errors.Is(rh.fromErr, ErrInvalidHeader) {
+				t.Errorf("from error: got %v, want one wrapping ErrInvalidHeader", rh.fromErr)
+			}
+			if rh.versionErr != nil && !(errors.Is(rh.versionErr, ErrInvalidHeader) && errors.Is(rh.versionErr, ErrIncompatibleVersion)) {
+				t.Errorf("version error: got %v, want one wrapping ErrInvalidHeader and ErrIncompatibleVersion", rh.versionErr)
+			}
+			if rh.peerURLsErr != nil && !(errors.Is(rh.peerURLsErr, ErrInvalidHeader) && errors.Is(rh.peerURLsErr, ErrInvalidURL)) {
+				t.Errorf("peer URLs error: got %v, want one wrapping ErrInvalidHeader and ErrInvalidURL", rh.peerURLsErr)
 			}
 		})
 	}

@@ -52,12 +52,13 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
-	t.addRemoteFromRequest(r)
-	t.learnFeatures(r)
+	t.addRemoteFromRequest(&rh)
+	t.learnFeatures(&rh)
 
 	// Beyond etcd: a bound on concurrent receives, answered with a status
 	// any sender reads as a failure, so raft retries later.
