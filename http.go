@@ -21,6 +21,34 @@ type writerToResponse interface {
 	WriteTo(w http.ResponseWriter)
 }
 
+// allowMethod answers 405, with the Allow header naming method, a request
+// whose method is not method, and reports whether the request may go on.
+func allowMethod(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
+		return true
+	}
+	w.Header().Set("Allow", method)
+	http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	return false
+}
+
+// answerProcessError answers a request whose message Raft.Process refused
+// with err: an error that writes its own response (writerToResponse) writes
+// it; any other is logged (rate-limited) and answered 500 with body. It
+// reports whether it answered 500, which the caller may follow up.
+func (t *Transport) answerProcessError(w http.ResponseWriter, err error, body string) bool {
+	var wtr writerToResponse
+	if errors.As(err, &wtr) {
+		wtr.WriteTo(w)
+		return false
+	}
+	if n, ok := t.warns.allow(warnProcess); ok {
+		t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
+	}
+	http.Error(w, body, http.StatusInternalServerError)
+	return true
+}
+
 // newHandler builds the mux of the raft routes.
 func newHandler(t *Transport) http.Handler {
 	mux := http.NewServeMux()
@@ -145,9 +173,7 @@ func (t *Transport) receivedFrom(id uint64) (peerMetrics, bool) {
 
 // servePipeline handles POST /raft: one message per request (spec §2.2).
 func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	if !allowMethod(w, r, http.MethodPost) {
 		return
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
@@ -191,19 +217,13 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 		pm.received(1, len(body))
 	}
 	if err := t.Raft.Process(r.Context(), m); err != nil {
-		var wtr writerToResponse
-		if errors.As(err, &wtr) {
-			wtr.WriteTo(w)
-			return
+		if t.answerProcessError(w, err, "error processing raft message") {
+			// Close the connection, as etcd does: the sender must not
+			// reuse a connection whose peer could not take its message.
+			_ = http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler)
 		}
-		if n, ok := t.warns.allow(warnProcess); ok {
-			t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
-		}
-		http.Error(w, "error processing raft message", http.StatusInternalServerError)
-		// Close the connection, as etcd does: the sender must not reuse a
-		// connection whose peer could not take its message.
-		_ = http.NewResponseController(w).Flush()
-		panic(http.ErrAbortHandler)
+		return
 	}
 	// 204 only once raft has the message.
 	w.WriteHeader(http.StatusNoContent)
@@ -288,9 +308,7 @@ func readBody(r io.Reader, length, limit int64, ch *recvCharger) ([]byte, error)
 // response stays open and carries our messages to the member that dialled it
 // (spec §2.4). The order of checks is etcd's.
 func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
 	// Every answer from here on carries our version, so that an older
