@@ -65,10 +65,6 @@ const (
 	trailerCRC32C = "X-Rafthttp-Crc32c"
 )
 
-// defaultHeaderVersion is what etcd assumes when a version header is absent:
-// etcd 2.0 sent none.
-const defaultHeaderVersion = "2.0.0"
-
 // maxIDLen is the longest hex ID parseID accepts: a uint64 needs at most 16
 // hex digits, and etcd never sends leading zeros.
 const maxIDLen = 16
@@ -149,6 +145,10 @@ func parseRequestHeaders(h http.Header) requestHeaders {
 	rh.peerURLs, rh.hasPeerURLs, rh.peerURLsErr = parsePeerURLsHeader(h)
 	return rh
 }
+
+// defaultHeaderVersion is what etcd assumes when a version header is absent:
+// etcd 2.0 sent none.
+const defaultHeaderVersion = "2.0.0"
 
 // headerVersion parses the version header name of h (a request's, or the
 // answer to a stream dial), as requestHeaders describes.
@@ -279,8 +279,7 @@ func clip(s string, style clipStyle) string {
 type requestKind uint8
 
 const (
-	// dialRequest is a stream dial, GET /raft/stream/...: 200 opens the
-	// stream.
+	// dialRequest is a stream dial, GET /raft/stream/...: 200 opens it.
 	dialRequest requestKind = iota + 1
 	// postRequest is a pipeline or snapshot POST: 204 is success.
 	postRequest

@@ -37,6 +37,8 @@ type SnapshotMessage struct {
 	PayloadSize int64
 }
 
+// crc32c is the table of the snapshot body's checksum, sent in the
+// trailerCRC32C trailer.
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
