@@ -126,12 +126,13 @@
 //     stream.go: the stream writers and readers; pipeline.go: POST /raft.
 //   - coder.go, msgappv2_codec.go: the two stream codecs;
 //     internal/raftproto: the protobuf codec and what decoding costs.
-//   - http.go: the raft routes (server.go: the http.Server recipe);
+//   - http.go: the raft handlers (server.go: the http.Server recipe);
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
 //     readahead.go: snapshots.
 //   - budget.go: what received messages may hold; send_budget.go: what may
 //     be queued to a peer; warnlog.go: rate-limited warnings.
-//   - version.go: headers, versions and IDs; features.go: negotiation;
+//   - protocol.go: routes, headers, IDs, the checks on requests and the
+//     meaning of answers; version.go: semver; features.go: negotiation;
 //     errors.go: every exported error; metrics.go, stats.go,
 //     peer_status.go, probing_status.go: what is observed; yield.go: the
 //     scheduler measures.

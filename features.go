@@ -17,11 +17,6 @@ import (
 // every peer, etcd included: we cannot know a peer is etcd before it answers,
 // and etcd 3.5-3.7 ignore headers they do not know (compat/ TestSnapshot).
 
-// headerFeatures carries the announcement: feature tokens separated by
-// commas. Unknown tokens are ignored, so that a newer peer can announce
-// features we do not know.
-const headerFeatures = "X-Rafthttp-Features"
-
 // maxFeaturesHeader bounds the announcement we read, in bytes over all the
 // header's values. A longer one is ignored whole rather than cut, since a
 // token cut short could read as another feature.
@@ -135,17 +130,25 @@ func (pf *peerFeatures) load() featureSet {
 	return featureSet(pf.v.Load())
 }
 
-// learn records the announcement in h (none: the empty set), logging a
-// change. Callers learn only from answers to our requests and from requests
-// that passed checkRequest for a configured peer, so an unknown client
-// cannot set what a peer supports; one that passes the checks can at most
-// turn an extension on or off, and each extension is harmless both ways.
-// now is the clock of the change log's limiter (warnLimits.now).
+// learn records the announcement in h (none: the empty set), as record
+// does: h is an answer to one of our requests.
 func (pf *peerFeatures) learn(h http.Header, lg *zap.Logger, now func() int64) {
 	if pf == nil {
 		return
 	}
-	s := featuresOf(h)
+	pf.record(featuresOf(h), lg, now)
+}
+
+// record records s, the peer's latest announcement, logging a change.
+// Callers learn only from answers to our requests and from requests that
+// passed checkRequest for a configured peer, so an unknown client cannot
+// set what a peer supports; one that passes the checks can at most turn an
+// extension on or off, and each extension is harmless both ways. now is the
+// clock of the change log's limiter (warnLimits.now).
+func (pf *peerFeatures) record(s featureSet, lg *zap.Logger, now func() int64) {
+	if pf == nil {
+		return
+	}
 	if featureSet(pf.v.Load()) == s {
 		return // the usual case: no write, so no cache line bouncing between POSTs
 	}

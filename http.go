@@ -15,23 +15,38 @@ import (
 	"github.com/raftkit/rafthttp/internal/raftproto"
 )
 
-// The paths of the raft routes, etcd's (spec §2).
-const (
-	// RaftPrefix is the pipeline path, and the prefix of all the others.
-	RaftPrefix = "/raft"
-	// ProbingPrefix is the path of the health probe.
-	ProbingPrefix = RaftPrefix + "/probing"
-	// RaftStreamPrefix is the prefix of the stream paths,
-	// RaftStreamPrefix/{msgapp,message}/<sender ID in hex>.
-	RaftStreamPrefix = RaftPrefix + "/stream"
-	// RaftSnapshotPrefix is the path snapshots are POSTed to.
-	RaftSnapshotPrefix = RaftPrefix + "/snapshot"
-)
-
 // writerToResponse is implemented by errors from Raft.Process that write
 // their own HTTP response, as etcd's 403 for a message from a removed member.
 type writerToResponse interface {
 	WriteTo(w http.ResponseWriter)
+}
+
+// allowMethod answers 405, with the Allow header naming method, a request
+// whose method is not method, and reports whether the request may go on.
+func allowMethod(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method {
+		return true
+	}
+	w.Header().Set("Allow", method)
+	http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	return false
+}
+
+// answerProcessError answers a request whose message Raft.Process refused
+// with err: an error that writes its own response (writerToResponse) writes
+// it; any other is logged (rate-limited) and answered 500 with body. It
+// reports whether it answered 500, which the caller may follow up.
+func (t *Transport) answerProcessError(w http.ResponseWriter, err error, body string) bool {
+	var wtr writerToResponse
+	if errors.As(err, &wtr) {
+		wtr.WriteTo(w)
+		return false
+	}
+	if n, ok := t.warns.allow(warnProcess); ok {
+		t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
+	}
+	http.Error(w, body, http.StatusInternalServerError)
+	return true
 }
 
 // newHandler builds the mux of the raft routes.
@@ -69,26 +84,27 @@ func (t *Transport) gated(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // checkRequest runs the checks every POST handler and the stream handler
-// share after the method check (spec §6.1): version compatibility, then the
-// cluster ID. It answers the request itself on failure.
-func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
-	if err := checkVersionCompatibility(t.cfg.serverVersion, t.cfg.minClusterVersion, r.Header); err != nil {
+// share after the method check (spec §6.1) on the request's headers rh:
+// version compatibility, then the cluster ID. It answers the request itself
+// on failure.
+func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request, rh *requestHeaders) bool {
+	if err := rh.checkVersions(t.cfg.serverVersion, t.cfg.minClusterVersion); err != nil {
 		if n, ok := t.warns.allowFrom(warnVersion, r.RemoteAddr); ok {
 			t.lg.Warn("failed version compatibility check",
 				zap.String("local-member-server-version", t.cfg.serverVersion.String()),
-				zap.String("remote-peer-server-name", clip(r.Header.Get(headerServerFrom))),
-				zap.String("remote-peer-server-version", clip(r.Header.Get(headerServerVersion))),
-				zap.String("remote-addr", clip(r.RemoteAddr)), zap.Error(err), suppressed(n))
+				zap.String("remote-peer-server-name", clip(rh.rawFrom, clipPlain)),
+				zap.String("remote-peer-server-version", clip(rh.rawServerVersion, clipPlain)),
+				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), zap.Error(err), suppressed(n))
 		}
 		http.Error(w, ErrIncompatibleVersion.Error(), http.StatusPreconditionFailed)
 		return false
 	}
-	if err := checkClusterID(t.cfg.clusterID, r.Header); err != nil {
+	if err := rh.checkClusterID(t.cfg.clusterID); err != nil {
 		if n, ok := t.warns.allowFrom(warnClusterID, r.RemoteAddr); ok {
 			t.lg.Warn("request cluster ID mismatch",
 				zap.String("local-member-cluster-id", t.cfg.clusterIDStr),
-				zap.String("remote-peer-cluster-id", clip(r.Header.Get(headerClusterID))),
-				zap.String("remote-addr", clip(r.RemoteAddr)), suppressed(n))
+				zap.String("remote-peer-cluster-id", clip(rh.clusterID, clipPlain)),
+				zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), suppressed(n))
 		}
 		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
 		return false
@@ -96,25 +112,15 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// clip bounds a header value before it goes into a log line.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
-}
-
 // addRemoteFromRequest lets a member we do not know yet get answers: if a
 // POST names its sender (X-Server-From) and the sender's URLs, the sender
 // becomes a remote (spec §2.2 step 4). Malformed headers, on which etcd
 // panics, are logged and ignored.
-func (t *Transport) addRemoteFromRequest(r *http.Request) {
-	from, err := parseID(r.Header.Get(headerServerFrom))
-	if err != nil {
+func (t *Transport) addRemoteFromRequest(rh *requestHeaders) {
+	if rh.fromErr != nil {
 		return
 	}
-	t.addRemoteFromHeader(r, from)
+	t.addRemoteFromHeader(rh, rh.from)
 }
 
 // addRemoteFromHeader makes from a remote reachable at the request's
@@ -122,18 +128,17 @@ func (t *Transport) addRemoteFromRequest(r *http.Request) {
 // exists. Remotes learnt this way are capped and expire (addRequestRemote,
 // remote.go): the checks a request passes are not secrets, and each remote
 // costs goroutines and metric series.
-func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
-	urls, present, err := parsePeerURLsHeader(r.Header)
-	if !present {
+func (t *Transport) addRemoteFromHeader(rh *requestHeaders, from uint64) {
+	if !rh.hasPeerURLs {
 		return
 	}
-	if err != nil {
+	if rh.peerURLsErr != nil {
 		if n, ok := t.warns.allow(warnBadRequest); ok {
-			t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(err), suppressed(n))
+			t.lg.Warn("ignored invalid peer URLs from request", zap.String("remote-peer-id", formatID(from)), zap.Error(rh.peerURLsErr), suppressed(n))
 		}
 		return
 	}
-	switch err := t.addRequestRemote(from, urls); {
+	switch err := t.addRequestRemote(from, rh.peerURLs); {
 	case err == nil, errors.Is(err, ErrStopped):
 	case errors.Is(err, errTooManyRemotes):
 		// Every request of a flood would log this: keep it at Debug.
@@ -147,13 +152,12 @@ func (t *Transport) addRemoteFromHeader(r *http.Request, from uint64) {
 
 // learnFeatures records the announcement of a request that passed
 // checkRequest, if its X-Server-From names a configured peer.
-func (t *Transport) learnFeatures(r *http.Request) {
-	from, err := parseID(r.Header.Get(headerServerFrom))
-	if err != nil {
+func (t *Transport) learnFeatures(rh *requestHeaders) {
+	if rh.fromErr != nil {
 		return
 	}
-	if p, ok := t.get(from); ok {
-		p.features.learn(r.Header, p.lg, t.warns.now)
+	if p, ok := t.get(rh.from); ok {
+		p.features.record(rh.features, p.lg, t.warns.now)
 	}
 }
 
@@ -169,18 +173,17 @@ func (t *Transport) receivedFrom(id uint64) (peerMetrics, bool) {
 
 // servePipeline handles POST /raft: one message per request (spec §2.2).
 func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	if !allowMethod(w, r, http.MethodPost) {
 		return
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		return
 	}
-	t.addRemoteFromRequest(r)
-	t.learnFeatures(r)
+	t.addRemoteFromRequest(&rh)
+	t.learnFeatures(&rh)
 
 	// Unlike etcd, which reads any size, the body is bounded, allocated
 	// once at its length, and charged to the receive budget with its
@@ -214,19 +217,13 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 		pm.received(1, len(body))
 	}
 	if err := t.Raft.Process(r.Context(), m); err != nil {
-		var wtr writerToResponse
-		if errors.As(err, &wtr) {
-			wtr.WriteTo(w)
-			return
+		if t.answerProcessError(w, err, "error processing raft message") {
+			// Close the connection, as etcd does: the sender must not
+			// reuse a connection whose peer could not take its message.
+			_ = http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler)
 		}
-		if n, ok := t.warns.allow(warnProcess); ok {
-			t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
-		}
-		http.Error(w, "error processing raft message", http.StatusInternalServerError)
-		// Close the connection, as etcd does: the sender must not reuse a
-		// connection whose peer could not take its message.
-		_ = http.NewResponseController(w).Flush()
-		panic(http.ErrAbortHandler)
+		return
 	}
 	// 204 only once raft has the message.
 	w.WriteHeader(http.StatusNoContent)
@@ -311,9 +308,7 @@ func readBody(r io.Reader, length, limit int64, ch *recvCharger) ([]byte, error)
 // response stays open and carries our messages to the member that dialled it
 // (spec §2.4). The order of checks is etcd's.
 func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
 	// Every answer from here on carries our version, so that an older
@@ -321,21 +316,22 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(headerServerVersion, t.cfg.serverVersion.String())
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		return
 	}
 
 	dir, last := path.Split(r.URL.Path)
 	typ, ok := parseStreamType(strings.TrimPrefix(path.Clean(dir), RaftStreamPrefix+"/"))
 	if !ok || path.Clean(dir) != RaftStreamPrefix+"/"+typ.endpoint() {
-		t.lg.Debug("ignored unexpected streaming request path", zap.String("path", clip(r.URL.Path)))
+		t.lg.Debug("ignored unexpected streaming request path", zap.String("path", clip(r.URL.Path, clipPlain)))
 		http.Error(w, "invalid path", http.StatusNotFound)
 		return
 	}
 	from, err := parseID(last)
 	if err != nil {
 		if n, ok := t.warns.allow(warnBadRequest); ok {
-			t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path)), zap.Error(err), suppressed(n))
+			t.lg.Warn("failed to parse path into ID", zap.String("path", clip(r.URL.Path, clipPlain)), zap.Error(err), suppressed(n))
 		}
 		http.Error(w, "invalid from", http.StatusNotFound)
 		return
@@ -351,21 +347,21 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		// The dialer may know of us before we know of it: let it at least
 		// reach us through the pipeline. Its ID is the one in the path.
-		t.addRemoteFromHeader(r, from)
+		t.addRemoteFromHeader(&rh, from)
 		if n, ok := t.warns.allow(warnUnknownSender); ok {
 			t.lg.Warn("failed to find remote peer in cluster", zap.String("remote-peer-id-stream-handler", formatID(from)), suppressed(n))
 		}
 		http.Error(w, "error sender not found", http.StatusNotFound)
 		return
 	}
-	if to := r.Header.Get(headerRaftTo); to != t.cfg.idStr {
+	if rh.raftTo != t.cfg.idStr {
 		if n, ok := t.warns.allow(warnUnknownSender); ok {
-			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(to)), suppressed(n))
+			t.lg.Warn("ignored streaming request; ID mismatch", zap.String("remote-peer-id-header", clip(rh.raftTo, clipPlain)), suppressed(n))
 		}
 		http.Error(w, "to field mismatch", http.StatusPreconditionFailed)
 		return
 	}
-	p.features.learn(r.Header, p.lg, t.warns.now)
+	p.features.record(rh.features, p.lg, t.warns.now)
 
 	c := newOutgoingConn(typ, w)
 	// A stream lives for hours: lift any read deadline the server set

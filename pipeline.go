@@ -193,7 +193,8 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 	}
 	defer drainClose(resp.Body)
 	pl.features.learn(resp.Header, pl.lg, pl.t.warns.now)
-	if err := checkPostResponse(pl.t, pl.lg, &pl.refused, resp, base); err != nil {
+	q := sentRequest{kind: postRequest, t: pl.t, lg: pl.lg, refused: &pl.refused, base: base}
+	if err := q.answerError(resp); err != nil {
 		return err
 	}
 	if ce := pl.lg.Check(zap.DebugLevel, "sent message over the pipeline"); ce != nil {
@@ -218,41 +219,4 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 		b.watch.sent()
 	}
 	return n, err
-}
-
-// checkPostResponse maps the answer to a pipeline or snapshot POST to an
-// error, as etcd does (spec §2.6): 204 is success, 403 means this member was
-// removed, 412 carries a reason in its body, anything else is unexpected.
-// The refusals it logs go through refused.
-func checkPostResponse(t *Transport, lg *zap.Logger, refused *logLimiter, resp *http.Response, base string) error {
-	switch resp.StatusCode {
-	case http.StatusNoContent:
-		return nil
-	case http.StatusForbidden:
-		return ErrMemberRemoved
-	case http.StatusServiceUnavailable:
-		// Our snapshot receivers answer 503 when at their limit.
-		if body := readErrorBody(resp.Body); body == ErrTooManySnapshots.Error() {
-			return ErrTooManySnapshots
-		}
-		return fmt.Errorf("unexpected http status %s while posting to %q", http.StatusText(resp.StatusCode), base)
-	case http.StatusPreconditionFailed:
-		switch body := readErrorBody(resp.Body); body {
-		case ErrIncompatibleVersion.Error():
-			if n, ok := refused.allow(t.warns.now); ok {
-				lg.Error("request sent was ignored by peer", zap.Error(ErrIncompatibleVersion), suppressed(n))
-			}
-			return ErrIncompatibleVersion
-		case ErrClusterIDMismatch.Error():
-			if n, ok := refused.allow(t.warns.now); ok {
-				lg.Error("request sent was ignored due to cluster ID mismatch",
-					zap.String("local-member-cluster-id", t.cfg.clusterIDStr), suppressed(n))
-			}
-			return ErrClusterIDMismatch
-		default:
-			return fmt.Errorf("unhandled error %q when precondition failed", body)
-		}
-	default:
-		return fmt.Errorf("unexpected http status %s while posting to %q", http.StatusText(resp.StatusCode), base)
-	}
 }

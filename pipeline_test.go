@@ -1,11 +1,9 @@
 package rafthttp
 
 import (
-	"errors"
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,7 +11,6 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp/internal/raftproto"
@@ -152,56 +149,6 @@ func TestPipelineResponseStatus(t *testing.T) {
 			waitFor(t, "the second unreachable report", func() bool { return r.unreachableCount(2) == 2 })
 			if got := len(r.snapshotReports()); got != 1 {
 				t.Errorf("got %d snapshot reports, want 1", got)
-			}
-		})
-	}
-}
-
-// TestCheckPostResponse checks the mapping of POST answers to errors.
-func TestCheckPostResponse(t *testing.T) {
-	tr := &Transport{warns: newWarnLimits(nil)}
-	tr.cfg.clusterIDStr = "1000"
-	tests := []struct {
-		name    string
-		status  int
-		body    string
-		want    error  // if not nil, the error must wrap it
-		errText string // if not empty, the error must contain it
-	}{
-		{name: "204", status: 204},
-		{name: "403", status: 403, body: "removed", want: ErrMemberRemoved},
-		{name: "403 to mismatch", status: 403, body: "cannot process message to mismatch member", want: ErrMemberRemoved},
-		{name: "412 incompatible version", status: 412, body: "incompatible version\n", want: ErrIncompatibleVersion},
-		{name: "412 incompatible version, no newline", status: 412, body: "incompatible version", want: ErrIncompatibleVersion},
-		{name: "412 cluster ID mismatch", status: 412, body: "cluster ID mismatch\n", want: ErrClusterIDMismatch},
-		{name: "412 other", status: 412, body: "something else\n", errText: `unhandled error "something else" when precondition failed`},
-		{name: "412 two newlines", status: 412, body: "cluster ID mismatch\n\n", errText: "unhandled error"},
-		{name: "200", status: 200, errText: "unexpected http status OK"},
-		{name: "201", status: 201, errText: "unexpected http status Created"},
-		{name: "500", status: 500, body: "error processing raft message", errText: "unexpected http status Internal Server Error"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			resp := &http.Response{StatusCode: tc.status, Body: io.NopCloser(strings.NewReader(tc.body))}
-			err := checkPostResponse(tr, zap.NewNop(), new(logLimiter), resp, "http://peer:2380")
-			switch {
-			case tc.want == nil && tc.errText == "":
-				if err != nil {
-					t.Errorf("got %v, want nil", err)
-				}
-			case err == nil:
-				t.Errorf("got nil, want an error")
-			case tc.want != nil && !errors.Is(err, tc.want):
-				t.Errorf("got %v, want an error wrapping %v", err, tc.want)
-			case tc.errText != "" && !strings.Contains(err.Error(), tc.errText):
-				t.Errorf("got %v, want an error containing %q", err, tc.errText)
-			}
-			if err != nil && tc.want == nil {
-				for _, e := range []error{ErrMemberRemoved, ErrIncompatibleVersion, ErrClusterIDMismatch} {
-					if errors.Is(err, e) {
-						t.Errorf("got %v, which wraps %v, want neither", err, e)
-					}
-				}
 			}
 		})
 	}

@@ -3,28 +3,384 @@ package rafthttp
 import (
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
 )
 
-// preconditionError maps the body of a 412 to its error (spec §2.6).
-func preconditionError(body string, t *Transport, p *peer) error {
+// The peer protocol, as etcd speaks it (spec §2, §6): the routes, every
+// header name, member and cluster IDs, the checks a request must pass, the
+// headers we send, and what the answers to our requests mean. The handlers
+// (http.go), the senders (pipeline.go, snapshot_sender.go) and the dialer
+// (stream_reader.go) call into it; semver is in version.go, and the feature
+// negotiation in features.go.
+
+// The paths of the raft routes, etcd's (spec §2).
+const (
+	// RaftPrefix is the pipeline path, and the prefix of all the others.
+	RaftPrefix = "/raft"
+	// ProbingPrefix is the path of the health probe.
+	ProbingPrefix = RaftPrefix + "/probing"
+	// RaftStreamPrefix is the prefix of the stream paths,
+	// RaftStreamPrefix/{msgapp,message}/<sender ID in hex>.
+	RaftStreamPrefix = RaftPrefix + "/stream"
+	// RaftSnapshotPrefix is the path snapshots are POSTed to.
+	RaftSnapshotPrefix = RaftPrefix + "/snapshot"
+)
+
+// Header names of the raft HTTP protocol (spec §2.1). They are facts of the
+// wire format shared with etcd peers.
+const (
+	// headerServerFrom carries the sender's member ID in hex.
+	headerServerFrom = "X-Server-From"
+	// headerServerVersion carries the sender's (or responder's) etcd-style
+	// server version, e.g. "3.7.0".
+	headerServerVersion = "X-Server-Version"
+	// headerMinClusterVersion carries the oldest cluster version the sender
+	// can work with, "3.0.0" for every 3.x release.
+	headerMinClusterVersion = "X-Min-Cluster-Version"
+	// headerClusterID carries the cluster ID in lowercase hex; requests from
+	// another cluster are refused.
+	headerClusterID = "X-Etcd-Cluster-ID"
+	// headerRaftTo carries, on stream dials, the member ID the dialer expects
+	// to reach.
+	headerRaftTo = "X-Raft-To"
+	// headerPeerURLs carries the sender's advertised peer URLs joined with
+	// ",", so the receiver can reach a member it does not know yet.
+	headerPeerURLs = "X-PeerURLs"
+
+	// Beyond etcd's headers, which etcd ignores:
+
+	// headerFeatures carries the announcement: feature tokens separated by
+	// commas. Unknown tokens are ignored, so that a newer peer can announce
+	// features we do not know.
+	headerFeatures = "X-Rafthttp-Features"
+	// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot
+	// body (envelope and payload), as 8 lowercase hex digits. It is sent only
+	// to a peer that announced featureCRC32CTrailer (features.go), so an etcd
+	// peer gets etcd's bytes.
+	trailerCRC32C = "X-Rafthttp-Crc32c"
+)
+
+// maxIDLen is the longest hex ID parseID accepts: a uint64 needs at most 16
+// hex digits, and etcd never sends leading zeros.
+const maxIDLen = 16
+
+// formatID renders a member or cluster ID the way the wire expects it:
+// lowercase hex without leading zeros.
+func formatID(id uint64) string {
+	return strconv.FormatUint(id, 16)
+}
+
+// parseID parses a hex member or cluster ID from a header or URL. Like etcd
+// it accepts upper case (base-16 ParseUint); it rejects empty strings and
+// strings longer than 16 bytes. Errors wrap ErrInvalidHeader.
+func parseID(s string) (uint64, error) {
+	if s == "" {
+		return 0, fmt.Errorf("%w: empty ID", ErrInvalidHeader)
+	}
+	if len(s) > maxIDLen {
+		return 0, fmt.Errorf("%w: ID %s is %d bytes long, at most %d allowed", ErrInvalidHeader, clip(s, clipQuoted), len(s), maxIDLen)
+	}
+	id, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: ID %s is not hexadecimal", ErrInvalidHeader, clip(s, clipQuoted))
+	}
+	return id, nil
+}
+
+// requestHeaders is what the protocol headers of a request to us say,
+// parsed once, as it arrives (parseRequestHeaders), for every check and
+// handler that reads them.
+type requestHeaders struct {
+	// from is X-Server-From, the sender's ID; fromErr says why there is
+	// none (absent or malformed).
+	from    uint64
+	fromErr error
+	// serverVersion and minClusterVersion are X-Server-Version and
+	// X-Min-Cluster-Version; an absent (or empty) header means "2.0.0", as
+	// in etcd. A malformed one, on which etcd panics, leaves both zero and
+	// sets versionErr, which wraps both ErrInvalidHeader and
+	// ErrIncompatibleVersion, so that handlers answer 412 "incompatible
+	// version".
+	serverVersion, minClusterVersion semver
+	versionErr                       error
+	// clusterID and raftTo are X-Etcd-Cluster-ID and X-Raft-To as sent:
+	// etcd compares them as strings.
+	clusterID, raftTo string
+	// peerURLs is X-PeerURLs, as parsePeerURLsHeader reads it: hasPeerURLs
+	// is false if the header is absent or empty, and peerURLsErr set if it
+	// is present but invalid.
+	peerURLs    []url.URL
+	hasPeerURLs bool
+	peerURLsErr error
+	// features is the sender's X-Rafthttp-Features announcement.
+	features featureSet
+	// rawFrom and rawServerVersion are X-Server-From and X-Server-Version
+	// as sent, for the log line of a refused request.
+	rawFrom, rawServerVersion string
+}
+
+// parseRequestHeaders reads every protocol header of a request. It never
+// fails: what is absent or malformed is recorded in the result, and the
+// handlers decide what it costs the request.
+func parseRequestHeaders(h http.Header) requestHeaders {
+	rh := requestHeaders{
+		// Get, not a map index: the canonical key is "X-Etcd-Cluster-Id".
+		clusterID:        h.Get(headerClusterID),
+		raftTo:           h.Get(headerRaftTo),
+		features:         featuresOf(h),
+		rawFrom:          h.Get(headerServerFrom),
+		rawServerVersion: h.Get(headerServerVersion),
+	}
+	rh.from, rh.fromErr = parseID(rh.rawFrom)
+	if rh.serverVersion, rh.versionErr = headerVersion(h, headerServerVersion); rh.versionErr == nil {
+		if rh.minClusterVersion, rh.versionErr = headerVersion(h, headerMinClusterVersion); rh.versionErr != nil {
+			rh.serverVersion = semver{}
+		}
+	}
+	rh.peerURLs, rh.hasPeerURLs, rh.peerURLsErr = parsePeerURLsHeader(h)
+	return rh
+}
+
+// defaultHeaderVersion is what etcd assumes when a version header is absent:
+// etcd 2.0 sent none.
+const defaultHeaderVersion = "2.0.0"
+
+// headerVersion parses the version header name of h (a request's, or the
+// answer to a stream dial), as requestHeaders describes.
+func headerVersion(h http.Header, name string) (semver, error) {
+	s := h.Get(name)
+	if s == "" {
+		s = defaultHeaderVersion
+	}
+	v, err := parseSemver(s)
+	if err != nil {
+		return semver{}, fmt.Errorf("%w: %s: %w", ErrIncompatibleVersion, name, err)
+	}
+	return v, nil
+}
+
+// checkVersions is the version check every handler runs first (spec
+// §6.1): the remote's server version must not be older than our minimum
+// cluster version, and its minimum cluster version must not be newer than
+// our server version, both by major.minor. Errors wrap
+// ErrIncompatibleVersion and say which side is too low.
+func (rh *requestHeaders) checkVersions(localServer, localMinCluster semver) error {
+	if rh.versionErr != nil {
+		return rh.versionErr
+	}
+	if compareMajorMinor(rh.serverVersion, localMinCluster) < 0 {
+		return fmt.Errorf("%w: remote version is too low: remote server version %s, local minimum cluster version %s",
+			ErrIncompatibleVersion, rh.serverVersion, localMinCluster)
+	}
+	if compareMajorMinor(rh.minClusterVersion, localServer) > 0 {
+		return fmt.Errorf("%w: local version is too low: remote minimum cluster version %s, local server version %s",
+			ErrIncompatibleVersion, rh.minClusterVersion, localServer)
+	}
+	return nil
+}
+
+// checkClusterID refuses requests from other clusters: X-Etcd-Cluster-ID
+// must equal the canonical form of local exactly, as etcd compares strings
+// (an upper-case or zero-padded ID is a mismatch). A missing header is a
+// mismatch. Errors wrap ErrClusterIDMismatch.
+func (rh *requestHeaders) checkClusterID(local uint64) error {
+	want := formatID(local)
+	if rh.clusterID == "" {
+		return fmt.Errorf("%w: local %s, remote sent no %s", ErrClusterIDMismatch, want, headerClusterID)
+	}
+	if rh.clusterID != want {
+		return fmt.Errorf("%w: local %s, remote %s", ErrClusterIDMismatch, want, clip(rh.clusterID, clipQuoted))
+	}
+	return nil
+}
+
+// parsePeerURLsHeader reads the X-PeerURLs header: the value split on ","
+// and validated by parseURLs. present is false, with no error, when the
+// header is absent or empty; a present but invalid header gives present true
+// and an error wrapping both ErrInvalidHeader and ErrInvalidURL.
+func parsePeerURLsHeader(h http.Header) (urls []url.URL, present bool, err error) {
+	v := h.Get(headerPeerURLs)
+	if v == "" {
+		return nil, false, nil
+	}
+	// Count before splitting so that a huge header is refused without
+	// building a huge slice.
+	if n := strings.Count(v, ",") + 1; n > maxURLCount {
+		return nil, true, fmt.Errorf("%w: %s: %w: %d URLs given, at most %d allowed",
+			ErrInvalidHeader, headerPeerURLs, ErrInvalidURL, n, maxURLCount)
+	}
+	urls, err = parseURLs(strings.Split(v, ","))
+	if err != nil {
+		return nil, true, fmt.Errorf("%w: %s: %w", ErrInvalidHeader, headerPeerURLs, err)
+	}
+	return urls, true, nil
+}
+
+// setHeaders sets the headers every request we send carries (spec §2.1).
+func (t *Transport) setHeaders(h http.Header) {
+	h.Set(headerServerFrom, t.cfg.idStr)
+	h.Set(headerServerVersion, t.cfg.serverVersion.String())
+	h.Set(headerMinClusterVersion, t.cfg.minClusterVersion.String())
+	h.Set(headerClusterID, t.cfg.clusterIDStr)
+	if t.cfg.urlsHeader != "" {
+		h.Set(headerPeerURLs, t.cfg.urlsHeader)
+	}
+	t.announceFeatures(h)
+}
+
+// announceFeatures sets our X-Rafthttp-Features on a request or an answer.
+// Announcing nothing sends no header, as etcd.
+func (t *Transport) announceFeatures(h http.Header) {
+	if t.cfg.featuresHeader != "" {
+		h.Set(headerFeatures, t.cfg.featuresHeader)
+	}
+}
+
+// clipLen is how much of a string a peer sent we keep for a log line or an
+// error text: enough to recognise it, while a peer that sends megabytes
+// cannot put them in our logs.
+const clipLen = 64
+
+// clipStyle is how clip renders the string it bounds.
+type clipStyle uint8
+
+const (
+	// clipPlain keeps the string as it is and marks a cut with "...": for
+	// log fields, which the logger escapes itself.
+	clipPlain clipStyle = iota
+	// clipQuoted quotes the string (Go syntax, as %q) and follows a cut
+	// with its full length, "...(N bytes)": for error texts, in which it
+	// must stand apart from the words around it.
+	clipQuoted
+)
+
+// clip bounds s, a string a peer sent, to clipLen bytes, rendered in style.
+func clip(s string, style clipStyle) string {
+	cut := len(s) > clipLen
+	if style == clipQuoted {
+		if !cut {
+			return fmt.Sprintf("%q", s)
+		}
+		return fmt.Sprintf("%q...(%d bytes)", s[:clipLen], len(s))
+	}
+	if !cut {
+		return s
+	}
+	return s[:clipLen] + "..."
+}
+
+// requestKind is which of our requests an answer is to: dials and POSTs
+// read some statuses differently, and log refusals in etcd's words for each.
+type requestKind uint8
+
+const (
+	// dialRequest is a stream dial, GET /raft/stream/...: 200 opens it.
+	dialRequest requestKind = iota + 1
+	// postRequest is a pipeline or snapshot POST: 204 is success.
+	postRequest
+)
+
+// sentRequest is what answerError needs to know of the request an answer
+// is to.
+type sentRequest struct {
+	kind    requestKind
+	t       *Transport
+	lg      *zap.Logger // where refusals are logged
+	refused *logLimiter // limits those lines: every message sent may earn one
+	peer    string      // the remote's ID in hex, which a dial's 404 names
+	base    string      // the URL posted to, which a POST's unexpected status names
+}
+
+// answerError maps resp, the answer to q, to an error, nil for success, as
+// etcd maps answers (spec §2.6):
+//
+//	status  dial                           POST
+//	200     success                        unexpected
+//	204     unhandled                      success
+//	403     unhandled                      ErrMemberRemoved
+//	404     the remote does not know us    unexpected
+//	410     ErrMemberRemoved, logged       unexpected
+//	412     by the body: ErrIncompatibleVersion or ErrClusterIDMismatch,
+//	        logged, or an unhandled error
+//	503     unhandled                      ErrTooManySnapshots if the body
+//	                                       says so, else unexpected
+//	other   unhandled                      unexpected
+//
+// A failure's body is read (a little of it) and closed; a success's is
+// left to the caller. Posting ErrMemberRemoved to ErrorC is the caller's
+// call too: it knows whether it is stopping.
+func (q sentRequest) answerError(resp *http.Response) error {
+	code := resp.StatusCode
+	success := http.StatusNoContent
+	if q.kind == dialRequest {
+		success = http.StatusOK
+	}
+	switch {
+	case code == success:
+		return nil
+	case code == http.StatusPreconditionFailed:
+		return q.preconditionError(readErrorBody(resp.Body))
+	case code == http.StatusForbidden && q.kind == postRequest:
+		// What a Process error that writes its own response (etcd's, for
+		// a message from a removed member) answers.
+		drainClose(resp.Body)
+		return ErrMemberRemoved
+	case code == http.StatusGone && q.kind == dialRequest:
+		drainClose(resp.Body)
+		if n, ok := q.refused.allow(q.t.warns.now); ok {
+			q.lg.Error("the remote says this member was removed from the cluster", suppressed(n))
+		}
+		return ErrMemberRemoved
+	case code == http.StatusNotFound && q.kind == dialRequest:
+		drainClose(resp.Body)
+		return fmt.Errorf("peer %s failed to find local node %s", q.peer, q.t.cfg.idStr)
+	case code == http.StatusServiceUnavailable && q.kind == postRequest:
+		// Our snapshot receivers answer 503 when at their limit.
+		if readErrorBody(resp.Body) == ErrTooManySnapshots.Error() {
+			return ErrTooManySnapshots
+		}
+	default:
+		drainClose(resp.Body)
+	}
+	if q.kind == dialRequest {
+		return fmt.Errorf("unhandled http status %d", code)
+	}
+	return fmt.Errorf("unexpected http status %s while posting to %q", http.StatusText(code), q.base)
+}
+
+// preconditionError maps the body of a 412 to its error, logging the two
+// refusals etcd names.
+func (q sentRequest) preconditionError(body string) error {
+	var err error
 	switch body {
 	case ErrIncompatibleVersion.Error():
-		if n, ok := p.refused.allow(t.warns.now); ok {
-			p.lg.Warn("request sent was ignored by remote peer due to server version incompatibility", suppressed(n))
-		}
-		return ErrIncompatibleVersion
+		err = ErrIncompatibleVersion
 	case ErrClusterIDMismatch.Error():
-		if n, ok := p.refused.allow(t.warns.now); ok {
-			p.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch",
-				zap.String("local-member-cluster-id", t.cfg.clusterIDStr), suppressed(n))
-		}
-		return ErrClusterIDMismatch
+		err = ErrClusterIDMismatch
 	default:
 		return fmt.Errorf("unhandled error %q when precondition failed", body)
 	}
+	n, ok := q.refused.allow(q.t.warns.now)
+	if !ok {
+		return err
+	}
+	localCID := zap.String("local-member-cluster-id", q.t.cfg.clusterIDStr)
+	switch {
+	case q.kind == dialRequest && err == ErrIncompatibleVersion:
+		q.lg.Warn("request sent was ignored by remote peer due to server version incompatibility", suppressed(n))
+	case q.kind == dialRequest:
+		q.lg.Warn("request sent was ignored by remote peer due to cluster ID mismatch", localCID, suppressed(n))
+	case err == ErrIncompatibleVersion:
+		q.lg.Error("request sent was ignored by peer", zap.Error(ErrIncompatibleVersion), suppressed(n))
+	default:
+		q.lg.Error("request sent was ignored due to cluster ID mismatch", localCID, suppressed(n))
+	}
+	return err
 }
 
 // maxErrorBody bounds how much of an error response we read.

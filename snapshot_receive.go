@@ -44,20 +44,19 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	const unknownSender = "UNKNOWN_SNAPSHOT_SENDER"
 	start := time.Now()
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+	if !allowMethod(w, r, http.MethodPost) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
 	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
 	t.announceFeatures(w.Header())
-	if !t.checkRequest(w, r) {
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
-	t.addRemoteFromRequest(r)
-	t.learnFeatures(r)
+	t.addRemoteFromRequest(&rh)
+	t.learnFeatures(&rh)
 
 	// Beyond etcd: a bound on concurrent receives, answered with a status
 	// any sender reads as a failure, so raft retries later.
@@ -176,16 +175,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		zap.String("incoming-snapshot-size", humanize.Bytes(uint64(body.n))), zap.Duration("download-took", time.Since(start)))
 
 	if err := t.Raft.Process(r.Context(), m); err != nil {
-		var wtr writerToResponse
-		if errors.As(err, &wtr) {
-			wtr.WriteTo(w)
-			return
+		if t.answerProcessError(w, err, fmt.Sprintf("failed to process raft message (%v)", err)) {
+			t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		}
-		if n, ok := t.warns.allow(warnProcess); ok {
-			t.lg.Warn("failed to process Raft message", zap.Error(err), suppressed(n))
-		}
-		http.Error(w, fmt.Sprintf("failed to process raft message (%v)", err), http.StatusInternalServerError)
-		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -208,7 +200,7 @@ func (s *snapshotSource) Read(p []byte) (int, error) {
 		if want := s.trailer.Trailer.Get(trailerCRC32C); want != "" {
 			sum, perr := parseCRC(want)
 			if perr != nil || sum != s.crc.Sum32() {
-				return n, fmt.Errorf("%w: trailer %q, body %s", ErrSnapshotChecksum, clip(want), crcOf(s.crc.Sum32()))
+				return n, fmt.Errorf("%w: trailer %q, body %s", ErrSnapshotChecksum, clip(want, clipPlain), crcOf(s.crc.Sum32()))
 			}
 		}
 	}

@@ -37,12 +37,8 @@ type SnapshotMessage struct {
 	PayloadSize int64
 }
 
-// trailerCRC32C carries the CRC-32C (Castagnoli) of the whole snapshot body
-// (envelope and payload), as 8 lowercase hex digits. It is sent only to a
-// peer that announced featureCRC32CTrailer (features.go), so an etcd peer
-// gets etcd's bytes.
-const trailerCRC32C = "X-Rafthttp-Crc32c"
-
+// crc32c is the table of the snapshot body's checksum, sent in the
+// trailerCRC32C trailer.
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
@@ -224,7 +220,8 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	}
 	defer drainClose(resp.Body)
 	p.features.learn(resp.Header, p.lg, t.warns.now)
-	return checkPostResponse(t, p.lg, &p.pipeline.refused, resp, base)
+	q := sentRequest{kind: postRequest, t: t, lg: p.lg, refused: &p.pipeline.refused, base: base}
+	return q.answerError(resp)
 }
 
 // snapshotBody is the body of a snapshot POST: the envelope, then the

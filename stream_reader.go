@@ -183,26 +183,14 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 		return nil, fmt.Errorf("%w: %s at version %s", ErrUnsupportedStreamType, r.typ, remoteVersion)
 	}
 
-	switch resp.StatusCode {
-	case http.StatusOK:
-		return resp.Body, nil
-	case http.StatusGone:
-		drainClose(resp.Body)
-		if n, ok := p.refused.allow(t.warns.now); ok {
-			p.lg.Error("the remote says this member was removed from the cluster", suppressed(n))
+	q := sentRequest{kind: dialRequest, t: t, lg: p.lg, refused: &p.refused, peer: p.idStr}
+	if err := q.answerError(resp); err != nil {
+		if errors.Is(err, ErrMemberRemoved) {
+			t.postCriticalError(ErrMemberRemoved)
 		}
-		t.postCriticalError(ErrMemberRemoved)
-		return nil, ErrMemberRemoved
-	case http.StatusNotFound:
-		drainClose(resp.Body)
-		return nil, fmt.Errorf("peer %s failed to find local node %s", p.idStr, t.cfg.idStr)
-	case http.StatusPreconditionFailed:
-		body := readErrorBody(resp.Body)
-		return nil, preconditionError(body, t, p)
-	default:
-		drainClose(resp.Body)
-		return nil, fmt.Errorf("unhandled http status %d", resp.StatusCode)
+		return nil, err
 	}
+	return resp.Body, nil
 }
 
 // decodeLoop decodes messages until the stream fails and hands them on:

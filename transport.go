@@ -600,26 +600,6 @@ func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
 // reporting says whether failures reach raft: not once Stop has begun.
 func (t *Transport) reporting() bool { return !t.stopping() }
 
-// setHeaders sets the headers every request we send carries (spec §2.1).
-func (t *Transport) setHeaders(h http.Header) {
-	h.Set(headerServerFrom, t.cfg.idStr)
-	h.Set(headerServerVersion, t.cfg.serverVersion.String())
-	h.Set(headerMinClusterVersion, t.cfg.minClusterVersion.String())
-	h.Set(headerClusterID, t.cfg.clusterIDStr)
-	if t.cfg.urlsHeader != "" {
-		h.Set(headerPeerURLs, t.cfg.urlsHeader)
-	}
-	t.announceFeatures(h)
-}
-
-// announceFeatures sets our X-Rafthttp-Features on a request or an answer.
-// Announcing nothing sends no header, as etcd.
-func (t *Transport) announceFeatures(h http.Header) {
-	if t.cfg.featuresHeader != "" {
-		h.Set(headerFeatures, t.cfg.featuresHeader)
-	}
-}
-
 // get returns the peer with the given id, if any.
 func (t *Transport) get(id uint64) (*peer, bool) {
 	t.mu.RLock()

@@ -41,25 +41,25 @@ func parseURLs(ss []string) ([]url.URL, error) {
 	for _, raw := range ss {
 		if len(raw) > maxURLLen {
 			return nil, fmt.Errorf("%w: URL %s is %d bytes long, at most %d allowed",
-				ErrInvalidURL, quoteClipped(raw), len(raw), maxURLLen)
+				ErrInvalidURL, clip(raw, clipQuoted), len(raw), maxURLLen)
 		}
 		s := strings.TrimSpace(raw)
 		u, err := url.Parse(s)
 		if err != nil {
 			// url.Error repeats the URL; keep our own, clipped, naming.
-			return nil, fmt.Errorf("%w: URL %s: cannot parse", ErrInvalidURL, quoteClipped(s))
+			return nil, fmt.Errorf("%w: URL %s: cannot parse", ErrInvalidURL, clip(s, clipQuoted))
 		}
 		switch u.Scheme {
 		case "http", "https":
 			if _, _, err := net.SplitHostPort(u.Host); err != nil {
-				return nil, fmt.Errorf("%w: URL %s: address does not have the form host:port", ErrInvalidURL, quoteClipped(s))
+				return nil, fmt.Errorf("%w: URL %s: address does not have the form host:port", ErrInvalidURL, clip(s, clipQuoted))
 			}
 			if u.Path != "" {
-				return nil, fmt.Errorf("%w: URL %s: must not contain a path", ErrInvalidURL, quoteClipped(s))
+				return nil, fmt.Errorf("%w: URL %s: must not contain a path", ErrInvalidURL, clip(s, clipQuoted))
 			}
 		case "unix", "unixs":
 		default:
-			return nil, fmt.Errorf("%w: URL %s: scheme must be http, https, unix or unixs", ErrInvalidURL, quoteClipped(s))
+			return nil, fmt.Errorf("%w: URL %s: scheme must be http, https, unix or unixs", ErrInvalidURL, clip(s, clipQuoted))
 		}
 		out = append(out, *u)
 	}
@@ -75,16 +75,6 @@ func urlsString(urls []url.URL) string {
 		parts[i] = urls[i].String()
 	}
 	return strings.Join(parts, ",")
-}
-
-// quoteClipped quotes s for an error message, cutting it short first: the
-// strings we report come from peers and may be arbitrarily long.
-func quoteClipped(s string) string {
-	const keep = 64
-	if len(s) <= keep {
-		return fmt.Sprintf("%q", s)
-	}
-	return fmt.Sprintf("%q...(%d bytes)", s[:keep], len(s))
 }
 
 // urlPicker chooses which of a peer's URLs to use. It is shared by a peer's

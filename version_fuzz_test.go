@@ -80,20 +80,21 @@ func FuzzCheckHeaders(f *testing.F) {
 
 		local := semver{major: 3, minor: 7}
 		localMin := semver{major: 3}
-		if err := checkVersionCompatibility(local, localMin, h); err != nil && !errors.Is(err, ErrIncompatibleVersion) {
-			t.Fatalf("checkVersionCompatibility: got %v, want nil or one wrapping ErrIncompatibleVersion", err)
+		rh := parseRequestHeaders(h)
+		if err := rh.checkVersions(local, localMin); err != nil && !errors.Is(err, ErrIncompatibleVersion) {
+			t.Fatalf("checkVersions: got %v, want nil or one wrapping ErrIncompatibleVersion", err)
 		}
-		if server, _, err := headerVersions(h); err == nil {
-			_ = supportsStream(local, server, streamTypeMsgAppV2)
-			_ = supportsStream(local, server, streamTypeMessage)
+		if rh.versionErr == nil {
+			_ = supportsStream(local, rh.serverVersion, streamTypeMsgAppV2)
+			_ = supportsStream(local, rh.serverVersion, streamTypeMessage)
 		}
 
 		const clusterLocal = 0x1000
-		if err := checkClusterID(clusterLocal, h); err != nil && !errors.Is(err, ErrClusterIDMismatch) {
+		if err := rh.checkClusterID(clusterLocal); err != nil && !errors.Is(err, ErrClusterIDMismatch) {
 			t.Fatalf("checkClusterID: got %v, want nil or one wrapping ErrClusterIDMismatch", err)
 		}
 
-		if n, err := parseID(h.Get(headerServerFrom)); err == nil {
+		if n, err := rh.from, rh.fromErr; err == nil {
 			if back, err := parseID(formatID(n)); err != nil || back != n {
 				t.Fatalf("parseID(formatID(%#x)): got (%#x, %v), want (%#x, nil)", n, back, err, n)
 			}
@@ -101,12 +102,16 @@ func FuzzCheckHeaders(f *testing.F) {
 			t.Fatalf("parseID: got %v, want one wrapping ErrInvalidHeader", err)
 		}
 
-		urls, present, err := parsePeerURLsHeader(h)
+		urls, present, err := rh.peerURLs, rh.hasPeerURLs, rh.peerURLsErr
 		if err != nil && (!present || !errors.Is(err, ErrInvalidHeader) || urls != nil) {
 			t.Fatalf("parsePeerURLsHeader: got (%v, %v, %v), want (nil, true, invalid header)", urls, present, err)
 		}
 		if err == nil && present == (len(urls) == 0) {
 			t.Fatalf("parsePeerURLsHeader: got %d URLs with present %v", len(urls), present)
+		}
+		if rh.clusterID != clusterID || rh.rawFrom != id || rh.rawServerVersion != server {
+			t.Fatalf("parseRequestHeaders: got raw values (%q, %q, %q), want (%q, %q, %q)",
+				rh.clusterID, rh.rawFrom, rh.rawServerVersion, clusterID, id, server)
 		}
 	})
 }

@@ -202,9 +202,10 @@ func TestHeaderVersions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			server, minVer, err := headerVersions(versionHeaderForTest(tt.server, tt.minVer))
+			rh := parseRequestHeaders(versionHeaderForTest(tt.server, tt.minVer))
+			server, minVer, err := rh.serverVersion, rh.minClusterVersion, rh.versionErr
 			if err != nil {
-				t.Fatalf("headerVersions: got error %v, want nil", err)
+				t.Fatalf("parseRequestHeaders: got version error %v, want nil", err)
 			}
 			if got := server.String(); got != tt.wantServer {
 				t.Errorf("server version: got %s, want %s", got, tt.wantServer)
@@ -221,9 +222,10 @@ func TestHeaderVersionsEmptyValue(t *testing.T) {
 	// A present but empty header reads as absent, as with etcd's Header.Get.
 	h := http.Header{}
 	h.Set(headerServerVersion, "")
-	server, _, err := headerVersions(h)
+	rh := parseRequestHeaders(h)
+	server, err := rh.serverVersion, rh.versionErr
 	if err != nil {
-		t.Fatalf("headerVersions: got error %v, want nil", err)
+		t.Fatalf("parseRequestHeaders: got version error %v, want nil", err)
 	}
 	if got, want := server.String(), defaultHeaderVersion; got != want {
 		t.Errorf("server version: got %s, want %s", got, want)
@@ -243,9 +245,13 @@ func TestHeaderVersionsMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := headerVersions(versionHeaderForTest(tt.server, tt.minVer))
+			rh := parseRequestHeaders(versionHeaderForTest(tt.server, tt.minVer))
+			err := rh.versionErr
 			if err == nil {
-				t.Fatal("headerVersions: got nil error, want one")
+				t.Fatal("parseRequestHeaders: got no version error, want one")
+			}
+			if rh.serverVersion != (semver{}) || rh.minClusterVersion != (semver{}) {
+				t.Errorf("versions: got %s and %s, want both zero", rh.serverVersion, rh.minClusterVersion)
 			}
 			if !errors.Is(err, ErrInvalidHeader) || !errors.Is(err, ErrIncompatibleVersion) {
 				t.Errorf("error: got %v, want one wrapping ErrInvalidHeader and ErrIncompatibleVersion", err)
@@ -281,15 +287,16 @@ func TestCheckVersionCompatibility(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkVersionCompatibility(localServer, localMin, versionHeaderForTest(tt.server, tt.minVer))
+			rh := parseRequestHeaders(versionHeaderForTest(tt.server, tt.minVer))
+			err := rh.checkVersions(localServer, localMin)
 			if tt.wantErr == "" {
 				if err != nil {
-					t.Errorf("checkVersionCompatibility: got %v, want nil", err)
+					t.Errorf("checkVersions: got %v, want nil", err)
 				}
 				return
 			}
 			if err == nil {
-				t.Fatalf("checkVersionCompatibility: got nil, want an error containing %q", tt.wantErr)
+				t.Fatalf("checkVersions: got nil, want an error containing %q", tt.wantErr)
 			}
 			if !errors.Is(err, ErrIncompatibleVersion) {
 				t.Errorf("error: got %v, want one wrapping ErrIncompatibleVersion", err)
@@ -303,7 +310,8 @@ func TestCheckVersionCompatibility(t *testing.T) {
 
 // TestCheckVersionCompatibilityMalformedWrapsBoth checks that a malformed version maps to both sentinels.
 func TestCheckVersionCompatibilityMalformedWrapsBoth(t *testing.T) {
-	err := checkVersionCompatibility(semverForTest(t, "3.7.0"), semverForTest(t, "3.0.0"), versionHeaderForTest("garbage", ""))
+	rh := parseRequestHeaders(versionHeaderForTest("garbage", ""))
+	err := rh.checkVersions(semverForTest(t, "3.7.0"), semverForTest(t, "3.0.0"))
 	if !errors.Is(err, ErrIncompatibleVersion) {
 		t.Errorf("errors.Is(err, ErrIncompatibleVersion): got false for %v, want true", err)
 	}
@@ -335,7 +343,8 @@ func TestCheckClusterID(t *testing.T) {
 			if tt.value != nil {
 				h.Set(headerClusterID, *tt.value)
 			}
-			err := checkClusterID(local, h)
+			rh := parseRequestHeaders(h)
+			err := rh.checkClusterID(local)
 			if !tt.wantErr {
 				if err != nil {
 					t.Errorf("checkClusterID: got %v, want nil", err)
