@@ -2,7 +2,10 @@ package rafthttp
 
 import (
 	"net/url"
+	"regexp"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.etcd.io/raft/v3"
@@ -212,3 +215,49 @@ func TestPeerQueueDepths(t *testing.T) {
 		t.Errorf("send budget bytes: got %d, want %d", bytes, charged)
 	}
 }
+
+// TestPeerGoroutineLabels: every long-lived goroutine of a peer carries
+// profile labels naming the peer and its role, so that a goroutine dump or
+// a CPU profile tells the loops of one peer from another's.
+func TestPeerGoroutineLabels(t *testing.T) {
+	tr, _ := newHTTransport(t, nil)
+	p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
+	p.start()
+	defer p.stop()
+	want := []string{
+		"peer pipeline",
+		"process msgapp", "process message", "process proposals",
+		"prober " + roundTripperNameRaftMessage, "prober " + roundTripperNameSnapshot,
+		"stream-reader msgapp", "stream-reader message",
+		"stream-writer msgapp", "stream-writer message",
+	}
+	slices.Sort(want)
+	var got []string
+	waitFor(t, "every role's goroutine to be labelled", func() bool {
+		got = labelledRoles(t, formatID(htPeerID))
+		return slices.Equal(got, want)
+	})
+}
+
+// labelledRoles returns the sorted, distinct rafthttp.role labels of the
+// running goroutines labelled with rafthttp.peer peer.
+func labelledRoles(t *testing.T, peer string) []string {
+	t.Helper()
+	var b strings.Builder
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
+		t.Fatal(err)
+	}
+	var roles []string
+	for line := range strings.Lines(b.String()) {
+		if !strings.HasPrefix(line, "# labels: ") || !strings.Contains(line, `"rafthttp.peer":"`+peer+`"`) {
+			continue
+		}
+		if m := roleLabel.FindStringSubmatch(line); m != nil && !slices.Contains(roles, m[1]) {
+			roles = append(roles, m[1])
+		}
+	}
+	slices.Sort(roles)
+	return roles
+}
+
+var roleLabel = regexp.MustCompile(`"rafthttp\.role":"([^"]+)"`)

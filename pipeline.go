@@ -55,9 +55,11 @@ func newPipeline(t *Transport, to uint64, lg *zap.Logger, status *peerStatus, pi
 // cancelling ctx, waiting on wg, and then calling drain: every message the
 // pipeline held, in flight or queued, is then reported to raft as a drop,
 // unless the Transport is stopping (see abandon).
-func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup) {
+//
+// owner ("peer" or "remote") goes into the workers' profile labels.
+func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup, owner string) {
 	for range pl.t.cfg.pipelineWorkers {
-		wg.Go(func() {
+		goLabelled(wg, formatID(pl.to), owner+" pipeline", func() {
 			for {
 				select {
 				case m := <-pl.msgc:

@@ -111,7 +111,7 @@ func newRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *remot
 
 // start starts the pipeline's workers. It is called once, before stop or
 // retire.
-func (r *remote) start() { r.pipeline.start(r.ctx, &r.wg) }
+func (r *remote) start() { r.pipeline.start(r.ctx, &r.wg, "remote") }
 
 // touch records that the remote is in use.
 func (r *remote) touch() { r.lastUsed.Store(monoNanos()) }

@@ -94,7 +94,7 @@ func (t *Transport) SendSnapshot(m SnapshotMessage) <-chan error {
 		p.snapSending.Store(false)
 		return refuse(warnSnapBusy, fmt.Errorf("%w: %d in flight (MaxSnapshotSends)", ErrTooManySnapshots, t.cfg.maxSnapSends))
 	}
-	if !p.goIfRunning(func() {
+	if !p.goIfRunning("snapshot send", func() {
 		err := p.sendSnapshot(m)
 		// Free the slots before telling raft and the caller, who may
 		// send again at once.
