@@ -345,7 +345,7 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 			continue
 		}
 		if r, ok := t.remotes[to]; ok {
-			r.send(m)
+			full = r.send(m) || full
 			continue
 		}
 		if !t.started || t.stopped {
@@ -358,11 +358,7 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 			continue
 		}
 		// Not a peer (yet): raft is told, as for any other drop.
-		t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropUnknownPeer).Inc()
-		t.reportUnreachable(to)
-		if m.GetType() == raftpb.MsgSnap {
-			t.reportSnapshot(to, raft.SnapshotFailure)
-		}
+		t.reportDrop(to, m.GetType(), dropUnknownPeer, dropSite{})
 		if ce := t.lg.Check(zap.DebugLevel, "ignored message send request; unknown remote peer target"); ce != nil {
 			ce.Write(zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
 		}
@@ -646,26 +642,6 @@ func (t *Transport) postCriticalError(err error) {
 	default:
 	}
 }
-
-// reportUnreachable and reportSnapshot are where every delivery failure
-// reaches raft. Once Stop has begun they report nothing: raft is shutting
-// down too (as with etcd, which reports nothing after Stop), and the
-// failures Stop itself causes (aborted writes, cancelled POSTs) are not the
-// peer's.
-func (t *Transport) reportUnreachable(id uint64) {
-	if t.reporting() {
-		t.Raft.ReportUnreachable(id)
-	}
-}
-
-func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
-	if t.reporting() {
-		t.Raft.ReportSnapshot(id, status)
-	}
-}
-
-// reporting says whether failures reach raft: not once Stop has begun.
-func (t *Transport) reporting() bool { return !t.stopping() }
 
 // setHeaders sets the headers every request we send carries (spec §2.1).
 func (t *Transport) setHeaders(h http.Header) {
