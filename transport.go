@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
 	"sync"
 	"time"
 
@@ -220,7 +219,7 @@ type Transport struct {
 	msgStreamRt http.RoundTripper // message streams: the same, read in slices while busy
 	pipelineRt  http.RoundTripper // keep-alive connections, no deadlines
 	unixRts     []*unixTransport  // their unix-socket transports
-	bulk        *bulkClock        // when MsgApps last streamed (yield.go)
+	bulk        *bulkClock        // when MsgApps last streamed (sched.go)
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -322,12 +321,7 @@ func (t *Transport) Handler() http.Handler {
 // once a second.
 func (t *Transport) Send(msgs []*raftpb.Message) {
 	if t.send(msgs) {
-		// A queue was full: the goroutine draining it is likely runnable
-		// and competing with the caller for the same cores. Yield once,
-		// so that it runs before more is queued; without this a caller
-		// sending in a loop kept a core to itself and the queue's writer
-		// delivered half as much (compat/bench, open loop).
-		runtime.Gosched()
+		yieldAfterFullQueue()
 	}
 }
 
