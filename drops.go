@@ -24,7 +24,8 @@ import (
 //   - Transport.send (transport.go): the recipient is neither a peer nor a
 //     remote (unknown_peer, under Peer "unknown"; logged at Debug there).
 //     Messages to 0 and to raft's local threads are skipped, neither told
-//     nor counted: they were never the network's (skippedLocal).
+//     nor counted: they were never the network's (skippedLocal). Before
+//     Start and once Stop has begun, Send drops what it is given silently.
 //   - peer.send (peer.go) and remote.send (remote.go): the queue the
 //     message is for is full (queue_full), or the member's send budget has
 //     no room for it (budget_exceeded); these are warned of. The member is
