@@ -51,7 +51,7 @@ func TestReportDrop(t *testing.T) {
 		typ    raftpb.MessageType
 		reason string
 		remote bool // the drop is the remote's, not the peer's
-		site   func(p *peer, r *remote) dropSite
+		site   func(p *peer, r *remote) *dropSite
 		active bool // the member is active
 		stop   bool // Stop has begun
 
@@ -64,39 +64,39 @@ func TestReportDrop(t *testing.T) {
 		wantFields      map[string]any
 	}{
 		{name: "Send's drop to a peer", typ: raftpb.MsgApp, reason: dropQueueFull,
-			site:            func(p *peer, _ *remote) dropSite { return p.sendDrop(chanStreamMsg) },
+			site:            func(p *peer, _ *remote) *dropSite { return p.sendDrop(chanStreamMsg) },
 			wantUnreachable: 1, wantDrops: 1, wantFailures: 1, wantLog: peerWarning,
 			wantFields: map[string]any{"message-type": "MsgApp", "remote-peer-name": chanStreamMsg,
 				"reason": dropQueueFull, "remote-peer-active": false, "suppressed": int64(0)}},
 		{name: "a MsgSnap fails the snapshot too", typ: raftpb.MsgSnap, reason: dropBudgetExceeded, active: true,
-			site:            func(p *peer, _ *remote) dropSite { return p.sendDrop(chanPipeline) },
+			site:            func(p *peer, _ *remote) *dropSite { return p.sendDrop(chanPipeline) },
 			wantUnreachable: 1, wantSnapFailure: true, wantDrops: 1, wantFailures: 1, wantLog: peerWarning,
 			wantFields: map[string]any{"message-type": "MsgSnap", "remote-peer-name": chanPipeline,
 				"reason": dropBudgetExceeded, "remote-peer-active": true, "suppressed": int64(0)}},
 		{name: "Send's drop to an inactive remote", typ: raftpb.MsgHeartbeat, reason: dropQueueFull, remote: true,
-			site:            func(_ *peer, r *remote) dropSite { return r.sendDrop() },
+			site:            func(_ *peer, r *remote) *dropSite { return r.sendDrop() },
 			wantUnreachable: 1, wantDrops: 1, wantFailures: 1,
 			wantLog:    "dropped Raft message since sending buffer is full (overloaded network)",
 			wantFields: map[string]any{"message-type": "MsgHeartbeat", "reason": dropQueueFull, "suppressed": int64(0)}},
 		{name: "Send's drop to an active remote", typ: raftpb.MsgApp, reason: dropBudgetExceeded, remote: true, active: true,
-			site:            func(_ *peer, r *remote) dropSite { return r.sendDrop() },
+			site:            func(_ *peer, r *remote) *dropSite { return r.sendDrop() },
 			wantUnreachable: 1, wantDrops: 1, wantFailures: 1,
 			wantLog:    "dropped internal Raft message since sending buffer is full (overloaded network)",
 			wantFields: map[string]any{"message-type": "MsgApp", "reason": dropBudgetExceeded, "suppressed": int64(0)}},
 		{name: "a stream writer's loss: no send failure, no warning", typ: raftpb.MsgApp, reason: dropConnClosed,
-			site:            func(p *peer, _ *remote) dropSite { return dropSite{metrics: &p.metrics} },
+			site:            func(p *peer, _ *remote) *dropSite { return &dropSite{metrics: &p.metrics} },
 			wantUnreachable: 1, wantDrops: 1},
 		{name: "a failed POST: no warning", typ: raftpb.MsgSnap, reason: dropSendFailed, remote: true,
-			site:            func(_ *peer, r *remote) dropSite { return dropSite{metrics: &r.pipeline.metrics, sendFailure: true} },
+			site:            func(_ *peer, r *remote) *dropSite { return &dropSite{metrics: &r.pipeline.metrics, sendFailure: true} },
 			wantUnreachable: 1, wantSnapFailure: true, wantDrops: 1, wantFailures: 1},
 		{name: "no series: counted as unknown", typ: raftpb.MsgVote, reason: dropRemoved,
-			site:            func(*peer, *remote) dropSite { return dropSite{} },
+			site:            func(*peer, *remote) *dropSite { return &dropSite{} },
 			wantUnreachable: 1, wantUnknown: 1},
 		{name: "paused: counted, not told", typ: raftpb.MsgSnap, reason: dropPaused,
-			site:      func(p *peer, _ *remote) dropSite { return pausedDrop(&p.metrics) },
+			site:      func(p *peer, _ *remote) *dropSite { return pausedDrop(&p.metrics) },
 			wantDrops: 1},
 		{name: "once Stop has begun: counted, not told", typ: raftpb.MsgSnap, reason: dropQueueFull, stop: true,
-			site:      func(p *peer, _ *remote) dropSite { return p.sendDrop(chanPipeline) },
+			site:      func(p *peer, _ *remote) *dropSite { return p.sendDrop(chanPipeline) },
 			wantDrops: 1, wantFailures: 1, wantLog: peerWarning,
 			wantFields: map[string]any{"message-type": "MsgSnap", "remote-peer-name": chanPipeline,
 				"reason": dropQueueFull, "remote-peer-active": false, "suppressed": int64(0)}},
@@ -225,6 +225,57 @@ func TestSendToRemoteReportsFull(t *testing.T) {
 			}
 			if got := fr.unreachableCount(htPeerID); got != tt.wantTold {
 				t.Errorf("ReportUnreachable called %d times, want %d", got, tt.wantTold)
+			}
+		})
+	}
+}
+
+// TestSendDropNoAllocs checks that Send's drops cost no allocation once
+// their warning has gone out: a flood of sends to a full queue drops
+// nearly every message (compat/BENCHMARKS.md, open loop).
+func TestSendDropNoAllocs(t *testing.T) {
+	const size = 4 << 10 // charged to the send budget
+	charged := chargedMsg(raftpb.MsgApp, htLocalID, htPeerID, 1, size)
+	small := rtAnswer(htPeerID)
+	tests := []struct {
+		name      string
+		configure func(*Transport)
+		member    func(*testing.T, *Transport) *peerCounters // adds b2, stopped, as a peer or a remote
+		fill      *raftpb.Message                            // sent first, and queued
+		m         *raftpb.Message                            // then dropped
+	}{
+		{name: "peer, queue full", configure: func(tr *Transport) { tr.PipelineQueueSize = 1 },
+			member: func(t *testing.T, tr *Transport) *peerCounters { return stoppedPeer(t, tr).metrics.c }, fill: small, m: small},
+		{name: "peer, budget exceeded", configure: func(tr *Transport) { tr.MaxPeerSendBytes = size + size/2 },
+			member: func(t *testing.T, tr *Transport) *peerCounters { return stoppedPeer(t, tr).metrics.c }, fill: charged, m: charged},
+		{name: "peer, paused",
+			member: func(t *testing.T, tr *Transport) *peerCounters {
+				p := stoppedPeer(t, tr)
+				tr.CutPeer(htPeerID)
+				return p.metrics.c
+			}, m: small},
+		{name: "remote, queue full", configure: func(tr *Transport) { tr.PipelineQueueSize = 1 },
+			member: func(t *testing.T, tr *Transport) *peerCounters { return stoppedRemote(t, tr).pipeline.metrics.c }, fill: small, m: small},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr, _ := newHTTransport(t, func(tr *Transport) {
+				tr.logClock = func() int64 { return 1 } // one warning, at the first drop
+				if tt.configure != nil {
+					tt.configure(tr)
+				}
+			})
+			counters := tt.member(t, tr)
+			if tt.fill != nil {
+				tr.send([]*raftpb.Message{tt.fill})
+			}
+			msgs := []*raftpb.Message{tt.m}
+			before := counters.dropped.Load()
+			if a := testing.AllocsPerRun(100, func() { tr.send(msgs) }); a != 0 {
+				t.Errorf("%v allocations per drop, want 0", a)
+			}
+			if n := counters.dropped.Load() - before; n != 101 { // AllocsPerRun runs once more to warm up
+				t.Errorf("%d drops, want 101: the test did not drop", n)
 			}
 		})
 	}

@@ -85,7 +85,7 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	if err != nil {
 		pl.status.deactivate(failureType{source: chanPipeline, action: "write"}, err.Error())
 		pl.picker.unreachable(u)
-		pl.t.reportDrop(pl.to, m.GetType(), dropSendFailed, dropSite{metrics: &pl.metrics, sendFailure: true})
+		pl.t.reportDrop(pl.to, m.GetType(), dropSendFailed, &dropSite{metrics: &pl.metrics, sendFailure: true})
 		if errors.Is(err, ErrMemberRemoved) {
 			pl.t.postCriticalError(ErrMemberRemoved)
 		}
@@ -111,7 +111,7 @@ func (pl *pipeline) abandon(m *raftpb.Message) {
 	if pl.t.stopping() {
 		return
 	}
-	pl.t.reportDrop(pl.to, m.GetType(), pl.gone, dropSite{}) // logged in bulk by drain
+	pl.t.reportDrop(pl.to, m.GetType(), pl.gone, &dropSite{}) // logged in bulk by drain
 	pl.abandoned.Add(1)
 }
 

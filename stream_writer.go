@@ -392,7 +392,7 @@ const (
 // (reportDrop), one report per message. It is not counted as a send
 // failure: the writer counts one per lost connection.
 func (w *streamWriter) lost(typ raftpb.MessageType, reason string) {
-	w.p.t.reportDrop(w.p.id, typ, reason, dropSite{metrics: &w.p.metrics})
+	w.p.t.reportDrop(w.p.id, typ, reason, &dropSite{metrics: &w.p.metrics})
 }
 
 // discard drops m, taken off the queue and never to be written: what it was

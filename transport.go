@@ -352,7 +352,7 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 			continue
 		}
 		// Not a peer (yet): raft is told, as for any other drop.
-		t.reportDrop(to, m.GetType(), dropUnknownPeer, dropSite{})
+		t.reportDrop(to, m.GetType(), dropUnknownPeer, &dropSite{})
 		if ce := t.lg.Check(zap.DebugLevel, "ignored message send request; unknown remote peer target"); ce != nil {
 			ce.Write(zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
 		}
