@@ -2,12 +2,9 @@ package rafthttp
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
-	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -17,7 +14,7 @@ type rtKind int
 
 const (
 	rtStream       rtKind = iota // streams read as the network delivers (the bulk stream)
-	rtSlicedStream               // streams read in slices while bulk traffic streams (deadlineConn)
+	rtSlicedStream               // streams read in slices while bulk traffic streams (slicedConn)
 	rtPipeline                   // POSTs, snapshots and the snapshot prober
 )
 
@@ -34,11 +31,10 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Tran
 		if err != nil || (rd == 0 && wr == 0) {
 			return c, err
 		}
-		dc := &deadlineConn{Conn: c, rd: rd, wr: wr}
 		if kind == rtSlicedStream {
-			dc.bulk = t.bulk
+			return newSlicedConn(c, rd, wr, t.bulk), nil
 		}
-		return dc, nil
+		return &deadlineConn{Conn: c, rd: rd, wr: wr}, nil
 	}
 	tr := &http.Transport{
 		Proxy:               t.Proxy,
@@ -109,82 +105,24 @@ func (u *unixTransport) closeIdleConnections() {
 }
 
 // deadlineConn sets a fresh deadline before every Read and Write, so that a
-// silent or stuck stream fails within the timeout.
-//
-// A message stream's connection also has the transport's bulk clock: while
-// MsgApps stream, its Read waits for the network in slices of
-// busyPollInterval and tries the socket again after each, rather than
-// relying on the network poller alone, which busy cores consult only every
-// 10 ms (see yield.go). A read that finds data returns at once either way.
+// silent or stuck stream fails within the timeout. A message stream's
+// connection is a slicedConn (sched.go), which reads in slices instead.
 type deadlineConn struct {
 	net.Conn
-	rd, wr time.Duration
-	bulk   *bulkClock  // message streams only
-	kicked atomic.Bool // the bulk clock ended a wait
+	rd, wr time.Duration // zero: no deadline
 }
 
+// Read reads from the connection within the read timeout.
 func (c *deadlineConn) Read(b []byte) (int, error) {
-	if c.bulk == nil {
-		if c.rd > 0 {
-			if err := c.Conn.SetReadDeadline(time.Now().Add(c.rd)); err != nil {
-				return 0, err
-			}
-		}
-		return c.Conn.Read(b)
-	}
-	now := time.Now()
-	var deadline time.Time // zero: none
 	if c.rd > 0 {
-		deadline = now.Add(c.rd)
-	}
-	for {
-		n, again, err := c.readSlice(b, now, deadline)
-		if !again {
-			return n, err
-		}
-		now = time.Now()
-		if !deadline.IsZero() && !now.Before(deadline) {
-			return n, err
+		if err := c.Conn.SetReadDeadline(time.Now().Add(c.rd)); err != nil {
+			return 0, err
 		}
 	}
+	return c.Conn.Read(b)
 }
 
-// readSlice reads with the transport's read deadline if bulk traffic is
-// quiet, or within the next busyPollInterval if not. It asks for another
-// slice (again) when the slice, or a wake from the bulk clock, ended the
-// read with nothing read.
-func (c *deadlineConn) readSlice(b []byte, now, deadline time.Time) (n int, again bool, err error) {
-	busy := c.bulk.busy(now)
-	if !busy {
-		// A stamp that starts bulk traffic either comes before the
-		// registration, and the second look sees it, or after, and wakes
-		// this read (through its deadline, or kicked if it comes before
-		// the deadline is set below).
-		c.kicked.Store(false)
-		c.bulk.wait(c)
-		defer c.bulk.done(c)
-		busy = c.bulk.busy(time.Now())
-	}
-	wait := deadline
-	if busy {
-		wait = now.Add(busyPollInterval)
-		if !deadline.IsZero() && deadline.Before(wait) {
-			wait = deadline
-		}
-	}
-	if err := c.Conn.SetReadDeadline(wait); err != nil {
-		return 0, false, err
-	}
-	if !busy && c.kicked.Load() {
-		return 0, true, nil
-	}
-	n, err = c.Conn.Read(b)
-	if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-		return n, false, err
-	}
-	return n, busy || c.kicked.Load(), err
-}
-
+// Write writes to the connection within the write timeout.
 func (c *deadlineConn) Write(b []byte) (int, error) {
 	if c.wr > 0 {
 		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.wr)); err != nil {

@@ -130,10 +130,11 @@
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
 //     readahead.go: snapshots.
 //   - budget.go: what received messages may hold; send_budget.go: what may
-//     be queued to a peer; warnlog.go: rate-limited warnings.
+//     be queued to a peer; drops.go: where a lost message is told to raft,
+//     counted and logged; warnlog.go: rate-limited warnings.
 //   - protocol.go: routes, headers, IDs, the checks on requests and the
 //     meaning of answers; version.go: semver; features.go: negotiation;
 //     errors.go: every exported error; metrics.go, stats.go,
-//     peer_status.go, probing_status.go: what is observed; yield.go: the
+//     peer_status.go, probing_status.go: what is observed; sched.go: the
 //     scheduler measures.
 package rafthttp

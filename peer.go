@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 )
@@ -186,11 +185,11 @@ func (p *peer) processLoop(c chan received, y yielder) {
 }
 
 // send queues m on the channel pick chooses, charging it to the peer's send
-// budget, or drops it and tells raft. It never blocks; it reports whether it
-// dropped m for a full queue.
+// budget, or drops it and tells raft (reportDrop). It never blocks; it
+// reports whether it dropped m for a full queue.
 func (p *peer) send(m *raftpb.Message) (full bool) {
 	if p.paused.Load() {
-		p.metrics.drop(m.GetType(), dropPaused)
+		p.t.reportDrop(p.id, m.GetType(), dropPaused, pausedDrop(&p.metrics))
 		return false
 	}
 	c, name := p.pick(m)
@@ -198,14 +197,14 @@ func (p *peer) send(m *raftpb.Message) (full bool) {
 	// sends to a full queue otherwise contends for it with the writer
 	// draining the queue (compat/bench, open loop).
 	if len(c) == cap(c) {
-		p.dropped(m, name, dropQueueFull)
+		p.t.reportDrop(p.id, m.GetType(), dropQueueFull, p.sendDrop(name))
 		return true
 	}
 	n := sendCharge(m)
 	if !p.queued.charge(n) {
 		// Not a full queue: the writer is held up by the network, and
 		// yielding to it would not help.
-		p.dropped(m, name, dropBudgetExceeded)
+		p.t.reportDrop(p.id, m.GetType(), dropBudgetExceeded, p.sendDrop(name))
 		return false
 	}
 	select {
@@ -213,24 +212,8 @@ func (p *peer) send(m *raftpb.Message) (full bool) {
 		return false
 	default:
 		p.queued.release(n)
-		p.dropped(m, name, dropQueueFull)
+		p.t.reportDrop(p.id, m.GetType(), dropQueueFull, p.sendDrop(name))
 		return true
-	}
-}
-
-// dropped reports a message that will not be sent to raft, counts it and
-// logs it (rate-limited).
-func (p *peer) dropped(m *raftpb.Message, channel, reason string) {
-	p.t.reportUnreachable(p.id)
-	if m.GetType() == raftpb.MsgSnap {
-		p.t.reportSnapshot(p.id, raft.SnapshotFailure)
-	}
-	p.metrics.sentFailures.Inc()
-	p.metrics.drop(m.GetType(), reason)
-	if n, ok := p.drops.allow(p.t.warns.now); ok {
-		p.lg.Warn("dropped internal Raft message since sending buffer is full",
-			zap.Stringer("message-type", m.GetType()), zap.String("remote-peer-name", channel), zap.String("reason", reason),
-			zap.Bool("remote-peer-active", p.status.isActive()), suppressed(n))
 	}
 }
 

@@ -87,12 +87,7 @@ func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	if err != nil {
 		pl.status.deactivate(failureType{source: chanPipeline, action: "write"}, err.Error())
 		pl.picker.unreachable(u)
-		pl.t.reportUnreachable(pl.to)
-		if isSnap {
-			pl.t.reportSnapshot(pl.to, raft.SnapshotFailure)
-		}
-		pl.metrics.sentFailures.Inc()
-		pl.metrics.drop(m.GetType(), dropSendFailed)
+		pl.t.reportDrop(pl.to, m.GetType(), dropSendFailed, &dropSite{metrics: &pl.metrics, sendFailure: true})
 		if errors.Is(err, ErrMemberRemoved) {
 			pl.t.postCriticalError(ErrMemberRemoved)
 		}
@@ -118,11 +113,7 @@ func (pl *pipeline) abandon(m *raftpb.Message) {
 	if pl.t.stopping() {
 		return
 	}
-	pl.t.reportUnreachable(pl.to)
-	if m.GetType() == raftpb.MsgSnap {
-		pl.t.reportSnapshot(pl.to, raft.SnapshotFailure)
-	}
-	pl.t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), pl.gone).Inc()
+	pl.t.reportDrop(pl.to, m.GetType(), pl.gone, &dropSite{}) // logged in bulk by drain
 	pl.abandoned.Add(1)
 }
 
@@ -144,11 +135,6 @@ func (pl *pipeline) drain() {
 		}
 	}
 }
-
-// stopping reports whether Transport.Stop has begun: Stop cancels t.ctx
-// under t.mu as it marks itself stopped. It takes no lock, so that it can
-// be asked with t.mu held (Send's drops are).
-func (t *Transport) stopping() bool { return t.ctx != nil && t.ctx.Err() != nil }
 
 // post makes one POST /raft and maps the answer to an error.
 func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, body []byte) error {

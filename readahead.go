@@ -3,7 +3,6 @@ package rafthttp
 import (
 	"errors"
 	"io"
-	"runtime"
 	"sync"
 )
 
@@ -133,11 +132,9 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 func (ra *readAhead) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for len(ra.cur) > 0 || ra.next() {
-		// A write to a file can block in the kernel (page cache
-		// writeback) while this goroutine keeps its P, and the reading
-		// goroutine this one may just have woken would wait on that P
-		// until sysmon takes it back: let it run first.
-		runtime.Gosched()
+		// Let the reading goroutine, which this one may just have
+		// woken, run before a write that can block in the kernel.
+		yieldBeforeStoreWrite()
 		n, err := w.Write(ra.cur)
 		total += int64(n)
 		ra.cur = ra.cur[n:]

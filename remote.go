@@ -117,43 +117,35 @@ func (r *remote) start() { r.pipeline.start(r.ctx, &r.wg, "remote") }
 func (r *remote) touch() { r.lastUsed.Store(monoNanos()) }
 
 // send queues m on the pipeline, charging it to the remote's send budget,
-// or drops it and tells raft. Unlike etcd, which drops remote messages
-// silently, a drop here is reported like any other.
-func (r *remote) send(m *raftpb.Message) {
+// or drops it and tells raft (reportDrop). Unlike etcd, which drops remote
+// messages silently, a drop here is reported like any other. It never
+// blocks, and, as peer.send, reports whether it dropped m for a full queue,
+// so that Send yields to the pipeline's workers.
+func (r *remote) send(m *raftpb.Message) (full bool) {
 	r.touch()
 	if r.paused.Load() {
-		r.pipeline.metrics.drop(m.GetType(), dropPaused)
-		return
+		r.t.reportDrop(r.id, m.GetType(), dropPaused, pausedDrop(&r.pipeline.metrics))
+		return false
+	}
+	c := r.pipeline.msgc
+	// A full queue is seen without taking the channel's lock, as in
+	// peer.send.
+	if len(c) == cap(c) {
+		r.t.reportDrop(r.id, m.GetType(), dropQueueFull, r.sendDrop())
+		return true
 	}
 	n := sendCharge(m)
 	if !r.queued.charge(n) {
-		r.dropped(m, dropBudgetExceeded)
-		return
+		r.t.reportDrop(r.id, m.GetType(), dropBudgetExceeded, r.sendDrop())
+		return false
 	}
 	select {
-	case r.pipeline.msgc <- m:
-		return
+	case c <- m:
+		return false
 	default:
-	}
-	r.queued.release(n)
-	r.dropped(m, dropQueueFull)
-}
-
-// dropped reports a message that will not be sent to raft, counts it and
-// logs it (rate-limited).
-func (r *remote) dropped(m *raftpb.Message, reason string) {
-	r.t.reportUnreachable(r.id)
-	if m.GetType() == raftpb.MsgSnap {
-		r.t.reportSnapshot(r.id, raft.SnapshotFailure)
-	}
-	r.pipeline.metrics.sentFailures.Inc()
-	r.pipeline.metrics.drop(m.GetType(), reason)
-	if n, ok := r.drops.allow(r.t.warns.now); ok {
-		msg := "dropped Raft message since sending buffer is full (overloaded network)"
-		if r.status.isActive() {
-			msg = "dropped internal Raft message since sending buffer is full (overloaded network)"
-		}
-		r.lg.Warn(msg, zap.Stringer("message-type", m.GetType()), zap.String("reason", reason), suppressed(n))
+		r.queued.release(n)
+		r.t.reportDrop(r.id, m.GetType(), dropQueueFull, r.sendDrop())
+		return true
 	}
 }
 

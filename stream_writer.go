@@ -562,11 +562,11 @@ const (
 	maxReprobes  = 4
 )
 
-// lost counts a message of type typ the writer will not deliver and tells
-// raft, one report per message (never a MsgSnap: those go by the pipeline).
+// lost reports a message of type typ the writer will not deliver
+// (reportDrop), one report per message. It is not counted as a send
+// failure: the writer counts one per lost connection.
 func (w *streamWriter) lost(typ raftpb.MessageType, reason string) {
-	w.p.metrics.drop(typ, reason)
-	w.p.t.reportUnreachable(w.p.id)
+	w.p.t.reportDrop(w.p.id, typ, reason, &dropSite{metrics: &w.p.metrics})
 }
 
 // discard drops m, taken off the queue and never to be written: what it was

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
 	"sync"
 	"time"
 
@@ -222,7 +221,7 @@ type Transport struct {
 	streamRts  [streamTypeEnd]*http.Transport
 	pipelineRt *http.Transport  // keep-alive connections, no deadlines
 	unixRts    []*unixTransport // their unix-socket transports
-	bulk       *bulkClock       // when MsgApps last streamed (yield.go)
+	bulk       *bulkClock       // when MsgApps last streamed (sched.go)
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -325,12 +324,7 @@ func (t *Transport) Handler() http.Handler {
 // once a second.
 func (t *Transport) Send(msgs []*raftpb.Message) {
 	if t.send(msgs) {
-		// A queue was full: the goroutine draining it is likely runnable
-		// and competing with the caller for the same cores. Yield once,
-		// so that it runs before more is queued; without this a caller
-		// sending in a loop kept a core to itself and the queue's writer
-		// delivered half as much (compat/bench, open loop).
-		runtime.Gosched()
+		yieldAfterFullQueue()
 	}
 }
 
@@ -348,7 +342,7 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 			continue
 		}
 		if r, ok := t.remotes[to]; ok {
-			r.send(m)
+			full = r.send(m) || full
 			continue
 		}
 		if !t.started || t.stopped {
@@ -361,11 +355,7 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 			continue
 		}
 		// Not a peer (yet): raft is told, as for any other drop.
-		t.metrics.droppedMessages.WithLabelValues(unknownPeerLabel, m.GetType().String(), dropUnknownPeer).Inc()
-		t.reportUnreachable(to)
-		if m.GetType() == raftpb.MsgSnap {
-			t.reportSnapshot(to, raft.SnapshotFailure)
-		}
+		t.reportDrop(to, m.GetType(), dropUnknownPeer, &dropSite{})
 		if ce := t.lg.Check(zap.DebugLevel, "ignored message send request; unknown remote peer target"); ce != nil {
 			ce.Write(zap.Stringer("type", m.GetType()), zap.String("unknown-target-peer-id", formatID(to)))
 		}
@@ -579,26 +569,6 @@ func (t *Transport) postCriticalError(err error) {
 	default:
 	}
 }
-
-// reportUnreachable and reportSnapshot are where every delivery failure
-// reaches raft. Once Stop has begun they report nothing: raft is shutting
-// down too (as with etcd, which reports nothing after Stop), and the
-// failures Stop itself causes (aborted writes, cancelled POSTs) are not the
-// peer's.
-func (t *Transport) reportUnreachable(id uint64) {
-	if t.reporting() {
-		t.Raft.ReportUnreachable(id)
-	}
-}
-
-func (t *Transport) reportSnapshot(id uint64, status raft.SnapshotStatus) {
-	if t.reporting() {
-		t.Raft.ReportSnapshot(id, status)
-	}
-}
-
-// reporting says whether failures reach raft: not once Stop has begun.
-func (t *Transport) reporting() bool { return !t.stopping() }
 
 // get returns the peer with the given id, if any.
 func (t *Transport) get(id uint64) (*peer, bool) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -73,7 +74,10 @@ type readResult struct {
 	took time.Duration
 }
 
-func TestDeadlineConnBulkRead(t *testing.T) {
+// TestSlicedConnRead checks how a message stream's Read waits: in slices
+// while bulk traffic flows, in one wait otherwise, and within the read
+// timeout either way.
+func TestSlicedConnRead(t *testing.T) {
 	tests := []struct {
 		name       string
 		rd         time.Duration
@@ -105,8 +109,8 @@ func TestDeadlineConnBulkRead(t *testing.T) {
 			defer server.Close()
 			cc := &countingConn{Conn: client}
 			clock := newBulkClock()
-			dc := &deadlineConn{Conn: cc, rd: tt.rd, bulk: clock}
-			defer dc.Close()
+			sc := newSlicedConn(cc, tt.rd, 0, clock)
+			defer sc.Close()
 
 			// Keep the clock busy (or start it) from another goroutine, as
 			// the bulk loops do, until the read returns.
@@ -143,7 +147,7 @@ func TestDeadlineConnBulkRead(t *testing.T) {
 			start := time.Now()
 			go func() {
 				b := make([]byte, 16)
-				n, err := dc.Read(b)
+				n, err := sc.Read(b)
 				done <- readResult{n, err, time.Since(start)}
 			}()
 			var actions <-chan time.Time
@@ -161,7 +165,7 @@ func TestDeadlineConnBulkRead(t *testing.T) {
 						t.Fatal(err)
 					}
 				} else {
-					dc.Close()
+					sc.Close()
 				}
 				res = <-done
 			case res = <-done:
@@ -203,8 +207,8 @@ func TestBulkClockWakesOnlyOnStart(t *testing.T) {
 	defer client.Close()
 	cc := &countingConn{Conn: client}
 	clock := newBulkClock()
-	dc := &deadlineConn{Conn: cc, bulk: clock}
-	clock.wait(dc)
+	sc := newSlicedConn(cc, 0, 0, clock)
+	clock.wait(sc)
 	now := time.Now()
 	steps := []struct {
 		name      string
@@ -221,12 +225,61 @@ func TestBulkClockWakesOnlyOnStart(t *testing.T) {
 			t.Fatalf("%s: %d wakes, want %d", s.name, got, s.wantKicks)
 		}
 	}
-	if !dc.kicked.Load() {
+	if !sc.kicked.Load() {
 		t.Error("kicked not set")
 	}
-	clock.done(dc)
+	clock.done(sc)
 	clock.stamp(now.Add(10 * busyFor))
 	if got := cc.deadlines.Load(); got != 2 {
 		t.Errorf("woke a connection no longer waiting: %d wakes", got)
+	}
+}
+
+// TestConnTimeouts checks that both stream connections bound each Read and
+// Write by their timeouts: a plain deadlineConn (msgappv2 streams) and a
+// slicedConn (message streams), which takes its Write from it, with the
+// bulk clock quiet and busy.
+func TestConnTimeouts(t *testing.T) {
+	const rd, wr = 3 * time.Second, 2 * time.Second
+	tests := []struct {
+		name string
+		conn func(c net.Conn, clock *bulkClock) net.Conn
+		busy bool
+	}{
+		{name: "deadlineConn", conn: func(c net.Conn, _ *bulkClock) net.Conn { return &deadlineConn{Conn: c, rd: rd, wr: wr} }},
+		{name: "slicedConn, quiet", conn: func(c net.Conn, clock *bulkClock) net.Conn { return newSlicedConn(c, rd, wr, clock) }},
+		{name: "slicedConn, busy", busy: true,
+			conn: func(c net.Conn, clock *bulkClock) net.Conn { return newSlicedConn(c, rd, wr, clock) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client, server := net.Pipe()
+				defer server.Close()
+				clock := newBulkClock()
+				c := tt.conn(client, clock)
+				defer c.Close()
+				if tt.busy {
+					clock.stamp(time.Now())
+				}
+				for _, op := range []struct {
+					name    string
+					do      func() error
+					timeout time.Duration
+				}{
+					{"Read", func() error { _, err := c.Read(make([]byte, 1)); return err }, rd},
+					{"Write", func() error { _, err := c.Write([]byte("x")); return err }, wr},
+				} {
+					start := time.Now()
+					err := op.do() // the server neither writes nor reads
+					if !errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Errorf("%s: %v, want a deadline exceeded", op.name, err)
+					}
+					if took := time.Since(start); took != op.timeout {
+						t.Errorf("%s gave up after %v, want %v", op.name, took, op.timeout)
+					}
+				}
+			})
+		})
 	}
 }
