@@ -30,11 +30,12 @@ import (
 //     unit of work by streamWriter.run (stream_writer.go, per message of a
 //     batch), streamReader.decodeLoop (stream_reader.go, per frame) and
 //     peer.processLoop (peer.go, per message handed to raft).
-//   - The msgappv2 loops among them stamp the transport's bulk clock
-//     (bulkClock, built by Transport.Start in transport.go): the writer and
-//     the reader through Transport.bulkYielder, the msgappv2 reader's
-//     process loop through the yielder startPeer (peer.go) gives it. The
-//     message streams' and the proposals' loops only yield.
+//   - The loops of a stream the streams table marks bulk (streams.go: the
+//     msgappv2 stream) stamp the transport's bulk clock (bulkClock, built
+//     by Transport.Start in transport.go). Transport.bulkYielder is the one
+//     place that reads the mark: it gives the writer, the reader and the
+//     process loop (peer.start, peer.go) of each stream their yielder. The
+//     message stream's and the proposals' loops only yield.
 //   - While the bulk clock is recent, the message streams' readers wait in
 //     the network poller with a deadline busyPollInterval away, and read
 //     again when it passes: the deadline is a runtime timer, which the
