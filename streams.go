@@ -24,8 +24,8 @@ import (
 //
 //   - PeerStats.Streams is an exported array with one element per type, and
 //     grows with it.
-//   - supportedStreams says which older etcd releases serve which types; none
-//     serves a new one, so no row changes. But supportsStream assumes that
+//   - servesEtcdStreams says which older etcd releases serve the two etcd
+//     types; none serves a new one. supportsStream assumes that
 //     a remote at least as new as us serves every type, and etcd members
 //     announce versions like ours: a type etcd does not serve must also be
 //     dialled only when both sides announced a feature for it (features.go).
@@ -193,39 +193,28 @@ func parseStreamType(seg string) (t streamType, ok bool) {
 	return 0, false
 }
 
-// majorMinor keys supportedStreams: only major.minor matters.
-type majorMinor struct{ major, minor uint64 }
-
-// supportedStreams lists, by the "major.minor.0" of a remote that is older
-// than us, which stream types it serves (spec §6.2). etcd 2.0 had no streams
-// we speak; every later release serves both.
-//
-// The lookup is by exact major.minor, and a release missing from the table
-// is taken to serve nothing, so every 3.x minor is listed: a gap would make
-// us refuse the streams of a real, perfectly compatible etcd release and fall
-// back to the pipeline for good. 3.8 is listed for the benefit of a local
-// version configured above it.
-var supportedStreams = map[majorMinor][]streamType{
-	{2, 0}: {},
-	{2, 1}: {streamTypeMsgAppV2, streamTypeMessage},
-	{2, 2}: {streamTypeMsgAppV2, streamTypeMessage},
-	{2, 3}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 0}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 1}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 2}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 3}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 4}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 5}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 6}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 7}: {streamTypeMsgAppV2, streamTypeMessage},
-	{3, 8}: {streamTypeMsgAppV2, streamTypeMessage},
+// servesEtcdStreams reports whether an etcd release, by major.minor, serves
+// the two stream types (spec §6.2): 2.0 served none we speak, 2.1 to 2.3
+// and 3.0 to 3.8 serve both. A release outside these is taken to serve
+// nothing; 3.8 is there for the benefit of a local version configured above
+// it.
+func servesEtcdStreams(v semver) bool {
+	switch v.major {
+	case 2:
+		return v.minor >= 1 && v.minor <= 3
+	case 3:
+		return v.minor <= 8
+	default:
+		return false
+	}
 }
 
 // supportsStream reports whether a remote at version remote serves stream
 // type t, from the point of view of a local member at version local (the
 // dialer's check, spec §6.2): a remote at least as new as us (by
-// major.minor) is assumed to serve both types; an older one must list t in
-// supportedStreams. An invalid t is never supported.
+// major.minor) is assumed to serve both types; an older one must be a
+// release that serves them (servesEtcdStreams). An invalid t is never
+// supported.
 func supportsStream(local, remote semver, t streamType) bool {
 	if t.endpoint() == "" {
 		return false
@@ -233,10 +222,5 @@ func supportsStream(local, remote semver, t streamType) bool {
 	if compareMajorMinor(remote, local) >= 0 {
 		return true
 	}
-	for _, st := range supportedStreams[majorMinor{remote.major, remote.minor}] {
-		if st == t {
-			return true
-		}
-	}
-	return false
+	return servesEtcdStreams(remote)
 }

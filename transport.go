@@ -424,12 +424,7 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 // ended and its connections are closed. Unknown ids are ignored.
 func (t *Transport) RemovePeer(id uint64) {
 	t.mu.Lock()
-	if t.stopped {
-		// Stop has every peer: wait for it, so that this returns only
-		// when the peer is gone, as it promises.
-		done := t.stopDone
-		t.mu.Unlock()
-		<-done
+	if t.awaitStopLocked() {
 		return
 	}
 	p, ok := t.peers[id]
@@ -449,6 +444,20 @@ func (t *Transport) RemovePeer(id uint64) {
 		zap.String("removed-remote-peer-id", formatID(id)))
 }
 
+// awaitStopLocked, called with t.mu held, reports whether Stop has begun.
+// If it has, it releases t.mu and waits for Stop to end first: Stop has
+// every peer, and a removal returns only when the peer is gone, as it
+// promises.
+func (t *Transport) awaitStopLocked() bool {
+	if !t.stopped {
+		return false
+	}
+	done := t.stopDone
+	t.mu.Unlock()
+	<-done
+	return true
+}
+
 // logger is the logger to use from methods that may run before Start.
 func (t *Transport) logger() *zap.Logger {
 	if t.lg == nil {
@@ -460,10 +469,7 @@ func (t *Transport) logger() *zap.Logger {
 // RemoveAllPeers removes every peer, as RemovePeer does.
 func (t *Transport) RemoveAllPeers() {
 	t.mu.Lock()
-	if t.stopped {
-		done := t.stopDone
-		t.mu.Unlock()
-		<-done
+	if t.awaitStopLocked() {
 		return
 	}
 	peers := t.peers
