@@ -181,34 +181,23 @@ func (r *remote) retire() {
 // to urls from now on (a request can claim any ID, so the URLs it gave are
 // not trusted over the user's). It returns ErrStopped after Stop.
 func (t *Transport) AddRemote(id uint64, urls []string) error {
-	us, err := parseURLs(urls)
-	if err != nil {
-		return err
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if err := t.checkRemoteIDLocked(id); err != nil {
-		return err
-	}
-	if _, ok := t.peers[id]; ok {
-		return nil
-	}
-	if r, ok := t.remotes[id]; ok {
-		if r.fromRequest {
-			r.fromRequest = false
-			t.requestRemotes--
-			t.setRemoteURLsLocked(r, us, urlsString(us))
-			t.lg.Info("adopted remote peer learnt from a request", zap.String("local-member-id", t.cfg.idStr),
-				zap.String("remote-peer-id", r.idStr), zap.String("remote-peer-urls", r.urlsKey))
+	return t.addMember(id, urls, t.checkRemoteIDLocked, func(us []url.URL) {
+		if r, ok := t.remotes[id]; ok {
+			if r.fromRequest {
+				r.fromRequest = false
+				t.requestRemotes--
+				t.setRemoteURLsLocked(r, us, urlsString(us))
+				t.lg.Info("adopted remote peer learnt from a request", zap.String("local-member-id", t.cfg.idStr),
+					zap.String("remote-peer-id", r.idStr), zap.String("remote-peer-urls", r.urlsKey))
+			}
+			return
 		}
-		return nil
-	}
-	r := newRemote(t, id, us, false)
-	r.start()
-	t.remotes[id] = r
-	t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
-		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
-	return nil
+		r := newRemote(t, id, us, false)
+		r.start()
+		t.remotes[id] = r
+		t.lg.Info("added new remote peer", zap.String("local-member-id", t.cfg.idStr),
+			zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
+	})
 }
 
 // checkRemoteIDLocked returns why id cannot become a remote now, if it

@@ -395,12 +395,18 @@ func (t *Transport) usableLocked() error {
 // served, and Send reaches it. Adding a known peer does nothing. Invalid URLs
 // are an error, and so is calling it after Stop (ErrStopped).
 func (t *Transport) AddPeer(id uint64, urls []string) error {
-	us, err := parseURLs(urls)
-	if err != nil {
-		return err
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	return t.addMember(id, urls, t.checkPeerIDLocked, func(us []url.URL) {
+		p := newPeer(t, id, us)
+		p.start()
+		t.peers[id] = p
+		t.lg.Info("added remote peer", zap.String("local-member-id", t.cfg.idStr),
+			zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
+	})
+}
+
+// checkPeerIDLocked refuses to add a peer once Stop has begun or before
+// Start, and refuses the IDs no member may have. t.mu must be held.
+func (t *Transport) checkPeerIDLocked(id uint64) error {
 	if err := t.usableLocked(); err != nil {
 		return err
 	}
@@ -409,14 +415,26 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 	if id == 0 || id == t.cfg.id || raft.IsLocalMsgTarget(id) {
 		return fmt.Errorf("rafthttp: AddPeer: invalid member ID %s", formatID(id))
 	}
+	return nil
+}
+
+// addMember is what AddPeer and AddRemote share: it parses urls, takes
+// t.mu, runs check on id, and calls add with the URLs unless id is already
+// a peer (adding a known peer does nothing).
+func (t *Transport) addMember(id uint64, urls []string, check func(uint64) error, add func([]url.URL)) error {
+	us, err := parseURLs(urls)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := check(id); err != nil {
+		return err
+	}
 	if _, ok := t.peers[id]; ok {
 		return nil
 	}
-	p := newPeer(t, id, us)
-	p.start()
-	t.peers[id] = p
-	t.lg.Info("added remote peer", zap.String("local-member-id", t.cfg.idStr),
-		zap.String("remote-peer-id", formatID(id)), zap.String("remote-peer-urls", urlsString(us)))
+	add(us)
 	return nil
 }
 
