@@ -404,20 +404,6 @@ func (t *Transport) AddPeer(id uint64, urls []string) error {
 	})
 }
 
-// checkPeerIDLocked refuses to add a peer once Stop has begun or before
-// Start, and refuses the IDs no member may have. t.mu must be held.
-func (t *Transport) checkPeerIDLocked(id uint64) error {
-	if err := t.usableLocked(); err != nil {
-		return err
-	}
-	// raft's local storage threads have IDs of their own, which no member
-	// may take: Send never sends to them.
-	if id == 0 || id == t.cfg.id || raft.IsLocalMsgTarget(id) {
-		return fmt.Errorf("rafthttp: AddPeer: invalid member ID %s", formatID(id))
-	}
-	return nil
-}
-
 // addMember is what AddPeer and AddRemote share: it parses urls, takes
 // t.mu, runs check on id, and calls add with the URLs unless id is already
 // a peer (adding a known peer does nothing).
@@ -435,6 +421,20 @@ func (t *Transport) addMember(id uint64, urls []string, check func(uint64) error
 		return nil
 	}
 	add(us)
+	return nil
+}
+
+// checkPeerIDLocked refuses to add a peer once Stop has begun or before
+// Start, and refuses the IDs no member may have. t.mu must be held.
+func (t *Transport) checkPeerIDLocked(id uint64) error {
+	if err := t.usableLocked(); err != nil {
+		return err
+	}
+	// raft's local storage threads have IDs of their own, which no member
+	// may take: Send never sends to them.
+	if id == 0 || id == t.cfg.id || raft.IsLocalMsgTarget(id) {
+		return fmt.Errorf("rafthttp: AddPeer: invalid member ID %s", formatID(id))
+	}
 	return nil
 }
 
