@@ -121,20 +121,28 @@
 //
 //   - transport.go: the Transport's life (Start, Stop, membership, Send,
 //     Handler); config.go: every Default and the validation of the fields;
-//     dial.go: the HTTP clients and connections we dial.
+//     dial.go: the HTTP clients and connections we dial; faults.go: Pause
+//     and CutPeer.
 //   - peer.go, remote.go: a member we talk to, and one we only answer;
-//     stream.go: the stream writers and readers; pipeline.go: POST /raft.
-//   - coder.go, msgappv2_codec.go: the two stream codecs;
+//     streams.go: the table of stream types (a new stream type is a row
+//     there plus a codec); stream_writer.go, stream_reader.go: the two ends
+//     of a stream; pipeline.go: POST /raft.
+//   - coder.go, msgappv2_codec.go: the two stream codecs (compression of
+//     msgappv2 would go in its codec, switched on by a feature);
 //     internal/raftproto: the protobuf codec and what decoding costs.
+//   - protocol.go: routes, headers, IDs, the checks on requests and the
+//     meaning of answers; features.go: negotiation (a new extension is a
+//     feature token there, used only when the peer announced it too);
+//     version.go: semver; errors.go: every exported error.
 //   - http.go: the raft handlers (server.go: the http.Server recipe);
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
 //     readahead.go: snapshots.
-//   - budget.go: what received messages may hold; send_budget.go: what may
-//     be queued to a peer; drops.go: where a lost message is told to raft,
-//     counted and logged; warnlog.go: rate-limited warnings.
-//   - protocol.go: routes, headers, IDs, the checks on requests and the
-//     meaning of answers; version.go: semver; features.go: negotiation;
-//     errors.go: every exported error; metrics.go, stats.go,
-//     peer_status.go, probing_status.go: what is observed; sched.go: the
-//     scheduler measures.
+//   - drops.go: the one place a lost message is told to raft, counted and
+//     logged; budget.go: what received messages may hold; send_budget.go:
+//     what may be queued to a peer; warnlog.go: rate-limited warnings.
+//   - sched.go: every measure taken about Go's scheduler, and where each
+//     is applied; metrics.go, stats.go, peer_status.go, probing_status.go:
+//     what is observed.
+//   - internal/rafttest: a raft member for tests, shared with compat/;
+//     internal/faultnet: a fault-injecting TCP proxy for tests.
 package rafthttp
