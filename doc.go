@@ -74,7 +74,7 @@
 // speed, heartbeats and votes are not held up behind them by Go's
 // scheduler, which polls the network rarely when every core is busy: the
 // bulk loops give way now and then and message streams look at their
-// socket often (yield.go says how and where). A snapshot being received is
+// socket often (sched.go says how and where). A snapshot being received is
 // read from the network ahead of the store, so that receiving and writing
 // overlap. Figures, and what is left, are in compat/BENCHMARKS.md.
 //

@@ -14,7 +14,7 @@ import (
 // the other writes frames into the response. The types differ only in what
 // the streams table below says: the path segment, names in logs, stats and
 // metrics, which messages they carry, the codec, the HTTP client the reader
-// dials with, and whether the stream carries the bulk traffic (yield.go).
+// dials with, and whether the stream carries the bulk traffic (sched.go).
 // The peer holds its writers and readers in arrays indexed by type, and
 // walks them in streamTypes order.
 //
@@ -152,7 +152,7 @@ var streams = [streamTypeEnd]streamDesc{
 			return d
 		},
 		// Heartbeats and votes must not wait behind bulk traffic for the
-		// network poller (yield.go).
+		// network poller (sched.go).
 		client: rtSlicedStream,
 	},
 }
