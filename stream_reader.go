@@ -193,6 +193,10 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 	return resp.Body, nil
 }
 
+// recvFlushEvery bounds how many received messages a stream reader counts
+// before publishing them to its metrics.
+const recvFlushEvery = 256
+
 // decodeLoop decodes messages until the stream fails and hands them on:
 // proposals to propc, dropped if it is full; everything else to the stream's
 // own recvc, where a full queue makes the reader wait, and TCP push back to

@@ -547,10 +547,6 @@ func (w *streamWriter) run(ctx context.Context) {
 	}
 }
 
-// recvFlushEvery bounds how many received messages a stream reader counts
-// before publishing them to its metrics.
-const recvFlushEvery = 256
-
 // reprobeDelay is how long after a probe of a stream whose request ended,
 // or whose peer's reader lost its stream, the writer probes again: time for
 // a closed connection's reset to come back. It probes maxReprobes times
