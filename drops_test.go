@@ -24,7 +24,7 @@ func TestDropCounterCache(t *testing.T) {
 			for range 3 {
 				pm.drop(tt.typ, tt.reason)
 			}
-			got := metricSum(t, m.droppedMessages, map[string]string{"Peer": "7", "Type": tt.typ.String(), "Reason": tt.reason})
+			got := metricValue(t, gathered(t, m.droppedMessages), "", map[string]string{"Peer": "7", "Type": tt.typ.String(), "Reason": tt.reason})
 			if got != 3 {
 				t.Errorf("dropped_messages_total{%s,%s} = %v, want 3", tt.typ, tt.reason, got)
 			}

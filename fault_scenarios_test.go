@@ -3,8 +3,6 @@ package rafthttp
 import (
 	"context"
 	"fmt"
-	"io"
-	"log"
 	"maps"
 	"runtime"
 	"slices"
@@ -41,17 +39,17 @@ import (
 // cores (link heartbeats go out every third of it).
 const faultReadTimeout = 500 * time.Millisecond
 
-// faultTransport configures a transport of the scenarios: short timeouts,
-// and warnings only in the log.
-func faultTransport(t testing.TB) func(*Transport) {
-	return func(tr *Transport) {
-		tr.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))
-		tr.ConnReadTimeout = faultReadTimeout
-		tr.ConnWriteTimeout = 2 * faultReadTimeout
-		tr.PipelineTimeout = 2 * faultReadTimeout
-		tr.DialTimeout = faultReadTimeout
-		tr.DialRetryMin, tr.DialRetryMax = 10*time.Millisecond, 100*time.Millisecond
-	}
+// faultTimeouts is the preset of the scenarios' transports: short
+// timeouts, and warnings only in the log.
+func faultTimeouts(t testing.TB) nodeOption {
+	return options(withLogger(zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))),
+		withDialRetry(10*time.Millisecond, 100*time.Millisecond),
+		withConfig(func(tr *Transport) {
+			tr.ConnReadTimeout = faultReadTimeout
+			tr.ConnWriteTimeout = 2 * faultReadTimeout
+			tr.PipelineTimeout = 2 * faultReadTimeout
+			tr.DialTimeout = faultReadTimeout
+		}))
 }
 
 // newFaultNet returns a network closed at the end of the test. Create it
@@ -92,61 +90,17 @@ func wireThroughProxies(t testing.TB, fnet *faultnet.Network, nodes map[uint64]*
 	return proxies
 }
 
-// faultOptions adjusts the raft members of a fault cluster.
-type faultOptions struct {
-	// etcdRaft turns on CheckQuorum and PreVote, as etcd runs raft: a
-	// leader that hears from no quorum steps down, and a member that
-	// cannot win does not disrupt the others.
-	etcdRaft bool
-}
-
-// newFaultMember is newRaftMember with the scenarios' transport settings,
-// raft options, and a restart mode: with a storage, the member restarts
-// from it (raft.RestartNode) on the given address.
-func newFaultMember(t testing.TB, id uint64, peers []raft.Peer, o faultOptions, storage *raft.MemoryStorage, addr string) *raftMember {
-	t.Helper()
-	restart := storage != nil
-	if !restart {
-		storage = raft.NewMemoryStorage()
-	}
-	m := &raftMember{t: t, id: id, storage: storage, stopc: make(chan struct{}), done: make(chan struct{})}
-	cfg := &raft.Config{
-		ID:              id,
-		ElectionTick:    10,
-		HeartbeatTick:   1,
-		Storage:         storage,
-		MaxSizePerMsg:   1 << 20,
-		MaxInflightMsgs: 256,
-		CheckQuorum:     o.etcdRaft,
-		PreVote:         o.etcdRaft,
-		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}
-	if restart {
-		m.node = raft.RestartNode(cfg)
-	} else {
-		m.node = raft.StartNode(cfg, peers)
-	}
-	t.Cleanup(m.node.Stop)
-	configure := faultTransport(t)
-	m.net = newE2ENode(t, id, e2eOptions{addr: addr, configure: func(tr *Transport) {
-		configure(tr)
-		tr.Raft = &raftAdapter{node: m.node}
-	}})
-	t.Cleanup(m.stop)
-	return m
-}
-
 // faultCluster is a raft cluster whose members reach each other through
 // per-pair proxies.
 type faultCluster struct {
 	t       *testing.T
-	opts    faultOptions
+	opts    memberOptions
 	ids     []uint64
 	members map[uint64]*raftMember
 	proxy   map[pairKey]*faultnet.Proxy
 }
 
-func newFaultCluster(t *testing.T, n int, o faultOptions) *faultCluster {
+func newFaultCluster(t *testing.T, n int, o memberOptions) *faultCluster {
 	t.Helper()
 	fnet := newFaultNet(t, int64(n))
 	c := &faultCluster{t: t, opts: o, members: map[uint64]*raftMember{}}
@@ -157,7 +111,7 @@ func newFaultCluster(t *testing.T, n int, o faultOptions) *faultCluster {
 	}
 	nets := map[uint64]*testNode{}
 	for _, id := range c.ids {
-		m := newFaultMember(t, id, peers, o, nil, "")
+		m := newRaftMember(t, id, peers, c.memberOptions())
 		c.members[id] = m
 		nets[id] = m.net
 	}
@@ -166,6 +120,14 @@ func newFaultCluster(t *testing.T, n int, o faultOptions) *faultCluster {
 		m.start()
 	}
 	return c
+}
+
+// memberOptions are the options of the cluster's members, on the
+// scenarios' transports.
+func (c *faultCluster) memberOptions(node ...nodeOption) memberOptions {
+	o := c.opts
+	o.node = append([]nodeOption{faultTimeouts(c.t)}, node...)
+	return o
 }
 
 // view returns the members ids as a raftCluster, to elect and commit among
@@ -255,7 +217,7 @@ func converged(v *raftCluster, not uint64) bool {
 func TestFaultScenarioLeaderPartitioned(t *testing.T) {
 	for _, n := range []int{3, 5} {
 		t.Run(fmt.Sprintf("%d members", n), func(t *testing.T) {
-			c := newFaultCluster(t, n, faultOptions{})
+			c := newFaultCluster(t, n, memberOptions{})
 			all := c.all()
 			old := all.waitLeader()
 			before, _ := all.commit(proposals("before", 20), roundRobin(all.live()))
@@ -312,7 +274,7 @@ func TestFaultScenarioOneWayPartition(t *testing.T) {
 		{"leader can receive but not send", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newFaultCluster(t, 3, faultOptions{etcdRaft: true})
+			c := newFaultCluster(t, 3, memberOptions{etcdRaft: true})
 			all := c.all()
 			old := all.waitLeader()
 			before, _ := all.commit(proposals("before", 20), roundRobin(all.live()))
@@ -356,7 +318,7 @@ func paddedProposals(prefix string, n, size int) []string {
 // measured the same way before: a slow peer holds up nobody else. After
 // the heal the slow follower catches up.
 func TestFaultScenarioSlowFollower(t *testing.T) {
-	c := newFaultCluster(t, 3, faultOptions{})
+	c := newFaultCluster(t, 3, memberOptions{})
 	all := c.all()
 	lead := all.waitLeader()
 	all.commit(proposals("warm", 50), roundRobin(all.live()))
@@ -431,7 +393,7 @@ func newFaultMesh(t *testing.T, n int, seed int64) *faultMesh {
 	m := &faultMesh{nodes: map[uint64]*testNode{}}
 	for i := range n {
 		id := uint64(i + 1)
-		m.nodes[id] = newE2ENode(t, id, e2eOptions{configure: faultTransport(t)})
+		m.nodes[id] = newNode(t, withID(id), faultTimeouts(t))
 	}
 	m.proxy = wireThroughProxies(t, fnet, m.nodes)
 	for _, a := range m.nodes {
@@ -538,8 +500,8 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fnet := newFaultNet(t, 2)
-			a := newE2ENode(t, 1, e2eOptions{configure: faultTransport(t)})
-			b := newE2ENode(t, 2, e2eOptions{configure: faultTransport(t)})
+			a := newNode(t, withID(1), faultTimeouts(t))
+			b := newNode(t, withID(2), faultTimeouts(t))
 			var px [2]*faultnet.Proxy
 			for i := range px {
 				p, err := fnet.Proxy(b.srv.Listener.Addr().String())
@@ -569,7 +531,7 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 			if reached > tc.bound {
 				t.Errorf("node 1's streams reached node 2 through the second URL after %v, want within %v", reached, tc.bound)
 			}
-			a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 5)}) // by the pipeline
+			a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(5))}) // by the pipeline
 			if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetCommit() != 5 {
 				t.Errorf("got %v commit %d, want MsgSnap commit 5", got.GetType(), got.GetCommit())
 			}
@@ -585,7 +547,7 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 // restarts it from its storage on the same address: every stream between it
 // and the others re-attaches, and it catches up.
 func TestFaultScenarioRestart(t *testing.T) {
-	c := newFaultCluster(t, 3, faultOptions{})
+	c := newFaultCluster(t, 3, memberOptions{})
 	all := c.all()
 	lead := all.waitLeader()
 	all.commit(proposals("before", 50), roundRobin(all.live()))
@@ -598,7 +560,9 @@ func TestFaultScenarioRestart(t *testing.T) {
 	rest.commit(proposals("down", 50), roundRobin(rest.live()))
 
 	restartedAt := time.Now()
-	m := newFaultMember(t, f, nil, c.opts, old.storage, addr)
+	o := c.memberOptions(listenOn(addr))
+	o.storage = old.storage
+	m := newRaftMember(t, f, nil, o)
 	if m.net.url != old.net.url {
 		t.Fatalf("restarted on %s, want %s", m.net.url, old.net.url)
 	}
@@ -647,8 +611,8 @@ func TestFaultScenarioFlood(t *testing.T) {
 		// slow peer cannot take in time, and exceed it.
 		floodHeapBound = 64 << 20
 	)
-	a := newE2ENode(t, 1, e2eOptions{configure: faultTransport(t)})
-	b := newE2ENode(t, 2, e2eOptions{configure: faultTransport(t)})
+	a := newNode(t, withID(1), faultTimeouts(t))
+	b := newNode(t, withID(2), faultTimeouts(t))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 	waitStreams(t, b, a)
@@ -720,7 +684,7 @@ func TestFaultScenarioFlood(t *testing.T) {
 	stopSampler()
 
 	da, db := dropped()
-	queueFull := int64(metricSum(t, a.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Reason": dropQueueFull}))
+	queueFull := int64(metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Reason": dropQueueFull}))
 	if reports := int64(a.raft.unreachableCount(2)); reports < queueFull {
 		t.Errorf("got %d ReportUnreachable(2), want at least one per message dropped on a full queue, %d", reports, queueFull)
 	}

@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -34,30 +32,21 @@ const (
 	htClusterID = 0xbeef1000
 )
 
+// htLocal is the preset of the transport under test: member a1 of cluster
+// beef1000, unserved (requests go through its Handler), and retrying its
+// dials to b2, which nothing serves, at a modest pace.
+func htLocal() nodeOption {
+	return options(withID(htLocalID), withClusterID(htClusterID), unserved(),
+		withDialRetry(50*time.Millisecond, 500*time.Millisecond))
+}
+
 // htEnv is one started transport under test, not served: requests go
 // through its Handler with httptest recorders.
 type htEnv struct {
 	tr    *Transport
 	raft  *fakeRaft
-	store *htStore
+	store *memStore
 	rec   *httptest.ResponseRecorder
-}
-
-// newHTTransport starts a transport for member a1 with a fakeRaft, stopped at
-// the end of the test. configure, if not nil, adjusts it before Start.
-func newHTTransport(t testing.TB, configure func(*Transport)) (*Transport, *fakeRaft) {
-	t.Helper()
-	fr := newFakeRaft()
-	tr := &Transport{ID: htLocalID, ClusterID: htClusterID, Raft: fr, Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 50 * time.Millisecond, DialRetryMax: 500 * time.Millisecond}
-	if configure != nil {
-		configure(tr)
-	}
-	if err := tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(tr.Stop)
-	return tr, fr
 }
 
 // htAddPeer adds member b2 at an address nothing listens on: its stream
@@ -106,21 +95,6 @@ func setHeader(name, value string) func(http.Header) {
 
 func delHeader(name string) func(http.Header) {
 	return func(h http.Header) { h.Del(name) }
-}
-
-// htMessage is a message from b2 to a1 of the given type.
-func htMessage(typ raftpb.MessageType) *raftpb.Message {
-	return &raftpb.Message{Type: typ.Enum(), To: proto.Uint64(htLocalID), From: proto.Uint64(htPeerID),
-		Term: proto.Uint64(4), LogTerm: proto.Uint64(4), Index: proto.Uint64(10), Commit: proto.Uint64(9),
-		Entries: []*raftpb.Entry{{Term: proto.Uint64(4), Index: proto.Uint64(11), Data: []byte("put x=1")}}}
-}
-
-// htSnapMessage is a MsgSnap from b2 to a1.
-func htSnapMessage() *raftpb.Message {
-	return &raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: proto.Uint64(htLocalID), From: proto.Uint64(htPeerID),
-		Term: proto.Uint64(4), Snapshot: &raftpb.Snapshot{
-			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(12), Term: proto.Uint64(4),
-				ConfState: &raftpb.ConfState{Voters: []uint64{htLocalID, htPeerID}}}}}
 }
 
 func htMarshal(t testing.TB, m *raftpb.Message) []byte {
@@ -190,36 +164,6 @@ func (htRemovedError) WriteTo(w http.ResponseWriter) {
 	io.WriteString(w, htRemovedBody)
 }
 
-// htStore is a SnapshotStore that keeps what it is given in memory.
-type htStore struct {
-	err error // returned after reading the payload, if set
-
-	mu       sync.Mutex
-	msgs     []*raftpb.Message
-	payloads [][]byte
-}
-
-func (s *htStore) SaveSnapshot(_ context.Context, m *raftpb.Message, r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if s.err != nil {
-		return s.err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.msgs = append(s.msgs, m)
-	s.payloads = append(s.payloads, b)
-	return nil
-}
-
-func (s *htStore) saved() ([]*raftpb.Message, [][]byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]*raftpb.Message(nil), s.msgs...), append([][]byte(nil), s.payloads...)
-}
-
 // htCase is one request to a handler and the response it must get.
 type htCase struct {
 	name      string
@@ -241,15 +185,15 @@ type htCase struct {
 
 // htRun serves tc on a fresh transport and checks the response.
 func htRun(t *testing.T, tc htCase, kind htKind, method, path string, body func(t *testing.T) io.Reader) {
-	store := &htStore{err: tc.storeErr}
-	tr, fr := newHTTransport(t, func(tr *Transport) {
+	store := &memStore{err: tc.storeErr}
+	tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 		if !tc.noStore {
 			tr.SnapshotStore = store
 		}
 		if tc.configure != nil {
 			tc.configure(tr)
 		}
-	})
+	})).parts()
 	e := &htEnv{tr: tr, raft: fr, store: store, rec: httptest.NewRecorder()}
 	if tc.setup != nil {
 		tc.setup(t, e)
@@ -361,13 +305,13 @@ func htVersionCases(extra map[string]string) []htCase {
 }
 
 func TestServePipeline(t *testing.T) {
-	valid := htMessage(raftpb.MsgApp)
+	valid := newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1"))
 	validBody := func(t *testing.T) io.Reader { return bytes.NewReader(htMarshal(t, valid)) }
 	small := func(tr *Transport) { tr.MaxMessageBytes = 1024 }
 	pad := func(m *raftpb.Message, n int) { m.Context = make([]byte, n) }
 	sized := func(n int, unsized bool) func(t *testing.T) io.Reader {
 		return func(t *testing.T) io.Reader {
-			_, b := htPadded(t, htMessage(raftpb.MsgApp), n, pad)
+			_, b := htPadded(t, newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")), n, pad)
 			if unsized {
 				return htUnsized{bytes.NewReader(b)}
 			}
@@ -478,10 +422,10 @@ func (zeroReader) Read(p []byte) (int, error) {
 // pipeline handler does when Process fails: it answers 500, flushes, and
 // aborts the connection by panicking with http.ErrAbortHandler.
 func TestServePipelineProcessErrorRecorder(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	fr.setProcess(func(context.Context, *raftpb.Message) error { return errors.New("raft is down") })
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodPost, "/raft", bytes.NewReader(htMarshal(t, htMessage(raftpb.MsgApp))))
+	req := httptest.NewRequest(http.MethodPost, "/raft", bytes.NewReader(htMarshal(t, newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))))
 	req.Header = htHeaders(htPipeline)
 
 	var p any
@@ -564,7 +508,7 @@ func newHTClient(t testing.TB) *http.Client {
 // connection, so the client cannot reuse it, and that the handler panics
 // with nothing but http.ErrAbortHandler.
 func TestServePipelineProcessErrorAbortsConnection(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	fr.setProcess(func(_ context.Context, m *raftpb.Message) error {
 		if string(m.GetContext()) == "fail" {
 			return errors.New("raft is down")
@@ -577,7 +521,7 @@ func TestServePipelineProcessErrorAbortsConnection(t *testing.T) {
 	// post sends one message and reports the response and whether it went
 	// over a reused connection.
 	post := func(ctxData string) (code int, body string, reused bool, err error) {
-		m := htMessage(raftpb.MsgHeartbeat)
+		m := newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)
 		m.Context = []byte(ctxData)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -664,13 +608,13 @@ func TestServePipelineAddsRemote(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			if tc.knownPeer {
 				if err := tr.AddPeer(htStranger, []string{"http://" + freeAddr(t)}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			body := htMarshal(t, htMessage(raftpb.MsgApp))
+			body := htMarshal(t, newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))
 			wantCode := 204
 			if tc.garbage {
 				body, wantCode = []byte("\xff\xff\xff"), 400
@@ -820,7 +764,7 @@ func TestServeStreamAttach(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
 			htAddPeer(t, tr)
 			srv := newHTServer(t, tr)
 			client := newHTClient(t)
@@ -868,7 +812,7 @@ func TestServeStreamAttach(t *testing.T) {
 // its open stream responses. The writer aborts a stream it stops (it may be
 // blocked on a remote that does not read), so the end may be abrupt.
 func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
-	tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
+	tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
 	htAddPeer(t, tr)
 	srv := newHTServer(t, tr)
 	client := newHTClient(t)
@@ -895,7 +839,7 @@ func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
 // stream type replaces the first: the first response ends and the writer
 // keeps working on the second.
 func TestServeStreamReplacedConnection(t *testing.T) {
-	tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
+	tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
 	htAddPeer(t, tr)
 	srv := newHTServer(t, tr)
 	client := newHTClient(t)
@@ -921,7 +865,7 @@ func TestServeStreamReplacedConnection(t *testing.T) {
 }
 
 func TestServeSnapshot(t *testing.T) {
-	snap := htSnapMessage()
+	snap := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
 	payload := bytes.Repeat([]byte("database bytes "), 1000)
 	body := func(env []byte, rest []byte, unsized bool) func(t *testing.T) io.Reader {
 		return func(t *testing.T) io.Reader {
@@ -965,12 +909,12 @@ func TestServeSnapshot(t *testing.T) {
 	}
 	snapPad := func(m *raftpb.Message, n int) { m.Snapshot.Data = make([]byte, n) }
 	sizedEnv := func(n int) []byte {
-		_, b := htPadded(t, htSnapMessage(), n, snapPad)
+		_, b := htPadded(t, newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12), n, snapPad)
 		return append(binary.BigEndian.AppendUint64(nil, uint64(n)), b...)
 	}
 	hugePrefix := binary.BigEndian.AppendUint64(nil, 1<<63)
 	smallEnv := func(tr *Transport) { tr.MaxSnapshotEnvelopeBytes = 1024 }
-	msgApp := htMessage(raftpb.MsgApp)
+	msgApp := newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1"))
 	garbage := append(binary.BigEndian.AppendUint64(nil, 4), 0xff, 0xff, 0xff, 0xff)
 
 	cases := []htCase{
@@ -1058,7 +1002,7 @@ func htLimitBody(next func(t *testing.T, e *htEnv)) func(t *testing.T, e *htEnv)
 }
 
 func TestServeProbing(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		t.Run(method, func(t *testing.T) {
@@ -1092,7 +1036,7 @@ func TestServeProbing(t *testing.T) {
 }
 
 func TestServeHTTPUnknownPath(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	for _, path := range []string{"/raft/other", "/raft/", "/raft/snapshot/x", "/raft/probing/x", "/", "/version"} {
 		t.Run(path, func(t *testing.T) {
@@ -1109,7 +1053,7 @@ func TestServeHTTPUnknownPath(t *testing.T) {
 // the transport is stopped: a stream dial finds no peer, and a POST still
 // reaches raft (the application decides when to stop serving).
 func TestServeHTTPStoppedTransport(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	htAddPeer(t, tr)
 	tr.Stop()
 	h := tr.Handler()
@@ -1122,8 +1066,8 @@ func TestServeHTTPStoppedTransport(t *testing.T) {
 		body               []byte
 	}{
 		{"stream", http.MethodGet, "/raft/stream/message/b2", htStream, nil},
-		{"pipeline", http.MethodPost, "/raft", htPipeline, htMarshal(t, htMessage(raftpb.MsgApp))},
-		{"snapshot", http.MethodPost, "/raft/snapshot", htSnapshot, htEnvelope(t, htSnapMessage())},
+		{"pipeline", http.MethodPost, "/raft", htPipeline, htMarshal(t, newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))},
+		{"snapshot", http.MethodPost, "/raft/snapshot", htSnapshot, htEnvelope(t, newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := httptest.NewRequest(tc.method, tc.path, bytes.NewReader(tc.body))

@@ -52,7 +52,7 @@ func TestPeerPick(t *testing.T) {
 				{raftpb.MsgProp, tc.want.prop},
 				{raftpb.MsgHeartbeat, tc.want.heartbeat},
 			} {
-				ch, name := p.pick(testMsg(c.typ, 1))
+				ch, name := p.pick(newMsg(c.typ, 1, 2, 10, withCommit(1)))
 				if name != c.want {
 					t.Errorf("%v: got channel %q, want %q", c.typ, name, c.want)
 				}
@@ -68,33 +68,33 @@ func TestPeerPick(t *testing.T) {
 // dropped without delivery and without a report to raft (etcd's semantics,
 // these are test hooks), and counted; once mended, they flow again.
 func TestPeerCutMend(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
 	a.tr.CutPeer(2)
 	const cut = 20
 	for i := range cut {
-		a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, uint64(i)), testMsg(raftpb.MsgApp, uint64(i)),
-			testMsg(raftpb.MsgSnap, uint64(i))})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(uint64(i))), newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(uint64(i))),
+			newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(uint64(i)))})
 	}
-	if got := metricSum(t, a.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Reason": dropPaused}); got != 3*cut {
+	if got := metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Reason": dropPaused}); got != 3*cut {
 		t.Errorf("got %v messages counted as dropped while paused, want %d", got, 3*cut)
 	}
 	a.tr.MendPeer(2)
 	// A marker sent after the mend, on the same stream as the cut
 	// heartbeats: if any of those had been queued, it would arrive first.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 1000)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1000))})
 	if got := b.raft.recv(t); got.GetCommit() != 1000 {
 		t.Errorf("got %v commit %d first after the mend, want the marker (commit 1000)", got.GetType(), got.GetCommit())
 	}
 	// The MsgApp and MsgSnap queues carry nothing from the cut either.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1001)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1001))})
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgApp || got.GetCommit() != 1001 {
 		t.Errorf("got %v commit %d, want MsgApp commit 1001", got.GetType(), got.GetCommit())
 	}
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1002)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1002))})
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetCommit() != 1002 {
 		t.Errorf("got %v commit %d, want MsgSnap commit 1002", got.GetType(), got.GetCommit())
 	}
@@ -110,23 +110,25 @@ func TestPeerCutMend(t *testing.T) {
 // TestPeerCutDropsReceived checks that a cut peer also drops what it
 // receives on its streams, and receives again once mended.
 func TestPeerCutDropsReceived(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 	waitStreams(t, b, a)
 
-	received := func() float64 { return metricSum(t, b.tr.metrics.receivedBytes, map[string]string{"From": "1"}) }
+	received := func() float64 {
+		return metricValue(t, gathered(t, b.tr.metrics.receivedBytes), "", map[string]string{"From": "1"})
+	}
 	before := received()
 	b.tr.CutPeer(1) // b drops what it reads from a's streams
-	m := testMsg(raftpb.MsgHeartbeat, 1)
+	m := newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1))
 	m.Context = make([]byte, 4096) // far more than link heartbeats add meanwhile
 	a.tr.Send([]*raftpb.Message{m})
 	// The frame was read (the received byte counter moved past it) but not
 	// handed to raft.
 	waitFor(t, "b to read the cut message", func() bool { return received() >= before+4096 })
 	b.tr.MendPeer(1)
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 3)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(3))})
 	if got := b.raft.recv(t); got.GetCommit() != 3 {
 		t.Errorf("got %v commit %d first after the mend, want the heartbeat with commit 3", got.GetType(), got.GetCommit())
 	}

@@ -45,7 +45,7 @@ func (l *postLog) count() int {
 // handler is post, and a transport with ID 1 that has it as peer 2.
 func pipelinePeer(t *testing.T, post http.HandlerFunc, configure func(*Transport)) (*Transport, *fakeRaft) {
 	t.Helper()
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != RaftPrefix {
 			w.Header().Set(headerServerVersion, DefaultServerVersion)
 			http.Error(w, "error sender not found", http.StatusNotFound)
@@ -53,7 +53,7 @@ func pipelinePeer(t *testing.T, post http.HandlerFunc, configure func(*Transport
 		}
 		post(w, r)
 	})
-	tr, fr := newClientTransport(t, 1, configure)
+	tr, fr := newNode(t, withID(1), unserved(), withConfig(configure)).parts()
 	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestPipelinePostRequest(t *testing.T) {
 		tr.ClusterID = 0xABCDEF
 		tr.URLs = []string{"http://127.0.0.1:2380", "http://10.0.0.1:2380"}
 	})
-	m := testMsg(raftpb.MsgSnap, 7)
+	m := newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(7))
 	m.Entries = []*raftpb.Entry{{Term: proto.Uint64(3), Index: proto.Uint64(11), Data: []byte("data")}}
 	tr.Send([]*raftpb.Message{m})
 	waitFor(t, "the POST to complete", func() bool { return len(r.snapshotReports()) == 1 })
@@ -131,7 +131,7 @@ func TestPipelineResponseStatus(t *testing.T) {
 			tr, r := pipelinePeer(t, func(w http.ResponseWriter, _ *http.Request) {
 				w.WriteHeader(tc.status)
 			}, nil)
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))})
 			waitFor(t, "the snapshot report", func() bool { return len(r.snapshotReports()) == 1 })
 			wantStatus, wantUnreachable := raft.SnapshotFinish, 0
 			if !tc.ok {
@@ -148,7 +148,7 @@ func TestPipelineResponseStatus(t *testing.T) {
 				return
 			}
 			// Any other message: only the unreachable report.
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 2)})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(2))})
 			waitFor(t, "the second unreachable report", func() bool { return r.unreachableCount(2) == 2 })
 			if got := len(r.snapshotReports()); got != 1 {
 				t.Errorf("got %d snapshot reports, want 1", got)
@@ -224,7 +224,7 @@ func TestPipelineTimeoutCutsHungPost(t *testing.T) {
 		tr.PipelineWorkers = 1
 	})
 	start := time.Now()
-	tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1), testMsg(raftpb.MsgHeartbeat, 2)})
+	tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1)), newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(2))})
 	waitFor(t, "both POSTs to fail", func() bool { return r.unreachableCount(2) == 2 })
 	took := time.Since(start)
 	t.Logf("two hung POSTs failed after %v (timeout %v each)", took, timeout)
@@ -249,7 +249,7 @@ func TestPipelineStopWithBlockedPosts(t *testing.T) {
 		<-r.Context().Done() // never answers
 	}, nil)
 	for i := range 40 {
-		tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, uint64(i))})
+		tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(uint64(i)))})
 	}
 	waitFor(t, "every worker to be stuck in a POST", func() bool { return posts.Load() == DefaultPipelineWorkers })
 	start := time.Now()
@@ -297,7 +297,7 @@ func TestPipelineMsgSnapProgress(t *testing.T) {
 			}, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
 			t.Cleanup(func() { close(hang) }) // before the server closes (cleanups run last first)
 
-			m := testMsg(raftpb.MsgSnap, 1)
+			m := newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))
 			m.Snapshot.Data = make([]byte, tc.data)
 			bound := snapshotAnswerTimeout(progress, int64(raftproto.MessageSize(m)))
 			start := time.Now()
@@ -315,7 +315,7 @@ func TestPipelineMsgSnapProgress(t *testing.T) {
 			if took < progress-50*time.Millisecond || took > bound+2*time.Second {
 				t.Errorf("reported %v after Send, want between %v and %v", took, progress, bound+2*time.Second)
 			}
-			if got := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Type": "MsgSnap", "Reason": dropSendFailed}); got != 1 {
+			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Type": "MsgSnap", "Reason": dropSendFailed}); got != 1 {
 				t.Errorf("%v MsgSnap drops counted as send_failed, want 1", got)
 			}
 			if got := posts.Load(); got != 1 {
@@ -354,17 +354,17 @@ func TestPipelineStopReportsHeld(t *testing.T) {
 				tr.PipelineWorkers = 1
 				tr.SnapshotProgressTimeout = time.Minute
 			})
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))})
 			waitFor(t, "the MsgSnap to be posted", func() bool { return posts.Load() == 1 })
 			for i, typ := range queued {
-				tr.Send([]*raftpb.Message{testMsg(typ, uint64(2+i))})
+				tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(2+i)))})
 			}
 
 			start := time.Now()
 			tc.stop(tr)
 			took := time.Since(start)
 			unreachable, snaps := r.unreachableCount(2), r.snapshotReports()
-			removed := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
+			removed := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
 			t.Logf("%s returned after %v with %d messages held: %d ReportUnreachable, snapshot reports %v, %v drops counted as removed",
 				tc.name, took, held, unreachable, snaps, removed)
 			if took > time.Second {

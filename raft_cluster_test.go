@@ -61,24 +61,50 @@ type raftMember struct {
 	err     error // first storage or decoding error of the Ready loop
 }
 
-func newRaftMember(t testing.TB, id uint64, peers []raft.Peer) *raftMember {
+// memberOptions adjusts a member built by newRaftMember.
+type memberOptions struct {
+	// etcdRaft turns on CheckQuorum and PreVote, as etcd runs raft: a
+	// leader that hears from no quorum steps down, and a member that
+	// cannot win does not disrupt the others.
+	etcdRaft bool
+	// storage, if set, is the storage of a member that restarts from it
+	// (raft.RestartNode) instead of starting anew.
+	storage *raft.MemoryStorage
+	// node adjusts the member's transport and server.
+	node []nodeOption
+}
+
+// newRaftMember builds member id of a cluster of peers (or restarts it, see
+// memberOptions), with its transport behind its own server; start runs its
+// Ready loop.
+func newRaftMember(t testing.TB, id uint64, peers []raft.Peer, o memberOptions) *raftMember {
 	t.Helper()
-	m := &raftMember{t: t, id: id, storage: raft.NewMemoryStorage(),
-		stopc: make(chan struct{}), done: make(chan struct{})}
-	m.node = raft.StartNode(&raft.Config{
+	storage := o.storage
+	if storage == nil {
+		storage = raft.NewMemoryStorage()
+	}
+	m := &raftMember{t: t, id: id, storage: storage, stopc: make(chan struct{}), done: make(chan struct{})}
+	cfg := &raft.Config{
 		ID:              id,
 		ElectionTick:    10,
 		HeartbeatTick:   1,
-		Storage:         m.storage,
+		Storage:         storage,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
+		CheckQuorum:     o.etcdRaft,
+		PreVote:         o.etcdRaft,
 		Logger:          &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)},
-	}, peers)
-	// Registered first, so it runs last: covers a failing newTestNode.
+	}
+	if o.storage != nil {
+		m.node = raft.RestartNode(cfg)
+	} else {
+		m.node = raft.StartNode(cfg, peers)
+	}
+	// Registered first, so it runs last: covers a failing newNode.
 	t.Cleanup(m.node.Stop)
-	m.net = newTestNode(t, id, func(tr *Transport) { tr.Raft = &raftAdapter{node: m.node} })
-	// Registered after newTestNode, so it runs first: the Ready loop and
-	// the node stop before the transport and the server.
+	m.net = newNode(t, append([]nodeOption{withID(id), withRaft(&raftAdapter{node: m.node})}, o.node...)...)
+	// Registered after newNode, so it runs first: the Ready loop and the
+	// node stop before the transport and the server.
 	t.Cleanup(m.stop)
 	return m
 }
@@ -191,7 +217,7 @@ func newRaftCluster(t testing.TB, n int) *raftCluster {
 	c := &raftCluster{t: t, members: map[uint64]*raftMember{}}
 	nets := make([]*testNode, 0, n)
 	for _, p := range peers {
-		m := newRaftMember(t, p.ID, peers)
+		m := newRaftMember(t, p.ID, peers, memberOptions{})
 		c.members[p.ID] = m
 		nets = append(nets, m.net)
 	}

@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -23,14 +22,11 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 )
@@ -236,48 +232,9 @@ func (s snapBrokenStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r 
 	return s.dir.SaveSnapshot(ctx, m, &snapFailAfter{r: r, n: s.after, err: errSnapDiskFull})
 }
 
-// newSnapNode is newTestNode with the HTTP handler wrapped by wrap (nil:
-// unwrapped), for tests that tamper with requests before the transport
-// sees them.
-func newSnapNode(t testing.TB, id uint64, configure func(*Transport), wrap func(http.Handler) http.Handler) *testNode {
-	t.Helper()
-	n := &testNode{raft: newFakeRaft()}
-	n.tr = &Transport{ID: id, ClusterID: testClusterID, Raft: n.raft, Logger: zaptest.NewLogger(t),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond}
-	n.srv = httptest.NewUnstartedServer(nil)
-	n.url = "http://" + n.srv.Listener.Addr().String()
-	n.tr.URLs = []string{n.url}
-	if configure != nil {
-		configure(n.tr)
-	}
-	if err := n.tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	h := n.tr.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	n.srv.Config.Handler = h
-	n.srv.Start()
-	t.Cleanup(n.close)
-	return n
-}
-
-// withStore returns a configure function that installs s.
-func withStore(s SnapshotStore) func(*Transport) {
-	return func(tr *Transport) { tr.SnapshotStore = s }
-}
-
-// snapMsg is a MsgSnap from one member to another for the snapshot at index.
-func snapMsg(from, to, index uint64) *raftpb.Message {
-	return &raftpb.Message{Type: raftpb.MsgSnap.Enum(), From: proto.Uint64(from), To: proto.Uint64(to), Term: proto.Uint64(2),
-		Snapshot: &raftpb.Snapshot{Data: []byte("MEMBERS"), Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(index), Term: proto.Uint64(2),
-			ConfState: &raftpb.ConfState{Voters: []uint64{1, 2, 3}}}}}
-}
-
 // snapSend sends the snapshot at index from a to the member to.
 func snapSend(a *testNode, to, index uint64, payload io.ReadCloser, size int64) <-chan error {
-	return a.tr.SendSnapshot(SnapshotMessage{Message: snapMsg(a.tr.ID, to, index), Payload: payload, PayloadSize: size})
+	return a.tr.SendSnapshot(SnapshotMessage{Message: newMsg(raftpb.MsgSnap, a.tr.ID, to, index), Payload: payload, PayloadSize: size})
 }
 
 // snapWait waits for the outcome of a SendSnapshot.
@@ -292,31 +249,12 @@ func snapWait(t testing.TB, errc <-chan error) error {
 	}
 }
 
-// snapMetricSum adds up every series of a collector (counters and gauges).
-func snapMetricSum(t testing.TB, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 256)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	sum := 0.0
-	for m := range ch {
-		var pb dto.Metric
-		if err := m.Write(&pb); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		sum += pb.GetCounter().GetValue() + pb.GetGauge().GetValue()
-	}
-	return sum
-}
-
 // snapWaitRecvFailed waits until the receiver's snapshot handler has failed
 // `count` times in total and no receive is in flight: the handler returned.
 func snapWaitRecvFailed(t testing.TB, n *testNode, count float64) {
 	t.Helper()
 	waitFor(t, "the receiver's snapshot handler to fail and return", func() bool {
-		return snapMetricSum(t, n.tr.metrics.snapRecvFailures) >= count && snapMetricSum(t, n.tr.metrics.snapRecvInflight) == 0
+		return metricValue(t, gathered(t, n.tr.metrics.snapRecvFailures), "", nil) >= count && metricValue(t, gathered(t, n.tr.metrics.snapRecvInflight), "", nil) == 0
 	})
 }
 
@@ -539,8 +477,8 @@ func TestSnapshotCorruptedPayloadRejected(t *testing.T) {
 	const size = 4 << 20
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	a := newTestNode(t, 1, nil)
-	b := newSnapNode(t, 2, withStore(probe), snapFlipByte(size/2))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe), wrapHandler(snapFlipByte(size/2)))
 	connect(t, a, b)
 	// The trailer goes only to a peer known to take it.
 	waitFeatures(t, a, 2, featureCRC32CTrailer)
@@ -572,8 +510,8 @@ func TestSnapshotPayloadSizeMismatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			a := newTestNode(t, 1, nil)
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+			a := newNode(t, withID(1))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 			connect(t, a, b)
 			gen := newSnapGen(3, tc.actual)
 			err := snapWait(t, snapSend(a, 2, 12, gen, declared))
@@ -588,10 +526,10 @@ func TestSnapshotPayloadSizeMismatch(t *testing.T) {
 func TestSnapshotRawClientAbortMidPayload(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	b := newTestNode(t, 2, withStore(probe))
+	b := newNode(t, withID(2), withStore(probe))
 
 	c := snapRawConn(t, b, 1)
-	snapChunk(t, c, appendMessageFrame(nil, snapMsg(1, 2, 12)))
+	snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
 	snapChunk(t, c, snapBytes(4, 256<<10))
 	// Announce a chunk and send only half of it.
 	if _, err := fmt.Fprintf(c, "%x\r\n%s", 64<<10, snapBytes(5, 32<<10)); err != nil {
@@ -623,8 +561,8 @@ func TestSnapshotSenderStoppedMidTransfer(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(probe))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe))
 	connect(t, a, b)
 
 	const size = 16 << 20
@@ -669,8 +607,8 @@ func TestSnapshotSenderStoppedMidTransfer(t *testing.T) {
 func TestSnapshotReceiverStoreFails(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(snapBrokenStore{dir: DirSnapshotStore{Dir: dir}, after: 1 << 20})
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(probe))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe))
 	connect(t, a, b)
 
 	const size = 8 << 20
@@ -686,8 +624,8 @@ func TestSnapshotReceiverStoreFails(t *testing.T) {
 func TestSnapshotSenderStalled(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	dir := t.TempDir()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = timeout })
-	b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = timeout }))
+	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 	connect(t, a, b)
 
 	const size = 8 << 20
@@ -715,13 +653,13 @@ func TestSnapshotReceiverStalled(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	b := newTestNode(t, 2, func(tr *Transport) {
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) {
 		tr.SnapshotStore = probe
 		tr.SnapshotProgressTimeout = timeout
-	})
+	}))
 
 	c := snapRawConn(t, b, 1)
-	snapChunk(t, c, appendMessageFrame(nil, snapMsg(1, 2, 12)))
+	snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
 	snapChunk(t, c, snapBytes(9, 512<<10))
 	probe.waitStarted(t)
 	stalled := time.Now()
@@ -755,8 +693,8 @@ func TestSnapshotSendRateLimit(t *testing.T) {
 		size  = 16 << 20
 	)
 	dir := t.TempDir()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotSendRate = limit })
-	b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotSendRate = limit }))
+	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 	connect(t, a, b)
 
 	gen := newSnapGen(10, size)
@@ -784,12 +722,12 @@ func TestSnapshotSendRateLimit(t *testing.T) {
 func TestSnapshotTooManyReceives(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	n1 := newTestNode(t, 1, nil)
-	n2 := newTestNode(t, 2, func(tr *Transport) {
+	n1 := newNode(t, withID(1))
+	n2 := newNode(t, withID(2), withConfig(func(tr *Transport) {
 		tr.SnapshotStore = probe
 		tr.MaxSnapshotReceives = 1
-	})
-	n3 := newTestNode(t, 3, nil)
+	}))
+	n3 := newNode(t, withID(3))
 	connect(t, n1, n2, n3)
 
 	const size = 4 << 20
@@ -800,7 +738,7 @@ func TestSnapshotTooManyReceives(t *testing.T) {
 	probe.waitStarted(t) // node 2's only slot is taken
 
 	// A raw request is refused with etcd-readable status and body.
-	code, body := snapPost(t, n2, 3, bytes.NewReader(appendMessageFrame(nil, snapMsg(3, 2, 11))), -1, nil)
+	code, body := snapPost(t, n2, 3, bytes.NewReader(appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 3, 2, 11))), -1, nil)
 	if code != http.StatusServiceUnavailable || strings.TrimSpace(body) != "rafthttp: too many concurrent snapshots" {
 		t.Errorf("raw POST got %d %q, want %d %q", code, body, http.StatusServiceUnavailable, "rafthttp: too many concurrent snapshots")
 	}
@@ -839,7 +777,7 @@ func TestSnapshotTooManyReceives(t *testing.T) {
 	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(10)); n != size || sum != gen1.crc {
 		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen1.crc)
 	}
-	if got := snapMetricSum(t, n2.tr.metrics.snapRecvFailures); got != 2 {
+	if got := metricValue(t, gathered(t, n2.tr.metrics.snapRecvFailures), "", nil); got != 2 {
 		t.Errorf("node 2 counted %v receive failures, want 2 (the two refusals)", got)
 	}
 }
@@ -858,9 +796,9 @@ func TestSnapshotTooManySends(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir2, dir3 := t.TempDir(), t.TempDir()
-			a := newTestNode(t, 1, func(tr *Transport) { tr.MaxSnapshotSends = tc.maxSends })
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir2}))
-			c := newTestNode(t, 3, withStore(DirSnapshotStore{Dir: dir3}))
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.MaxSnapshotSends = tc.maxSends }))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir2}))
+			c := newNode(t, withID(3), withStore(DirSnapshotStore{Dir: dir3}))
 			connect(t, a, b, c)
 			dirs := map[uint64]string{2: dir2, 3: dir3}
 			nodes := map[uint64]*testNode{2: b, 3: c}
@@ -929,7 +867,7 @@ func TestSnapshotHostileEnvelope(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-			b := newTestNode(t, 2, withStore(probe))
+			b := newNode(t, withID(2), withStore(probe))
 
 			body := binary.BigEndian.AppendUint64(nil, tc.prefix)
 			body = append(body, snapBytes(16, tc.sent)...)
@@ -971,11 +909,11 @@ func TestSnapshotHostileEnvelope(t *testing.T) {
 // whole state in Snapshot.Data (raftexample), arrives by the pipeline, and
 // the sender reports SnapshotFinish; no store is needed.
 func TestSnapshotPlainMsgSnapThroughPipeline(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 
-	m := snapMsg(1, 2, 12)
+	m := newMsg(raftpb.MsgSnap, 1, 2, 12)
 	m.Snapshot.Data = snapBytes(17, 1<<20)
 	a.tr.Send([]*raftpb.Message{m})
 	got := b.raft.recv(t)
@@ -993,7 +931,7 @@ func TestSnapshotPlainMsgSnapThroughPipeline(t *testing.T) {
 // senders, which send none, keep working; when present it is enforced.
 func TestSnapshotTrailerCompat(t *testing.T) {
 	const size = 1 << 20
-	envelope := appendMessageFrame(nil, snapMsg(1, 2, 12))
+	envelope := appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12))
 	payload := snapBytes(18, size)
 	whole := append(append([]byte(nil), envelope...), payload...)
 	goodCRC := fmt.Sprintf("%08x", crc32.Checksum(whole, snapCRCTable))
@@ -1012,7 +950,7 @@ func TestSnapshotTrailerCompat(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 			var trailer http.Header
 			if tc.trailer != "" {
 				trailer = http.Header{trailerCRC32C: {tc.trailer}}
@@ -1067,8 +1005,8 @@ func (s snapPanicStore) SaveSnapshot(_ context.Context, _ *raftpb.Message, r io.
 // transfer fails on the sender's side, and the read-ahead goroutine ends
 // with the handler (goleak, in TestMain, checks that nothing is left).
 func TestSnapshotReceiverStorePanics(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(snapPanicStore{after: 1 << 20}))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(snapPanicStore{after: 1 << 20}))
 	connect(t, a, b)
 	const size = 8 << 20
 	if err := snapWait(t, snapSend(a, 2, 12, newSnapGen(9, size), size)); err == nil {
@@ -1127,11 +1065,11 @@ func TestSnapshotAnswerWait(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			store := snapSlowStore{inner: DirSnapshotStore{Dir: dir}, delay: tc.delay, saved: make(chan struct{})}
-			a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
-			b := newTestNode(t, 2, func(tr *Transport) {
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = progress }))
+			b := newNode(t, withID(2), withConfig(func(tr *Transport) {
 				tr.SnapshotStore = store
 				tr.SnapshotProgressTimeout = progress
-			})
+			}))
 			connect(t, a, b)
 			type call struct{ ctxErr error }
 			calls := make(chan call, 4)
@@ -1142,7 +1080,7 @@ func TestSnapshotAnswerWait(t *testing.T) {
 				return nil
 			})
 
-			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(snapMsg(1, 2, 12)))+tc.size)
+			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(newMsg(raftpb.MsgSnap, 1, 2, 12)))+tc.size)
 			gen := newSnapGen(40, tc.size)
 			errc := snapSend(a, 2, 12, gen, tc.size)
 			select {
@@ -1224,15 +1162,15 @@ func TestSendSnapshotRefusals(t *testing.T) {
 		kind     warnKind
 		reports  bool // Failure is reported to raft, for msg.To
 	}{
-		{name: "not a MsgSnap", msg: testMsg(raftpb.MsgApp, 1), kind: warnSnapRefused, reports: true},
-		{name: "unknown peer", msg: snapMsg(1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
-		{name: "one in flight to the peer", inFlight: true, msg: snapMsg(1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
-		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: snapMsg(1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
-		{name: "after Stop", stop: true, msg: snapMsg(1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
+		{name: "not a MsgSnap", msg: newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1)), kind: warnSnapRefused, reports: true},
+		{name: "unknown peer", msg: newMsg(raftpb.MsgSnap, 1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
+		{name: "one in flight to the peer", inFlight: true, msg: newMsg(raftpb.MsgSnap, 1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: newMsg(raftpb.MsgSnap, 1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "after Stop", stop: true, msg: newMsg(raftpb.MsgSnap, 1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+			srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path != RaftSnapshotPrefix {
 					http.Error(w, "error sender not found", http.StatusNotFound) // streams stay down
 					return
@@ -1242,11 +1180,11 @@ func TestSendSnapshotRefusals(t *testing.T) {
 			})
 			core, logs := observer.New(zapcore.InfoLevel)
 			clock := newFakeClock()
-			tr, fr := newClientTransport(t, 1, func(tr *Transport) {
+			tr, fr := newNode(t, withID(1), unserved(), withConfig(func(tr *Transport) {
 				tr.Logger = zap.New(core)
 				tr.logClock = clock.now
 				tr.MaxSnapshotSends = tc.maxSends
-			})
+			})).parts()
 			for _, id := range []uint64{2, 3} {
 				if err := tr.AddPeer(id, []string{srv.URL}); err != nil {
 					t.Fatal(err)
@@ -1257,7 +1195,7 @@ func TestSendSnapshotRefusals(t *testing.T) {
 			if tc.inFlight {
 				const size = 1 << 20
 				gate = newSnapGate(t, newSnapGen(50, size), 64<<10)
-				first = tr.SendSnapshot(SnapshotMessage{Message: snapMsg(1, 2, 12), Payload: gate, PayloadSize: size})
+				first = tr.SendSnapshot(SnapshotMessage{Message: newMsg(raftpb.MsgSnap, 1, 2, 12), Payload: gate, PayloadSize: size})
 				gate.waitReached(t)
 			}
 			if tc.stop {

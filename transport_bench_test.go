@@ -49,8 +49,8 @@ func (r *countingRaft) ReportSnapshot(uint64, raft.SnapshotStatus) {}
 func benchPair(b *testing.B, recv *countingRaft) (*testNode, *testNode) {
 	b.Helper()
 	quiet := func(tr *Transport) { tr.Logger = zap.NewNop() }
-	na := newTestNode(b, 1, quiet)
-	nb := newTestNode(b, 2, func(tr *Transport) { quiet(tr); tr.Raft = recv })
+	na := newNode(b, withID(1), withConfig(quiet))
+	nb := newNode(b, withID(2), withConfig(func(tr *Transport) { quiet(tr); tr.Raft = recv }))
 	connect(b, na, nb)
 	waitStreams(b, na, nb)
 	waitStreams(b, nb, na)

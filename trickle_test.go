@@ -55,11 +55,11 @@ func TestTrickleBodyCutOff(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tr, fr := newHTTransport(t, func(tr *Transport) {
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 				tr.PipelineTimeout = grace
 				tr.SnapshotProgressTimeout = grace
 				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-			})
+			})).parts()
 			srv := newHTServer(t, tr)
 			client := newHTClient(t)
 			// 200 bytes a second, a fifth of the slowest rate allowed;
@@ -125,16 +125,16 @@ func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
 		want time.Duration // when the body is cut off
 	}{
 		{name: "nothing after the headers", want: grace},
-		{name: "the envelope, then nothing", head: appendMessageFrame(nil, htSnapMessage()), want: progress},
+		{name: "the envelope, then nothing", head: appendMessageFrame(nil, newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)), want: progress},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tr, fr := newHTTransport(t, func(tr *Transport) {
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 				tr.PipelineTimeout = grace
 				tr.SnapshotProgressTimeout = progress
 				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-			})
+			})).parts()
 			srv := newHTServer(t, tr)
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
