@@ -340,16 +340,22 @@ func (n *testNode) close() {
 	}
 }
 
-// client returns an HTTP client of the test's own (its own connections,
-// closed at the end of the test) that reaches n and the nodes on n's
-// network.
-func (n *testNode) client(t testing.TB) *http.Client {
+// newClient returns an HTTP client with connections of its own, closed at
+// the end of the test.
+func newClient(t testing.TB) *http.Client {
 	tr := &http.Transport{}
-	if n.mem != nil {
-		tr.DialContext = n.mem.dial
-	}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
+}
+
+// client is newClient for n's network: it reaches n, and the nodes and
+// fake peers on n's memNet.
+func (n *testNode) client(t testing.TB) *http.Client {
+	c := newClient(t)
+	if n.mem != nil {
+		c.Transport.(*http.Transport).DialContext = n.mem.dial
+	}
+	return c
 }
 
 // dial opens a raw connection to n's server, closed at the end of the test.

@@ -52,13 +52,11 @@ func newFuzzTransport(f *testing.F, withPeer bool) (*Transport, http.Handler) {
 		}
 		return nil
 	})
-	tr := &Transport{ID: htLocalID, ClusterID: htClusterID, Raft: fr, SnapshotStore: htFuzzStore{},
-		MaxMessageBytes: 1 << 20, MaxSnapshotEnvelopeBytes: 1 << 20,
-		DialRetryMin: 100 * time.Millisecond, DialRetryMax: time.Second}
-	if err := tr.Start(); err != nil {
-		f.Fatalf("Start: %v", err)
-	}
-	f.Cleanup(tr.Stop)
+	tr := newNode(f, withID(htLocalID), withClusterID(htClusterID), unserved(), withRaft(fr), withLogger(nil),
+		withStore(htFuzzStore{}), withDialRetry(100*time.Millisecond, time.Second), withConfig(func(tr *Transport) {
+			tr.MaxMessageBytes = 1 << 20
+			tr.MaxSnapshotEnvelopeBytes = 1 << 20
+		})).tr
 	if withPeer {
 		if err := tr.AddPeer(htPeerID, []string{"http://" + freeAddr(f)}); err != nil {
 			f.Fatalf("AddPeer: %v", err)

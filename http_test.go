@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -442,10 +441,10 @@ func TestServePipelineProcessErrorRecorder(t *testing.T) {
 	}
 }
 
-// htServer serves a transport's handler on a real server and records the
-// panics that leave the handler and what net/http logs.
+// htServer watches the server of the transport under test: the requests
+// in its handler, the panics that leave the handler, and what net/http
+// logs.
 type htServer struct {
-	url      string
 	inflight atomic.Int32
 
 	mu     sync.Mutex
@@ -453,25 +452,14 @@ type htServer struct {
 	log    bytes.Buffer
 }
 
-func (s *htServer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.log.Write(p)
+// serving serves the transport under test through the watcher.
+func (s *htServer) serving() nodeOption {
+	return options(func(c *nodeConfig) { c.unserved = false }, wrapHandler(s.wrap), withServerLog(s))
 }
 
-func (s *htServer) state() (panics []any, log string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]any(nil), s.panics...), s.log.String()
-}
-
-// newHTServer serves tr's handler until the end of the test, then stops tr
-// and the server, in that order.
-func newHTServer(t testing.TB, tr *Transport) *htServer {
-	t.Helper()
-	s := &htServer{}
-	h := tr.Handler()
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// wrap counts the requests in h and records the panics that leave it.
+func (s *htServer) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.inflight.Add(1)
 		defer s.inflight.Add(-1)
 		defer func() {
@@ -483,24 +471,21 @@ func newHTServer(t testing.TB, tr *Transport) *htServer {
 			}
 		}()
 		h.ServeHTTP(w, r)
-	}))
-	srv.Config.ErrorLog = log.New(s, "", 0)
-	srv.Start()
-	s.url = srv.URL
-	t.Cleanup(func() {
-		tr.Stop()
-		srv.CloseClientConnections()
-		srv.Close()
 	})
-	return s
 }
 
-// newHTClient returns a client with its own connection pool, closed at the
-// end of the test.
-func newHTClient(t testing.TB) *http.Client {
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
+// Write is the server's error log.
+func (s *htServer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.Write(p)
+}
+
+// state returns the panics and the log so far.
+func (s *htServer) state() (panics []any, log string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]any(nil), s.panics...), s.log.String()
 }
 
 // TestServePipelineProcessErrorAbortsConnection checks over a real
@@ -508,15 +493,16 @@ func newHTClient(t testing.TB) *http.Client {
 // connection, so the client cannot reuse it, and that the handler panics
 // with nothing but http.ErrAbortHandler.
 func TestServePipelineProcessErrorAbortsConnection(t *testing.T) {
-	tr, fr := newNode(t, htLocal()).parts()
+	srv := &htServer{}
+	n := newNode(t, htLocal(), srv.serving())
+	fr := n.raft
 	fr.setProcess(func(_ context.Context, m *raftpb.Message) error {
 		if string(m.GetContext()) == "fail" {
 			return errors.New("raft is down")
 		}
 		return nil
 	})
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
+	client := n.client(t)
 
 	// post sends one message and reports the response and whether it went
 	// over a reused connection.
@@ -528,7 +514,7 @@ func TestServePipelineProcessErrorAbortsConnection(t *testing.T) {
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
 		})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+"/raft", bytes.NewReader(htMarshal(t, m)))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url+"/raft", bytes.NewReader(htMarshal(t, m)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -714,12 +700,12 @@ func TestServeStream(t *testing.T) {
 	}
 }
 
-// htDialStream opens a stream from b2 on srv, of the type in path, and
-// returns the response; cancel ends the request.
-func htDialStream(t *testing.T, client *http.Client, srv *htServer, path string) (*http.Response, context.CancelFunc) {
+// htDialStream opens a stream from b2 on the server at url, of the type in
+// path, and returns the response; cancel ends the request.
+func htDialStream(t *testing.T, client *http.Client, url, path string) (*http.Response, context.CancelFunc) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.url+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -764,13 +750,14 @@ func TestServeStreamAttach(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
+			srv := &htServer{}
+			n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
+			tr := n.tr
 			htAddPeer(t, tr)
-			srv := newHTServer(t, tr)
-			client := newHTClient(t)
+			client := n.client(t)
 			p, _ := tr.get(htPeerID)
 
-			resp, cancel := htDialStream(t, client, srv, tc.path)
+			resp, cancel := htDialStream(t, client, n.url, tc.path)
 			defer cancel()
 			if resp.StatusCode != 200 {
 				t.Fatalf("status: got %d, want 200", resp.StatusCode)
@@ -812,15 +799,16 @@ func TestServeStreamAttach(t *testing.T) {
 // its open stream responses. The writer aborts a stream it stops (it may be
 // blocked on a remote that does not read), so the end may be abrupt.
 func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
-	tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
+	srv := &htServer{}
+	n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
+	tr := n.tr
 	htAddPeer(t, tr)
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
+	client := n.client(t)
 	p, _ := tr.get(htPeerID)
 
-	msg, cancelMsg := htDialStream(t, client, srv, "/raft/stream/message/b2")
+	msg, cancelMsg := htDialStream(t, client, n.url, "/raft/stream/message/b2")
 	defer cancelMsg()
-	app, cancelApp := htDialStream(t, client, srv, "/raft/stream/msgapp/b2")
+	app, cancelApp := htDialStream(t, client, n.url, "/raft/stream/msgapp/b2")
 	defer cancelApp()
 	waitFor(t, "both writers to take their streams", func() bool {
 		return p.writer.isWorking() && p.msgAppV2Writer.isWorking()
@@ -839,16 +827,17 @@ func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
 // stream type replaces the first: the first response ends and the writer
 // keeps working on the second.
 func TestServeStreamReplacedConnection(t *testing.T) {
-	tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute })).parts()
+	srv := &htServer{}
+	n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
+	tr := n.tr
 	htAddPeer(t, tr)
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
+	client := n.client(t)
 	p, _ := tr.get(htPeerID)
 
-	first, cancelFirst := htDialStream(t, client, srv, "/raft/stream/message/b2")
+	first, cancelFirst := htDialStream(t, client, n.url, "/raft/stream/message/b2")
 	defer cancelFirst()
 	waitFor(t, "the writer to take the first stream", p.writer.isWorking)
-	second, cancelSecond := htDialStream(t, client, srv, "/raft/stream/message/b2")
+	second, cancelSecond := htDialStream(t, client, n.url, "/raft/stream/message/b2")
 	defer cancelSecond()
 	if b, err := io.ReadAll(first.Body); err != nil || len(b) != 0 {
 		t.Errorf("first stream: got %q, %v, want a clean end without data", b, err)

@@ -210,7 +210,7 @@ func TestServerRecipeLimitsHeaderBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("X-Padding", strings.Repeat("x", tc.padding))
-			resp, err := newHTClient(t).Do(req)
+			resp, err := newClient(t).Do(req)
 			if err != nil {
 				t.Fatalf("GET: %v", err)
 			}
@@ -341,7 +341,7 @@ func TestServerRecipeKeepsQuietStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header = htHeaders(htStream)
-			resp, err := newHTClient(t).Do(req)
+			resp, err := newClient(t).Do(req)
 			if err != nil {
 				t.Fatalf("GET %s: %v", tc.path, err)
 			}

@@ -7,11 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"log"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -21,8 +19,6 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 )
 
 // testCA issues certificates for the TLS tests.
@@ -146,48 +142,33 @@ type tlsNode struct {
 
 // newTLSNode starts transport id with certificates issued by ca (serials
 // id*100 for the server, id*100+1 for the client) and trusting only trust.
-func newTLSNode(t *testing.T, id uint64, ca *testCA, trust *x509.CertPool, configure func(*Transport)) *tlsNode {
+func newTLSNode(t *testing.T, id uint64, ca *testCA, trust *x509.CertPool, opts ...nodeOption) *tlsNode {
 	t.Helper()
-	n := &tlsNode{testNode: &testNode{raft: newFakeRaft()}}
+	n := &tlsNode{}
 	n.serverCert.Store(ca.issue(t, int64(id)*100, true))
 	n.clientCert.Store(ca.issue(t, int64(id)*100+1, false))
-
-	n.srv = httptest.NewUnstartedServer(nil)
-	n.url = "https://" + n.srv.Listener.Addr().String()
-	n.srv.Listener = tls.NewListener(n.srv.Listener, &tls.Config{
+	server := &tls.Config{
 		ClientAuth:       tls.RequireAndVerifyClientCert,
 		ClientCAs:        trust,
 		GetCertificate:   func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.serverCert.Load(), nil },
 		VerifyConnection: n.clientsSeen.record,
-	})
-	n.srv.Config.ErrorLog = log.New(&n.serverLog, "", 0)
-
-	n.tr = &Transport{ID: id, ClusterID: testClusterID, Raft: n.raft, URLs: []string{n.url},
-		Logger:       zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond,
-		TLSClientConfig: &tls.Config{
-			RootCAs: trust,
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				return n.clientCert.Load(), nil
-			},
-			VerifyConnection: n.serversSeen.record,
+	}
+	client := &tls.Config{
+		RootCAs: trust,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return n.clientCert.Load(), nil
 		},
+		VerifyConnection: n.serversSeen.record,
 	}
-	if configure != nil {
-		configure(n.tr)
+	countPlain := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+				n.plainRequests.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
 	}
-	if err := n.tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	h := n.tr.Handler()
-	n.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-			n.plainRequests.Add(1)
-		}
-		h.ServeHTTP(w, r)
-	})
-	n.srv.Start() // over the TLS listener
-	t.Cleanup(n.close)
+	n.testNode = newNode(t, append([]nodeOption{withID(id), withTLS(server, client), withServerLog(&n.serverLog), wrapHandler(countPlain)}, opts...)...)
 	return n
 }
 
@@ -212,7 +193,7 @@ func TestTLSMutualCluster(t *testing.T) {
 	ca := newTestCA(t, "cluster CA")
 	var nodes []*tlsNode
 	for id := uint64(1); id <= 3; id++ {
-		nodes = append(nodes, newTLSNode(t, id, ca, ca.pool, func(tr *Transport) { tr.SnapshotStore = &memStore{} }))
+		nodes = append(nodes, newTLSNode(t, id, ca, ca.pool, withStore(&memStore{})))
 	}
 	connect(t, tlsTestNodes(nodes...)...)
 	for _, n := range nodes {
@@ -266,10 +247,10 @@ func TestTLSMutualCluster(t *testing.T) {
 
 func TestTLSUntrustedPeerRefused(t *testing.T) {
 	ca, other := newTestCA(t, "cluster CA"), newTestCA(t, "another CA")
-	a := newTLSNode(t, 1, ca, ca.pool, nil)
-	b := newTLSNode(t, 2, ca, ca.pool, nil)
+	a := newTLSNode(t, 1, ca, ca.pool)
+	b := newTLSNode(t, 2, ca, ca.pool)
 	// c trusts the cluster's CA, but its own certificates come from another.
-	c := newTLSNode(t, 3, other, ca.pool, nil)
+	c := newTLSNode(t, 3, other, ca.pool)
 	connect(t, a.testNode, b.testNode, c.testNode)
 	waitStreams(t, a.testNode, b.testNode)
 	waitStreams(t, b.testNode, a.testNode)
@@ -345,8 +326,8 @@ func TestTLSCertificateRotation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ca := newTestCA(t, "cluster CA")
-			a := newTLSNode(t, 1, ca, ca.pool, nil)
-			b := newTLSNode(t, 2, ca, ca.pool, nil)
+			a := newTLSNode(t, 1, ca, ca.pool)
+			b := newTLSNode(t, 2, ca, ca.pool)
 			connect(t, a.testNode, b.testNode)
 			waitStreams(t, a.testNode, b.testNode)
 			waitStreams(t, b.testNode, a.testNode)

@@ -54,7 +54,7 @@ func TestTransportRemovedMemberStream410(t *testing.T) {
 func TestTransportClusterIDMismatch(t *testing.T) {
 	errc := make(chan error, 1)
 	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ErrorC = errc }))
-	b := newNode(t, withID(2), withClusterID(testClusterID + 1))
+	b := newNode(t, withID(2), withClusterID(testClusterID+1))
 	connect(t, a, b)
 
 	pa, _ := a.tr.get(2)

@@ -55,19 +55,20 @@ func TestTrickleBodyCutOff(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
+			srv := &htServer{}
+			n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) {
 				tr.PipelineTimeout = grace
 				tr.SnapshotProgressTimeout = grace
 				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-			})).parts()
-			srv := newHTServer(t, tr)
-			client := newHTClient(t)
+			}))
+			fr := n.raft
+			client := n.client(t)
 			// 200 bytes a second, a fifth of the slowest rate allowed;
 			// 4 KiB would take 20 s.
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			body := io.MultiReader(bytes.NewReader(tc.head), &trickleBody{b: make([]byte, 4096), tick: 5 * time.Millisecond, ctx: ctx})
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+tc.path, body)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url+tc.path, body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,22 +131,23 @@ func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
+			srv := &htServer{}
+			n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) {
 				tr.PipelineTimeout = grace
 				tr.SnapshotProgressTimeout = progress
 				tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-			})).parts()
-			srv := newHTServer(t, tr)
+			}))
+			fr := n.raft
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			body := io.MultiReader(bytes.NewReader(tc.head), silentBody{ctx})
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+RaftSnapshotPrefix, body)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url+RaftSnapshotPrefix, body)
 			if err != nil {
 				t.Fatal(err)
 			}
 			req.Header = htHeaders(htSnapshot)
 			start := time.Now()
-			resp, err := newHTClient(t).Do(req)
+			resp, err := n.client(t).Do(req)
 			took := time.Since(start)
 			if err == nil {
 				resp.Body.Close()
