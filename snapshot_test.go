@@ -362,11 +362,7 @@ func snapPeerHeader(from uint64) http.Header {
 func snapRawConn(t testing.TB, n *testNode, from uint64) net.Conn {
 	t.Helper()
 	addr := n.srv.Listener.Addr().String()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := n.dial(t)
 	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -621,99 +617,118 @@ func TestSnapshotReceiverStoreFails(t *testing.T) {
 
 // TestSnapshotSenderStalled: a payload that stops yielding bytes fails the
 // transfer with ErrSnapshotStalled after the progress timeout.
+//
+// It runs in a synctest bubble, over a memNet: the timeout is measured
+// on the bubble's clock, which two loaded cores cannot stretch.
 func TestSnapshotSenderStalled(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	dir := t.TempDir()
-	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = timeout }))
-	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
-	connect(t, a, b)
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const timeout = 300 * time.Millisecond
+		dir := t.TempDir()
+		a := newNode(t, withID(1), onMemNet(mn), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = timeout }))
+		b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}))
+		connect(t, a, b)
 
-	const size = 8 << 20
-	gate := newSnapGate(t, newSnapGen(8, size), 1<<20)
-	start := time.Now()
-	errc := snapSend(a, 2, 12, gate, size)
-	gate.waitReached(t)
-	stalled := time.Now()
-	err := snapWait(t, errc)
-	took := time.Since(stalled)
-	t.Logf("stalled transfer failed %v after the payload stopped (%v after the send began)", took, time.Since(start))
-	if took < timeout-50*time.Millisecond || took > time.Second {
-		t.Errorf("transfer failed %v after the payload stalled, want between %v and 1s", took, timeout)
-	}
-	if !gate.isClosed() {
-		t.Error("payload not closed after the failure")
-	}
-	assertSnapFailed(t, snapFailCheck{sender: a, to: 2, err: err, want: ErrSnapshotStalled, receiver: b, dir: dir, recvFailures: 1})
+		const size = 8 << 20
+		gate := newSnapGate(t, newSnapGen(8, size), 1<<20)
+		start := time.Now()
+		errc := snapSend(a, 2, 12, gate, size)
+		gate.waitReached(t)
+		stalled := time.Now()
+		err := snapWait(t, errc)
+		took := time.Since(stalled)
+		t.Logf("stalled transfer failed %v after the payload stopped (%v after the send began)", took, time.Since(start))
+		if took < timeout-50*time.Millisecond || took > time.Second {
+			t.Errorf("transfer failed %v after the payload stalled, want between %v and 1s", took, timeout)
+		}
+		if !gate.isClosed() {
+			t.Error("payload not closed after the failure")
+		}
+		assertSnapFailed(t, snapFailCheck{sender: a, to: 2, err: err, want: ErrSnapshotStalled, receiver: b, dir: dir, recvFailures: 1})
+	})
 }
 
 // TestSnapshotReceiverStalled: a sender that stops sending in the middle of
 // the payload, keeping the connection open, is cut off by the receiver
 // after its progress timeout; nothing is kept.
+//
+// It runs in a synctest bubble, over a memNet: the timeout is measured
+// on the bubble's clock, which two loaded cores cannot stretch.
 func TestSnapshotReceiverStalled(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	dir := t.TempDir()
-	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	b := newNode(t, withID(2), withConfig(func(tr *Transport) {
-		tr.SnapshotStore = probe
-		tr.SnapshotProgressTimeout = timeout
-	}))
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const timeout = 300 * time.Millisecond
+		dir := t.TempDir()
+		probe := newSnapProbe(DirSnapshotStore{Dir: dir})
+		b := newNode(t, withID(2), onMemNet(mn), withConfig(func(tr *Transport) {
+			tr.SnapshotStore = probe
+			tr.SnapshotProgressTimeout = timeout
+		}))
 
-	c := snapRawConn(t, b, 1)
-	snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
-	snapChunk(t, c, snapBytes(9, 512<<10))
-	probe.waitStarted(t)
-	stalled := time.Now()
+		c := snapRawConn(t, b, 1)
+		snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
+		snapChunk(t, c, snapBytes(9, 512<<10))
+		probe.waitStarted(t)
+		stalled := time.Now()
 
-	err := probe.waitResult(t)
-	took := time.Since(stalled)
-	t.Logf("receiver gave up %v after the sender went silent", took)
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("receiver's save ended with %v, want %v", err, os.ErrDeadlineExceeded)
-	}
-	if took < timeout-100*time.Millisecond || took > time.Second {
-		t.Errorf("receiver gave up after %v, want about %v (under 1s)", took, timeout)
-	}
-	if code, body := snapReadResponse(t, c); code != http.StatusInternalServerError {
-		t.Errorf("status %d (%q), want %d", code, body, http.StatusInternalServerError)
-	}
-	snapWaitRecvFailed(t, b, 1)
-	if snaps := snapProcessed(b); len(snaps) != 0 {
-		t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
-	}
-	if files := snapDirFiles(t, dir); len(files) != 0 {
-		t.Errorf("store directory holds %q, want nothing", files)
-	}
+		err := probe.waitResult(t)
+		took := time.Since(stalled)
+		t.Logf("receiver gave up %v after the sender went silent", took)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("receiver's save ended with %v, want %v", err, os.ErrDeadlineExceeded)
+		}
+		if took < timeout-100*time.Millisecond || took > time.Second {
+			t.Errorf("receiver gave up after %v, want about %v (under 1s)", took, timeout)
+		}
+		if code, body := snapReadResponse(t, c); code != http.StatusInternalServerError {
+			t.Errorf("status %d (%q), want %d", code, body, http.StatusInternalServerError)
+		}
+		snapWaitRecvFailed(t, b, 1)
+		if snaps := snapProcessed(b); len(snaps) != 0 {
+			t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
+		}
+		if files := snapDirFiles(t, dir); len(files) != 0 {
+			t.Errorf("store directory holds %q, want nothing", files)
+		}
+	})
 }
 
 // TestSnapshotSendRateLimit: SnapshotSendRate holds the payload's rate
 // within 10% of the limit.
+//
+// It runs in a synctest bubble, over a memNet: the rate is measured on
+// the bubble's clock, so the window is that of the limiter alone, not of
+// two loaded cores.
 func TestSnapshotSendRateLimit(t *testing.T) {
-	const (
-		limit = 8 << 20
-		size  = 16 << 20
-	)
-	dir := t.TempDir()
-	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotSendRate = limit }))
-	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
-	connect(t, a, b)
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const (
+			limit = 8 << 20
+			size  = 16 << 20
+		)
+		dir := t.TempDir()
+		a := newNode(t, withID(1), onMemNet(mn), withConfig(func(tr *Transport) { tr.SnapshotSendRate = limit }))
+		b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}))
+		connect(t, a, b)
 
-	gen := newSnapGen(10, size)
-	start := time.Now()
-	if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
-		t.Fatalf("SendSnapshot: %v", err)
-	}
-	took := time.Since(start)
-	rate := float64(size) / took.Seconds()
-	t.Logf("sent %d MiB in %v: %.2f MiB/s for a limit of %d MiB/s", size>>20, took, rate/(1<<20), limit>>20)
-	if took < 1800*time.Millisecond || took > 2200*time.Millisecond {
-		t.Errorf("transfer took %v, want between 1.8s and 2.2s", took)
-	}
-	if dev := (rate - limit) / limit; dev < -0.10 || dev > 0.10 {
-		t.Errorf("achieved %.2f MiB/s, want within 10%% of %d MiB/s", rate/(1<<20), limit>>20)
-	}
-	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
-		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
-	}
+		gen := newSnapGen(10, size)
+		start := time.Now()
+		if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
+			t.Fatalf("SendSnapshot: %v", err)
+		}
+		took := time.Since(start)
+		rate := float64(size) / took.Seconds()
+		t.Logf("sent %d MiB in %v: %.2f MiB/s for a limit of %d MiB/s", size>>20, took, rate/(1<<20), limit>>20)
+		if took < 1800*time.Millisecond || took > 2200*time.Millisecond {
+			t.Errorf("transfer took %v, want between 1.8s and 2.2s", took)
+		}
+		if dev := (rate - limit) / limit; dev < -0.10 || dev > 0.10 {
+			t.Errorf("achieved %.2f MiB/s, want within 10%% of %d MiB/s", rate/(1<<20), limit>>20)
+		}
+		if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
+			t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+		}
+	})
 }
 
 // TestSnapshotTooManyReceives: with MaxSnapshotReceives 1, a second
