@@ -613,9 +613,7 @@ func TestFaultScenarioFlood(t *testing.T) {
 	)
 	a := newNode(t, withID(1), faultTimeouts(t))
 	b := newNode(t, withID(2), faultTimeouts(t))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	var received atomic.Int64
 	b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {

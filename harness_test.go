@@ -111,12 +111,22 @@ func (r *fakeRaft) snapshotReports() []snapshotReport {
 // recv waits for the next processed message.
 func (r *fakeRaft) recv(t testing.TB) *raftpb.Message {
 	t.Helper()
+	return receive(t, r.msgc, 10*time.Second, "a message to reach raft")
+}
+
+// receive waits for a value on c, failing the test after within; what
+// names the value in the failure.
+func receive[T any](t testing.TB, c <-chan T, within time.Duration, what string) T {
+	t.Helper()
+	timer := time.NewTimer(within)
+	defer timer.Stop()
 	select {
-	case m := <-r.msgc:
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for a message to reach raft")
-		return nil
+	case v := <-c:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out waiting for %s", what)
+		var zero T
+		return zero
 	}
 }
 
@@ -429,6 +439,21 @@ func connect(t testing.TB, nodes ...*testNode) {
 			}
 			if err := a.tr.AddPeer(b.tr.ID, []string{b.url}); err != nil {
 				t.Fatalf("AddPeer: %v", err)
+			}
+		}
+	}
+}
+
+// connectStreams connects the nodes (connect), then waits until the stream
+// writers of each to every other have attached (waitStreams): from then on
+// what they send each other leaves by the streams.
+func connectStreams(t testing.TB, nodes ...*testNode) {
+	t.Helper()
+	connect(t, nodes...)
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b {
+				waitStreams(t, a, b)
 			}
 		}
 	}

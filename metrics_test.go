@@ -247,9 +247,7 @@ func TestMetricsEveryDocumentedMetric(t *testing.T) {
 	if err := a.tr.AddPeer(3, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	for i := range uint64(5) {
 		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, i), newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
@@ -529,9 +527,7 @@ func TestMetricsStreamReconnects(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
 	a := newNode(t, withID(1), withRegisterer(regA))
 	b := newNode(t, withID(2), withRegisterer(regB))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 	for _, s := range []string{"reader stream Message", "reader stream MsgApp v2", "writer stream Message", "writer stream MsgApp v2"} {
 		if v := metricValue(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": s}); v != 0 {
 			t.Errorf("before any reconnect, %s reconnects = %v, want 0", s, v)
@@ -622,9 +618,7 @@ func TestMetricsTwoTransportsOwnRegistries(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
 	a := newNode(t, withID(1), withRegisterer(regA))
 	b := newNode(t, withID(2), withRegisterer(regB))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
 	b.raft.recv(t)
 

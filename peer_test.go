@@ -112,9 +112,7 @@ func TestPeerCutMend(t *testing.T) {
 func TestPeerCutDropsReceived(t *testing.T) {
 	a := newNode(t, withID(1))
 	b := newNode(t, withID(2))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	received := func() float64 {
 		return metricValue(t, gathered(t, b.tr.metrics.receivedBytes), "", map[string]string{"From": "1"})

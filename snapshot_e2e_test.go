@@ -85,9 +85,7 @@ func TestSnapshot1GiB(t *testing.T) {
 	dir := t.TempDir()
 	a := newNode(t, withID(1))
 	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	gen := newSnapGen(0x9e3779b97f4a7c15, size)
 	baseline, rssOK := snapRSSBaseline(t)

@@ -151,11 +151,7 @@ func (g *snapGate) isClosed() bool {
 // waitReached waits until the gate has passed its limit and blocks.
 func (g *snapGate) waitReached(t testing.TB) {
 	t.Helper()
-	select {
-	case <-g.reached:
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the payload to reach its gate")
-	}
+	receive(t, g.reached, 10*time.Second, "the payload to reach its gate")
 }
 
 // snapProbe wraps a SnapshotStore and reports each SaveSnapshot: its start
@@ -180,24 +176,12 @@ func (s *snapProbe) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Re
 
 func (s *snapProbe) waitStarted(t testing.TB) *raftpb.Message {
 	t.Helper()
-	select {
-	case m := <-s.started:
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the receiver to start saving a snapshot")
-		return nil
-	}
+	return receive(t, s.started, 10*time.Second, "the receiver to start saving a snapshot")
 }
 
 func (s *snapProbe) waitResult(t testing.TB) error {
 	t.Helper()
-	select {
-	case err := <-s.results:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the receiver's save to end")
-		return nil
-	}
+	return receive(t, s.results, 10*time.Second, "the receiver's save to end")
 }
 
 // snapFailAfter fails with err once n bytes have been read from r.
@@ -240,13 +224,7 @@ func snapSend(a *testNode, to, index uint64, payload io.ReadCloser, size int64) 
 // snapWait waits for the outcome of a SendSnapshot.
 func snapWait(t testing.TB, errc <-chan error) error {
 	t.Helper()
-	select {
-	case err := <-errc:
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("timed out waiting for the outcome of SendSnapshot")
-		return nil
-	}
+	return receive(t, errc, 20*time.Second, "the outcome of SendSnapshot")
 }
 
 // snapWaitRecvFailed waits until the receiver's snapshot handler has failed
@@ -1098,11 +1076,7 @@ func TestSnapshotAnswerWait(t *testing.T) {
 			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(newMsg(raftpb.MsgSnap, 1, 2, 12)))+tc.size)
 			gen := newSnapGen(40, tc.size)
 			errc := snapSend(a, 2, 12, gen, tc.size)
-			select {
-			case <-store.saved:
-			case <-time.After(10 * time.Second):
-				t.Fatal("timed out waiting for the receiver to have the payload")
-			}
+			receive(t, store.saved, 10*time.Second, "the receiver to have the payload")
 			received := time.Now()
 			err := snapWait(t, errc)
 			took := time.Since(received)

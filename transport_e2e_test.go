@@ -24,9 +24,7 @@ import (
 func TestTwoNodesExchangeMessages(t *testing.T) {
 	a := newNode(t, withID(1))
 	b := newNode(t, withID(2))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	types := []raftpb.MessageType{raftpb.MsgProp, raftpb.MsgApp, raftpb.MsgAppResp, raftpb.MsgVote,
 		raftpb.MsgVoteResp, raftpb.MsgSnap, raftpb.MsgHeartbeat, raftpb.MsgHeartbeatResp}
@@ -322,9 +320,7 @@ func TestTransportChannelsStreamsUp(t *testing.T) {
 	var recA, recB *routeRecorder
 	a := newNode(t, withID(1), wrapHandler(wrapRecorder(&recA)))
 	b := newNode(t, withID(2), wrapHandler(wrapRecorder(&recB)))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	var wantMsgApp, wantMessage, wantPipeline []raftpb.MessageType
 	for i, typ := range allMessageTypes() {
@@ -618,9 +614,7 @@ func TestTransportDropsAccounted(t *testing.T) {
 func TestTransportReconnectAfterRestart(t *testing.T) {
 	a := newNode(t, withID(1))
 	b := newNode(t, withID(2))
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1))})
 	if got := b.raft.recv(t); got.GetCommit() != 1 {
 		t.Fatalf("got commit %d, want 1", got.GetCommit())

@@ -23,13 +23,7 @@ import (
 // recvErr waits for an error on c.
 func recvErr(t *testing.T, c <-chan error) error {
 	t.Helper()
-	select {
-	case err := <-c:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for an error on ErrorC")
-		return nil
-	}
+	return receive(t, c, 10*time.Second, "an error on ErrorC")
 }
 
 // TestTransportRemovedMemberStream410 checks that a stream dial answered 410
