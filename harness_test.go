@@ -762,6 +762,28 @@ func metricValue(t testing.TB, g prometheus.Gatherer, name string, match map[str
 	return sum
 }
 
+// seriesNaming lists the series gathered from g that have a label whose
+// value is v, one line each (family, then labels).
+func seriesNaming(t testing.TB, g prometheus.Gatherer, v string) []string {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	var found []string
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == v {
+					found = append(found, mf.GetName()+" "+m.String())
+					break
+				}
+			}
+		}
+	}
+	return found
+}
+
 // labelsInclude reports whether m has every label of match.
 func labelsInclude(m *dto.Metric, match map[string]string) bool {
 	found := 0

@@ -367,7 +367,7 @@ func TestRequestRemoteThenAddPeer(t *testing.T) {
 	if n := learntAt.received(rtMember); n != 0 {
 		t.Errorf("%d messages went through the remote, want 0: peers come first", n)
 	}
-	if got := seriesWithLabelValue(t, tr.metrics.sentBytes, formatID(rtMember)); len(got) == 0 {
+	if got := seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(rtMember)); len(got) == 0 {
 		t.Error("closing the remote deleted the peer's sent_bytes series")
 	}
 	tr.Send([]*raftpb.Message{rtAnswer(rtMember)})
@@ -473,7 +473,7 @@ func TestRetiredRemoteReportsDrops(t *testing.T) {
 			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRetired}); got != sent {
 				t.Errorf("%v drops counted as retired, want %d", got, sent)
 			}
-			if got := seriesWithLabelValue(t, tr.metrics.sentBytes, formatID(victim)); len(got) != 0 {
+			if got := seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(victim)); len(got) != 0 {
 				t.Errorf("series of the closed remote remain: %v", got)
 			}
 			waitFor(t, "the closed remote's workers to end", func() bool {

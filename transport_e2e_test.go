@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -64,30 +62,6 @@ func (forbiddenError) Error() string { return "message from removed member" }
 
 func (forbiddenError) WriteTo(w http.ResponseWriter) {
 	http.Error(w, "cannot process message from removed member", http.StatusForbidden)
-}
-
-// seriesWithLabelValue lists the series of c that have a label equal to v.
-func seriesWithLabelValue(t testing.TB, c prometheus.Collector, v string) []string {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 1024)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	var found []string
-	for m := range ch {
-		var pb dto.Metric
-		if err := m.Write(&pb); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		for _, l := range pb.GetLabel() {
-			if l.GetValue() == v {
-				found = append(found, m.Desc().String()+" "+pb.String())
-				break
-			}
-		}
-	}
-	return found
 }
 
 // ---------------------------------------------------------------------------

@@ -380,7 +380,7 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 	}()
 
 	waitFor(t, "traffic to flow", func() bool { return received[2].Load() > 500 && received[3].Load() > 500 })
-	if got := seriesWithLabelValue(t, a.tr.metrics.sentBytes, "2"); len(got) == 0 {
+	if got := seriesNaming(t, gathered(t, a.tr.metrics.sentBytes), "2"); len(got) == 0 {
 		t.Fatal("no metrics series for peer 2 before its removal; the check below would prove nothing")
 	}
 	start := time.Now()
@@ -392,7 +392,7 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 	a.tr.RemovePeer(2)  // again: a no-op
 	a.tr.RemovePeer(42) // unknown: a no-op
 	for _, col := range a.tr.metrics.collectors {
-		if got := seriesWithLabelValue(t, col, "2"); len(got) != 0 {
+		if got := seriesNaming(t, gathered(t, col), "2"); len(got) != 0 {
 			t.Errorf("series of the removed peer remain: %v", got)
 		}
 	}
