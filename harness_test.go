@@ -42,15 +42,18 @@ type fakeRaft struct {
 	snapshots   []snapshotReport
 }
 
+// snapshotReport is one ReportSnapshot call.
 type snapshotReport struct {
 	id     uint64
 	status raft.SnapshotStatus
 }
 
+// newFakeRaft returns a fakeRaft that delivers every message to msgc.
 func newFakeRaft() *fakeRaft {
 	return &fakeRaft{msgc: make(chan *raftpb.Message, 1<<16), removed: map[uint64]bool{}, unreachable: map[uint64]int{}}
 }
 
+// Process hands m to processFn if set, else to msgc.
 func (r *fakeRaft) Process(ctx context.Context, m *raftpb.Message) error {
 	r.mu.Lock()
 	fn := r.processFn
@@ -66,42 +69,49 @@ func (r *fakeRaft) Process(ctx context.Context, m *raftpb.Message) error {
 	}
 }
 
+// IsIDRemoved reports whether setRemoved(id) was called.
 func (r *fakeRaft) IsIDRemoved(id uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.removed[id]
 }
 
+// ReportUnreachable counts the call (unreachableCount).
 func (r *fakeRaft) ReportUnreachable(id uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.unreachable[id]++
 }
 
+// ReportSnapshot records the call (snapshotReports).
 func (r *fakeRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.snapshots = append(r.snapshots, snapshotReport{id, status})
 }
 
+// setProcess makes fn handle what Process gets from now on.
 func (r *fakeRaft) setProcess(fn func(ctx context.Context, m *raftpb.Message) error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.processFn = fn
 }
 
+// setRemoved marks id as removed from the cluster.
 func (r *fakeRaft) setRemoved(id uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.removed[id] = true
 }
 
+// unreachableCount is how many times id was reported unreachable.
 func (r *fakeRaft) unreachableCount(id uint64) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.unreachable[id]
 }
 
+// snapshotReports returns the ReportSnapshot calls so far, in order.
 func (r *fakeRaft) snapshotReports() []snapshotReport {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -530,6 +540,7 @@ type memNet struct {
 	mu        sync.Mutex
 	listeners map[string]*memListener
 	hosts     int // listeners made so far
+	dials     int // dials made so far, for the clients' ports
 }
 
 // memListener is a listener of a memNet. Dials hand it the server ends of
@@ -573,8 +584,8 @@ func (mn *memNet) listen() *memListener {
 func (mn *memNet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	mn.mu.Lock()
 	l := mn.listeners[addr]
-	client := &net.TCPAddr{IP: net.IPv4(10, 1, 0, 1), Port: 30000 + mn.hosts}
-	mn.hosts++
+	mn.dials++
+	client := &net.TCPAddr{IP: net.IPv4(10, 1, 0, 1), Port: 1024 + mn.dials%60000}
 	mn.mu.Unlock()
 	refused := &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
 	if l == nil {
@@ -594,7 +605,7 @@ func (mn *memNet) dial(ctx context.Context, network, addr string) (net.Conn, err
 }
 
 // attach makes tr's three HTTP clients dial on the network, each with the
-// deadlines newRoundTripper gives its connections.
+// deadlines newRoundTripper gives its connections (keep the two in step).
 func (mn *memNet) attach(tr *Transport) {
 	for _, c := range []struct {
 		rt     http.RoundTripper
