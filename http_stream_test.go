@@ -87,6 +87,17 @@ func TestServeStream(t *testing.T) {
 	}
 }
 
+// htStreamNode serves the transport under test, watched by srv, with b2 as
+// a peer whose streams the test dials, and returns it and the peer b2. Its
+// reads time out after a minute, so that the streams last the test.
+func htStreamNode(t *testing.T, srv *htServer) (*testNode, *peer) {
+	t.Helper()
+	n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
+	htAddPeer(t, n.tr)
+	p, _ := n.tr.get(htPeerID)
+	return n, p
+}
+
 // htDialStream opens a stream from b2 on the server at url, of the type in
 // path, and returns the response; cancel ends the request.
 func htDialStream(t *testing.T, client *http.Client, url, path string) (*http.Response, context.CancelFunc) {
@@ -138,11 +149,8 @@ func TestServeStreamAttach(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := &htServer{}
-			n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
-			tr := n.tr
-			htAddPeer(t, tr)
-			client := n.client(t)
-			p, _ := tr.get(htPeerID)
+			n, p := htStreamNode(t, srv)
+			tr, client := n.tr, n.client(t)
 
 			resp, cancel := htDialStream(t, client, n.url, tc.path)
 			defer cancel()
@@ -187,11 +195,8 @@ func TestServeStreamAttach(t *testing.T) {
 // blocked on a remote that does not read), so the end may be abrupt.
 func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
 	srv := &htServer{}
-	n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
-	tr := n.tr
-	htAddPeer(t, tr)
-	client := n.client(t)
-	p, _ := tr.get(htPeerID)
+	n, p := htStreamNode(t, srv)
+	tr, client := n.tr, n.client(t)
 
 	msg, cancelMsg := htDialStream(t, client, n.url, "/raft/stream/message/b2")
 	defer cancelMsg()
@@ -215,11 +220,8 @@ func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
 // keeps working on the second.
 func TestServeStreamReplacedConnection(t *testing.T) {
 	srv := &htServer{}
-	n := newNode(t, htLocal(), srv.serving(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = time.Minute }))
-	tr := n.tr
-	htAddPeer(t, tr)
-	client := n.client(t)
-	p, _ := tr.get(htPeerID)
+	n, p := htStreamNode(t, srv)
+	tr, client := n.tr, n.client(t)
 
 	first, cancelFirst := htDialStream(t, client, n.url, "/raft/stream/message/b2")
 	defer cancelFirst()

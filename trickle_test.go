@@ -35,6 +35,19 @@ func (r *trickleBody) Read(p []byte) (int, error) {
 	return 1, nil
 }
 
+// trickleNode serves the transport under test on mn, watched by srv, with
+// the given PipelineTimeout and SnapshotProgressTimeout and a store in a
+// directory of its own, which it returns.
+func trickleNode(t *testing.T, mn *memNet, srv *htServer, pipeline, progress time.Duration) (*testNode, string) {
+	t.Helper()
+	dir := t.TempDir()
+	n := newNode(t, htLocal(), srv.serving(), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}), withConfig(func(tr *Transport) {
+		tr.PipelineTimeout = pipeline
+		tr.SnapshotProgressTimeout = progress
+	}))
+	return n, dir
+}
+
 // TestTrickleBodyCutOff checks that a POST body trickling in a byte at a
 // time is cut off once its grace (PipelineTimeout, SnapshotProgressTimeout)
 // is over, on both POST routes: a handler is not held for ever by a slow
@@ -60,13 +73,8 @@ func TestTrickleBodyCutOff(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				mn := &memNet{}
-				dir := t.TempDir()
 				srv := &htServer{}
-				n := newNode(t, htLocal(), srv.serving(), onMemNet(mn), withConfig(func(tr *Transport) {
-					tr.PipelineTimeout = grace
-					tr.SnapshotProgressTimeout = grace
-					tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-				}))
+				n, dir := trickleNode(t, mn, srv, grace, grace)
 				fr := n.raft
 				client := n.client(t)
 				// 200 bytes a second, a fifth of the slowest rate allowed;
@@ -142,13 +150,8 @@ func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				mn := &memNet{}
-				dir := t.TempDir()
 				srv := &htServer{}
-				n := newNode(t, htLocal(), srv.serving(), onMemNet(mn), withConfig(func(tr *Transport) {
-					tr.PipelineTimeout = grace
-					tr.SnapshotProgressTimeout = progress
-					tr.SnapshotStore = DirSnapshotStore{Dir: dir}
-				}))
+				n, dir := trickleNode(t, mn, srv, grace, progress)
 				fr := n.raft
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
