@@ -35,17 +35,51 @@ func (r *trickleBody) Read(p []byte) (int, error) {
 	return 1, nil
 }
 
-// trickleNode serves the transport under test on mn, watched by srv, with
-// the given PipelineTimeout and SnapshotProgressTimeout and a store in a
-// directory of its own, which it returns.
-func trickleNode(t *testing.T, mn *memNet, srv *htServer, pipeline, progress time.Duration) (*testNode, string) {
+// trickleNode serves the transport under test on a memNet of its own,
+// watched by the htServer it returns, with the given PipelineTimeout and
+// SnapshotProgressTimeout and a store in the directory it returns. Call it
+// in a synctest bubble.
+func trickleNode(t *testing.T, pipeline, progress time.Duration) (*testNode, *htServer, string) {
 	t.Helper()
+	srv := &htServer{}
 	dir := t.TempDir()
-	n := newNode(t, htLocal(), srv.serving(), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}), withConfig(func(tr *Transport) {
+	n := newNode(t, htLocal(), srv.serving(), onMemNet(&memNet{}), withStore(DirSnapshotStore{Dir: dir}), withConfig(func(tr *Transport) {
 		tr.PipelineTimeout = pipeline
 		tr.SnapshotProgressTimeout = progress
 	}))
-	return n, dir
+	return n, srv, dir
+}
+
+// trickleRefused sends req and returns how long it took to be refused (an
+// error status, or the connection closed).
+func trickleRefused(t *testing.T, client *http.Client, req *http.Request) time.Duration {
+	t.Helper()
+	start := time.Now()
+	resp, err := client.Do(req)
+	took := time.Since(start)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("status %d, want a refusal (4xx/5xx) or a closed connection", resp.StatusCode)
+		}
+	}
+	t.Logf("cut off after %v (%v)", took.Round(time.Millisecond), err)
+	return took
+}
+
+// trickleNothingKept checks what a body cut off must leave: the handler
+// returned, raft got nothing, and the store in dir kept nothing.
+func trickleNothingKept(t *testing.T, n *testNode, srv *htServer, dir string) {
+	t.Helper()
+	waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
+	select {
+	case m := <-n.raft.msgc:
+		t.Errorf("raft got %v from a body that never completed", m.GetType())
+	default:
+	}
+	if files, _ := os.ReadDir(dir); len(files) != 0 {
+		t.Errorf("the store kept %d files, want none", len(files))
+	}
 }
 
 // TestTrickleBodyCutOff checks that a POST body trickling in a byte at a
@@ -72,10 +106,7 @@ func TestTrickleBodyCutOff(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				mn := &memNet{}
-				srv := &htServer{}
-				n, dir := trickleNode(t, mn, srv, grace, grace)
-				fr := n.raft
+				n, srv, dir := trickleNode(t, grace, grace)
 				client := n.client(t)
 				// 200 bytes a second, a fifth of the slowest rate allowed;
 				// 4 KiB would take 20 s.
@@ -87,28 +118,11 @@ func TestTrickleBodyCutOff(t *testing.T) {
 					t.Fatal(err)
 				}
 				req.Header = htHeaders(tc.kind)
-				start := time.Now()
-				resp, err := client.Do(req)
-				took := time.Since(start)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode < 400 {
-						t.Errorf("status %d, want a refusal (4xx/5xx) or a closed connection", resp.StatusCode)
-					}
-				}
-				t.Logf("cut off after %v (%v)", took.Round(time.Millisecond), err)
+				took := trickleRefused(t, client, req)
 				if took > 2*time.Second {
 					t.Errorf("the trickling body was served for %v, want it cut off about %v after the start", took, grace)
 				}
-				waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
-				select {
-				case m := <-fr.msgc:
-					t.Errorf("raft got %v from a body that never completed", m.GetType())
-				default:
-				}
-				if files, _ := os.ReadDir(dir); len(files) != 0 {
-					t.Errorf("the store kept %d files, want none", len(files))
-				}
+				trickleNothingKept(t, n, srv, dir)
 			})
 		})
 	}
@@ -149,10 +163,7 @@ func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				mn := &memNet{}
-				srv := &htServer{}
-				n, dir := trickleNode(t, mn, srv, grace, progress)
-				fr := n.raft
+				n, srv, dir := trickleNode(t, grace, progress)
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
 				body := io.MultiReader(bytes.NewReader(tc.head), silentBody{ctx})
@@ -161,28 +172,11 @@ func TestSnapshotBodyFirstBytesGrace(t *testing.T) {
 					t.Fatal(err)
 				}
 				req.Header = htHeaders(htSnapshot)
-				start := time.Now()
-				resp, err := n.client(t).Do(req)
-				took := time.Since(start)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode < 400 {
-						t.Errorf("status %d, want a refusal (4xx/5xx) or a closed connection", resp.StatusCode)
-					}
-				}
-				t.Logf("cut off after %v (%v)", took.Round(time.Millisecond), err)
+				took := trickleRefused(t, n.client(t), req)
 				if took < tc.want-50*time.Millisecond || took > tc.want+slack {
 					t.Errorf("the body was cut off after %v, want about %v", took, tc.want)
 				}
-				waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
-				select {
-				case m := <-fr.msgc:
-					t.Errorf("raft got %v from a body that never completed", m.GetType())
-				default:
-				}
-				if files, _ := os.ReadDir(dir); len(files) != 0 {
-					t.Errorf("the store kept %d files, want none", len(files))
-				}
+				trickleNothingKept(t, n, srv, dir)
 			})
 		})
 	}
