@@ -675,16 +675,6 @@ func newMsg(typ raftpb.MessageType, from, to, index uint64, opts ...msgOption) *
 	return m
 }
 
-// withTerm puts the message, its log position and its snapshot at term.
-func withTerm(term uint64) msgOption {
-	return func(m *raftpb.Message) {
-		m.Term, m.LogTerm = proto.Uint64(term), proto.Uint64(term)
-		if md := m.GetSnapshot().GetMetadata(); md != nil {
-			md.Term = proto.Uint64(term)
-		}
-	}
-}
-
 // withCommit sets Commit, so that tests can tell messages apart by it.
 func withCommit(commit uint64) msgOption {
 	return func(m *raftpb.Message) { m.Commit = proto.Uint64(commit) }
