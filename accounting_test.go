@@ -21,8 +21,8 @@ import (
 // those few.
 func TestAccountingUnderChurn(t *testing.T) {
 	const total = 20000
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 

@@ -81,7 +81,7 @@ func heapDuring(f func()) (allocated, grew uint64) {
 func TestAmplificationPipeline(t *testing.T) {
 	for _, sh := range amplifyShapes(uint64(3)) { // MsgApp
 		t.Run(sh.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			htAddPeer(t, tr)
 			h := tr.Handler()
 			rec := httptest.NewRecorder()
@@ -104,7 +104,7 @@ func TestAmplificationPipeline(t *testing.T) {
 func TestAmplificationSnapshotEnvelope(t *testing.T) {
 	for _, sh := range amplifyShapes(uint64(7)) { // MsgSnap
 		t.Run(sh.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.SnapshotStore = &htStore{} })
+			tr, _ := newNode(t, htLocal(), withStore(&memStore{})).parts()
 			htAddPeer(t, tr)
 			h := tr.Handler()
 			body := append(binary.BigEndian.AppendUint64(nil, uint64(len(sh.body))), sh.body...)

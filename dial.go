@@ -25,9 +25,12 @@ const (
 // look at the socket every busyPollInterval while MsgApps stream. The
 // pipeline keeps connections alive between POSTs.
 func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Transport {
-	d := &net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}
+	netDial := (&net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	if t.netDial != nil {
+		netDial = t.netDial
+	}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, err := netDial(ctx, network, addr)
 		if err != nil || (rd == 0 && wr == 0) {
 			return c, err
 		}

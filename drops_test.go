@@ -30,7 +30,7 @@ func TestDropCounterCache(t *testing.T) {
 			for range 3 {
 				pm.drop(tt.typ, tt.reason)
 			}
-			got := metricSum(t, m.droppedMessages, map[string]string{"Peer": "7", "Type": tt.typ.String(), "Reason": tt.reason})
+			got := metricValue(t, gathered(t, m.droppedMessages), "", map[string]string{"Peer": "7", "Type": tt.typ.String(), "Reason": tt.reason})
 			if got != 3 {
 				t.Errorf("dropped_messages_total{%s,%s} = %v, want 3", tt.typ, tt.reason, got)
 			}
@@ -104,7 +104,7 @@ func TestReportDrop(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			core, logs := observer.New(zapcore.WarnLevel)
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.Logger = zap.New(core) })
+			tr, fr := newNode(t, htLocal(), withLogger(zap.New(core))).parts()
 			p := stoppedPeer(t, tr)
 			if err := tr.AddRemote(htStranger, []string{"http://" + freeAddr(t)}); err != nil {
 				t.Fatal(err)
@@ -140,14 +140,14 @@ func TestReportDrop(t *testing.T) {
 				want float64
 			}{{formatID(to), tt.wantDrops}, {unknownPeerLabel, tt.wantUnknown}} {
 				labels := map[string]string{"Peer": c.peer, "Type": tt.typ.String(), "Reason": tt.reason}
-				if got := metricSum(t, tr.metrics.droppedMessages, labels); got != c.want {
+				if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", labels); got != c.want {
 					t.Errorf("dropped_messages_total%v = %v, want %v", labels, got, c.want)
 				}
 			}
 			if got := float64(pm.c.dropped.Load()); got != tt.wantDrops {
 				t.Errorf("PeerStats.Dropped = %v, want %v", got, tt.wantDrops)
 			}
-			if got := metricSum(t, tr.metrics.sentFailures, map[string]string{"To": formatID(to)}); got != tt.wantFailures {
+			if got := metricValue(t, gathered(t, tr.metrics.sentFailures), "", map[string]string{"To": formatID(to)}); got != tt.wantFailures {
 				t.Errorf("peer_sent_failures_total = %v, want %v", got, tt.wantFailures)
 			}
 			var got []string
@@ -200,7 +200,7 @@ func TestSendToRemoteReportsFull(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, tt.configure)
+			tr, fr := newNode(t, htLocal(), withConfig(tt.configure)).parts()
 			r := stoppedRemote(t, tr)
 			if tt.prepare != nil {
 				tt.prepare(tr, r)
@@ -219,7 +219,7 @@ func TestSendToRemoteReportsFull(t *testing.T) {
 			}
 			if tt.wantDrop != "" {
 				labels := map[string]string{"Peer": r.idStr, "Type": "MsgApp", "Reason": tt.wantDrop}
-				if got := metricSum(t, tr.metrics.droppedMessages, labels); got != 1 {
+				if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", labels); got != 1 {
 					t.Errorf("dropped_messages_total%v = %v, want 1", labels, got)
 				}
 			}
@@ -259,12 +259,12 @@ func TestSendDropNoAllocs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) {
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 				tr.logClock = func() int64 { return 1 } // one warning, at the first drop
 				if tt.configure != nil {
 					tt.configure(tr)
 				}
-			})
+			})).parts()
 			counters := tt.member(t, tr)
 			if tt.fill != nil {
 				tr.send([]*raftpb.Message{tt.fill})

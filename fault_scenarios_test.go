@@ -12,14 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp/internal/faultnet"
-	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file runs failure scenarios over a fault-injecting network: every
@@ -40,17 +38,17 @@ import (
 // cores (link heartbeats go out every third of it).
 const faultReadTimeout = 500 * time.Millisecond
 
-// faultTransport configures a transport of the scenarios: short timeouts,
-// and warnings only in the log.
-func faultTransport(t testing.TB) func(*Transport) {
-	return func(tr *Transport) {
-		tr.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))
-		tr.ConnReadTimeout = faultReadTimeout
-		tr.ConnWriteTimeout = 2 * faultReadTimeout
-		tr.PipelineTimeout = 2 * faultReadTimeout
-		tr.DialTimeout = faultReadTimeout
-		tr.DialRetryMin, tr.DialRetryMax = 10*time.Millisecond, 100*time.Millisecond
-	}
+// faultTimeouts is the preset of the scenarios' transports: short
+// timeouts, and warnings only in the log.
+func faultTimeouts(t testing.TB) nodeOption {
+	return options(withLogger(zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel))),
+		withDialRetry(10*time.Millisecond, 100*time.Millisecond),
+		withConfig(func(tr *Transport) {
+			tr.ConnReadTimeout = faultReadTimeout
+			tr.ConnWriteTimeout = 2 * faultReadTimeout
+			tr.PipelineTimeout = 2 * faultReadTimeout
+			tr.DialTimeout = faultReadTimeout
+		}))
 }
 
 // newFaultNet returns a network closed at the end of the test. Create it
@@ -91,55 +89,26 @@ func wireThroughProxies(t testing.TB, fnet *faultnet.Network, nodes map[uint64]*
 	return proxies
 }
 
-// faultOptions adjusts the raft members of a fault cluster.
-type faultOptions struct {
-	// etcdRaft turns on CheckQuorum and PreVote, as etcd runs raft: a
-	// leader that hears from no quorum steps down, and a member that
-	// cannot win does not disrupt the others.
-	etcdRaft bool
-}
-
-// newFaultMember is newRaftMember with the scenarios' transport settings,
-// raft options, and a restart mode: with a storage, the member restarts
-// from it (raft.RestartNode) on the given address.
-func newFaultMember(t testing.TB, id uint64, peers []raft.Peer, o faultOptions, storage *raft.MemoryStorage, addr string) *raftMember {
-	t.Helper()
-	ids := make([]uint64, 0, len(peers))
-	for _, p := range peers {
-		ids = append(ids, p.ID)
-	}
-	m := &raftMember{Member: rafttest.NewMember(t, id, ids, rafttest.Config{Tick: clusterTick, ElectionTick: 10,
-		CheckQuorum: o.etcdRaft, PreVote: o.etcdRaft, Storage: storage})}
-	configure := faultTransport(t)
-	m.net = newE2ENode(t, id, e2eOptions{addr: addr, configure: func(tr *Transport) {
-		configure(tr)
-		tr.Raft = m.Member
-	}})
-	return m
-}
-
 // faultCluster is a raft cluster whose members reach each other through
 // per-pair proxies.
 type faultCluster struct {
 	t       *testing.T
-	opts    faultOptions
+	opts    memberOptions
 	ids     []uint64
 	members map[uint64]*raftMember
 	proxy   map[pairKey]*faultnet.Proxy
 }
 
-func newFaultCluster(t *testing.T, n int, o faultOptions) *faultCluster {
+func newFaultCluster(t *testing.T, n int, o memberOptions) *faultCluster {
 	t.Helper()
 	fnet := newFaultNet(t, int64(n))
 	c := &faultCluster{t: t, opts: o, members: map[uint64]*raftMember{}}
-	peers := make([]raft.Peer, n)
-	for i := range peers {
-		peers[i] = raft.Peer{ID: uint64(i + 1)}
+	for i := range n {
 		c.ids = append(c.ids, uint64(i+1))
 	}
 	nets := map[uint64]*testNode{}
 	for _, id := range c.ids {
-		m := newFaultMember(t, id, peers, o, nil, "")
+		m := newRaftMember(t, id, c.ids, c.memberOptions())
 		c.members[id] = m
 		nets[id] = m.net
 	}
@@ -148,6 +117,14 @@ func newFaultCluster(t *testing.T, n int, o faultOptions) *faultCluster {
 		m.start()
 	}
 	return c
+}
+
+// memberOptions are the options of the cluster's members, on the
+// scenarios' transports.
+func (c *faultCluster) memberOptions(node ...nodeOption) memberOptions {
+	o := c.opts
+	o.node = append([]nodeOption{faultTimeouts(c.t)}, node...)
+	return o
 }
 
 // view returns the members ids as a raftCluster, to elect and commit among
@@ -237,7 +214,7 @@ func converged(v *raftCluster, not uint64) bool {
 func TestFaultScenarioLeaderPartitioned(t *testing.T) {
 	for _, n := range []int{3, 5} {
 		t.Run(fmt.Sprintf("%d members", n), func(t *testing.T) {
-			c := newFaultCluster(t, n, faultOptions{})
+			c := newFaultCluster(t, n, memberOptions{})
 			all := c.all()
 			old := all.waitLeader()
 			before, _ := all.commit(proposals("before", 20), roundRobin(all.live()))
@@ -294,7 +271,7 @@ func TestFaultScenarioOneWayPartition(t *testing.T) {
 		{"leader can receive but not send", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newFaultCluster(t, 3, faultOptions{etcdRaft: true})
+			c := newFaultCluster(t, 3, memberOptions{etcdRaft: true})
 			all := c.all()
 			old := all.waitLeader()
 			before, _ := all.commit(proposals("before", 20), roundRobin(all.live()))
@@ -338,7 +315,7 @@ func paddedProposals(prefix string, n, size int) []string {
 // measured the same way before: a slow peer holds up nobody else. After
 // the heal the slow follower catches up.
 func TestFaultScenarioSlowFollower(t *testing.T) {
-	c := newFaultCluster(t, 3, faultOptions{})
+	c := newFaultCluster(t, 3, memberOptions{})
 	all := c.all()
 	lead := all.waitLeader()
 	all.commit(proposals("warm", 50), roundRobin(all.live()))
@@ -413,7 +390,7 @@ func newFaultMesh(t *testing.T, n int, seed int64) *faultMesh {
 	m := &faultMesh{nodes: map[uint64]*testNode{}}
 	for i := range n {
 		id := uint64(i + 1)
-		m.nodes[id] = newE2ENode(t, id, e2eOptions{configure: faultTransport(t)})
+		m.nodes[id] = newNode(t, withID(id), faultTimeouts(t))
 	}
 	m.proxy = wireThroughProxies(t, fnet, m.nodes)
 	for _, a := range m.nodes {
@@ -520,8 +497,8 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fnet := newFaultNet(t, 2)
-			a := newE2ENode(t, 1, e2eOptions{configure: faultTransport(t)})
-			b := newE2ENode(t, 2, e2eOptions{configure: faultTransport(t)})
+			a := newNode(t, withID(1), faultTimeouts(t))
+			b := newNode(t, withID(2), faultTimeouts(t))
 			var px [2]*faultnet.Proxy
 			for i := range px {
 				p, err := fnet.Proxy(b.srv.Listener.Addr().String())
@@ -551,7 +528,7 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 			if reached > tc.bound {
 				t.Errorf("node 1's streams reached node 2 through the second URL after %v, want within %v", reached, tc.bound)
 			}
-			a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 5)}) // by the pipeline
+			a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(5))}) // by the pipeline
 			if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetCommit() != 5 {
 				t.Errorf("got %v commit %d, want MsgSnap commit 5", got.GetType(), got.GetCommit())
 			}
@@ -567,7 +544,7 @@ func TestFaultScenarioSecondURL(t *testing.T) {
 // restarts it from its storage on the same address: every stream between it
 // and the others re-attaches, and it catches up.
 func TestFaultScenarioRestart(t *testing.T) {
-	c := newFaultCluster(t, 3, faultOptions{})
+	c := newFaultCluster(t, 3, memberOptions{})
 	all := c.all()
 	lead := all.waitLeader()
 	all.commit(proposals("before", 50), roundRobin(all.live()))
@@ -580,7 +557,9 @@ func TestFaultScenarioRestart(t *testing.T) {
 	rest.commit(proposals("down", 50), roundRobin(rest.live()))
 
 	restartedAt := time.Now()
-	m := newFaultMember(t, f, nil, c.opts, old.Storage(), addr)
+	o := c.memberOptions(listenOn(addr))
+	o.storage = old.Storage()
+	m := newRaftMember(t, f, nil, o)
 	if m.net.url != old.net.url {
 		t.Fatalf("restarted on %s, want %s", m.net.url, old.net.url)
 	}
@@ -629,11 +608,9 @@ func TestFaultScenarioFlood(t *testing.T) {
 		// slow peer cannot take in time, and exceed it.
 		floodHeapBound = 64 << 20
 	)
-	a := newE2ENode(t, 1, e2eOptions{configure: faultTransport(t)})
-	b := newE2ENode(t, 2, e2eOptions{configure: faultTransport(t)})
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1), faultTimeouts(t))
+	b := newNode(t, withID(2), faultTimeouts(t))
+	connectStreams(t, a, b)
 
 	var received atomic.Int64
 	b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
@@ -702,7 +679,7 @@ func TestFaultScenarioFlood(t *testing.T) {
 	stopSampler()
 
 	da, db := dropped()
-	queueFull := int64(metricSum(t, a.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Reason": dropQueueFull}))
+	queueFull := int64(metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Reason": dropQueueFull}))
 	if reports := int64(a.raft.unreachableCount(2)); reports < queueFull {
 		t.Errorf("got %d ReportUnreachable(2), want at least one per message dropped on a full queue, %d", reports, queueFull)
 	}

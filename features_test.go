@@ -190,11 +190,8 @@ func TestFeatureNegotiationSnapshotTrailer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			var seen snapSeen
-			a := newTestNode(t, 1, announcing(tc.sender))
-			b := newSnapNode(t, 2, func(tr *Transport) {
-				announcing(tc.receiver)(tr)
-				withStore(DirSnapshotStore{Dir: dir})(tr)
-			}, seen.wrap)
+			a := newNode(t, withID(1), withConfig(announcing(tc.sender)))
+			b := newNode(t, withID(2), withConfig(announcing(tc.receiver)), withStore(DirSnapshotStore{Dir: dir}), wrapHandler(seen.wrap))
 			connect(t, a, b)
 			// Each side has dialled the other's streams, so each has read
 			// the other's answer and request.
@@ -258,10 +255,10 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 		body func(t *testing.T) io.Reader
 	}{
 		{"pipeline", htPipeline, "/raft", func(t *testing.T) io.Reader {
-			return bytes.NewReader(htMarshal(t, htMessage(raftpb.MsgHeartbeat)))
+			return bytes.NewReader(htMarshal(t, newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)))
 		}},
 		{"snapshot", htSnapshot, "/raft/snapshot", func(t *testing.T) io.Reader {
-			return bytes.NewReader(append(htEnvelope(t, htSnapMessage()), "payload"...))
+			return bytes.NewReader(append(htEnvelope(t, newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)), "payload"...))
 		}},
 	}
 	for _, rt := range routes {
@@ -357,7 +354,7 @@ func TestFeaturesLearntFromAnswers(t *testing.T) {
 			fake := &fakeAnnouncer{announce: tc.announce, posts: map[string]int{}}
 			srv := httptest.NewServer(fake)
 			t.Cleanup(srv.Close) // after the node's cleanup, which cuts the dials
-			a := newTestNode(t, 1, nil)
+			a := newNode(t, withID(1))
 			if err := a.tr.AddPeer(2, []string{srv.URL}); err != nil {
 				t.Fatal(err)
 			}

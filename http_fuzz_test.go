@@ -52,13 +52,11 @@ func newFuzzTransport(f *testing.F, withPeer bool) (*Transport, http.Handler) {
 		}
 		return nil
 	})
-	tr := &Transport{ID: htLocalID, ClusterID: htClusterID, Raft: fr, SnapshotStore: htFuzzStore{},
-		MaxMessageBytes: 1 << 20, MaxSnapshotEnvelopeBytes: 1 << 20,
-		DialRetryMin: 100 * time.Millisecond, DialRetryMax: time.Second}
-	if err := tr.Start(); err != nil {
-		f.Fatalf("Start: %v", err)
-	}
-	f.Cleanup(tr.Stop)
+	tr := newNode(f, withID(htLocalID), withClusterID(htClusterID), unserved(), withRaft(fr), withLogger(nil),
+		withStore(htFuzzStore{}), withDialRetry(100*time.Millisecond, time.Second), withConfig(func(tr *Transport) {
+			tr.MaxMessageBytes = 1 << 20
+			tr.MaxSnapshotEnvelopeBytes = 1 << 20
+		})).tr
 	if withPeer {
 		if err := tr.AddPeer(htPeerID, []string{"http://" + freeAddr(f)}); err != nil {
 			f.Fatalf("AddPeer: %v", err)
@@ -280,9 +278,9 @@ const (
 
 func FuzzServePipeline(f *testing.F) {
 	tr, h := newFuzzTransport(f, false)
-	app := htFuzzMarshal(htMessage(raftpb.MsgApp))
+	app := htFuzzMarshal(newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))
 	withContext := func(c string) []byte {
-		m := htMessage(raftpb.MsgHeartbeat)
+		m := newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)
 		m.Context = []byte(c)
 		return htFuzzMarshal(m)
 	}
@@ -343,12 +341,12 @@ func FuzzServeStream(f *testing.F) {
 
 func FuzzServeSnapshot(f *testing.F) {
 	tr, h := newFuzzTransport(f, false)
-	snap := htSnapMessage()
-	failing := htSnapMessage()
+	snap := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
+	failing := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
 	failing.Snapshot.Metadata.Index = proto.Uint64(0xdead)
-	rejected := htSnapMessage()
+	rejected := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
 	rejected.Context = []byte("fail")
-	removed := htSnapMessage()
+	removed := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
 	removed.Context = []byte("removed")
 	post := func(version, cid, from, urls string, body []byte) {
 		f.Add("POST", "/raft/snapshot", version, seedMin, cid, from, "", urls, body)
@@ -358,7 +356,7 @@ func FuzzServeSnapshot(f *testing.F) {
 	post(seedVersion, seedCID, seedFrom, seedURLs, htFuzzEnvelope(failing, "database bytes"))
 	post(seedVersion, seedCID, seedFrom, seedURLs, htFuzzEnvelope(rejected, "database bytes"))
 	post(seedVersion, seedCID, seedFrom, seedURLs, htFuzzEnvelope(removed, "database bytes"))
-	post(seedVersion, seedCID, seedFrom, seedURLs, htFuzzEnvelope(htMessage(raftpb.MsgApp), "x"))
+	post(seedVersion, seedCID, seedFrom, seedURLs, htFuzzEnvelope(newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")), "x"))
 	post(seedVersion, seedCID, seedFrom, seedURLs, nil)
 	post(seedVersion, seedCID, seedFrom, seedURLs, []byte{0, 0, 0})
 	post(seedVersion, seedCID, seedFrom, seedURLs, binary.BigEndian.AppendUint64(nil, 1<<63))

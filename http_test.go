@@ -2,16 +2,12 @@ package rafthttp
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,8 +15,6 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -34,30 +28,21 @@ const (
 	htClusterID = 0xbeef1000
 )
 
+// htLocal is the preset of the transport under test: member a1 of cluster
+// beef1000, unserved (requests go through its Handler), and retrying its
+// dials to b2, which nothing serves, at a modest pace.
+func htLocal() nodeOption {
+	return options(withID(htLocalID), withClusterID(htClusterID), unserved(),
+		withDialRetry(50*time.Millisecond, 500*time.Millisecond))
+}
+
 // htEnv is one started transport under test, not served: requests go
 // through its Handler with httptest recorders.
 type htEnv struct {
 	tr    *Transport
 	raft  *fakeRaft
-	store *htStore
+	store *memStore
 	rec   *httptest.ResponseRecorder
-}
-
-// newHTTransport starts a transport for member a1 with a fakeRaft, stopped at
-// the end of the test. configure, if not nil, adjusts it before Start.
-func newHTTransport(t testing.TB, configure func(*Transport)) (*Transport, *fakeRaft) {
-	t.Helper()
-	fr := newFakeRaft()
-	tr := &Transport{ID: htLocalID, ClusterID: htClusterID, Raft: fr, Logger: zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 50 * time.Millisecond, DialRetryMax: 500 * time.Millisecond}
-	if configure != nil {
-		configure(tr)
-	}
-	if err := tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(tr.Stop)
-	return tr, fr
 }
 
 // htAddPeer adds member b2 at an address nothing listens on: its stream
@@ -106,21 +91,6 @@ func setHeader(name, value string) func(http.Header) {
 
 func delHeader(name string) func(http.Header) {
 	return func(h http.Header) { h.Del(name) }
-}
-
-// htMessage is a message from b2 to a1 of the given type.
-func htMessage(typ raftpb.MessageType) *raftpb.Message {
-	return &raftpb.Message{Type: typ.Enum(), To: proto.Uint64(htLocalID), From: proto.Uint64(htPeerID),
-		Term: proto.Uint64(4), LogTerm: proto.Uint64(4), Index: proto.Uint64(10), Commit: proto.Uint64(9),
-		Entries: []*raftpb.Entry{{Term: proto.Uint64(4), Index: proto.Uint64(11), Data: []byte("put x=1")}}}
-}
-
-// htSnapMessage is a MsgSnap from b2 to a1.
-func htSnapMessage() *raftpb.Message {
-	return &raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: proto.Uint64(htLocalID), From: proto.Uint64(htPeerID),
-		Term: proto.Uint64(4), Snapshot: &raftpb.Snapshot{
-			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(12), Term: proto.Uint64(4),
-				ConfState: &raftpb.ConfState{Voters: []uint64{htLocalID, htPeerID}}}}}
 }
 
 func htMarshal(t testing.TB, m *raftpb.Message) []byte {
@@ -190,36 +160,6 @@ func (htRemovedError) WriteTo(w http.ResponseWriter) {
 	io.WriteString(w, htRemovedBody)
 }
 
-// htStore is a SnapshotStore that keeps what it is given in memory.
-type htStore struct {
-	err error // returned after reading the payload, if set
-
-	mu       sync.Mutex
-	msgs     []*raftpb.Message
-	payloads [][]byte
-}
-
-func (s *htStore) SaveSnapshot(_ context.Context, m *raftpb.Message, r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if s.err != nil {
-		return s.err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.msgs = append(s.msgs, m)
-	s.payloads = append(s.payloads, b)
-	return nil
-}
-
-func (s *htStore) saved() ([]*raftpb.Message, [][]byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]*raftpb.Message(nil), s.msgs...), append([][]byte(nil), s.payloads...)
-}
-
 // htCase is one request to a handler and the response it must get.
 type htCase struct {
 	name      string
@@ -241,15 +181,15 @@ type htCase struct {
 
 // htRun serves tc on a fresh transport and checks the response.
 func htRun(t *testing.T, tc htCase, kind htKind, method, path string, body func(t *testing.T) io.Reader) {
-	store := &htStore{err: tc.storeErr}
-	tr, fr := newHTTransport(t, func(tr *Transport) {
+	store := &memStore{err: tc.storeErr}
+	tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 		if !tc.noStore {
 			tr.SnapshotStore = store
 		}
 		if tc.configure != nil {
 			tc.configure(tr)
 		}
-	})
+	})).parts()
 	e := &htEnv{tr: tr, raft: fr, store: store, rec: httptest.NewRecorder()}
 	if tc.setup != nil {
 		tc.setup(t, e)
@@ -360,148 +300,10 @@ func htVersionCases(extra map[string]string) []htCase {
 	}
 }
 
-func TestServePipeline(t *testing.T) {
-	valid := htMessage(raftpb.MsgApp)
-	validBody := func(t *testing.T) io.Reader { return bytes.NewReader(htMarshal(t, valid)) }
-	small := func(tr *Transport) { tr.MaxMessageBytes = 1024 }
-	pad := func(m *raftpb.Message, n int) { m.Context = make([]byte, n) }
-	sized := func(n int, unsized bool) func(t *testing.T) io.Reader {
-		return func(t *testing.T) io.Reader {
-			_, b := htPadded(t, htMessage(raftpb.MsgApp), n, pad)
-			if unsized {
-				return htUnsized{bytes.NewReader(b)}
-			}
-			return bytes.NewReader(b)
-		}
-	}
-	tooLarge := httpErr("raft message too large")
-	cid := withCID(nil)
-	// gotMessage checks that raft got exactly the message sent.
-	gotMessage := func(want *raftpb.Message) func(t *testing.T, e *htEnv) {
-		return func(t *testing.T, e *htEnv) {
-			select {
-			case got := <-e.raft.msgc:
-				if !proto.Equal(got, want) {
-					t.Errorf("Process got %v, want %v", got, want)
-				}
-			default:
-				t.Error("Process got no message")
-			}
-		}
-	}
-	gotSize := func(n int) func(t *testing.T, e *htEnv) {
-		return func(t *testing.T, e *htEnv) {
-			select {
-			case got := <-e.raft.msgc:
-				if len(got.GetContext()) == 0 || len(htMarshal(t, got)) != n {
-					t.Errorf("Process got a message of %d bytes, want %d", len(htMarshal(t, got)), n)
-				}
-			default:
-				t.Error("Process got no message")
-			}
-		}
-	}
-
-	cases := []htCase{
-		{name: "GET", method: http.MethodGet, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST", "X-Etcd-Cluster-ID": ""}, check: htNoProcess},
-		{name: "PUT", method: http.MethodPut, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST", "X-Etcd-Cluster-ID": ""}, check: htNoProcess},
-		{name: "DELETE", method: http.MethodDelete, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST", "X-Etcd-Cluster-ID": ""}, check: htNoProcess},
-		{name: "success", wantCode: 204, wantHeader: cid,
-			setup: func(t *testing.T, e *htEnv) {
-				// 204 only once raft has the message: nothing may be
-				// written when Process runs (on the handler's goroutine).
-				e.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
-					if e.rec.Code != http.StatusOK || e.rec.Body.Len() != 0 {
-						t.Errorf("response written before Process: status %d", e.rec.Code)
-					}
-					e.raft.msgc <- m
-					return nil
-				})
-			},
-			check: gotMessage(valid)},
-		{name: "newer server version", header: setHeader("X-Server-Version", "3.8.0"), wantCode: 204, wantHeader: cid, check: gotMessage(valid)},
-		{name: "pre-release and build are ignored", header: setHeader("X-Server-Version", "3.7.0-rc.1+git.abc"), wantCode: 204, wantHeader: cid, check: gotMessage(valid)},
-		{name: "missing min cluster version means 2.0.0", header: delHeader("X-Min-Cluster-Version"), wantCode: 204, wantHeader: cid, check: gotMessage(valid)},
-		{name: "empty body is an empty message", body: func(*testing.T) io.Reader { return http.NoBody }, wantCode: 204, wantHeader: cid,
-			check: gotMessage(&raftpb.Message{})},
-		{name: "garbage protobuf", body: func(*testing.T) io.Reader { return strings.NewReader("\xff\xff\xff\xff garbage") },
-			wantCode: 400, wantBody: httpErr("error unmarshalling raft message"), wantHeader: cid, check: htNoProcess},
-		{name: "truncated protobuf", body: func(t *testing.T) io.Reader {
-			b := htMarshal(t, valid)
-			return bytes.NewReader(b[:len(b)-3])
-		}, wantCode: 400, wantBody: httpErr("error unmarshalling raft message"), wantHeader: cid, check: htNoProcess},
-		{name: "reader error", body: func(*testing.T) io.Reader { return &htFailingReader{} },
-			wantCode: 400, wantBody: httpErr("error reading raft message"), wantHeader: cid, check: htNoProcess},
-		{name: "body of MaxMessageBytes with length", configure: small, body: sized(1024, false), wantCode: 204, wantHeader: cid, check: gotSize(1024)},
-		{name: "body of MaxMessageBytes chunked", configure: small, body: sized(1024, true), wantCode: 204, wantHeader: cid, check: gotSize(1024)},
-		{name: "body over MaxMessageBytes with length", configure: small, body: sized(1025, false), wantCode: 413, wantBody: tooLarge, wantHeader: cid, check: htNoProcess},
-		{name: "body over MaxMessageBytes chunked", configure: small, body: sized(1025, true), wantCode: 413, wantBody: tooLarge, wantHeader: cid, check: htNoProcess},
-		{name: "huge body chunked", configure: small, body: func(*testing.T) io.Reader {
-			return htUnsized{io.LimitReader(zeroReader{}, 64<<20)}
-		}, wantCode: 413, wantBody: tooLarge, wantHeader: cid, check: htNoProcess},
-		{name: "Process error that writes its response",
-			setup: func(t *testing.T, e *htEnv) {
-				e.raft.setProcess(func(context.Context, *raftpb.Message) error { return htRemovedError{} })
-			},
-			wantCode: 403, wantBody: htRemovedBody, wantHeader: withCID(map[string]string{"Content-Type": "application/json"})},
-		{name: "wrapped Process error that writes its response",
-			setup: func(t *testing.T, e *htEnv) {
-				e.raft.setProcess(func(context.Context, *raftpb.Message) error {
-					return fmt.Errorf("step: %w", htRemovedError{})
-				})
-			},
-			wantCode: 403, wantBody: htRemovedBody, wantHeader: withCID(map[string]string{"Content-Type": "application/json"})},
-	}
-	cases = append(cases, htVersionCases(nil)...)
-	for _, tc := range cases {
-		if tc.check == nil && tc.wantCode == 412 {
-			tc.check = htNoProcess
-		}
-		t.Run(tc.name, func(t *testing.T) {
-			htRun(t, tc, htPipeline, http.MethodPost, "/raft", validBody)
-		})
-	}
-}
-
-// zeroReader is an endless stream of zeros.
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
-
-// TestServePipelineProcessErrorRecorder checks, without a network, what the
-// pipeline handler does when Process fails: it answers 500, flushes, and
-// aborts the connection by panicking with http.ErrAbortHandler.
-func TestServePipelineProcessErrorRecorder(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
-	fr.setProcess(func(context.Context, *raftpb.Message) error { return errors.New("raft is down") })
-	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodPost, "/raft", bytes.NewReader(htMarshal(t, htMessage(raftpb.MsgApp))))
-	req.Header = htHeaders(htPipeline)
-
-	var p any
-	func() {
-		defer func() { p = recover() }()
-		tr.Handler().ServeHTTP(rec, req)
-	}()
-	if p != http.ErrAbortHandler {
-		t.Errorf("panic: got %v, want http.ErrAbortHandler", p)
-	}
-	htCheckResponse(t, rec, 500, httpErr("error processing raft message"), withCID(nil))
-	if !rec.Flushed {
-		t.Error("the 500 was not flushed before the abort")
-	}
-}
-
-// htServer serves a transport's handler on a real server and records the
-// panics that leave the handler and what net/http logs.
+// htServer watches the server of the transport under test: the requests
+// in its handler, the panics that leave the handler, and what net/http
+// logs.
 type htServer struct {
-	url      string
 	inflight atomic.Int32
 
 	mu     sync.Mutex
@@ -509,25 +311,14 @@ type htServer struct {
 	log    bytes.Buffer
 }
 
-func (s *htServer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.log.Write(p)
+// serving serves the transport under test through the watcher.
+func (s *htServer) serving() nodeOption {
+	return options(func(c *nodeConfig) { c.unserved = false }, wrapHandler(s.wrap), withServerLog(s))
 }
 
-func (s *htServer) state() (panics []any, log string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]any(nil), s.panics...), s.log.String()
-}
-
-// newHTServer serves tr's handler until the end of the test, then stops tr
-// and the server, in that order.
-func newHTServer(t testing.TB, tr *Transport) *htServer {
-	t.Helper()
-	s := &htServer{}
-	h := tr.Handler()
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// wrap counts the requests in h and records the panics that leave it.
+func (s *htServer) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.inflight.Add(1)
 		defer s.inflight.Add(-1)
 		defer func() {
@@ -539,526 +330,25 @@ func newHTServer(t testing.TB, tr *Transport) *htServer {
 			}
 		}()
 		h.ServeHTTP(w, r)
-	}))
-	srv.Config.ErrorLog = log.New(s, "", 0)
-	srv.Start()
-	s.url = srv.URL
-	t.Cleanup(func() {
-		tr.Stop()
-		srv.CloseClientConnections()
-		srv.Close()
 	})
-	return s
 }
 
-// newHTClient returns a client with its own connection pool, closed at the
-// end of the test.
-func newHTClient(t testing.TB) *http.Client {
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
+// Write is the server's error log.
+func (s *htServer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.Write(p)
 }
 
-// TestServePipelineProcessErrorAbortsConnection checks over a real
-// connection that a plain Process error gives 500 and closes the
-// connection, so the client cannot reuse it, and that the handler panics
-// with nothing but http.ErrAbortHandler.
-func TestServePipelineProcessErrorAbortsConnection(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
-	fr.setProcess(func(_ context.Context, m *raftpb.Message) error {
-		if string(m.GetContext()) == "fail" {
-			return errors.New("raft is down")
-		}
-		return nil
-	})
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
-
-	// post sends one message and reports the response and whether it went
-	// over a reused connection.
-	post := func(ctxData string) (code int, body string, reused bool, err error) {
-		m := htMessage(raftpb.MsgHeartbeat)
-		m.Context = []byte(ctxData)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-			GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
-		})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.url+"/raft", bytes.NewReader(htMarshal(t, m)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header = htHeaders(htPipeline)
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, "", reused, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b), reused, err
-	}
-
-	if code, _, _, err := post("ok"); err != nil || code != 204 {
-		t.Fatalf("first POST: got %d, %v, want 204", code, err)
-	}
-	// Control: a successful POST leaves the connection reusable.
-	if code, _, reused, err := post("ok"); err != nil || code != 204 || !reused {
-		t.Fatalf("second POST: got %d, reused %v, %v, want 204 on a reused connection", code, reused, err)
-	}
-	code, body, _, err := post("fail")
-	switch {
-	case code == 0:
-		t.Logf("failing POST: the connection closed before the response: %v", err)
-	case code != 500:
-		t.Errorf("failing POST: got status %d, want 500", code)
-	case !strings.HasPrefix(httpErr("error processing raft message"), body):
-		t.Errorf("failing POST: got body %q, want (a prefix of) %q", body, httpErr("error processing raft message"))
-	}
-	if code, _, reused, err := post("ok"); err != nil || code != 204 || reused {
-		t.Errorf("POST after the failure: got %d, reused %v, %v, want 204 on a new connection", code, reused, err)
-	}
-	waitFor(t, "handlers to return", func() bool { return srv.inflight.Load() == 0 })
-	panics, logged := srv.state()
-	if len(panics) != 1 || panics[0] != http.ErrAbortHandler {
-		t.Errorf("handler panics: got %v, want [http.ErrAbortHandler]", panics)
-	}
-	if strings.Contains(logged, "panic") {
-		t.Errorf("net/http logged a panic: %s", logged)
-	}
-}
-
-// TestServePipelineAddsRemote checks when a POST from an unknown member makes
-// it a remote: X-Server-From and X-PeerURLs both valid, before the body is
-// even read; malformed headers are ignored.
-func TestServePipelineAddsRemote(t *testing.T) {
-	stranger := func(urls string) func(http.Header) {
-		return func(h http.Header) {
-			h.Set("X-Server-From", "c3")
-			if urls == "" {
-				h.Del("X-PeerURLs")
-			} else {
-				h.Set("X-PeerURLs", urls)
-			}
-		}
-	}
-	cases := []struct {
-		name       string
-		header     func(http.Header)
-		garbage    bool // send a body that does not unmarshal
-		knownPeer  bool // c3 is a peer already
-		wantRemote bool
-	}{
-		{name: "from and URLs", header: stranger("http://127.0.0.1:2380"), wantRemote: true},
-		{name: "several URLs", header: stranger("http://127.0.0.1:2380,https://10.0.0.3:2380"), wantRemote: true},
-		{name: "added before the body is read", header: stranger("http://127.0.0.1:2380"), garbage: true, wantRemote: true},
-		{name: "no URLs", header: stranger("")},
-		{name: "URL without scheme", header: stranger("bad")},
-		{name: "URL with a path", header: stranger("http://x:1/path")},
-		{name: "one bad URL among good ones", header: stranger("http://127.0.0.1:2380,ftp://x:1")},
-		{name: "too many URLs", header: stranger(strings.Repeat("http://a:1,", 100) + "http://a:1")},
-		{name: "malformed from", header: func(h http.Header) { stranger("http://127.0.0.1:2380")(h); h.Set("X-Server-From", "zz") }},
-		{name: "no from", header: func(h http.Header) { stranger("http://127.0.0.1:2380")(h); h.Del("X-Server-From") }},
-		{name: "from zero", header: func(h http.Header) { stranger("http://127.0.0.1:2380")(h); h.Set("X-Server-From", "0") }},
-		{name: "from ourselves", header: func(h http.Header) { stranger("http://127.0.0.1:2380")(h); h.Set("X-Server-From", "a1") }},
-		{name: "known peer", header: stranger("http://127.0.0.1:2380"), knownPeer: true},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, nil)
-			if tc.knownPeer {
-				if err := tr.AddPeer(htStranger, []string{"http://" + freeAddr(t)}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			body := htMarshal(t, htMessage(raftpb.MsgApp))
-			wantCode := 204
-			if tc.garbage {
-				body, wantCode = []byte("\xff\xff\xff"), 400
-			}
-			req := httptest.NewRequest(http.MethodPost, "/raft", bytes.NewReader(body))
-			req.Header = htHeaders(htPipeline)
-			tc.header(req.Header)
-			rec := httptest.NewRecorder()
-			tr.Handler().ServeHTTP(rec, req)
-			if rec.Code != wantCode {
-				t.Errorf("status: got %d, want %d (body %q)", rec.Code, wantCode, rec.Body.String())
-			}
-			if wantCode == 204 {
-				fr.recv(t)
-			}
-			if got := htHasRemote(tr, htStranger); got != tc.wantRemote {
-				t.Errorf("remote c3 exists: got %v, want %v", got, tc.wantRemote)
-			}
-			tr.mu.RLock()
-			n := len(tr.remotes)
-			tr.mu.RUnlock()
-			if want := map[bool]int{true: 1}[tc.wantRemote]; n != want {
-				t.Errorf("remotes: got %d, want %d", n, want)
-			}
-		})
-	}
-}
-
-func TestServeStream(t *testing.T) {
-	peer := func(t *testing.T, e *htEnv) { htAddPeer(t, e.tr) }
-	noBody := func(*testing.T) io.Reader { return nil }
-	vh := map[string]string{"X-Server-Version": "3.7.0"}
-	hdr := withCID(vh)
-	noRemote := func(t *testing.T, e *htEnv) {
-		if htHasRemote(e.tr, htStranger) {
-			t.Error("got a remote for c3, want none")
-		}
-	}
-	notWorking := func(t *testing.T, e *htEnv) {
-		if p, ok := e.tr.get(htPeerID); ok && (p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking()) {
-			t.Error("a stream writer of b2 is working, want none")
-		}
-	}
-	method405 := func(m string) htCase {
-		return htCase{name: m, method: m, setup: peer, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "GET", "X-Server-Version": ""}, check: notWorking}
-	}
-	cases := []htCase{
-		method405(http.MethodPost),
-		method405(http.MethodPut),
-		method405(http.MethodDelete),
-		{name: "unknown stream type", path: "/raft/stream/foo/b2", setup: peer, wantCode: 404, wantBody: httpErr("invalid path"), wantHeader: hdr},
-		{name: "msgappv2 is not a path segment", path: "/raft/stream/msgappv2/b2", setup: peer, wantCode: 404, wantBody: httpErr("invalid path"), wantHeader: hdr},
-		{name: "no stream type", path: "/raft/stream/b2", setup: peer, wantCode: 404, wantBody: httpErr("invalid path"), wantHeader: hdr},
-		{name: "extra segment", path: "/raft/stream/message/b2/x", setup: peer, wantCode: 404, wantBody: httpErr("invalid path"), wantHeader: hdr},
-		{name: "non-hex sender", path: "/raft/stream/message/zz", setup: peer, wantCode: 404, wantBody: httpErr("invalid from"), wantHeader: hdr},
-		{name: "empty sender", path: "/raft/stream/msgapp/", setup: peer, wantCode: 404, wantBody: httpErr("invalid from"), wantHeader: hdr},
-		{name: "17-digit sender", path: "/raft/stream/message/000000000000000b2", setup: peer, wantCode: 404, wantBody: httpErr("invalid from"), wantHeader: hdr},
-		{name: "removed peer", setup: func(t *testing.T, e *htEnv) { peer(t, e); e.raft.setRemoved(htPeerID) },
-			wantCode: 410, wantBody: httpErr("removed member"), wantHeader: hdr, check: notWorking},
-		{name: "removed stranger", path: "/raft/stream/msgapp/c3", setup: func(t *testing.T, e *htEnv) { e.raft.setRemoved(htStranger) },
-			wantCode: 410, wantBody: httpErr("removed member"), wantHeader: hdr, check: noRemote},
-		{name: "removed is checked before X-Raft-To", header: setHeader("X-Raft-To", "ff"),
-			setup:    func(t *testing.T, e *htEnv) { peer(t, e); e.raft.setRemoved(htPeerID) },
-			wantCode: 410, wantBody: httpErr("removed member"), wantHeader: hdr},
-		{name: "unknown sender", path: "/raft/stream/message/c3", header: delHeader("X-PeerURLs"), setup: peer,
-			wantCode: 404, wantBody: httpErr("error sender not found"), wantHeader: hdr, check: noRemote},
-		{name: "unknown sender with URLs becomes a remote", path: "/raft/stream/message/c3", header: setHeader("X-Server-From", "c3"), setup: peer,
-			wantCode: 404, wantBody: httpErr("error sender not found"), wantHeader: hdr,
-			check: func(t *testing.T, e *htEnv) {
-				if !htHasRemote(e.tr, htStranger) {
-					t.Error("got no remote for c3, want one")
-				}
-			}},
-		{name: "unknown sender with bad URLs", path: "/raft/stream/message/c3", setup: peer,
-			header:   func(h http.Header) { h.Set("X-Server-From", "c3"); h.Set("X-PeerURLs", "http://x:1/path") },
-			wantCode: 404, wantBody: httpErr("error sender not found"), wantHeader: hdr, check: noRemote},
-		{name: "X-Raft-To is checked after the peer lookup", path: "/raft/stream/message/c3", header: setHeader("X-Raft-To", "ff"), setup: peer,
-			wantCode: 404, wantBody: httpErr("error sender not found"), wantHeader: hdr},
-		{name: "wrong X-Raft-To", header: setHeader("X-Raft-To", "b2"), setup: peer,
-			wantCode: 412, wantBody: httpErr("to field mismatch"), wantHeader: hdr, check: notWorking},
-		{name: "missing X-Raft-To", header: delHeader("X-Raft-To"), setup: peer,
-			wantCode: 412, wantBody: httpErr("to field mismatch"), wantHeader: hdr, check: notWorking},
-		{name: "uppercase X-Raft-To", header: setHeader("X-Raft-To", "A1"), setup: peer,
-			wantCode: 412, wantBody: httpErr("to field mismatch"), wantHeader: hdr, check: notWorking},
-		{name: "zero-padded X-Raft-To", path: "/raft/stream/msgapp/b2", header: setHeader("X-Raft-To", "0a1"), setup: peer,
-			wantCode: 412, wantBody: httpErr("to field mismatch"), wantHeader: hdr, check: notWorking},
-	}
-	for _, tc := range htVersionCases(vh) {
-		tc.setup, tc.check = peer, notWorking
-		cases = append(cases, tc)
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			htRun(t, tc, htStream, http.MethodGet, "/raft/stream/message/b2", noBody)
-		})
-	}
-}
-
-// htDialStream opens a stream from b2 on srv, of the type in path, and
-// returns the response; cancel ends the request.
-func htDialStream(t *testing.T, client *http.Client, srv *htServer, path string) (*http.Response, context.CancelFunc) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.url+path, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	req.Header = htHeaders(htStream)
-	resp, err := client.Do(req)
-	if err != nil {
-		cancel()
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	return resp, cancel
-}
-
-// TestServeStreamAttach checks the 200 of the stream handler over a real
-// connection: the headers are flushed at once (there is no heartbeat for a
-// minute, so the response arrives only if they are), the writer of the
-// requested type takes the connection and writes to it, and cancelling the
-// request makes the handler return.
-func TestServeStreamAttach(t *testing.T) {
-	cases := []struct {
-		name  string
-		path  string
-		typ   streamType
-		msg   *raftpb.Message
-		read  func(r io.Reader) (*raftpb.Message, int, error)
-		other func(p *peer) *streamWriter
-		this  func(p *peer) *streamWriter
-	}{
-		{name: "message", path: "/raft/stream/message/b2",
-			msg:  &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(7), Commit: proto.Uint64(3)},
-			read: func(r io.Reader) (*raftpb.Message, int, error) { return newMessageDecoder(r, 1<<20).decode() },
-			this: func(p *peer) *streamWriter { return p.writers[streamTypeMessage] }, other: func(p *peer) *streamWriter { return p.writers[streamTypeMsgAppV2] }},
-		{name: "msgapp", path: "/raft/stream/msgapp/b2",
-			msg: &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(7),
-				LogTerm: proto.Uint64(6), Index: proto.Uint64(20), Commit: proto.Uint64(19),
-				Entries: []*raftpb.Entry{{Term: proto.Uint64(7), Index: proto.Uint64(21), Data: []byte("x")}}},
-			read: func(r io.Reader) (*raftpb.Message, int, error) {
-				return newMsgAppV2Decoder(r, htPeerID, htLocalID, 1<<20).decode()
-			},
-			this: func(p *peer) *streamWriter { return p.writers[streamTypeMsgAppV2] }, other: func(p *peer) *streamWriter { return p.writers[streamTypeMessage] }},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
-			htAddPeer(t, tr)
-			srv := newHTServer(t, tr)
-			client := newHTClient(t)
-			p, _ := tr.get(htPeerID)
-
-			resp, cancel := htDialStream(t, client, srv, tc.path)
-			defer cancel()
-			if resp.StatusCode != 200 {
-				t.Fatalf("status: got %d, want 200", resp.StatusCode)
-			}
-			for k, want := range map[string]string{"Content-Type": "", "X-Server-Version": "3.7.0", "X-Etcd-Cluster-Id": "beef1000"} {
-				if got := resp.Header.Values(k); (want == "" && len(got) != 0) || (want != "" && (len(got) != 1 || got[0] != want)) {
-					t.Errorf("header %s: got %q, want %q", k, got, want)
-				}
-			}
-			if len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" {
-				t.Errorf("transfer encoding: got %q, want [chunked]", resp.TransferEncoding)
-			}
-			waitFor(t, "the writer to take the stream", tc.this(p).isWorking)
-			if tc.other(p).isWorking() {
-				t.Error("the writer of the other stream type is working, want it idle")
-			}
-
-			tr.Send([]*raftpb.Message{tc.msg})
-			got, _, err := tc.read(resp.Body)
-			if err != nil {
-				t.Fatalf("reading the stream: %v", err)
-			}
-			if got.GetType() != tc.msg.GetType() || got.GetFrom() != htLocalID || got.GetTo() != htPeerID ||
-				got.GetTerm() != 7 || got.GetCommit() != tc.msg.GetCommit() || len(got.GetEntries()) != len(tc.msg.GetEntries()) {
-				t.Errorf("stream carried %v, want %v", got, tc.msg)
-			}
-
-			cancel()
-			waitFor(t, "the writer to let go of the stream", func() bool { return !tc.this(p).isWorking() })
-			waitFor(t, "the handler to return", func() bool { return srv.inflight.Load() == 0 })
-			if panics, _ := srv.state(); len(panics) != 0 {
-				t.Errorf("handler panics: got %v, want none", panics)
-			}
-		})
-	}
-}
-
-// TestServeStreamPeerRemovedEndsResponse checks that removing the peer ends
-// its open stream responses. The writer aborts a stream it stops (it may be
-// blocked on a remote that does not read), so the end may be abrupt.
-func TestServeStreamPeerRemovedEndsResponse(t *testing.T) {
-	tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
-	htAddPeer(t, tr)
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
-	p, _ := tr.get(htPeerID)
-
-	msg, cancelMsg := htDialStream(t, client, srv, "/raft/stream/message/b2")
-	defer cancelMsg()
-	app, cancelApp := htDialStream(t, client, srv, "/raft/stream/msgapp/b2")
-	defer cancelApp()
-	waitFor(t, "both writers to take their streams", func() bool {
-		return p.writers[streamTypeMessage].isWorking() && p.writers[streamTypeMsgAppV2].isWorking()
-	})
-
-	tr.RemovePeer(htPeerID)
-	for name, resp := range map[string]*http.Response{"message": msg, "msgapp": app} {
-		if b, err := io.ReadAll(resp.Body); (err != nil && !errors.Is(err, io.ErrUnexpectedEOF)) || len(b) != 0 {
-			t.Errorf("%s stream: got %q, %v, want the end of the response without data", name, b, err)
-		}
-	}
-	waitFor(t, "the handlers to return", func() bool { return srv.inflight.Load() == 0 })
-}
-
-// TestServeStreamReplacedConnection checks that a second dial of the same
-// stream type replaces the first: the first response ends and the writer
-// keeps working on the second.
-func TestServeStreamReplacedConnection(t *testing.T) {
-	tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = time.Minute })
-	htAddPeer(t, tr)
-	srv := newHTServer(t, tr)
-	client := newHTClient(t)
-	p, _ := tr.get(htPeerID)
-
-	first, cancelFirst := htDialStream(t, client, srv, "/raft/stream/message/b2")
-	defer cancelFirst()
-	waitFor(t, "the writer to take the first stream", p.writers[streamTypeMessage].isWorking)
-	second, cancelSecond := htDialStream(t, client, srv, "/raft/stream/message/b2")
-	defer cancelSecond()
-	if b, err := io.ReadAll(first.Body); err != nil || len(b) != 0 {
-		t.Errorf("first stream: got %q, %v, want a clean end without data", b, err)
-	}
-	waitFor(t, "the first handler to return", func() bool { return srv.inflight.Load() == 1 })
-	if !p.writers[streamTypeMessage].isWorking() {
-		t.Error("the writer stopped working, want it on the second stream")
-	}
-	tr.Send([]*raftpb.Message{{Type: raftpb.MsgVote.Enum(), To: proto.Uint64(htPeerID), From: proto.Uint64(htLocalID), Term: proto.Uint64(9)}})
-	got, _, err := newMessageDecoder(second.Body, 1<<20).decode()
-	if err != nil || got.GetType() != raftpb.MsgVote || got.GetTerm() != 9 {
-		t.Errorf("second stream: got %v, %v, want the MsgVote of term 9", got, err)
-	}
-}
-
-func TestServeSnapshot(t *testing.T) {
-	snap := htSnapMessage()
-	payload := bytes.Repeat([]byte("database bytes "), 1000)
-	body := func(env []byte, rest []byte, unsized bool) func(t *testing.T) io.Reader {
-		return func(t *testing.T) io.Reader {
-			r := io.MultiReader(bytes.NewReader(env), bytes.NewReader(rest))
-			if unsized {
-				return htUnsized{r}
-			}
-			return bytes.NewReader(append(append([]byte(nil), env...), rest...))
-		}
-	}
-	envOf := func(m *raftpb.Message) []byte { return htEnvelope(t, m) }
-	cid := withCID(nil)
-	decodeErr := func(inner string) string { return httpErr("failed to decode raft message (" + inner + ")") }
-	nothingSaved := func(t *testing.T, e *htEnv) {
-		htNoProcess(t, e)
-		if msgs, _ := e.store.saved(); len(msgs) != 0 {
-			t.Errorf("store got %d snapshots, want none", len(msgs))
-		}
-	}
-	saved := func(wantPayload []byte) func(t *testing.T, e *htEnv) {
-		return func(t *testing.T, e *htEnv) {
-			msgs, payloads := e.store.saved()
-			if len(msgs) != 1 {
-				t.Fatalf("store got %d snapshots, want 1", len(msgs))
-			}
-			if !proto.Equal(msgs[0], snap) {
-				t.Errorf("store got message %v, want %v", msgs[0], snap)
-			}
-			if !bytes.Equal(payloads[0], wantPayload) {
-				t.Errorf("store got %d payload bytes, want the %d sent", len(payloads[0]), len(wantPayload))
-			}
-			select {
-			case m := <-e.raft.msgc:
-				if !proto.Equal(m, snap) {
-					t.Errorf("Process got %v, want %v", m, snap)
-				}
-			default:
-				t.Error("Process got no message")
-			}
-		}
-	}
-	snapPad := func(m *raftpb.Message, n int) { m.Snapshot.Data = make([]byte, n) }
-	sizedEnv := func(n int) []byte {
-		_, b := htPadded(t, htSnapMessage(), n, snapPad)
-		return append(binary.BigEndian.AppendUint64(nil, uint64(n)), b...)
-	}
-	hugePrefix := binary.BigEndian.AppendUint64(nil, 1<<63)
-	smallEnv := func(tr *Transport) { tr.MaxSnapshotEnvelopeBytes = 1024 }
-	msgApp := htMessage(raftpb.MsgApp)
-	garbage := append(binary.BigEndian.AppendUint64(nil, 4), 0xff, 0xff, 0xff, 0xff)
-
-	cases := []htCase{
-		{name: "GET", method: http.MethodGet, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST", "X-Etcd-Cluster-ID": ""}, check: htNoProcess},
-		{name: "PUT", method: http.MethodPut, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST"}, check: htNoProcess},
-		{name: "DELETE", method: http.MethodDelete, wantCode: 405, wantBody: httpErr("Method Not Allowed"),
-			wantHeader: map[string]string{"Allow": "POST"}, check: htNoProcess},
-		{name: "success", wantCode: 204, wantHeader: cid,
-			setup: func(t *testing.T, e *htEnv) {
-				// The payload is durable before raft sees the MsgSnap.
-				e.raft.setProcess(func(_ context.Context, m *raftpb.Message) error {
-					if msgs, _ := e.store.saved(); len(msgs) != 1 {
-						t.Errorf("Process ran with %d snapshots saved, want 1", len(msgs))
-					}
-					e.raft.msgc <- m
-					return nil
-				})
-			},
-			check: saved(payload)},
-		{name: "success chunked", body: body(envOf(snap), payload, true),
-			wantCode: 204, wantHeader: cid, check: saved(payload)},
-		{name: "empty payload", body: body(envOf(snap), nil, false),
-			wantCode: 204, wantHeader: cid, check: saved(nil)},
-		{name: "empty body", body: body(nil, nil, false),
-			wantCode: 400, wantBody: decodeErr("unexpected EOF"), wantHeader: cid, check: nothingSaved},
-		{name: "short length prefix", body: body([]byte{0, 0, 0}, nil, false),
-			wantCode: 400, wantBody: decodeErr("unexpected EOF"), wantHeader: cid, check: nothingSaved},
-		{name: "truncated envelope", body: body(envOf(snap)[:20], nil, true),
-			wantCode: 400, wantBody: decodeErr("unexpected EOF"), wantHeader: cid, check: nothingSaved},
-		{name: "garbage envelope", body: body(garbage, payload, false),
-			wantCode: 400, anyBody: true, wantHeader: cid, check: func(t *testing.T, e *htEnv) {
-				nothingSaved(t, e)
-				if b := e.rec.Body.String(); !strings.HasPrefix(b, "failed to decode raft message (") || !strings.Contains(b, ErrMalformedFrame.Error()) {
-					t.Errorf("body: got %q, want a decode error naming %q", b, ErrMalformedFrame)
-				}
-			}},
-		{name: "envelope of the limit", configure: smallEnv, body: body(sizedEnv(1024), payload, true),
-			wantCode: 204, wantHeader: cid, check: func(t *testing.T, e *htEnv) {
-				if msgs, payloads := e.store.saved(); len(msgs) != 1 || !bytes.Equal(payloads[0], payload) {
-					t.Errorf("store got %d snapshots, want 1 with the payload", len(msgs))
-				}
-			}},
-		{name: "envelope over the limit", configure: smallEnv, body: body(sizedEnv(1025), payload, true),
-			wantCode: 400, anyBody: true, wantHeader: cid, check: htLimitBody(nothingSaved)},
-		{name: "huge length prefix", body: body(hugePrefix, payload, true),
-			wantCode: 400, anyBody: true, wantHeader: cid, check: htLimitBody(nothingSaved)},
-		{name: "not a MsgSnap", body: body(envOf(msgApp), payload, false),
-			wantCode: 400, wantBody: httpErr("wrong raft message type"), wantHeader: cid, check: nothingSaved},
-		{name: "no snapshot store", noStore: true, wantCode: 500, wantBody: httpErr("failed to save KV snapshot (no snapshot store configured)"),
-			wantHeader: cid, check: htNoProcess},
-		{name: "store error", storeErr: errors.New("disk full"),
-			wantCode: 500, wantBody: httpErr("failed to save KV snapshot (disk full)"), wantHeader: cid, check: htNoProcess},
-		{name: "Process error", setup: func(t *testing.T, e *htEnv) {
-			e.raft.setProcess(func(context.Context, *raftpb.Message) error { return errors.New("raft is down") })
-		},
-			wantCode: 500, wantBody: httpErr("failed to process raft message (raft is down)"), wantHeader: cid},
-		{name: "Process error that writes its response", setup: func(t *testing.T, e *htEnv) {
-			e.raft.setProcess(func(context.Context, *raftpb.Message) error { return htRemovedError{} })
-		},
-			wantCode: 403, wantBody: htRemovedBody, wantHeader: withCID(map[string]string{"Content-Type": "application/json"})},
-	}
-	for _, tc := range htVersionCases(nil) {
-		tc.check = htNoProcess
-		cases = append(cases, tc)
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			htRun(t, tc, htSnapshot, http.MethodPost, "/raft/snapshot", body(envOf(snap), payload, false))
-		})
-	}
-}
-
-// htLimitBody checks a 400 that reports the envelope limit, then runs next.
-func htLimitBody(next func(t *testing.T, e *htEnv)) func(t *testing.T, e *htEnv) {
-	return func(t *testing.T, e *htEnv) {
-		b := e.rec.Body.String()
-		if !strings.HasPrefix(b, "failed to decode raft message (") || !strings.HasSuffix(b, ")\n") ||
-			!strings.Contains(b, ErrExceedSizeLimit.Error()) {
-			t.Errorf("body: got %q, want a decode error naming %q", b, ErrExceedSizeLimit)
-		}
-		next(t, e)
-	}
+// state returns the panics and the log so far.
+func (s *htServer) state() (panics []any, log string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]any(nil), s.panics...), s.log.String()
 }
 
 func TestServeProbing(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		t.Run(method, func(t *testing.T) {
@@ -1092,7 +382,7 @@ func TestServeProbing(t *testing.T) {
 }
 
 func TestServeHTTPUnknownPath(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	for _, path := range []string{"/raft/other", "/raft/", "/raft/snapshot/x", "/raft/probing/x", "/", "/version"} {
 		t.Run(path, func(t *testing.T) {
@@ -1109,7 +399,7 @@ func TestServeHTTPUnknownPath(t *testing.T) {
 // the transport is stopped: a stream dial finds no peer, and a POST still
 // reaches raft (the application decides when to stop serving).
 func TestServeHTTPStoppedTransport(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	htAddPeer(t, tr)
 	tr.Stop()
 	h := tr.Handler()
@@ -1122,8 +412,8 @@ func TestServeHTTPStoppedTransport(t *testing.T) {
 		body               []byte
 	}{
 		{"stream", http.MethodGet, "/raft/stream/message/b2", htStream, nil},
-		{"pipeline", http.MethodPost, "/raft", htPipeline, htMarshal(t, htMessage(raftpb.MsgApp))},
-		{"snapshot", http.MethodPost, "/raft/snapshot", htSnapshot, htEnvelope(t, htSnapMessage())},
+		{"pipeline", http.MethodPost, "/raft", htPipeline, htMarshal(t, newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))},
+		{"snapshot", http.MethodPost, "/raft/snapshot", htSnapshot, htEnvelope(t, newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := httptest.NewRequest(tc.method, tc.path, bytes.NewReader(tc.body))

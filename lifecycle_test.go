@@ -32,7 +32,7 @@ func (b *brokenResponse) FlushError() error         { return errBrokenConn }
 // writer detaches (its connection broke) and drains the queue, and only then
 // does the message land in the queue. It must be reported, not left there.
 func TestStreamWriterReportsMessageQueuedAfterDetach(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
 	w := p.writers[streamTypeMessage]
@@ -43,13 +43,13 @@ func TestStreamWriterReportsMessageQueuedAfterDetach(t *testing.T) {
 	}
 	waitFor(t, "the writer to attach", w.isWorking)
 	// A message sent now is written, fails, and detaches the writer.
-	tr.Send([]*raftpb.Message{htMessage(raftpb.MsgHeartbeat)})
+	tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)})
 	waitFor(t, "the writer to detach", func() bool { return !w.isWorking() })
 	<-c.released
 	before := fr.unreachableCount(htPeerID)
 
 	// The Send that picked the queue before the detach delivers now.
-	w.msgc <- htMessage(raftpb.MsgHeartbeat)
+	w.msgc <- newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)
 	waitFor(t, "the late message to be reported", func() bool { return fr.unreachableCount(htPeerID) == before+1 })
 	if n := len(w.msgc); n != 0 {
 		t.Errorf("%d messages left in the detached writer's queue", n)
@@ -59,7 +59,7 @@ func TestStreamWriterReportsMessageQueuedAfterDetach(t *testing.T) {
 // TestRemovePeerReportsQueuedStreamMessages: messages queued on a peer's
 // streams when RemovePeer stops it are reported to raft, one report each.
 func TestRemovePeerReportsQueuedStreamMessages(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
 	// No connection is attached: put messages in the queues as Sends
@@ -69,8 +69,8 @@ func TestRemovePeerReportsQueuedStreamMessages(t *testing.T) {
 	<-p.writers[streamTypeMessage].done
 	<-p.writers[streamTypeMsgAppV2].done
 	for range 3 {
-		p.writers[streamTypeMessage].msgc <- htMessage(raftpb.MsgHeartbeat)
-		p.writers[streamTypeMsgAppV2].msgc <- htMessage(raftpb.MsgApp)
+		p.writers[streamTypeMessage].msgc <- newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10)
+		p.writers[streamTypeMsgAppV2].msgc <- newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1"))
 	}
 	tr.RemovePeer(htPeerID)
 	if got := fr.unreachableCount(htPeerID); got != 6 {
@@ -126,9 +126,9 @@ func (r *callbackRaft) ReportSnapshot(uint64, raft.SnapshotStatus) { defer r.ent
 // none may start later. Run with -count=20.
 func TestLifecycleStress(t *testing.T) {
 	cr := &callbackRaft{linger: 5 * time.Millisecond}
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Raft = cr })
-	b := newTestNode(t, 2, nil)
-	c := newTestNode(t, 3, nil)
+	a := newNode(t, withID(1), withRaft(cr))
+	b := newNode(t, withID(2))
+	c := newNode(t, withID(3))
 	connect(t, a, b, c)
 	urls := map[uint64]string{2: b.url, 3: c.url}
 

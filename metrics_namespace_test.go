@@ -56,11 +56,7 @@ func TestMetricsNamespace(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := prometheus.NewRegistry()
-			tr := &Transport{ID: 1, ClusterID: testClusterID, Raft: newFakeRaft(), Registerer: r, MetricsNamespace: tc.field}
-			if err := tr.Start(); err != nil {
-				t.Fatalf("Start: %v", err)
-			}
-			t.Cleanup(tr.Stop)
+			tr := newNode(t, unserved(), withRegisterer(r), withConfig(func(tr *Transport) { tr.MetricsNamespace = tc.field })).tr
 			names := metricNames(t, tr.metrics)
 			for _, w := range tc.want {
 				if !slices.Contains(names, w) {

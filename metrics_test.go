@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -161,38 +160,6 @@ func obsSeries(t testing.TB, g prometheus.Gatherer, name string, labels map[stri
 	return nil
 }
 
-// obsValue is the value of a counter or gauge series, or the sample count
-// of a histogram series; 0 if the series does not exist.
-func obsValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	m := obsSeries(t, g, name, labels)
-	switch {
-	case m == nil:
-		return 0
-	case m.Counter != nil:
-		return m.GetCounter().GetValue()
-	case m.Gauge != nil:
-		return m.GetGauge().GetValue()
-	case m.Histogram != nil:
-		return float64(m.GetHistogram().GetSampleCount())
-	}
-	t.Fatalf("series %s%v has no value", name, labels)
-	return 0
-}
-
-// waitValue waits until the series' value satisfies cond.
-func waitValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string, what string, cond func(float64) bool) float64 {
-	t.Helper()
-	var v float64
-	waitFor(t, name+" "+what, func() bool {
-		v = obsValue(t, g, name, labels)
-		return cond(v)
-	})
-	return v
-}
-
-func above(x float64) func(float64) bool { return func(v float64) bool { return v > x } }
-
 // obsMetricSpec is one documented metric (spec §8, and our additions).
 type obsMetricSpec struct {
 	name    string
@@ -238,41 +205,6 @@ var obsMetricSpecs = []obsMetricSpec{
 	{"rafthttp_send_queue_bytes", dto.MetricType_GAUGE, []string{"Peer"}, nil},
 }
 
-// obsStore is a SnapshotStore that reads and counts payloads.
-type obsStore struct {
-	mu    sync.Mutex
-	saved map[uint64]int64
-}
-
-func (s *obsStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error {
-	n, err := io.Copy(io.Discard, r)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.saved == nil {
-		s.saved = map[uint64]int64{}
-	}
-	s.saved[m.GetSnapshot().GetMetadata().GetIndex()] = n
-	return nil
-}
-
-// obsSnap builds a snapshot from 1 to `to` with a payload of n bytes.
-func obsSnap(to, index uint64, n int) SnapshotMessage {
-	payload := bytes.Repeat([]byte{'s'}, n)
-	m := &raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: proto.Uint64(to), From: proto.Uint64(1), Term: proto.Uint64(2),
-		Snapshot: &raftpb.Snapshot{Data: []byte("members"),
-			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(index), Term: proto.Uint64(2)}}}
-	return SnapshotMessage{Message: m, Payload: io.NopCloser(bytes.NewReader(payload)), PayloadSize: int64(n)}
-}
-
-// obsMsg builds a message of type typ from `from` to `to`.
-func obsMsg(typ raftpb.MessageType, from, to, index uint64) *raftpb.Message {
-	return &raftpb.Message{Type: typ.Enum(), From: proto.Uint64(from), To: proto.Uint64(to), Term: proto.Uint64(1),
-		LogTerm: proto.Uint64(1), Index: proto.Uint64(index), Commit: proto.Uint64(index)}
-}
-
 // obsPostJunk posts a body to a node's snapshot route without any of the
 // headers a peer sends, which the receiver must count as a failure.
 func obsPostJunk(t *testing.T, url string) {
@@ -296,13 +228,13 @@ func obsPostJunk(t *testing.T, url string) {
 // that has series carries etcd's type, labels and buckets.
 func TestMetricsEveryDocumentedMetric(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = regA; tr.ConnReadTimeout = time.Second })
-	b := newTestNode(t, 2, func(tr *Transport) {
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Registerer = regA; tr.ConnReadTimeout = time.Second }))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) {
 		tr.Registerer = regB
 		tr.ConnReadTimeout = time.Second
-		tr.SnapshotStore = &obsStore{}
+		tr.SnapshotStore = &memStore{}
 		tr.PropQueueSize = 1
-	})
+	}))
 	// b's raft holds proposals, so that its proposal queue overflows.
 	b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
 		if m.GetType() == raftpb.MsgProp {
@@ -315,13 +247,11 @@ func TestMetricsEveryDocumentedMetric(t *testing.T) {
 	if err := a.tr.AddPeer(3, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	connectStreams(t, a, b)
 
 	for i := range uint64(5) {
-		a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 1, 2, i), obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
-		b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgAppResp, 2, 1, i)})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, i), newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+		b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgAppResp, 2, 1, i)})
 	}
 	for range 10 {
 		b.raft.recv(t)
@@ -330,23 +260,23 @@ func TestMetricsEveryDocumentedMetric(t *testing.T) {
 		a.raft.recv(t)
 	}
 	for i := range uint64(5) {
-		a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgProp, 1, 2, i)})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgProp, 1, 2, i)})
 	}
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 3, 1)}) // dropped: 3 is down
-	if err := <-a.tr.SendSnapshot(obsSnap(2, 7, 4096)); err != nil {
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 3, 1)}) // dropped: 3 is down
+	if err := <-a.tr.SendSnapshot(newSnapshot(1, 2, 7, 4096)); err != nil {
 		t.Fatalf("SendSnapshot to 2: %v", err)
 	}
-	if err := <-a.tr.SendSnapshot(obsSnap(3, 8, 16)); err == nil {
+	if err := <-a.tr.SendSnapshot(newSnapshot(1, 3, 8, 16)); err == nil {
 		t.Fatal("SendSnapshot to the dead peer 3 succeeded")
 	}
 	obsPostJunk(t, b.url)
 	b.srv.CloseClientConnections() // a's readers from b reconnect
 
-	waitValue(t, regA, "rafthttp_dropped_messages_total", map[string]string{"Peer": "3", "Type": "MsgHeartbeat", "Reason": dropSendFailed}, "> 0", above(0))
-	waitValue(t, regB, "rafthttp_dropped_messages_total", map[string]string{"Peer": "1", "Type": "MsgProp", "Reason": dropRecvFull}, "> 0", above(0))
-	waitValue(t, regA, "etcd_network_peer_round_trip_time_seconds", map[string]string{"To": "2"}, "to have samples", above(0))
-	waitValue(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": "reader stream Message"}, "> 0", above(0))
-	waitValue(t, regB, "etcd_network_snapshot_receive_success", map[string]string{"From": "1"}, "> 0", above(0))
+	waitMetric(t, regA, "rafthttp_dropped_messages_total", map[string]string{"Peer": "3", "Type": "MsgHeartbeat", "Reason": dropSendFailed}, "> 0", above(0))
+	waitMetric(t, regB, "rafthttp_dropped_messages_total", map[string]string{"Peer": "1", "Type": "MsgProp", "Reason": dropRecvFull}, "> 0", above(0))
+	waitMetric(t, regA, "etcd_network_peer_round_trip_time_seconds", map[string]string{"To": "2"}, "to have samples", above(0))
+	waitMetric(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": "reader stream Message"}, "> 0", above(0))
+	waitMetric(t, regB, "etcd_network_snapshot_receive_success", map[string]string{"From": "1"}, "> 0", above(0))
 
 	t.Run("registered", func(t *testing.T) {
 		for _, reg := range []*obsRegisterer{regA, regB} {
@@ -413,47 +343,47 @@ func TestMetricsEveryDocumentedMetric(t *testing.T) {
 
 func TestMetricsTrafficBytes(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = regA })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.Registerer = regB })
+	a := newNode(t, withID(1), withRegisterer(regA))
+	b := newNode(t, withID(2), withRegisterer(regB))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
 	to2, from1 := map[string]string{"To": "2"}, map[string]string{"From": "1"}
-	sent0 := obsValue(t, regA, "etcd_network_peer_sent_bytes_total", to2)
-	recv0 := obsValue(t, regB, "etcd_network_peer_received_bytes_total", from1)
-	big := obsMsg(raftpb.MsgApp, 1, 2, 1)
+	sent0 := metricValue(t, regA, "etcd_network_peer_sent_bytes_total", to2)
+	recv0 := metricValue(t, regB, "etcd_network_peer_received_bytes_total", from1)
+	big := newMsg(raftpb.MsgApp, 1, 2, 1)
 	big.Entries = []*raftpb.Entry{{Term: proto.Uint64(1), Index: proto.Uint64(2), Data: bytes.Repeat([]byte{'x'}, 10000)}}
 	a.tr.Send([]*raftpb.Message{big})
 	b.raft.recv(t)
 	// Heartbeats add bytes too; the entry alone is 10000.
-	waitValue(t, regA, "etcd_network_peer_sent_bytes_total", to2, "to grow by the entry", above(sent0+10000))
-	if got := obsValue(t, regB, "etcd_network_peer_received_bytes_total", from1); got < recv0+10000 {
+	waitMetric(t, regA, "etcd_network_peer_sent_bytes_total", to2, "to grow by the entry", above(sent0+10000))
+	if got := metricValue(t, regB, "etcd_network_peer_received_bytes_total", from1); got < recv0+10000 {
 		t.Errorf("received bytes from 1 = %v, want at least %v", got, recv0+10000)
 	}
 	// Only the sender counts sent bytes, only the receiver received ones.
-	if got := obsValue(t, regB, "etcd_network_peer_sent_bytes_total", map[string]string{"To": "1"}); got >= 10000 {
+	if got := metricValue(t, regB, "etcd_network_peer_sent_bytes_total", map[string]string{"To": "1"}); got >= 10000 {
 		t.Errorf("b's sent bytes to 1 = %v, want less than the entry b never sent", got)
 	}
 }
 
 func TestMetricsActivePeers(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = reg })
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1), withRegisterer(reg))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	// Once every stream is up, nothing but b's death can change a's view.
 	waitStreams(t, a, b)
 	waitStreams(t, b, a)
 	labels := map[string]string{"Local": "1", "Remote": "2"}
-	waitValue(t, reg, "etcd_network_active_peers", labels, "= 1", func(v float64) bool { return v == 1 })
-	disconnected0 := obsValue(t, reg, "etcd_network_disconnected_peers_total", labels)
+	waitMetric(t, reg, "etcd_network_active_peers", labels, "= 1", func(v float64) bool { return v == 1 })
+	disconnected0 := metricValue(t, reg, "etcd_network_disconnected_peers_total", labels)
 
 	b.close() // the peer's transport and server die
-	waitValue(t, reg, "etcd_network_active_peers", labels, "= 0", func(v float64) bool { return v == 0 })
+	waitMetric(t, reg, "etcd_network_active_peers", labels, "= 0", func(v float64) bool { return v == 0 })
 	// At least one disconnect. A stream b was dialling as it stopped may
 	// still have attached to a (active again) just before it broke: a
 	// second disconnect is then real, not a miscount.
-	if got := obsValue(t, reg, "etcd_network_disconnected_peers_total", labels); got < disconnected0+1 {
+	if got := metricValue(t, reg, "etcd_network_disconnected_peers_total", labels); got < disconnected0+1 {
 		t.Errorf("disconnected_peers_total = %v, want at least %v", got, disconnected0+1)
 	}
 	if got := a.tr.ActivePeers(); got != 0 {
@@ -485,7 +415,7 @@ func TestMetricsDroppedMessages(t *testing.T) {
 			name:   "paused",
 			reason: dropPaused,
 			setup: func(t *testing.T) (string, func() bool) {
-				return newTestNode(t, 2, nil).url, nil
+				return newNode(t, withID(2)).url, nil
 			},
 		},
 		{
@@ -496,7 +426,7 @@ func TestMetricsDroppedMessages(t *testing.T) {
 				// come up, so everything queues on the pipeline.
 				quit := make(chan struct{})
 				var posts atomic.Int64
-				srv := newObsFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
+				srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 					if r.URL.Path == RaftPrefix {
 						posts.Add(1)
 						io.Copy(io.Discard, r.Body)
@@ -518,11 +448,11 @@ func TestMetricsDroppedMessages(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			reg := newObsRegisterer()
-			a := newTestNode(t, 1, func(tr *Transport) {
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) {
 				tr.Registerer = reg
 				tr.PipelineQueueSize = 1
 				tr.PipelineWorkers = 1
-			})
+			}))
 			url, stuck := tt.setup(t)
 			if err := a.tr.AddPeer(2, []string{url}); err != nil {
 				t.Fatal(err)
@@ -532,25 +462,24 @@ func TestMetricsDroppedMessages(t *testing.T) {
 			}
 			const n = 5
 			for i := range uint64(n) {
-				a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+				a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
 				if i == 0 && stuck != nil {
 					waitFor(t, "the first message in flight", stuck)
 				}
 			}
 			drop := map[string]string{"Peer": "2", "Type": "MsgHeartbeat", "Reason": tt.reason}
-			dropped := waitValue(t, reg, "rafthttp_dropped_messages_total", drop, "> 0", above(0))
+			dropped := waitMetric(t, reg, "rafthttp_dropped_messages_total", drop, "> 0", above(0))
 			if dropped > n {
 				t.Errorf("dropped = %v, want at most %d", dropped, n)
 			}
-			failures := obsValue(t, reg, "etcd_network_peer_sent_failures_total", map[string]string{"To": "2"})
+			failures := metricValue(t, reg, "etcd_network_peer_sent_failures_total", map[string]string{"To": "2"})
 			switch {
 			case tt.failure && failures < 1:
 				t.Errorf("sent_failures_total = %v, want at least 1", failures)
 			case !tt.failure && failures != 0:
 				t.Errorf("sent_failures_total = %v, want 0", failures)
 			}
-			waitValue(t, reg, "rafthttp_queue_depth", map[string]string{"Peer": "2", "Queue": "pipeline"},
-				fmt.Sprint("= ", tt.pipelineDepth), func(v float64) bool { return v == tt.pipelineDepth })
+			waitMetric(t, reg, "rafthttp_queue_depth", map[string]string{"Peer": "2", "Queue": "pipeline"}, fmt.Sprint("= ", tt.pipelineDepth), func(v float64) bool { return v == tt.pipelineDepth })
 			st, _ := a.tr.PeerStatus(2)
 			if st.Dropped < uint64(dropped) {
 				t.Errorf("PeerStatus.Dropped = %d, want at least the %v counted", st.Dropped, dropped)
@@ -559,23 +488,10 @@ func TestMetricsDroppedMessages(t *testing.T) {
 	}
 }
 
-// newObsFakePeer serves h on 127.0.0.1 until the end of the test. Handlers
-// that block must also end when the test does: a server cancels a request's
-// context when its client goes away only once the request body was read.
-func newObsFakePeer(t *testing.T, h http.HandlerFunc) *httptest.Server {
-	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-	return srv
-}
-
 func TestMetricsReceivedFailures(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, func(tr *Transport) { tr.Registerer = reg; tr.PropQueueSize = 1 })
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.Registerer = reg; tr.PropQueueSize = 1 }))
 	held := make(chan struct{}, 1)
 	b.raft.setProcess(func(ctx context.Context, m *raftpb.Message) error {
 		held <- struct{}{}
@@ -585,37 +501,35 @@ func TestMetricsReceivedFailures(t *testing.T) {
 	connect(t, a, b)
 	waitStreams(t, a, b)
 	from1 := map[string]string{"From": "1"}
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgProp, 1, 2, 0)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgProp, 1, 2, 0)})
 	<-held // raft holds the first proposal
-	if v := obsValue(t, reg, "etcd_network_peer_received_failures_total", from1); v != 0 {
+	if v := metricValue(t, reg, "etcd_network_peer_received_failures_total", from1); v != 0 {
 		t.Fatalf("received_failures_total = %v before any drop, want 0", v)
 	}
 	for i := range uint64(9) {
-		a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgProp, 1, 2, i+1)})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgProp, 1, 2, i+1)})
 	}
 	// Of the 9 more, one waits in the queue of 1: 8 are dropped.
 	drop := map[string]string{"Peer": "1", "Type": "MsgProp", "Reason": dropRecvFull}
-	waitValue(t, reg, "rafthttp_dropped_messages_total", drop, "= 8", func(v float64) bool { return v >= 8 })
-	if v := obsValue(t, reg, "rafthttp_dropped_messages_total", drop); v != 8 {
+	waitMetric(t, reg, "rafthttp_dropped_messages_total", drop, "= 8", func(v float64) bool { return v >= 8 })
+	if v := metricValue(t, reg, "rafthttp_dropped_messages_total", drop); v != 8 {
 		t.Errorf("dropped_messages_total = %v, want 8", v)
 	}
-	if v := obsValue(t, reg, "etcd_network_peer_received_failures_total", from1); v != 8 {
+	if v := metricValue(t, reg, "etcd_network_peer_received_failures_total", from1); v != 8 {
 		t.Errorf("received_failures_total = %v, want 8", v)
 	}
-	if v := obsValue(t, reg, "rafthttp_queue_depth", map[string]string{"Peer": "1", "Queue": "prop"}); v != 1 {
+	if v := metricValue(t, reg, "rafthttp_queue_depth", map[string]string{"Peer": "1", "Queue": "prop"}); v != 1 {
 		t.Errorf("queue_depth{Queue=prop} = %v, want 1", v)
 	}
 }
 
 func TestMetricsStreamReconnects(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = regA })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.Registerer = regB })
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1), withRegisterer(regA))
+	b := newNode(t, withID(2), withRegisterer(regB))
+	connectStreams(t, a, b)
 	for _, s := range []string{"reader stream Message", "reader stream MsgApp v2", "writer stream Message", "writer stream MsgApp v2"} {
-		if v := obsValue(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": s}); v != 0 {
+		if v := metricValue(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": s}); v != 0 {
 			t.Errorf("before any reconnect, %s reconnects = %v, want 0", s, v)
 		}
 	}
@@ -624,17 +538,17 @@ func TestMetricsStreamReconnects(t *testing.T) {
 	// writers get the new connections.
 	b.srv.CloseClientConnections()
 	for _, s := range []string{"reader stream Message", "reader stream MsgApp v2"} {
-		waitValue(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": s}, "> 0", above(0))
+		waitMetric(t, regA, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "2", "Stream": s}, "> 0", above(0))
 	}
 	for _, s := range []string{"writer stream Message", "writer stream MsgApp v2"} {
-		waitValue(t, regB, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "1", "Stream": s}, "> 0", above(0))
+		waitMetric(t, regB, "rafthttp_stream_reconnects_total", map[string]string{"Peer": "1", "Stream": s}, "> 0", above(0))
 	}
 	waitFor(t, "StreamReconnects in Stats", func() bool {
 		st, _ := a.tr.PeerStatus(2)
 		return st.StreamReconnects >= 2
 	})
 	// And messages flow over the new streams.
-	b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
+	b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
 	if got := a.raft.recv(t); got.GetFrom() != 2 {
 		t.Errorf("got a message from %d, want from 2", got.GetFrom())
 	}
@@ -642,22 +556,22 @@ func TestMetricsStreamReconnects(t *testing.T) {
 
 func TestMetricsSnapshot(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	store := &obsStore{}
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = regA })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.Registerer = regB; tr.SnapshotStore = store })
+	store := &memStore{}
+	a := newNode(t, withID(1), withRegisterer(regA))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.Registerer = regB; tr.SnapshotStore = store }))
 	connect(t, a, b)
 	if err := a.tr.AddPeer(3, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
 
 	const size = 100000
-	if err := <-a.tr.SendSnapshot(obsSnap(2, 9, size)); err != nil {
+	if err := <-a.tr.SendSnapshot(newSnapshot(1, 2, 9, size)); err != nil {
 		t.Fatalf("SendSnapshot: %v", err)
 	}
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap {
 		t.Fatalf("b got %v, want the MsgSnap", got.GetType())
 	}
-	if err := <-a.tr.SendSnapshot(obsSnap(3, 9, 10)); err == nil {
+	if err := <-a.tr.SendSnapshot(newSnapshot(1, 3, 9, 10)); err == nil {
 		t.Fatal("SendSnapshot to a dead peer succeeded")
 	}
 	obsPostJunk(t, b.url)
@@ -665,7 +579,7 @@ func TestMetricsSnapshot(t *testing.T) {
 	to2, to3, from1 := map[string]string{"To": "2"}, map[string]string{"To": "3"}, map[string]string{"From": "1"}
 	unknown := map[string]string{"From": "UNKNOWN_SNAPSHOT_SENDER"}
 	// The receiver answers before it counts; wait for its last update.
-	waitValue(t, regB, "etcd_network_snapshot_receive_total_duration_seconds", from1, "to have a sample", above(0))
+	waitMetric(t, regB, "etcd_network_snapshot_receive_total_duration_seconds", from1, "to have a sample", above(0))
 	checks := []struct {
 		reg    prometheus.Gatherer
 		name   string
@@ -687,7 +601,7 @@ func TestMetricsSnapshot(t *testing.T) {
 		{regB, "rafthttp_snapshot_received_bytes_total", from1, size},
 	}
 	for _, c := range checks {
-		if got := obsValue(t, c.reg, c.name, c.labels); got != c.want {
+		if got := metricValue(t, c.reg, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
@@ -695,19 +609,17 @@ func TestMetricsSnapshot(t *testing.T) {
 	if h.GetSampleSum() <= 0 {
 		t.Errorf("send duration sum = %v, want > 0", h.GetSampleSum())
 	}
-	if got := obsValue(t, regA, "etcd_network_peer_sent_bytes_total", to2); got < size {
+	if got := metricValue(t, regA, "etcd_network_peer_sent_bytes_total", to2); got < size {
 		t.Errorf("peer_sent_bytes_total{To=2} = %v, want at least the snapshot's %d", got, size)
 	}
 }
 
 func TestMetricsTwoTransportsOwnRegistries(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = regA })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.Registerer = regB })
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
+	a := newNode(t, withID(1), withRegisterer(regA))
+	b := newNode(t, withID(2), withRegisterer(regB))
+	connectStreams(t, a, b)
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
 	b.raft.recv(t)
 
 	tests := []struct {
@@ -720,8 +632,7 @@ func TestMetricsTwoTransportsOwnRegistries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			waitValue(t, tt.reg, "etcd_network_active_peers", map[string]string{"Local": tt.local, "Remote": tt.peer}, "= 1",
-				func(v float64) bool { return v == 1 })
+			waitMetric(t, tt.reg, "etcd_network_active_peers", map[string]string{"Local": tt.local, "Remote": tt.peer}, "= 1", func(v float64) bool { return v == 1 })
 			n := 0
 			for _, mf := range obsFamilies(t, tt.reg) {
 				for _, m := range mf.GetMetric() {
@@ -749,7 +660,7 @@ func TestMetricsTwoTransportsOwnRegistries(t *testing.T) {
 
 func TestMetricsSameRegistryStartFails(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = reg })
+	a := newNode(t, withID(1), withRegisterer(reg))
 	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -788,7 +699,7 @@ func TestMetricsSameRegistryWrapped(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	for _, id := range []uint64{1, 3} {
 		wrapped := prometheus.WrapRegistererWith(prometheus.Labels{"transport": formatID(id)}, reg)
-		n := newTestNode(t, id, func(tr *Transport) { tr.Registerer = wrapped })
+		n := newNode(t, withID(id), withRegisterer(wrapped))
 		if err := n.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 			t.Fatal(err)
 		}
@@ -803,7 +714,7 @@ func TestMetricsSameRegistryWrapped(t *testing.T) {
 
 func TestMetricsStopUnregisters(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = reg })
+	a := newNode(t, withID(1), withRegisterer(reg))
 	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -819,7 +730,7 @@ func TestMetricsStopUnregisters(t *testing.T) {
 		t.Errorf("after Stop, %d families gathered, want 0", len(fams))
 	}
 
-	c := newTestNode(t, 3, func(tr *Transport) { tr.Registerer = reg })
+	c := newNode(t, withID(3), withRegisterer(reg))
 	if err := c.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -830,21 +741,21 @@ func TestMetricsStopUnregisters(t *testing.T) {
 
 func TestMetricsRemovePeerDeletesSeries(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = reg; tr.ConnReadTimeout = time.Second })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.SnapshotStore = &obsStore{} })
-	c := newTestNode(t, 3, nil)
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Registerer = reg; tr.ConnReadTimeout = time.Second }))
+	b := newNode(t, withID(2), withStore(&memStore{}))
+	c := newNode(t, withID(3))
 	connect(t, a, b, c)
 	waitStreams(t, a, b, c)
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, 1), obsMsg(raftpb.MsgHeartbeat, 1, 3, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 1), newMsg(raftpb.MsgHeartbeat, 1, 3, 1)})
 	b.raft.recv(t)
 	c.raft.recv(t)
-	if err := <-a.tr.SendSnapshot(obsSnap(2, 3, 10)); err != nil {
+	if err := <-a.tr.SendSnapshot(newSnapshot(1, 2, 3, 10)); err != nil {
 		t.Fatal(err)
 	}
 	a.tr.CutPeer(2)
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, 2)}) // a drop
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 2)}) // a drop
 	b.srv.CloseClientConnections()                                     // reconnects
-	waitValue(t, reg, "etcd_network_peer_round_trip_time_seconds", map[string]string{"To": "2"}, "to have samples", above(0))
+	waitMetric(t, reg, "etcd_network_peer_round_trip_time_seconds", map[string]string{"To": "2"}, "to have samples", above(0))
 	waitFor(t, "a stream reconnect to 2", func() bool {
 		st, _ := a.tr.PeerStatus(2)
 		return st.StreamReconnects > 0

@@ -56,7 +56,7 @@ func TestPeerPick(t *testing.T) {
 				{raftpb.MsgProp, tc.want.prop},
 				{raftpb.MsgHeartbeat, tc.want.heartbeat},
 			} {
-				ch, name := p.pick(testMsg(c.typ, 1))
+				ch, name := p.pick(newMsg(c.typ, 1, 2, 10, withCommit(1)))
 				if name != c.want {
 					t.Errorf("%v: got channel %q, want %q", c.typ, name, c.want)
 				}
@@ -72,33 +72,33 @@ func TestPeerPick(t *testing.T) {
 // dropped without delivery and without a report to raft (etcd's semantics,
 // these are test hooks), and counted; once mended, they flow again.
 func TestPeerCutMend(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
 	a.tr.CutPeer(2)
 	const cut = 20
 	for i := range cut {
-		a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, uint64(i)), testMsg(raftpb.MsgApp, uint64(i)),
-			testMsg(raftpb.MsgSnap, uint64(i))})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(uint64(i))), newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(uint64(i))),
+			newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(uint64(i)))})
 	}
-	if got := metricSum(t, a.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Reason": dropPaused}); got != 3*cut {
+	if got := metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Reason": dropPaused}); got != 3*cut {
 		t.Errorf("got %v messages counted as dropped while paused, want %d", got, 3*cut)
 	}
 	a.tr.MendPeer(2)
 	// A marker sent after the mend, on the same stream as the cut
 	// heartbeats: if any of those had been queued, it would arrive first.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 1000)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1000))})
 	if got := b.raft.recv(t); got.GetCommit() != 1000 {
 		t.Errorf("got %v commit %d first after the mend, want the marker (commit 1000)", got.GetType(), got.GetCommit())
 	}
 	// The MsgApp and MsgSnap queues carry nothing from the cut either.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1001)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1001))})
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgApp || got.GetCommit() != 1001 {
 		t.Errorf("got %v commit %d, want MsgApp commit 1001", got.GetType(), got.GetCommit())
 	}
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1002)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1002))})
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetCommit() != 1002 {
 		t.Errorf("got %v commit %d, want MsgSnap commit 1002", got.GetType(), got.GetCommit())
 	}
@@ -114,23 +114,23 @@ func TestPeerCutMend(t *testing.T) {
 // TestPeerCutDropsReceived checks that a cut peer also drops what it
 // receives on its streams, and receives again once mended.
 func TestPeerCutDropsReceived(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
+	connectStreams(t, a, b)
 
-	received := func() float64 { return metricSum(t, b.tr.metrics.receivedBytes, map[string]string{"From": "1"}) }
+	received := func() float64 {
+		return metricValue(t, gathered(t, b.tr.metrics.receivedBytes), "", map[string]string{"From": "1"})
+	}
 	before := received()
 	b.tr.CutPeer(1) // b drops what it reads from a's streams
-	m := testMsg(raftpb.MsgHeartbeat, 1)
+	m := newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1))
 	m.Context = make([]byte, 4096) // far more than link heartbeats add meanwhile
 	a.tr.Send([]*raftpb.Message{m})
 	// The frame was read (the received byte counter moved past it) but not
 	// handed to raft.
 	waitFor(t, "b to read the cut message", func() bool { return received() >= before+4096 })
 	b.tr.MendPeer(1)
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 3)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(3))})
 	if got := b.raft.recv(t); got.GetCommit() != 3 {
 		t.Errorf("got %v commit %d first after the mend, want the heartbeat with commit 3", got.GetType(), got.GetCommit())
 	}
@@ -153,7 +153,7 @@ func TestPeerBuildThenStart(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, nil)
+			tr, _ := newNode(t, htLocal()).parts()
 			p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
 			tc.steps(p)
 			for _, typ := range streamTypes {
@@ -176,13 +176,13 @@ func TestPeerBuildThenStart(t *testing.T) {
 // the bytes charged to the send budget. The peer is built, not started, so
 // that nothing drains the queues.
 func TestPeerQueueDepths(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
 	t.Cleanup(p.stop)
 	var charged int64
 	queue := func(c chan<- *raftpb.Message, n int) {
 		for range n {
-			m := htMessage(raftpb.MsgApp)
+			m := newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1"))
 			if !p.queued.charge(sendCharge(m)) {
 				t.Fatal("send budget refused a message")
 			}
@@ -194,13 +194,13 @@ func TestPeerQueueDepths(t *testing.T) {
 	queue(p.writers[streamTypeMessage].msgc, 2)
 	queue(p.pipeline.msgc, 3)
 	for range 4 {
-		p.readers[streamTypeMsgAppV2].recvc <- received{m: htMessage(raftpb.MsgApp)}
+		p.readers[streamTypeMsgAppV2].recvc <- received{m: newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1"))}
 	}
 	for range 5 {
-		p.readers[streamTypeMessage].recvc <- received{m: htMessage(raftpb.MsgHeartbeat)}
+		p.readers[streamTypeMessage].recvc <- received{m: newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10, withEntry("put x=1"))}
 	}
 	for range 6 {
-		p.propc <- received{m: htMessage(raftpb.MsgProp)}
+		p.propc <- received{m: newMsg(raftpb.MsgProp, htPeerID, htLocalID, 10, withEntry("put x=1"))}
 	}
 
 	got, bytes := p.queueDepths(nil)
@@ -220,7 +220,7 @@ func TestPeerQueueDepths(t *testing.T) {
 // profile labels naming the peer and its role, so that a goroutine dump or
 // a CPU profile tells the loops of one peer from another's.
 func TestPeerGoroutineLabels(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	p := newPeer(tr, htPeerID, []url.URL{{Scheme: "http", Host: freeAddr(t)}})
 	p.start()
 	defer p.stop()

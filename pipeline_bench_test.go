@@ -79,17 +79,9 @@ func (*replayBody) Close() error { return nil }
 // Neither transport has a peer, so nothing runs in the background.
 func newDirectPOST(tb testing.TB, rf Raft) *directPOST {
 	tb.Helper()
-	start := func(tr *Transport) *Transport {
-		tb.Helper()
-		if err := tr.Start(); err != nil {
-			tb.Fatalf("Start: %v", err)
-		}
-		tb.Cleanup(tr.Stop)
-		return tr
-	}
-	recv := start(&Transport{ID: htLocalID, ClusterID: htClusterID, Raft: rf, Logger: zap.NewNop()})
-	send := start(&Transport{ID: htPeerID, ClusterID: htClusterID, Raft: newFakeRaft(), Logger: zap.NewNop(),
-		URLs: []string{"http://127.0.0.1:2380"}})
+	quiet := options(withClusterID(htClusterID), unserved(), withLogger(zap.NewNop()))
+	recv := newNode(tb, quiet, withID(htLocalID), withRaft(rf)).tr
+	send := newNode(tb, quiet, withID(htPeerID), withConfig(func(tr *Transport) { tr.URLs = []string{"http://127.0.0.1:2380"} })).tr
 	d := &directPOST{h: recv.Handler(), body: &replayBody{}}
 	// The request pipeline.post builds, as a server would hand it to the
 	// handler.

@@ -3,10 +3,12 @@ package rafthttp
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -39,18 +41,25 @@ func (l *postLog) count() int {
 
 // pipelinePeer starts a fake peer whose stream routes always answer 404
 // (so that everything but the pipeline stays down) and whose POST /raft
-// handler is post, and a transport with ID 1 that has it as peer 2.
-func pipelinePeer(t *testing.T, post http.HandlerFunc, configure func(*Transport)) (*Transport, *fakeRaft) {
+// handler is post, and a transport with ID 1, adjusted by opts, that has it
+// as peer 2. If opts put the transport on a memNet, the peer is there too.
+func pipelinePeer(t *testing.T, post http.HandlerFunc, opts ...nodeOption) (*Transport, *fakeRaft) {
 	t.Helper()
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	h := func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != RaftPrefix {
 			w.Header().Set(headerServerVersion, DefaultServerVersion)
 			http.Error(w, "error sender not found", http.StatusNotFound)
 			return
 		}
 		post(w, r)
-	})
-	tr, fr := newClientTransport(t, 1, configure)
+	}
+	var srv *httptest.Server
+	if mn := nodeOptions(opts).mem; mn != nil {
+		srv = mn.fakePeer(t, h)
+	} else {
+		srv = newFakePeer(t, h)
+	}
+	tr, fr := newNode(t, append([]nodeOption{withID(1), unserved()}, opts...)...).parts()
 	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,11 +73,11 @@ func TestPipelinePostRequest(t *testing.T) {
 	tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		posts.add(r)
 		w.WriteHeader(http.StatusNoContent)
-	}, func(tr *Transport) {
+	}, withConfig(func(tr *Transport) {
 		tr.ClusterID = 0xABCDEF
 		tr.URLs = []string{"http://127.0.0.1:2380", "http://10.0.0.1:2380"}
-	})
-	m := testMsg(raftpb.MsgSnap, 7)
+	}))
+	m := newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(7))
 	m.Entries = []*raftpb.Entry{{Term: proto.Uint64(3), Index: proto.Uint64(11), Data: []byte("data")}}
 	tr.Send([]*raftpb.Message{m})
 	waitFor(t, "the POST to complete", func() bool { return len(r.snapshotReports()) == 1 })
@@ -127,8 +136,8 @@ func TestPipelineResponseStatus(t *testing.T) {
 		t.Run(http.StatusText(tc.status), func(t *testing.T) {
 			tr, r := pipelinePeer(t, func(w http.ResponseWriter, _ *http.Request) {
 				w.WriteHeader(tc.status)
-			}, nil)
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))})
 			waitFor(t, "the snapshot report", func() bool { return len(r.snapshotReports()) == 1 })
 			wantStatus, wantUnreachable := raft.SnapshotFinish, 0
 			if !tc.ok {
@@ -145,7 +154,7 @@ func TestPipelineResponseStatus(t *testing.T) {
 				return
 			}
 			// Any other message: only the unreachable report.
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 2)})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(2))})
 			waitFor(t, "the second unreachable report", func() bool { return r.unreachableCount(2) == 2 })
 			if got := len(r.snapshotReports()); got != 1 {
 				t.Errorf("got %d snapshot reports, want 1", got)
@@ -157,33 +166,39 @@ func TestPipelineResponseStatus(t *testing.T) {
 // TestPipelineTimeoutCutsHungPost checks that PipelineTimeout cuts a POST
 // the peer never answers, and that the worker goes on with the next
 // message (spec §12 W10: etcd's workers hang).
+//
+// It runs in a synctest bubble, over a memNet: the timeouts are measured
+// on the bubble's clock, which two loaded cores cannot stretch.
 func TestPipelineTimeoutCutsHungPost(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	var posts atomic.Int32
-	tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
-		posts.Add(1)
-		// Read the body first: only then does net/http watch the
-		// connection and cancel the context when the client goes.
-		_, _ = io.Copy(io.Discard, r.Body)
-		<-r.Context().Done() // never answers
-	}, func(tr *Transport) {
-		tr.PipelineTimeout = timeout
-		tr.PipelineWorkers = 1
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const timeout = 200 * time.Millisecond
+		var posts atomic.Int32
+		tr, r := pipelinePeer(t, func(w http.ResponseWriter, r *http.Request) {
+			posts.Add(1)
+			// Read the body first: only then does net/http watch the
+			// connection and cancel the context when the client goes.
+			_, _ = io.Copy(io.Discard, r.Body)
+			<-r.Context().Done() // never answers
+		}, withConfig(func(tr *Transport) {
+			tr.PipelineTimeout = timeout
+			tr.PipelineWorkers = 1
+		}), onMemNet(mn))
+		start := time.Now()
+		tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1)), newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(2))})
+		waitFor(t, "both POSTs to fail", func() bool { return r.unreachableCount(2) == 2 })
+		took := time.Since(start)
+		t.Logf("two hung POSTs failed after %v (timeout %v each)", took, timeout)
+		if took < 2*timeout {
+			t.Errorf("two sequential hung POSTs failed after %v, want at least %v", took, 2*timeout)
+		}
+		if took > 10*timeout {
+			t.Errorf("two sequential hung POSTs failed after %v, want about %v", took, 2*timeout)
+		}
+		if got := posts.Load(); got != 2 {
+			t.Errorf("the peer got %d POSTs, want 2", got)
+		}
 	})
-	start := time.Now()
-	tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1), testMsg(raftpb.MsgHeartbeat, 2)})
-	waitFor(t, "both POSTs to fail", func() bool { return r.unreachableCount(2) == 2 })
-	took := time.Since(start)
-	t.Logf("two hung POSTs failed after %v (timeout %v each)", took, timeout)
-	if took < 2*timeout {
-		t.Errorf("two sequential hung POSTs failed after %v, want at least %v", took, 2*timeout)
-	}
-	if took > 10*timeout {
-		t.Errorf("two sequential hung POSTs failed after %v, want about %v", took, 2*timeout)
-	}
-	if got := posts.Load(); got != 2 {
-		t.Errorf("the peer got %d POSTs, want 2", got)
-	}
 }
 
 // TestPipelineStopWithBlockedPosts checks that Stop returns promptly while
@@ -194,9 +209,9 @@ func TestPipelineStopWithBlockedPosts(t *testing.T) {
 		posts.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 		<-r.Context().Done() // never answers
-	}, nil)
+	})
 	for i := range 40 {
-		tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, uint64(i))})
+		tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(uint64(i)))})
 	}
 	waitFor(t, "every worker to be stuck in a POST", func() bool { return posts.Load() == DefaultPipelineWorkers })
 	start := time.Now()
@@ -241,10 +256,10 @@ func TestPipelineMsgSnapProgress(t *testing.T) {
 				// Never answers. Not r.Context(): net/http does not see
 				// the client go while the body is unread.
 				<-hang
-			}, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
+			}, withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = progress }))
 			t.Cleanup(func() { close(hang) }) // before the server closes (cleanups run last first)
 
-			m := testMsg(raftpb.MsgSnap, 1)
+			m := newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))
 			m.Snapshot.Data = make([]byte, tc.data)
 			bound := snapshotAnswerTimeout(progress, int64(raftproto.MessageSize(m)))
 			start := time.Now()
@@ -262,7 +277,7 @@ func TestPipelineMsgSnapProgress(t *testing.T) {
 			if took < progress-50*time.Millisecond || took > bound+2*time.Second {
 				t.Errorf("reported %v after Send, want between %v and %v", took, progress, bound+2*time.Second)
 			}
-			if got := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Type": "MsgSnap", "Reason": dropSendFailed}); got != 1 {
+			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Type": "MsgSnap", "Reason": dropSendFailed}); got != 1 {
 				t.Errorf("%v MsgSnap drops counted as send_failed, want 1", got)
 			}
 			if got := posts.Load(); got != 1 {
@@ -297,21 +312,21 @@ func TestPipelineStopReportsHeld(t *testing.T) {
 				posts.Add(1)
 				_, _ = io.Copy(io.Discard, r.Body)
 				<-r.Context().Done() // never answers
-			}, func(tr *Transport) {
+			}, withConfig(func(tr *Transport) {
 				tr.PipelineWorkers = 1
 				tr.SnapshotProgressTimeout = time.Minute
-			})
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+			}))
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))})
 			waitFor(t, "the MsgSnap to be posted", func() bool { return posts.Load() == 1 })
 			for i, typ := range queued {
-				tr.Send([]*raftpb.Message{testMsg(typ, uint64(2+i))})
+				tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(2+i)))})
 			}
 
 			start := time.Now()
 			tc.stop(tr)
 			took := time.Since(start)
 			unreachable, snaps := r.unreachableCount(2), r.snapshotReports()
-			removed := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
+			removed := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
 			t.Logf("%s returned after %v with %d messages held: %d ReportUnreachable, snapshot reports %v, %v drops counted as removed",
 				tc.name, took, held, unreachable, snaps, removed)
 			if took > time.Second {

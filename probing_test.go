@@ -47,8 +47,8 @@ func roundTripper(name string) func(observer.LoggedEntry) bool {
 
 func TestProbingRTT(t *testing.T) {
 	reg := newObsRegisterer()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.Registerer = reg; tr.ConnReadTimeout = probeReadTimeout })
-	b := newTestNode(t, 2, func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout })
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Registerer = reg; tr.ConnReadTimeout = probeReadTimeout }))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout }))
 	connect(t, a, b)
 
 	var st PeerStats
@@ -66,13 +66,13 @@ func TestProbingRTT(t *testing.T) {
 	t.Logf("loopback probe RTT %v, clock difference %v", st.RTT, st.ClockDifference)
 
 	to2 := map[string]string{"To": "2"}
-	count := waitValue(t, reg, "etcd_network_peer_round_trip_time_seconds", to2, "to have samples", above(0))
+	count := waitMetric(t, reg, "etcd_network_peer_round_trip_time_seconds", to2, "to have samples", above(0))
 	h := obsSeries(t, reg, "etcd_network_peer_round_trip_time_seconds", to2).GetHistogram()
 	if mean := h.GetSampleSum() / float64(h.GetSampleCount()); mean <= 0 || mean > 1 {
 		t.Errorf("mean RTT observed = %vs (%v samples), want in (0, 1]", mean, count)
 	}
 	// Probes continue: more samples arrive.
-	waitValue(t, reg, "etcd_network_peer_round_trip_time_seconds", to2, "to grow", above(float64(h.GetSampleCount())))
+	waitMetric(t, reg, "etcd_network_peer_round_trip_time_seconds", to2, "to grow", above(float64(h.GetSampleCount())))
 }
 
 func TestProbingUnhealthy(t *testing.T) {
@@ -91,7 +91,7 @@ func TestProbingUnhealthy(t *testing.T) {
 		{
 			name: "server closed",
 			peerURL: func(t *testing.T) (string, func()) {
-				b := newTestNode(t, 2, func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout })
+				b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout }))
 				if err := b.tr.AddPeer(1, []string{"http://" + freeAddr(t)}); err != nil {
 					t.Fatal(err)
 				}
@@ -103,7 +103,7 @@ func TestProbingUnhealthy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lg, logs := observedLogger()
 			url, down := tt.peerURL(t)
-			a := newTestNode(t, 1, func(tr *Transport) { tr.Logger = lg; tr.ConnReadTimeout = probeReadTimeout })
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Logger = lg; tr.ConnReadTimeout = probeReadTimeout }))
 			if err := a.tr.AddPeer(2, []string{url}); err != nil {
 				t.Fatal(err)
 			}
@@ -143,7 +143,7 @@ func TestProbingUnhealthy(t *testing.T) {
 // nothing else.
 func fakeProbingPeer(t *testing.T, offset time.Duration) string {
 	t.Helper()
-	srv := newObsFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != ProbingPrefix {
 			http.NotFound(w, r)
 			return
@@ -171,7 +171,7 @@ func TestProbingClockDrift(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lg, logs := observedLogger()
 			url := fakeProbingPeer(t, tt.offset)
-			a := newTestNode(t, 1, func(tr *Transport) { tr.Logger = lg; tr.ConnReadTimeout = probeReadTimeout })
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Logger = lg; tr.ConnReadTimeout = probeReadTimeout }))
 			if err := a.tr.AddPeer(2, []string{url}); err != nil {
 				t.Fatal(err)
 			}
@@ -201,8 +201,8 @@ func TestProbingClockDrift(t *testing.T) {
 }
 
 func TestProbingFollowsUpdatePeer(t *testing.T) {
-	a := newTestNode(t, 1, func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout })
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout }))
+	b := newNode(t, withID(2))
 	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -248,8 +248,8 @@ func proberGoroutines() int {
 func TestProbingStopsWithPeer(t *testing.T) {
 	leaks := goleak.IgnoreCurrent()
 	base := proberGoroutines()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout })
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ConnReadTimeout = probeReadTimeout }))
+	b := newNode(t, withID(2))
 	if err := a.tr.AddPeer(2, []string{b.url}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/raftkit/rafthttp/internal/rafttest"
+	"go.etcd.io/raft/v3"
 )
 
 // This file runs real go.etcd.io/raft/v3 nodes over the transport: each
@@ -29,12 +30,27 @@ type raftMember struct {
 	net *testNode
 }
 
-// newRaftMember starts member id of a new cluster of peers; its Ready loop
-// waits for start.
-func newRaftMember(t testing.TB, id uint64, peers []uint64) *raftMember {
+// memberOptions adjusts a member built by newRaftMember.
+type memberOptions struct {
+	// etcdRaft turns on CheckQuorum and PreVote, as etcd runs raft: a
+	// leader that hears from no quorum steps down, and a member that
+	// cannot win does not disrupt the others.
+	etcdRaft bool
+	// storage, if set, is the storage of a member that restarts from it
+	// (raft.RestartNode) instead of starting anew.
+	storage *raft.MemoryStorage
+	// node adjusts the member's transport and server.
+	node []nodeOption
+}
+
+// newRaftMember builds member id of a cluster of peers (or restarts it, see
+// memberOptions), with its transport behind its own server; start runs its
+// Ready loop.
+func newRaftMember(t testing.TB, id uint64, peers []uint64, o memberOptions) *raftMember {
 	t.Helper()
-	m := rafttest.NewMember(t, id, peers, rafttest.Config{Tick: clusterTick, ElectionTick: 10})
-	return &raftMember{Member: m, net: newTestNode(t, id, func(tr *Transport) { tr.Raft = m })}
+	m := rafttest.NewMember(t, id, peers, rafttest.Config{Tick: clusterTick, ElectionTick: 10,
+		CheckQuorum: o.etcdRaft, PreVote: o.etcdRaft, Storage: o.storage})
+	return &raftMember{Member: m, net: newNode(t, append([]nodeOption{withID(id), withRaft(m)}, o.node...)...)}
 }
 
 // start runs the Ready loop. The loop stops at the end of the test before
@@ -78,7 +94,7 @@ func newRaftCluster(t testing.TB, n int) *raftCluster {
 	c := &raftCluster{t: t, members: map[uint64]*raftMember{}}
 	nets := make([]*testNode, 0, n)
 	for _, id := range peers {
-		m := newRaftMember(t, id, peers)
+		m := newRaftMember(t, id, peers, memberOptions{})
 		c.members[id] = m
 		nets = append(nets, m.net)
 	}

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// The remote tests run a transport for member a1 (newHTTransport) and play
+// The remote tests run a transport for member a1 (newNode with htLocal) and play
 // members posting to its handler. Forged IDs start at rtForged; rtMember is
 // a real member joining, that a1 does not know yet.
 const (
@@ -63,7 +63,7 @@ type rtMemberServer struct {
 func newRTMemberServer(t testing.TB) *rtMemberServer {
 	t.Helper()
 	s := &rtMemberServer{}
-	s.srv = newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	s.srv = newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != RaftPrefix {
 			w.Header().Set(headerServerVersion, DefaultServerVersion)
 			http.Error(w, "error sender not found", http.StatusNotFound)
@@ -187,7 +187,7 @@ func rtFlood(t testing.TB, tr *Transport, h http.Handler, first uint64, n, worke
 // an unknown peer. Before remotes learnt from requests could be evicted,
 // the first 64 forged IDs kept every place, and the answer was dropped.
 func TestRequestRemotesFloodDoesNotLockOutMember(t *testing.T) {
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	flood := newRTMemberServer(t)
 	member := newRTMemberServer(t)
@@ -204,13 +204,13 @@ func TestRequestRemotesFloodDoesNotLockOutMember(t *testing.T) {
 		t.Fatal("the member's POST did not make it a remote")
 	}
 	unknown := map[string]string{"Peer": unknownPeerLabel, "Reason": dropUnknownPeer}
-	unknownBefore := metricSum(t, tr.metrics.droppedMessages, unknown)
+	unknownBefore := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", unknown)
 	tr.Send([]*raftpb.Message{rtAnswer(rtMember)})
 	waitFor(t, "the answer to reach the member", func() bool { return member.received(rtMember) == 1 })
 	if n := fr.unreachableCount(rtMember); n != 0 {
 		t.Errorf("ReportUnreachable(member) called %d times, want 0", n)
 	}
-	if got := metricSum(t, tr.metrics.droppedMessages, unknown) - unknownBefore; got != 0 {
+	if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", unknown) - unknownBefore; got != 0 {
 		t.Errorf("the answer was dropped as to an unknown peer (%v drops)", got)
 	}
 	if all, learnt := rtRemotes(tr); all != maxRequestRemotes || learnt != maxRequestRemotes {
@@ -223,7 +223,7 @@ func TestRequestRemotesFloodDoesNotLockOutMember(t *testing.T) {
 // an evicted remote's workers end before its replacement's start. The
 // workers are counted from goroutine stacks while the flood runs.
 func TestRequestRemotesGoroutinesBounded(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	h := tr.Handler()
 	flood := newRTMemberServer(t)
 	bound := maxRequestRemotes * DefaultPipelineWorkers
@@ -304,7 +304,7 @@ func TestRequestRemotesSparesUserRemotes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.requestRemoteIdle = 200 * time.Millisecond })
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.requestRemoteIdle = 200 * time.Millisecond })).parts()
 			h := tr.Handler()
 			flood := newRTMemberServer(t)
 			userSrv := newRTMemberServer(t)
@@ -343,7 +343,7 @@ func TestRequestRemotesSparesUserRemotes(t *testing.T) {
 // Send goes to the peer, and the remote stays until it is closed as idle,
 // which leaves the peer and its metric series alone.
 func TestRequestRemoteThenAddPeer(t *testing.T) {
-	tr, fr := newHTTransport(t, func(tr *Transport) { tr.requestRemoteIdle = 500 * time.Millisecond })
+	tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.requestRemoteIdle = 500 * time.Millisecond })).parts()
 	h := tr.Handler()
 	learntAt := newRTMemberServer(t)
 	peerAt := newRTMemberServer(t)
@@ -367,7 +367,7 @@ func TestRequestRemoteThenAddPeer(t *testing.T) {
 	if n := learntAt.received(rtMember); n != 0 {
 		t.Errorf("%d messages went through the remote, want 0: peers come first", n)
 	}
-	if got := seriesWithLabelValue(t, tr.metrics.sentBytes, formatID(rtMember)); len(got) == 0 {
+	if got := seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(rtMember)); len(got) == 0 {
 		t.Error("closing the remote deleted the peer's sent_bytes series")
 	}
 	tr.Send([]*raftpb.Message{rtAnswer(rtMember)})
@@ -403,7 +403,7 @@ func TestRequestRemoteEviction(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.maxRequestRemotes = 3 })
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.maxRequestRemotes = 3 })).parts()
 			h := tr.Handler()
 			srv := newRTMemberServer(t)
 			for _, id := range []uint64{a, b, c} {
@@ -442,10 +442,10 @@ func TestRetiredRemoteReportsDrops(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, fr := newHTTransport(t, tc.configure)
+			tr, fr := newNode(t, htLocal(), withConfig(tc.configure)).parts()
 			h := tr.Handler()
 			var posts atomic.Int32
-			hung := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+			hung := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 				posts.Add(1)
 				_, _ = io.Copy(io.Discard, r.Body)
 				<-r.Context().Done() // never answers
@@ -470,10 +470,10 @@ func TestRetiredRemoteReportsDrops(t *testing.T) {
 			if got, want := fr.snapshotReports(), []snapshotReport{{victim, raft.SnapshotFailure}}; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("snapshot reports: got %v, want %v", got, want)
 			}
-			if got := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel, "Reason": dropRetired}); got != sent {
+			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRetired}); got != sent {
 				t.Errorf("%v drops counted as retired, want %d", got, sent)
 			}
-			if got := seriesWithLabelValue(t, tr.metrics.sentBytes, formatID(victim)); len(got) != 0 {
+			if got := seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(victim)); len(got) != 0 {
 				t.Errorf("series of the closed remote remain: %v", got)
 			}
 			waitFor(t, "the closed remote's workers to end", func() bool {
@@ -505,7 +505,7 @@ func TestRequestRemoteURLs(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, nil)
+			tr, _ := newNode(t, htLocal()).parts()
 			h := tr.Handler()
 			first, second := newRTMemberServer(t), newRTMemberServer(t)
 			tc.add(t, tr, h, first.srv.URL)
@@ -545,7 +545,7 @@ func TestSweepIdleRemotes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.requestRemoteIdle = idle })
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.requestRemoteIdle = idle })).parts()
 			h := tr.Handler()
 			srv := newRTMemberServer(t)
 			if tc.userIdle {

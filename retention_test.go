@@ -105,8 +105,8 @@ func TestEntryRetention(t *testing.T) {
 
 				// Through the transport.
 				kept := newEntryKeeper(dense)
-				a := newTestNode(t, 1, nil)
-				b := newTestNode(t, 2, nil)
+				a := newNode(t, withID(1))
+				b := newNode(t, withID(2))
 				b.raft.setProcess(func(_ context.Context, m *raftpb.Message) error {
 					if m.GetType() == raftpb.MsgApp {
 						kept.keep(m.Entries)

@@ -48,8 +48,8 @@ func TestSendCharge(t *testing.T) {
 		m     *raftpb.Message
 		small bool
 	}{
-		{name: "heartbeat", m: testMsg(raftpb.MsgHeartbeat, 9), small: true},
-		{name: "one-entry append", m: htMessage(raftpb.MsgApp), small: true},
+		{name: "heartbeat", m: newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(9)), small: true},
+		{name: "one-entry append", m: newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")), small: true},
 		{name: "append of 1 KiB", m: chargedMsg(raftpb.MsgApp, 1, 2, 7, 1<<10)},
 		{name: "append of 64 entries of 1 KiB", m: entries(64, 1<<10)},
 		{name: "append of 1 MiB", m: chargedMsg(raftpb.MsgApp, 1, 2, 7, 1<<20)},
@@ -61,7 +61,7 @@ func TestSendCharge(t *testing.T) {
 		}()},
 		{name: "snapshot of 64 KiB", m: chargedMsg(raftpb.MsgSnap, 1, 2, 7, 64<<10)},
 		{name: "read index context of 2 KiB", m: func() *raftpb.Message {
-			m := testMsg(raftpb.MsgReadIndex, 1)
+			m := newMsg(raftpb.MsgReadIndex, 1, 2, 10, withCommit(1))
 			m.Context = make([]byte, 2<<10)
 			return m
 		}()},
@@ -152,7 +152,7 @@ func TestSendBudgetLimit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.MaxPeerSendBytes = tt.field })
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.MaxPeerSendBytes = tt.field })).parts()
 			htAddPeer(t, tr)
 			if err := tr.AddRemote(htStranger, []string{"http://" + freeAddr(t)}); err != nil {
 				t.Fatal(err)
@@ -264,7 +264,7 @@ func stoppedRemote(t *testing.T, tr *Transport) *remote {
 func peerDrops(t testing.TB, p *peer) func() float64 {
 	return func() float64 {
 		return float64(p.metrics.c.dropped.Load()) +
-			metricSum(t, p.t.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
+			metricValue(t, gathered(t, p.t.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRemoved})
 	}
 }
 
@@ -280,8 +280,8 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 	// pair starts nodes 1 and 2, connected, with every stream up; node 1
 	// sends.
 	pair := func(t *testing.T) (*testNode, *testNode, *peer) {
-		a := newE2ENode(t, 1, e2eOptions{})
-		b := newE2ENode(t, 2, e2eOptions{})
+		a := newNode(t, withID(1))
+		b := newNode(t, withID(2))
 		connect(t, a, b)
 		waitStreams(t, a, b)
 		p, _ := a.tr.get(2)
@@ -305,8 +305,8 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 		{"message stream: written", delivered(raftpb.MsgProp)},
 		{"pipeline: posted", delivered(raftpb.MsgSnap)},
 		{"remote pipeline: posted", func(t *testing.T) budgetEnv {
-			a := newE2ENode(t, 1, e2eOptions{})
-			b := newE2ENode(t, 2, e2eOptions{})
+			a := newNode(t, withID(1))
+			b := newNode(t, withID(2))
 			if err := a.tr.AddRemote(2, []string{b.url}); err != nil {
 				t.Fatal(err)
 			}
@@ -319,7 +319,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 				dropped: func() float64 { return float64(r.pipeline.metrics.c.dropped.Load()) }}
 		}},
 		{"stream write failed, the rest drained at detach", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			htAddPeer(t, tr)
 			p, _ := tr.get(htPeerID)
 			w := p.writers[streamTypeMsgAppV2]
@@ -340,7 +340,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: peerDrops(t, p), reported: 3}
 		}},
 		{"queued after the writer detached", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			htAddPeer(t, tr)
 			p, _ := tr.get(htPeerID)
 			w := p.writers[streamTypeMsgAppV2]
@@ -358,7 +358,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: peerDrops(t, p), reported: 2}
 		}},
 		{"queue full, the rest drained at RemovePeer", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.PipelineQueueSize = 1 })
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.PipelineQueueSize = 1 })).parts()
 			p := stoppedPeer(t, tr)
 			tr.Send([]*raftpb.Message{big(raftpb.MsgApp, 1), big(raftpb.MsgApp, 2)})
 			if got, want := p.queued.inUse(), sendCharge(big(raftpb.MsgApp, 1)); got != want {
@@ -368,7 +368,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: peerDrops(t, p), reported: 2}
 		}},
 		{"budget exceeded, the rest drained at RemovePeer", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.MaxPeerSendBytes = 6 << 10 })
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.MaxPeerSendBytes = 6 << 10 })).parts()
 			p := stoppedPeer(t, tr)
 			// The heartbeat is small: never refused, never charged.
 			hb := &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: proto.Uint64(htLocalID), To: proto.Uint64(htPeerID)}
@@ -377,7 +377,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			if got := p.queued.inUse(); got != want {
 				t.Errorf("charged with one queued, one refused for the budget: %d, want %d", got, want)
 			}
-			if got := metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": p.idStr, "Reason": dropBudgetExceeded}); got != 1 {
+			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": p.idStr, "Reason": dropBudgetExceeded}); got != 1 {
 				t.Errorf("dropped_messages_total{Reason=%s} = %v, want 1", dropBudgetExceeded, got)
 			}
 			if got := sendQueueBytes(t, tr, p.idStr); got != float64(want) {
@@ -390,7 +390,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: peerDrops(t, p), reported: 3}
 		}},
 		{"queued on every channel at RemovePeer", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			p := stoppedPeer(t, tr)
 			p.writers[streamTypeMsgAppV2].working.Store(true)
 			p.writers[streamTypeMessage].working.Store(true)
@@ -408,7 +408,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: peerDrops(t, p), reported: 3}
 		}},
 		{"paused: never charged", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, nil)
+			tr, fr := newNode(t, htLocal()).parts()
 			p := stoppedPeer(t, tr)
 			tr.CutPeer(htPeerID)
 			tr.Send([]*raftpb.Message{big(raftpb.MsgApp, 1)})
@@ -417,7 +417,7 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			return budgetEnv{budget: &p.queued, raft: fr, id: htPeerID, dropped: func() float64 { return 0 }}
 		}},
 		{"remote: queue full, the rest drained when retired", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.PipelineQueueSize = 1 })
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.PipelineQueueSize = 1 })).parts()
 			r := stoppedRemote(t, tr)
 			tr.Send([]*raftpb.Message{big(raftpb.MsgApp, 1), big(raftpb.MsgApp, 2)})
 			if got, want := r.queued.inUse(), sendCharge(big(raftpb.MsgApp, 1)); got != want {
@@ -425,12 +425,12 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			}
 			r.retire()
 			return budgetEnv{budget: &r.queued, raft: fr, id: htPeerID, reported: 2, dropped: func() float64 {
-				return metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": r.idStr}) +
-					metricSum(t, tr.metrics.droppedMessages, map[string]string{"Peer": unknownPeerLabel})
+				return metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": r.idStr}) +
+					metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel})
 			}}
 		}},
 		{"remote: budget exceeded, the rest drained at Stop", func(t *testing.T) budgetEnv {
-			tr, fr := newHTTransport(t, func(tr *Transport) { tr.MaxPeerSendBytes = 6 << 10 })
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.MaxPeerSendBytes = 6 << 10 })).parts()
 			r := stoppedRemote(t, tr)
 			tr.Send([]*raftpb.Message{big(raftpb.MsgApp, 1), big(raftpb.MsgApp, 2)})
 			if got, want := r.queued.inUse(), sendCharge(big(raftpb.MsgApp, 1)); got != want {

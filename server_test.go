@@ -103,7 +103,7 @@ func closedByServer(err error) bool {
 // that it serves headers that trickle in but arrive in time.
 func TestServerRecipeCutsSlowHeaders(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	addr := serveRecipe(t, tr, tr.Handler(), func(s *http.Server) { s.ReadHeaderTimeout = timeout })
 
 	probe := "GET /raft/probing HTTP/1.1\r\nHost: raft\r\n\r\n"
@@ -193,7 +193,7 @@ func trickleWrite(w io.Writer, s string, tick time.Duration, done <-chan struct{
 // refuses request headers beyond MaxHeaderBytes with 431, and serves
 // headers well within it.
 func TestServerRecipeLimitsHeaderBytes(t *testing.T) {
-	tr, _ := newHTTransport(t, nil)
+	tr, _ := newNode(t, htLocal()).parts()
 	addr := serveRecipe(t, tr, tr.Handler(), nil)
 	cases := []struct {
 		name    string
@@ -210,7 +210,7 @@ func TestServerRecipeLimitsHeaderBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("X-Padding", strings.Repeat("x", tc.padding))
-			resp, err := newHTClient(t).Do(req)
+			resp, err := newClient(t).Do(req)
 			if err != nil {
 				t.Fatalf("GET: %v", err)
 			}
@@ -227,10 +227,10 @@ func TestServerRecipeLimitsHeaderBytes(t *testing.T) {
 // IdleTimeout, after each kind of request that reuses connections.
 func TestServerRecipeClosesIdleConnections(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	addr := serveRecipe(t, tr, tr.Handler(), func(s *http.Server) { s.IdleTimeout = idle })
 
-	pipelineBody, err := proto.Marshal(htMessage(raftpb.MsgHeartbeat))
+	pipelineBody, err := proto.Marshal(newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func TestServerRecipeKeepsQuietStreams(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tr, _ := newHTTransport(t, func(tr *Transport) { tr.ConnReadTimeout = readTimeout })
+			tr, _ := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnReadTimeout = readTimeout })).parts()
 			htAddPeer(t, tr)
 			addr := serveRecipe(t, tr, tr.Handler(), shrink)
 			p, _ := tr.get(htPeerID)
@@ -341,7 +341,7 @@ func TestServerRecipeKeepsQuietStreams(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header = htHeaders(htStream)
-			resp, err := newHTClient(t).Do(req)
+			resp, err := newClient(t).Do(req)
 			if err != nil {
 				t.Fatalf("GET %s: %v", tc.path, err)
 			}

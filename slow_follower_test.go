@@ -44,8 +44,8 @@ func TestSendBudgetSlowFollower(t *testing.T) {
 	)
 	fnet := newFaultNet(t, 15)
 	quiet := func(tr *Transport) { tr.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)) }
-	leader := newE2ENode(t, 1, e2eOptions{configure: func(tr *Transport) { quiet(tr); tr.MaxPeerSendBytes = budget }})
-	follower := newE2ENode(t, 2, e2eOptions{configure: quiet})
+	leader := newNode(t, withID(1), withConfig(func(tr *Transport) { quiet(tr); tr.MaxPeerSendBytes = budget }))
+	follower := newNode(t, withID(2), withConfig(quiet))
 	// The follower's raft keeps nothing: its heap is the transport's.
 	var processed atomic.Int64
 	follower.raft.setProcess(func(context.Context, *raftpb.Message) error {
@@ -124,7 +124,7 @@ func TestSendBudgetSlowFollower(t *testing.T) {
 	elapsed := time.Since(start)
 
 	st, _ := leader.tr.PeerStatus(2)
-	budgetDrops := metricSum(t, leader.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Reason": dropBudgetExceeded})
+	budgetDrops := metricValue(t, gathered(t, leader.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Reason": dropBudgetExceeded})
 	drops := st.Dropped - st0.Dropped
 	t.Logf("%d appends of 1 MiB sent in %v; %d processed by the follower; %d dropped, %v for the budget; "+
 		"most charged at a sample %.1f MiB; heap in use %.1f MiB before, peak %.1f MiB (+%.1f MiB)",
@@ -228,7 +228,7 @@ func TestStreamWriterDeadlinePerLargeMessage(t *testing.T) {
 		msgs    = 6                      // 600 ms in all: half as long again as the timeout
 		size    = 300 << 10              // over encoderWriteThreshold: one write per message
 	)
-	tr, fr := newHTTransport(t, func(tr *Transport) { tr.ConnWriteTimeout = timeout })
+	tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) { tr.ConnWriteTimeout = timeout })).parts()
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
 	w := p.writers[streamTypeMsgAppV2]
@@ -272,7 +272,7 @@ func TestStreamWriterReleasesAsItWrites(t *testing.T) {
 		msgs = 5
 		size = 300 << 10 // over encoderWriteThreshold: one write per message
 	)
-	tr, fr := newHTTransport(t, nil)
+	tr, fr := newNode(t, htLocal()).parts()
 	htAddPeer(t, tr)
 	p, _ := tr.get(htPeerID)
 	w := p.writers[streamTypeMsgAppV2]

@@ -23,11 +23,11 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 	dir := b.TempDir()
 	store := DirSnapshotStore{Dir: dir}
 	quiet := func(tr *Transport) { tr.Logger = zap.NewNop() }
-	a := newTestNode(b, 1, quiet)
-	r := newTestNode(b, 2, func(tr *Transport) {
+	a := newNode(b, withID(1), withConfig(quiet))
+	r := newNode(b, withID(2), withConfig(func(tr *Transport) {
 		quiet(tr)
 		tr.SnapshotStore = store
-	})
+	}))
 	connect(b, a, r)
 	b.SetBytes(benchSnapshotSize)
 	b.ReportAllocs()

@@ -19,8 +19,8 @@ import (
 
 func TestSnapshotSendReceive(t *testing.T) {
 	dir := t.TempDir()
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, func(tr *Transport) { tr.SnapshotStore = DirSnapshotStore{Dir: dir} })
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 	connect(t, a, b)
 
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
@@ -83,11 +83,9 @@ func TestSnapshot1GiB(t *testing.T) {
 		maxGrowth = 32 << 20
 	)
 	dir := t.TempDir()
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, func(tr *Transport) { tr.SnapshotStore = DirSnapshotStore{Dir: dir} })
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
+	connectStreams(t, a, b)
 
 	gen := newSnapGen(0x9e3779b97f4a7c15, size)
 	baseline, rssOK := snapRSSBaseline(t)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // Unit tests of DirSnapshotStore: naming, durability protocol (a payload is
@@ -38,7 +40,7 @@ func TestDirSnapshotStorePath(t *testing.T) {
 func TestDirSnapshotStoreSave(t *testing.T) {
 	dir := t.TempDir()
 	payload := snapBytes(20, 3<<20+17)
-	if err := (DirSnapshotStore{Dir: dir}).SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(payload)); err != nil {
+	if err := (DirSnapshotStore{Dir: dir}).SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 12), bytes.NewReader(payload)); err != nil {
 		t.Fatalf("SaveSnapshot: %v", err)
 	}
 	if files := snapDirFiles(t, dir); len(files) != 1 || files[0] != "000000000000000c.snap.db" {
@@ -58,7 +60,7 @@ func TestDirSnapshotStoreSave(t *testing.T) {
 func TestDirSnapshotStoreEmptyPayload(t *testing.T) {
 	dir := t.TempDir()
 	s := DirSnapshotStore{Dir: dir}
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 7), bytes.NewReader(nil)); err != nil {
+	if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 7), bytes.NewReader(nil)); err != nil {
 		t.Fatalf("SaveSnapshot: %v", err)
 	}
 	if fi, err := os.Stat(s.Path(7)); err != nil || fi.Size() != 0 {
@@ -118,7 +120,7 @@ func TestDirSnapshotStoreFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			s, ctx, r := tc.setup(t, dir)
-			err := s.SaveSnapshot(ctx, snapMsg(1, 2, 12), r)
+			err := s.SaveSnapshot(ctx, newMsg(raftpb.MsgSnap, 1, 2, 12), r)
 			if err == nil {
 				t.Fatal("SaveSnapshot succeeded, want an error")
 			}
@@ -143,7 +145,7 @@ func TestDirSnapshotStoreReplacesExisting(t *testing.T) {
 	dir := t.TempDir()
 	s := DirSnapshotStore{Dir: dir}
 	first, second := snapBytes(27, 1<<20), snapBytes(28, 2<<20)
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(first)); err != nil {
+	if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 12), bytes.NewReader(first)); err != nil {
 		t.Fatalf("first SaveSnapshot: %v", err)
 	}
 	// A reader that opened the first file keeps reading it whole.
@@ -152,7 +154,7 @@ func TestDirSnapshotStoreReplacesExisting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	if err := s.SaveSnapshot(context.Background(), snapMsg(3, 2, 12), bytes.NewReader(second)); err != nil {
+	if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 3, 2, 12), bytes.NewReader(second)); err != nil {
 		t.Fatalf("second SaveSnapshot = %v, want success", err)
 	}
 	got, err := os.ReadFile(s.Path(12))
@@ -170,7 +172,7 @@ func TestDirSnapshotStoreReplacesExisting(t *testing.T) {
 	}
 
 	// A failed save of an index already stored leaves the stored file alone.
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), &snapFailAfter{r: bytes.NewReader(first), n: 10, err: io.ErrUnexpectedEOF}); err == nil {
+	if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 12), &snapFailAfter{r: bytes.NewReader(first), n: 10, err: io.ErrUnexpectedEOF}); err == nil {
 		t.Error("failed save reported success")
 	}
 	if got, _ := os.ReadFile(s.Path(12)); !bytes.Equal(got, second) {
@@ -204,7 +206,7 @@ func TestDirSnapshotStoreRemovesStaleTemps(t *testing.T) {
 				}
 			}
 			s := DirSnapshotStore{Dir: dir}
-			if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 12), bytes.NewReader(snapBytes(29, 64<<10))); err != nil {
+			if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 12), bytes.NewReader(snapBytes(29, 64<<10))); err != nil {
 				t.Fatalf("SaveSnapshot: %v", err)
 			}
 			want := append(slices.Clone(tc.keep), filepath.Base(s.Path(12)))
@@ -226,14 +228,14 @@ func TestDirSnapshotStoreSweepSparesLiveSave(t *testing.T) {
 	gen := newSnapGen(30, size)
 	gate := newSnapGate(t, gen, size/2)
 	done := make(chan error, 1)
-	go func() { done <- s.SaveSnapshot(context.Background(), snapMsg(1, 2, 10), gate) }()
+	go func() { done <- s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 10), gate) }()
 	gate.waitReached(t)
 	live, err := filepath.Glob(filepath.Join(dir, tmpPattern))
 	if err != nil || len(live) != 1 {
 		t.Fatalf("temporary files of the blocked save: %q (%v), want one", live, err)
 	}
 
-	if err := s.SaveSnapshot(context.Background(), snapMsg(1, 2, 11), bytes.NewReader(snapBytes(31, 64<<10))); err != nil {
+	if err := s.SaveSnapshot(context.Background(), newMsg(raftpb.MsgSnap, 1, 2, 11), bytes.NewReader(snapBytes(31, 64<<10))); err != nil {
 		t.Fatalf("second SaveSnapshot: %v", err)
 	}
 	if _, err := os.Stat(live[0]); err != nil {

@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -23,14 +22,11 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/protobuf/proto"
 )
@@ -155,11 +151,7 @@ func (g *snapGate) isClosed() bool {
 // waitReached waits until the gate has passed its limit and blocks.
 func (g *snapGate) waitReached(t testing.TB) {
 	t.Helper()
-	select {
-	case <-g.reached:
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the payload to reach its gate")
-	}
+	receive(t, g.reached, 10*time.Second, "the payload to reach its gate")
 }
 
 // snapProbe wraps a SnapshotStore and reports each SaveSnapshot: its start
@@ -184,24 +176,12 @@ func (s *snapProbe) SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Re
 
 func (s *snapProbe) waitStarted(t testing.TB) *raftpb.Message {
 	t.Helper()
-	select {
-	case m := <-s.started:
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the receiver to start saving a snapshot")
-		return nil
-	}
+	return receive(t, s.started, 10*time.Second, "the receiver to start saving a snapshot")
 }
 
 func (s *snapProbe) waitResult(t testing.TB) error {
 	t.Helper()
-	select {
-	case err := <-s.results:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for the receiver's save to end")
-		return nil
-	}
+	return receive(t, s.results, 10*time.Second, "the receiver's save to end")
 }
 
 // snapFailAfter fails with err once n bytes have been read from r.
@@ -236,79 +216,15 @@ func (s snapBrokenStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r 
 	return s.dir.SaveSnapshot(ctx, m, &snapFailAfter{r: r, n: s.after, err: errSnapDiskFull})
 }
 
-// newSnapNode is newTestNode with the HTTP handler wrapped by wrap (nil:
-// unwrapped), for tests that tamper with requests before the transport
-// sees them.
-func newSnapNode(t testing.TB, id uint64, configure func(*Transport), wrap func(http.Handler) http.Handler) *testNode {
-	t.Helper()
-	n := &testNode{raft: newFakeRaft()}
-	n.tr = &Transport{ID: id, ClusterID: testClusterID, Raft: n.raft, Logger: zaptest.NewLogger(t),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond}
-	n.srv = httptest.NewUnstartedServer(nil)
-	n.url = "http://" + n.srv.Listener.Addr().String()
-	n.tr.URLs = []string{n.url}
-	if configure != nil {
-		configure(n.tr)
-	}
-	if err := n.tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	h := n.tr.Handler()
-	if wrap != nil {
-		h = wrap(h)
-	}
-	n.srv.Config.Handler = h
-	n.srv.Start()
-	t.Cleanup(n.close)
-	return n
-}
-
-// withStore returns a configure function that installs s.
-func withStore(s SnapshotStore) func(*Transport) {
-	return func(tr *Transport) { tr.SnapshotStore = s }
-}
-
-// snapMsg is a MsgSnap from one member to another for the snapshot at index.
-func snapMsg(from, to, index uint64) *raftpb.Message {
-	return &raftpb.Message{Type: raftpb.MsgSnap.Enum(), From: proto.Uint64(from), To: proto.Uint64(to), Term: proto.Uint64(2),
-		Snapshot: &raftpb.Snapshot{Data: []byte("MEMBERS"), Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(index), Term: proto.Uint64(2),
-			ConfState: &raftpb.ConfState{Voters: []uint64{1, 2, 3}}}}}
-}
-
 // snapSend sends the snapshot at index from a to the member to.
 func snapSend(a *testNode, to, index uint64, payload io.ReadCloser, size int64) <-chan error {
-	return a.tr.SendSnapshot(SnapshotMessage{Message: snapMsg(a.tr.ID, to, index), Payload: payload, PayloadSize: size})
+	return a.tr.SendSnapshot(SnapshotMessage{Message: newMsg(raftpb.MsgSnap, a.tr.ID, to, index), Payload: payload, PayloadSize: size})
 }
 
 // snapWait waits for the outcome of a SendSnapshot.
 func snapWait(t testing.TB, errc <-chan error) error {
 	t.Helper()
-	select {
-	case err := <-errc:
-		return err
-	case <-time.After(20 * time.Second):
-		t.Fatal("timed out waiting for the outcome of SendSnapshot")
-		return nil
-	}
-}
-
-// snapMetricSum adds up every series of a collector (counters and gauges).
-func snapMetricSum(t testing.TB, c prometheus.Collector) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 256)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	sum := 0.0
-	for m := range ch {
-		var pb dto.Metric
-		if err := m.Write(&pb); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		sum += pb.GetCounter().GetValue() + pb.GetGauge().GetValue()
-	}
-	return sum
+	return receive(t, errc, 20*time.Second, "the outcome of SendSnapshot")
 }
 
 // snapWaitRecvFailed waits until the receiver's snapshot handler has failed
@@ -316,7 +232,7 @@ func snapMetricSum(t testing.TB, c prometheus.Collector) float64 {
 func snapWaitRecvFailed(t testing.TB, n *testNode, count float64) {
 	t.Helper()
 	waitFor(t, "the receiver's snapshot handler to fail and return", func() bool {
-		return snapMetricSum(t, n.tr.metrics.snapRecvFailures) >= count && snapMetricSum(t, n.tr.metrics.snapRecvInflight) == 0
+		return metricValue(t, gathered(t, n.tr.metrics.snapRecvFailures), "", nil) >= count && metricValue(t, gathered(t, n.tr.metrics.snapRecvInflight), "", nil) == 0
 	})
 }
 
@@ -424,11 +340,7 @@ func snapPeerHeader(from uint64) http.Header {
 func snapRawConn(t testing.TB, n *testNode, from uint64) net.Conn {
 	t.Helper()
 	addr := n.srv.Listener.Addr().String()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := n.dial(t)
 	if err := c.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -539,8 +451,8 @@ func TestSnapshotCorruptedPayloadRejected(t *testing.T) {
 	const size = 4 << 20
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	a := newTestNode(t, 1, nil)
-	b := newSnapNode(t, 2, withStore(probe), snapFlipByte(size/2))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe), wrapHandler(snapFlipByte(size/2)))
 	connect(t, a, b)
 	// The trailer goes only to a peer known to take it.
 	waitFeatures(t, a, 2, featureCRC32CTrailer)
@@ -572,8 +484,8 @@ func TestSnapshotPayloadSizeMismatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			a := newTestNode(t, 1, nil)
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+			a := newNode(t, withID(1))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 			connect(t, a, b)
 			gen := newSnapGen(3, tc.actual)
 			err := snapWait(t, snapSend(a, 2, 12, gen, declared))
@@ -588,10 +500,10 @@ func TestSnapshotPayloadSizeMismatch(t *testing.T) {
 func TestSnapshotRawClientAbortMidPayload(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	b := newTestNode(t, 2, withStore(probe))
+	b := newNode(t, withID(2), withStore(probe))
 
 	c := snapRawConn(t, b, 1)
-	snapChunk(t, c, appendMessageFrame(nil, snapMsg(1, 2, 12)))
+	snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
 	snapChunk(t, c, snapBytes(4, 256<<10))
 	// Announce a chunk and send only half of it.
 	if _, err := fmt.Fprintf(c, "%x\r\n%s", 64<<10, snapBytes(5, 32<<10)); err != nil {
@@ -623,8 +535,8 @@ func TestSnapshotSenderStoppedMidTransfer(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(probe))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe))
 	connect(t, a, b)
 
 	const size = 16 << 20
@@ -669,8 +581,8 @@ func TestSnapshotSenderStoppedMidTransfer(t *testing.T) {
 func TestSnapshotReceiverStoreFails(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(snapBrokenStore{dir: DirSnapshotStore{Dir: dir}, after: 1 << 20})
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(probe))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(probe))
 	connect(t, a, b)
 
 	const size = 8 << 20
@@ -683,99 +595,118 @@ func TestSnapshotReceiverStoreFails(t *testing.T) {
 
 // TestSnapshotSenderStalled: a payload that stops yielding bytes fails the
 // transfer with ErrSnapshotStalled after the progress timeout.
+//
+// It runs in a synctest bubble, over a memNet: the timeout is measured
+// on the bubble's clock, which two loaded cores cannot stretch.
 func TestSnapshotSenderStalled(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	dir := t.TempDir()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = timeout })
-	b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
-	connect(t, a, b)
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const timeout = 300 * time.Millisecond
+		dir := t.TempDir()
+		a := newNode(t, withID(1), onMemNet(mn), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = timeout }))
+		b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}))
+		connect(t, a, b)
 
-	const size = 8 << 20
-	gate := newSnapGate(t, newSnapGen(8, size), 1<<20)
-	start := time.Now()
-	errc := snapSend(a, 2, 12, gate, size)
-	gate.waitReached(t)
-	stalled := time.Now()
-	err := snapWait(t, errc)
-	took := time.Since(stalled)
-	t.Logf("stalled transfer failed %v after the payload stopped (%v after the send began)", took, time.Since(start))
-	if took < timeout-50*time.Millisecond || took > time.Second {
-		t.Errorf("transfer failed %v after the payload stalled, want between %v and 1s", took, timeout)
-	}
-	if !gate.isClosed() {
-		t.Error("payload not closed after the failure")
-	}
-	assertSnapFailed(t, snapFailCheck{sender: a, to: 2, err: err, want: ErrSnapshotStalled, receiver: b, dir: dir, recvFailures: 1})
+		const size = 8 << 20
+		gate := newSnapGate(t, newSnapGen(8, size), 1<<20)
+		start := time.Now()
+		errc := snapSend(a, 2, 12, gate, size)
+		gate.waitReached(t)
+		stalled := time.Now()
+		err := snapWait(t, errc)
+		took := time.Since(stalled)
+		t.Logf("stalled transfer failed %v after the payload stopped (%v after the send began)", took, time.Since(start))
+		if took < timeout-50*time.Millisecond || took > time.Second {
+			t.Errorf("transfer failed %v after the payload stalled, want between %v and 1s", took, timeout)
+		}
+		if !gate.isClosed() {
+			t.Error("payload not closed after the failure")
+		}
+		assertSnapFailed(t, snapFailCheck{sender: a, to: 2, err: err, want: ErrSnapshotStalled, receiver: b, dir: dir, recvFailures: 1})
+	})
 }
 
 // TestSnapshotReceiverStalled: a sender that stops sending in the middle of
 // the payload, keeping the connection open, is cut off by the receiver
 // after its progress timeout; nothing is kept.
+//
+// It runs in a synctest bubble, over a memNet: the timeout is measured
+// on the bubble's clock, which two loaded cores cannot stretch.
 func TestSnapshotReceiverStalled(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	dir := t.TempDir()
-	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	b := newTestNode(t, 2, func(tr *Transport) {
-		tr.SnapshotStore = probe
-		tr.SnapshotProgressTimeout = timeout
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const timeout = 300 * time.Millisecond
+		dir := t.TempDir()
+		probe := newSnapProbe(DirSnapshotStore{Dir: dir})
+		b := newNode(t, withID(2), onMemNet(mn), withConfig(func(tr *Transport) {
+			tr.SnapshotStore = probe
+			tr.SnapshotProgressTimeout = timeout
+		}))
+
+		c := snapRawConn(t, b, 1)
+		snapChunk(t, c, appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12)))
+		snapChunk(t, c, snapBytes(9, 512<<10))
+		probe.waitStarted(t)
+		stalled := time.Now()
+
+		err := probe.waitResult(t)
+		took := time.Since(stalled)
+		t.Logf("receiver gave up %v after the sender went silent", took)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("receiver's save ended with %v, want %v", err, os.ErrDeadlineExceeded)
+		}
+		if took < timeout-100*time.Millisecond || took > time.Second {
+			t.Errorf("receiver gave up after %v, want about %v (under 1s)", took, timeout)
+		}
+		if code, body := snapReadResponse(t, c); code != http.StatusInternalServerError {
+			t.Errorf("status %d (%q), want %d", code, body, http.StatusInternalServerError)
+		}
+		snapWaitRecvFailed(t, b, 1)
+		if snaps := snapProcessed(b); len(snaps) != 0 {
+			t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
+		}
+		if files := snapDirFiles(t, dir); len(files) != 0 {
+			t.Errorf("store directory holds %q, want nothing", files)
+		}
 	})
-
-	c := snapRawConn(t, b, 1)
-	snapChunk(t, c, appendMessageFrame(nil, snapMsg(1, 2, 12)))
-	snapChunk(t, c, snapBytes(9, 512<<10))
-	probe.waitStarted(t)
-	stalled := time.Now()
-
-	err := probe.waitResult(t)
-	took := time.Since(stalled)
-	t.Logf("receiver gave up %v after the sender went silent", took)
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("receiver's save ended with %v, want %v", err, os.ErrDeadlineExceeded)
-	}
-	if took < timeout-100*time.Millisecond || took > time.Second {
-		t.Errorf("receiver gave up after %v, want about %v (under 1s)", took, timeout)
-	}
-	if code, body := snapReadResponse(t, c); code != http.StatusInternalServerError {
-		t.Errorf("status %d (%q), want %d", code, body, http.StatusInternalServerError)
-	}
-	snapWaitRecvFailed(t, b, 1)
-	if snaps := snapProcessed(b); len(snaps) != 0 {
-		t.Errorf("raft processed %d MsgSnap, want none", len(snaps))
-	}
-	if files := snapDirFiles(t, dir); len(files) != 0 {
-		t.Errorf("store directory holds %q, want nothing", files)
-	}
 }
 
 // TestSnapshotSendRateLimit: SnapshotSendRate holds the payload's rate
 // within 10% of the limit.
+//
+// It runs in a synctest bubble, over a memNet: the rate is measured on
+// the bubble's clock, so the window is that of the limiter alone, not of
+// two loaded cores.
 func TestSnapshotSendRateLimit(t *testing.T) {
-	const (
-		limit = 8 << 20
-		size  = 16 << 20
-	)
-	dir := t.TempDir()
-	a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotSendRate = limit })
-	b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
-	connect(t, a, b)
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const (
+			limit = 8 << 20
+			size  = 16 << 20
+		)
+		dir := t.TempDir()
+		a := newNode(t, withID(1), onMemNet(mn), withConfig(func(tr *Transport) { tr.SnapshotSendRate = limit }))
+		b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: dir}))
+		connect(t, a, b)
 
-	gen := newSnapGen(10, size)
-	start := time.Now()
-	if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
-		t.Fatalf("SendSnapshot: %v", err)
-	}
-	took := time.Since(start)
-	rate := float64(size) / took.Seconds()
-	t.Logf("sent %d MiB in %v: %.2f MiB/s for a limit of %d MiB/s", size>>20, took, rate/(1<<20), limit>>20)
-	if took < 1800*time.Millisecond || took > 2200*time.Millisecond {
-		t.Errorf("transfer took %v, want between 1.8s and 2.2s", took)
-	}
-	if dev := (rate - limit) / limit; dev < -0.10 || dev > 0.10 {
-		t.Errorf("achieved %.2f MiB/s, want within 10%% of %d MiB/s", rate/(1<<20), limit>>20)
-	}
-	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
-		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
-	}
+		gen := newSnapGen(10, size)
+		start := time.Now()
+		if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
+			t.Fatalf("SendSnapshot: %v", err)
+		}
+		took := time.Since(start)
+		rate := float64(size) / took.Seconds()
+		t.Logf("sent %d MiB in %v: %.2f MiB/s for a limit of %d MiB/s", size>>20, took, rate/(1<<20), limit>>20)
+		if took < 1800*time.Millisecond || took > 2200*time.Millisecond {
+			t.Errorf("transfer took %v, want between 1.8s and 2.2s", took)
+		}
+		if dev := (rate - limit) / limit; dev < -0.10 || dev > 0.10 {
+			t.Errorf("achieved %.2f MiB/s, want within 10%% of %d MiB/s", rate/(1<<20), limit>>20)
+		}
+		if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
+			t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+		}
+	})
 }
 
 // TestSnapshotTooManyReceives: with MaxSnapshotReceives 1, a second
@@ -784,12 +715,12 @@ func TestSnapshotSendRateLimit(t *testing.T) {
 func TestSnapshotTooManyReceives(t *testing.T) {
 	dir := t.TempDir()
 	probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-	n1 := newTestNode(t, 1, nil)
-	n2 := newTestNode(t, 2, func(tr *Transport) {
+	n1 := newNode(t, withID(1))
+	n2 := newNode(t, withID(2), withConfig(func(tr *Transport) {
 		tr.SnapshotStore = probe
 		tr.MaxSnapshotReceives = 1
-	})
-	n3 := newTestNode(t, 3, nil)
+	}))
+	n3 := newNode(t, withID(3))
 	connect(t, n1, n2, n3)
 
 	const size = 4 << 20
@@ -800,7 +731,7 @@ func TestSnapshotTooManyReceives(t *testing.T) {
 	probe.waitStarted(t) // node 2's only slot is taken
 
 	// A raw request is refused with etcd-readable status and body.
-	code, body := snapPost(t, n2, 3, bytes.NewReader(appendMessageFrame(nil, snapMsg(3, 2, 11))), -1, nil)
+	code, body := snapPost(t, n2, 3, bytes.NewReader(appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 3, 2, 11))), -1, nil)
 	if code != http.StatusServiceUnavailable || strings.TrimSpace(body) != "rafthttp: too many concurrent snapshots" {
 		t.Errorf("raw POST got %d %q, want %d %q", code, body, http.StatusServiceUnavailable, "rafthttp: too many concurrent snapshots")
 	}
@@ -839,7 +770,7 @@ func TestSnapshotTooManyReceives(t *testing.T) {
 	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(10)); n != size || sum != gen1.crc {
 		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen1.crc)
 	}
-	if got := snapMetricSum(t, n2.tr.metrics.snapRecvFailures); got != 2 {
+	if got := metricValue(t, gathered(t, n2.tr.metrics.snapRecvFailures), "", nil); got != 2 {
 		t.Errorf("node 2 counted %v receive failures, want 2 (the two refusals)", got)
 	}
 }
@@ -858,9 +789,9 @@ func TestSnapshotTooManySends(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir2, dir3 := t.TempDir(), t.TempDir()
-			a := newTestNode(t, 1, func(tr *Transport) { tr.MaxSnapshotSends = tc.maxSends })
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir2}))
-			c := newTestNode(t, 3, withStore(DirSnapshotStore{Dir: dir3}))
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.MaxSnapshotSends = tc.maxSends }))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir2}))
+			c := newNode(t, withID(3), withStore(DirSnapshotStore{Dir: dir3}))
 			connect(t, a, b, c)
 			dirs := map[uint64]string{2: dir2, 3: dir3}
 			nodes := map[uint64]*testNode{2: b, 3: c}
@@ -929,7 +860,7 @@ func TestSnapshotHostileEnvelope(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			probe := newSnapProbe(DirSnapshotStore{Dir: dir})
-			b := newTestNode(t, 2, withStore(probe))
+			b := newNode(t, withID(2), withStore(probe))
 
 			body := binary.BigEndian.AppendUint64(nil, tc.prefix)
 			body = append(body, snapBytes(16, tc.sent)...)
@@ -971,11 +902,11 @@ func TestSnapshotHostileEnvelope(t *testing.T) {
 // whole state in Snapshot.Data (raftexample), arrives by the pipeline, and
 // the sender reports SnapshotFinish; no store is needed.
 func TestSnapshotPlainMsgSnapThroughPipeline(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 
-	m := snapMsg(1, 2, 12)
+	m := newMsg(raftpb.MsgSnap, 1, 2, 12)
 	m.Snapshot.Data = snapBytes(17, 1<<20)
 	a.tr.Send([]*raftpb.Message{m})
 	got := b.raft.recv(t)
@@ -993,7 +924,7 @@ func TestSnapshotPlainMsgSnapThroughPipeline(t *testing.T) {
 // senders, which send none, keep working; when present it is enforced.
 func TestSnapshotTrailerCompat(t *testing.T) {
 	const size = 1 << 20
-	envelope := appendMessageFrame(nil, snapMsg(1, 2, 12))
+	envelope := appendMessageFrame(nil, newMsg(raftpb.MsgSnap, 1, 2, 12))
 	payload := snapBytes(18, size)
 	whole := append(append([]byte(nil), envelope...), payload...)
 	goodCRC := fmt.Sprintf("%08x", crc32.Checksum(whole, snapCRCTable))
@@ -1012,7 +943,7 @@ func TestSnapshotTrailerCompat(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			b := newTestNode(t, 2, withStore(DirSnapshotStore{Dir: dir}))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
 			var trailer http.Header
 			if tc.trailer != "" {
 				trailer = http.Header{trailerCRC32C: {tc.trailer}}
@@ -1067,8 +998,8 @@ func (s snapPanicStore) SaveSnapshot(_ context.Context, _ *raftpb.Message, r io.
 // transfer fails on the sender's side, and the read-ahead goroutine ends
 // with the handler (goleak, in TestMain, checks that nothing is left).
 func TestSnapshotReceiverStorePanics(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, withStore(snapPanicStore{after: 1 << 20}))
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withStore(snapPanicStore{after: 1 << 20}))
 	connect(t, a, b)
 	const size = 8 << 20
 	if err := snapWait(t, snapSend(a, 2, 12, newSnapGen(9, size), size)); err == nil {
@@ -1127,11 +1058,11 @@ func TestSnapshotAnswerWait(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			store := snapSlowStore{inner: DirSnapshotStore{Dir: dir}, delay: tc.delay, saved: make(chan struct{})}
-			a := newTestNode(t, 1, func(tr *Transport) { tr.SnapshotProgressTimeout = progress })
-			b := newTestNode(t, 2, func(tr *Transport) {
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = progress }))
+			b := newNode(t, withID(2), withConfig(func(tr *Transport) {
 				tr.SnapshotStore = store
 				tr.SnapshotProgressTimeout = progress
-			})
+			}))
 			connect(t, a, b)
 			type call struct{ ctxErr error }
 			calls := make(chan call, 4)
@@ -1142,14 +1073,10 @@ func TestSnapshotAnswerWait(t *testing.T) {
 				return nil
 			})
 
-			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(snapMsg(1, 2, 12)))+tc.size)
+			bound := snapshotAnswerTimeout(progress, int64(messageFrameSize(newMsg(raftpb.MsgSnap, 1, 2, 12)))+tc.size)
 			gen := newSnapGen(40, tc.size)
 			errc := snapSend(a, 2, 12, gen, tc.size)
-			select {
-			case <-store.saved:
-			case <-time.After(10 * time.Second):
-				t.Fatal("timed out waiting for the receiver to have the payload")
-			}
+			receive(t, store.saved, 10*time.Second, "the receiver to have the payload")
 			received := time.Now()
 			err := snapWait(t, errc)
 			took := time.Since(received)
@@ -1224,15 +1151,15 @@ func TestSendSnapshotRefusals(t *testing.T) {
 		kind     warnKind
 		reports  bool // Failure is reported to raft, for msg.To
 	}{
-		{name: "not a MsgSnap", msg: testMsg(raftpb.MsgApp, 1), kind: warnSnapRefused, reports: true},
-		{name: "unknown peer", msg: snapMsg(1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
-		{name: "one in flight to the peer", inFlight: true, msg: snapMsg(1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
-		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: snapMsg(1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
-		{name: "after Stop", stop: true, msg: snapMsg(1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
+		{name: "not a MsgSnap", msg: newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1)), kind: warnSnapRefused, reports: true},
+		{name: "unknown peer", msg: newMsg(raftpb.MsgSnap, 1, 9, 12), want: ErrMemberNotFound, kind: warnSnapRefused, reports: true},
+		{name: "one in flight to the peer", inFlight: true, msg: newMsg(raftpb.MsgSnap, 1, 2, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "MaxSnapshotSends reached", maxSends: 1, inFlight: true, msg: newMsg(raftpb.MsgSnap, 1, 3, 13), want: ErrTooManySnapshots, kind: warnSnapBusy, reports: true},
+		{name: "after Stop", stop: true, msg: newMsg(raftpb.MsgSnap, 1, 2, 13), want: ErrStopped, kind: warnSnapRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+			srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path != RaftSnapshotPrefix {
 					http.Error(w, "error sender not found", http.StatusNotFound) // streams stay down
 					return
@@ -1242,11 +1169,11 @@ func TestSendSnapshotRefusals(t *testing.T) {
 			})
 			core, logs := observer.New(zapcore.InfoLevel)
 			clock := newFakeClock()
-			tr, fr := newClientTransport(t, 1, func(tr *Transport) {
+			tr, fr := newNode(t, withID(1), unserved(), withConfig(func(tr *Transport) {
 				tr.Logger = zap.New(core)
 				tr.logClock = clock.now
 				tr.MaxSnapshotSends = tc.maxSends
-			})
+			})).parts()
 			for _, id := range []uint64{2, 3} {
 				if err := tr.AddPeer(id, []string{srv.URL}); err != nil {
 					t.Fatal(err)
@@ -1257,7 +1184,7 @@ func TestSendSnapshotRefusals(t *testing.T) {
 			if tc.inFlight {
 				const size = 1 << 20
 				gate = newSnapGate(t, newSnapGen(50, size), 64<<10)
-				first = tr.SendSnapshot(SnapshotMessage{Message: snapMsg(1, 2, 12), Payload: gate, PayloadSize: size})
+				first = tr.SendSnapshot(SnapshotMessage{Message: newMsg(raftpb.MsgSnap, 1, 2, 12), Payload: gate, PayloadSize: size})
 				gate.waitReached(t)
 			}
 			if tc.stop {

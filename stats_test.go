@@ -11,7 +11,7 @@ import (
 )
 
 func TestStatsOrderedByID(t *testing.T) {
-	a := newTestNode(t, 1, nil)
+	a := newNode(t, withID(1))
 	if got := a.tr.Stats(); len(got) != 0 {
 		t.Errorf("Stats() without peers = %v, want empty", got)
 	}
@@ -38,7 +38,7 @@ func TestStatsOrderedByID(t *testing.T) {
 }
 
 func TestStatsPeerStatusUnknown(t *testing.T) {
-	a := newTestNode(t, 1, nil)
+	a := newNode(t, withID(1))
 	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +56,8 @@ func TestStatsPeerStatusUnknown(t *testing.T) {
 }
 
 func TestStatsCounts(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreamsUp(t, a, b)
 
@@ -79,10 +79,10 @@ func TestStatsCounts(t *testing.T) {
 		const n = 20
 		var payload int
 		for i := range uint64(n / 2) {
-			app := obsMsg(raftpb.MsgApp, 1, 2, i)
+			app := newMsg(raftpb.MsgApp, 1, 2, i)
 			app.Entries = []*raftpb.Entry{{Term: proto.Uint64(1), Index: proto.Uint64(i + 1), Data: bytes.Repeat([]byte{'e'}, 100)}}
 			payload += 100
-			a.tr.Send([]*raftpb.Message{app, obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+			a.tr.Send([]*raftpb.Message{app, newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
 		}
 		for range n {
 			b.raft.recv(t)
@@ -110,7 +110,7 @@ func TestStatsCounts(t *testing.T) {
 	t.Run("pipeline", func(t *testing.T) {
 		sent0, recv0 := st(a, 2), st(b, 1)
 		// A MsgSnap always goes by the pipeline.
-		snap := obsMsg(raftpb.MsgSnap, 1, 2, 5)
+		snap := newMsg(raftpb.MsgSnap, 1, 2, 5)
 		snap.Snapshot = &raftpb.Snapshot{Data: bytes.Repeat([]byte{'s'}, 500),
 			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(5), Term: proto.Uint64(1)}}
 		a.tr.Send([]*raftpb.Message{snap})
@@ -133,7 +133,7 @@ func TestStatsCounts(t *testing.T) {
 		a.tr.CutPeer(2)
 		const n = 3
 		for i := range uint64(n) {
-			a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+			a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
 		}
 		a.tr.MendPeer(2)
 		after := st(a, 2)
@@ -153,7 +153,7 @@ func TestStatsCounts(t *testing.T) {
 		waitFor(t, "a's readers to reconnect", func() bool { return st(a, 2).StreamReconnects >= a0+2 })
 		waitFor(t, "b's writers to reconnect", func() bool { return st(b, 1).StreamReconnects >= b0+2 })
 		waitFor(t, "peers active again", func() bool { return st(a, 2).Active && st(b, 1).Active })
-		b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
+		b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
 		if got := a.raft.recv(t); got.GetFrom() != 2 {
 			t.Errorf("got a message from %d, want 2", got.GetFrom())
 		}
@@ -165,8 +165,8 @@ func TestStatsCounts(t *testing.T) {
 // a reconnection showing as a later Since, and every end down once the
 // remote stops.
 func TestStatsStreams(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 
 	st := func(t *testing.T, n *testNode, id uint64) PeerStats {
 		t.Helper()
@@ -236,7 +236,7 @@ func TestStatsStreams(t *testing.T) {
 			}
 		}},
 		{"Since holds while traffic flows", func(t *testing.T) {
-			a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 1, 2, 1), obsMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
+			a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 1), newMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
 			b.raft.recv(t)
 			b.raft.recv(t)
 			for _, e := range ends(st(t, a, 2)) {

@@ -72,7 +72,7 @@ func (l *getLog) first(path string) *http.Request {
 func TestStreamStalledRedial(t *testing.T) {
 	const readTimeout = 300 * time.Millisecond
 	var gets getLog
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, RaftStreamPrefix+"/") {
 			http.Error(w, "not a stream", http.StatusNotFound)
 			return
@@ -83,11 +83,11 @@ func TestStreamStalledRedial(t *testing.T) {
 		http.NewResponseController(w).Flush()
 		<-r.Context().Done() // silence, with the connection open
 	})
-	tr, _ := newClientTransport(t, 1, func(tr *Transport) {
+	tr, _ := newNode(t, withID(1), unserved(), withConfig(func(tr *Transport) {
 		tr.ConnReadTimeout = readTimeout
 		// A redial delay long enough to observe the inactive status.
 		tr.DialRetryMin, tr.DialRetryMax = 200*time.Millisecond, 200*time.Millisecond
-	})
+	})).parts()
 	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +121,15 @@ func TestStreamStalledRedial(t *testing.T) {
 // X-Raft-To.
 func TestStreamReaderDialRequest(t *testing.T) {
 	var gets getLog
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		gets.add(r)
 		w.Header().Set(headerServerVersion, DefaultServerVersion)
 		http.Error(w, "error sender not found", http.StatusNotFound)
 	})
-	tr, _ := newClientTransport(t, 0x1f, func(tr *Transport) {
+	tr, _ := newNode(t, withID(0x1f), unserved(), withConfig(func(tr *Transport) {
 		tr.ClusterID = 0xABCDEF
 		tr.URLs = []string{"http://127.0.0.1:2380", "http://10.0.0.1:2380"}
-	})
+	})).parts()
 	if err := tr.AddPeer(0x2a, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestStreamReaderDialResult(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+			srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 				if tc.version != "-" {
 					w.Header().Set(headerServerVersion, tc.version)
 				}
@@ -198,7 +198,7 @@ func TestStreamReaderDialResult(t *testing.T) {
 			errc := make(chan error, 1)
 			// The peer's own readers dial a dead address; dial is called
 			// directly on the fake server.
-			tr, _ := newClientTransport(t, 1, func(tr *Transport) { tr.ErrorC = errc })
+			tr, _ := newNode(t, withID(1), unserved(), withConfig(func(tr *Transport) { tr.ErrorC = errc })).parts()
 			if err := tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +249,7 @@ func TestStreamReaderDialResult(t *testing.T) {
 // the peer inactive: its pipeline works, and that is what status reflects.
 func TestStreamUnsupportedKeepsStatus(t *testing.T) {
 	var gets getLog
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost && r.URL.Path == RaftPrefix {
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -257,11 +257,11 @@ func TestStreamUnsupportedKeepsStatus(t *testing.T) {
 		gets.add(r)
 		http.Error(w, "404 page not found", http.StatusNotFound) // no version header
 	})
-	tr, r := newClientTransport(t, 1, nil)
+	tr, r := newNode(t, withID(1), unserved()).parts()
 	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}
-	tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)}) // by the pipeline
+	tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))}) // by the pipeline
 	waitFor(t, "the snapshot report", func() bool { return len(r.snapshotReports()) == 1 })
 	if tr.ActiveSince(2).IsZero() {
 		t.Fatal("the peer is inactive after a successful POST")
@@ -283,12 +283,12 @@ func TestStreamUnsupportedKeepsStatus(t *testing.T) {
 // keeps redialling.
 func TestStreamGarbageVersionNoCrash(t *testing.T) {
 	var gets getLog
-	srv := newFakePeerServer(t, func(w http.ResponseWriter, r *http.Request) {
+	srv := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		gets.add(r)
 		w.Header().Set(headerServerVersion, "garbage")
 		w.WriteHeader(http.StatusOK)
 	})
-	tr, _ := newClientTransport(t, 1, nil)
+	tr, _ := newNode(t, withID(1), unserved()).parts()
 	if err := tr.AddPeer(2, []string{srv.URL}); err != nil {
 		t.Fatal(err)
 	}

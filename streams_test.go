@@ -70,7 +70,7 @@ func TestStreamsTableCodec(t *testing.T) {
 			var want []*raftpb.Message
 			for _, mt := range []raftpb.MessageType{raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgVote, raftpb.MsgProp} {
 				if d.carries.has(mt) {
-					want = append(want, htMessage(mt))
+					want = append(want, newMsg(mt, htPeerID, htLocalID, 10, withEntry("put x=1")))
 				}
 			}
 			want = append(want, linkHeartbeat)

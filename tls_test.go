@@ -7,11 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"log"
 	"math/big"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -21,8 +19,6 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 )
 
 // testCA issues certificates for the TLS tests.
@@ -146,48 +142,33 @@ type tlsNode struct {
 
 // newTLSNode starts transport id with certificates issued by ca (serials
 // id*100 for the server, id*100+1 for the client) and trusting only trust.
-func newTLSNode(t *testing.T, id uint64, ca *testCA, trust *x509.CertPool, configure func(*Transport)) *tlsNode {
+func newTLSNode(t *testing.T, id uint64, ca *testCA, trust *x509.CertPool, opts ...nodeOption) *tlsNode {
 	t.Helper()
-	n := &tlsNode{testNode: &testNode{raft: newFakeRaft()}}
+	n := &tlsNode{}
 	n.serverCert.Store(ca.issue(t, int64(id)*100, true))
 	n.clientCert.Store(ca.issue(t, int64(id)*100+1, false))
-
-	n.srv = httptest.NewUnstartedServer(nil)
-	n.url = "https://" + n.srv.Listener.Addr().String()
-	n.srv.Listener = tls.NewListener(n.srv.Listener, &tls.Config{
+	server := &tls.Config{
 		ClientAuth:       tls.RequireAndVerifyClientCert,
 		ClientCAs:        trust,
 		GetCertificate:   func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.serverCert.Load(), nil },
 		VerifyConnection: n.clientsSeen.record,
-	})
-	n.srv.Config.ErrorLog = log.New(&n.serverLog, "", 0)
-
-	n.tr = &Transport{ID: id, ClusterID: testClusterID, Raft: n.raft, URLs: []string{n.url},
-		Logger:       zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond,
-		TLSClientConfig: &tls.Config{
-			RootCAs: trust,
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				return n.clientCert.Load(), nil
-			},
-			VerifyConnection: n.serversSeen.record,
+	}
+	client := &tls.Config{
+		RootCAs: trust,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return n.clientCert.Load(), nil
 		},
+		VerifyConnection: n.serversSeen.record,
 	}
-	if configure != nil {
-		configure(n.tr)
+	countPlain := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+				n.plainRequests.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
 	}
-	if err := n.tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	h := n.tr.Handler()
-	n.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-			n.plainRequests.Add(1)
-		}
-		h.ServeHTTP(w, r)
-	})
-	n.srv.Start() // over the TLS listener
-	t.Cleanup(n.close)
+	n.testNode = newNode(t, append([]nodeOption{withID(id), withTLS(server, client), withServerLog(&n.serverLog), wrapHandler(countPlain)}, opts...)...)
 	return n
 }
 
@@ -212,7 +193,7 @@ func TestTLSMutualCluster(t *testing.T) {
 	ca := newTestCA(t, "cluster CA")
 	var nodes []*tlsNode
 	for id := uint64(1); id <= 3; id++ {
-		nodes = append(nodes, newTLSNode(t, id, ca, ca.pool, func(tr *Transport) { tr.SnapshotStore = &obsStore{} }))
+		nodes = append(nodes, newTLSNode(t, id, ca, ca.pool, withStore(&memStore{})))
 	}
 	connect(t, tlsTestNodes(nodes...)...)
 	for _, n := range nodes {
@@ -232,16 +213,16 @@ func TestTLSMutualCluster(t *testing.T) {
 			// MsgApp takes the msgappv2 stream, MsgHeartbeat the message
 			// stream, MsgSnap the pipeline.
 			for _, typ := range []raftpb.MessageType{raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap} {
-				m := obsMsg(typ, f, d, 1)
+				m := newMsg(typ, f, d, 1)
 				if typ == raftpb.MsgSnap {
-					m.Snapshot = obsSnap(d, 1, 0).Message.Snapshot
+					m.Snapshot = newSnapshot(1, d, 1, 0).Message.Snapshot
 				}
 				from.tr.Send([]*raftpb.Message{m})
 				recvFrom(t, to.testNode, f, typ)
 			}
 		}
 	}
-	if err := <-nodes[0].tr.SendSnapshot(obsSnap(2, 4, 10000)); err != nil {
+	if err := <-nodes[0].tr.SendSnapshot(newSnapshot(1, 2, 4, 10000)); err != nil {
 		t.Errorf("SendSnapshot over TLS: %v", err)
 	}
 	recvFrom(t, nodes[1].testNode, 1, raftpb.MsgSnap)
@@ -266,16 +247,16 @@ func TestTLSMutualCluster(t *testing.T) {
 
 func TestTLSUntrustedPeerRefused(t *testing.T) {
 	ca, other := newTestCA(t, "cluster CA"), newTestCA(t, "another CA")
-	a := newTLSNode(t, 1, ca, ca.pool, nil)
-	b := newTLSNode(t, 2, ca, ca.pool, nil)
+	a := newTLSNode(t, 1, ca, ca.pool)
+	b := newTLSNode(t, 2, ca, ca.pool)
 	// c trusts the cluster's CA, but its own certificates come from another.
-	c := newTLSNode(t, 3, other, ca.pool, nil)
+	c := newTLSNode(t, 3, other, ca.pool)
 	connect(t, a.testNode, b.testNode, c.testNode)
 	waitStreams(t, a.testNode, b.testNode)
 	waitStreams(t, b.testNode, a.testNode)
 
-	c.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 3, 1, 1)})
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 3, 1)})
+	c.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 3, 1, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 3, 1)})
 	waitFor(t, "c to report a unreachable", func() bool { return c.raft.unreachableCount(1) > 0 })
 	waitFor(t, "a to report c unreachable", func() bool { return a.raft.unreachableCount(3) > 0 })
 	waitFor(t, "a's server to log a certificate handshake error", func() bool {
@@ -297,7 +278,7 @@ func TestTLSUntrustedPeerRefused(t *testing.T) {
 	})
 
 	// A trusted peer still gets through; nothing from or to c did.
-	b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
+	b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
 	recvFrom(t, a.testNode, 2, raftpb.MsgHeartbeat)
 	if n := len(c.raft.msgc); n != 0 {
 		t.Errorf("c received %d messages, want 0", n)
@@ -345,8 +326,8 @@ func TestTLSCertificateRotation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ca := newTestCA(t, "cluster CA")
-			a := newTLSNode(t, 1, ca, ca.pool, nil)
-			b := newTLSNode(t, 2, ca, ca.pool, nil)
+			a := newTLSNode(t, 1, ca, ca.pool)
+			b := newTLSNode(t, 2, ca, ca.pool)
 			connect(t, a.testNode, b.testNode)
 			waitStreams(t, a.testNode, b.testNode)
 			waitStreams(t, b.testNode, a.testNode)
@@ -368,10 +349,10 @@ func TestTLSCertificateRotation(t *testing.T) {
 				return st.StreamReconnects >= reconnects0+2
 			})
 			waitStreams(t, b.testNode, a.testNode)
-			b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 2, 1, 1)})
+			b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 2, 1, 1)})
 			recvFrom(t, a.testNode, 2, raftpb.MsgApp)
-			snap := obsMsg(raftpb.MsgSnap, 1, 2, 1)
-			snap.Snapshot = obsSnap(2, 1, 0).Message.Snapshot
+			snap := newMsg(raftpb.MsgSnap, 1, 2, 1)
+			snap.Snapshot = newSnapshot(1, 2, 1, 0).Message.Snapshot
 			a.tr.Send([]*raftpb.Message{snap})
 			recvFrom(t, b.testNode, 1, raftpb.MsgSnap)
 		})
@@ -396,8 +377,8 @@ func TestTLSUnixSockets(t *testing.T) {
 			if tt.tls {
 				clientTLS = &tls.Config{RootCAs: ca.pool}
 			}
-			a := newTestNode(t, 1, func(tr *Transport) { tr.TLSClientConfig = clientTLS })
-			b := newTestNode(t, 2, nil)
+			a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.TLSClientConfig = clientTLS }))
+			b := newNode(t, withID(2))
 			l, err := net.Listen("unix", "b.sock")
 			if err != nil {
 				t.Fatal(err)
@@ -429,14 +410,14 @@ func TestTLSUnixSockets(t *testing.T) {
 			}
 			// b's writers attach once a's readers dialled it over the socket.
 			waitStreams(t, b, a)
-			b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 2, 1, 1)})
+			b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 2, 1, 1)})
 			recvFrom(t, a, 2, raftpb.MsgApp)
 
 			streams := opened.Load()
 			const n = 5
 			for i := range uint64(n) {
-				snap := obsMsg(raftpb.MsgSnap, 1, 2, i)
-				snap.Snapshot = obsSnap(2, i, 0).Message.Snapshot
+				snap := newMsg(raftpb.MsgSnap, 1, 2, i)
+				snap.Snapshot = newSnapshot(1, 2, i, 0).Message.Snapshot
 				a.tr.Send([]*raftpb.Message{snap}) // by the pipeline
 				recvFrom(t, b, 1, raftpb.MsgSnap)
 				// Raft hears SnapshotFinish once the POST's answer is
@@ -462,15 +443,13 @@ func TestProxyEnvIgnored(t *testing.T) {
 	}
 	t.Setenv("NO_PROXY", "")
 	t.Setenv("no_proxy", "")
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
-	a.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
+	connectStreams(t, a, b)
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 1)})
 	recvFrom(t, b, 1, raftpb.MsgHeartbeat)
-	snap := obsMsg(raftpb.MsgSnap, 2, 1, 1)
-	snap.Snapshot = obsSnap(1, 1, 0).Message.Snapshot
+	snap := newMsg(raftpb.MsgSnap, 2, 1, 1)
+	snap.Snapshot = newSnapshot(1, 1, 1, 0).Message.Snapshot
 	b.tr.Send([]*raftpb.Message{snap})
 	recvFrom(t, a, 2, raftpb.MsgSnap)
 	// Go's environment proxy never applies to loopback targets, so traffic
@@ -491,14 +470,14 @@ func TestProxyEnvIgnored(t *testing.T) {
 }
 
 func TestProxyFunc(t *testing.T) {
-	b := newTestNode(t, 2, nil)
+	b := newNode(t, withID(2))
 	// The proxy records what it is asked for and hands it to b.
 	var (
 		mu      sync.Mutex
 		proxied []string
 	)
 	bh := b.tr.Handler()
-	proxy := newObsFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
+	proxy := newFakePeer(t, func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		proxied = append(proxied, r.Method+" "+r.URL.String())
 		mu.Unlock()
@@ -513,7 +492,7 @@ func TestProxyFunc(t *testing.T) {
 		t.Fatal(err)
 	}
 	var asked atomic.Int64
-	a := newTestNode(t, 1, func(tr *Transport) {
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) {
 		tr.ConnReadTimeout = time.Second // probes every 100 ms
 		tr.Proxy = func(r *http.Request) (*url.URL, error) {
 			asked.Add(1)
@@ -522,10 +501,10 @@ func TestProxyFunc(t *testing.T) {
 			}
 			return nil, nil
 		}
-	})
+	}))
 	connect(t, a, b)
 	waitStreams(t, b, a) // a's readers reached b through the proxy
-	b.tr.Send([]*raftpb.Message{obsMsg(raftpb.MsgApp, 2, 1, 1), obsMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
+	b.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 2, 1, 1), newMsg(raftpb.MsgHeartbeat, 2, 1, 1)})
 	// The two take different streams: their order is not kept.
 	var got []raftpb.MessageType
 	for range 2 {
@@ -539,8 +518,8 @@ func TestProxyFunc(t *testing.T) {
 	if want := []raftpb.MessageType{raftpb.MsgApp, raftpb.MsgHeartbeat}; !slices.Equal(got, want) {
 		t.Errorf("a got %v, want %v", got, want)
 	}
-	snap := obsMsg(raftpb.MsgSnap, 1, 2, 1)
-	snap.Snapshot = obsSnap(2, 1, 0).Message.Snapshot
+	snap := newMsg(raftpb.MsgSnap, 1, 2, 1)
+	snap.Snapshot = newSnapshot(1, 2, 1, 0).Message.Snapshot
 	a.tr.Send([]*raftpb.Message{snap})
 	recvFrom(t, b, 1, raftpb.MsgSnap)
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -211,6 +212,10 @@ type Transport struct {
 	// logClock, if set before Start, is the clock of the warning limiters:
 	// tests set it to see what a flood logs without waiting for it.
 	logClock func() int64
+	// netDial, if set before Start, dials every connection of the HTTP
+	// clients in place of a net.Dialer: tests put nodes on an in-memory
+	// network, where a synctest bubble can hold them.
+	netDial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
 	budget                   *recvBudget   // bytes held by received messages (budget.go)

@@ -48,9 +48,8 @@ func (r *countingRaft) ReportSnapshot(uint64, raft.SnapshotStatus) {}
 // stopped when the benchmark run ends.
 func benchPair(b *testing.B, recv *countingRaft) (*testNode, *testNode) {
 	b.Helper()
-	quiet := func(tr *Transport) { tr.Logger = zap.NewNop() }
-	na := newTestNode(b, 1, quiet)
-	nb := newTestNode(b, 2, func(tr *Transport) { quiet(tr); tr.Raft = recv })
+	na := newNode(b, withID(1), withLogger(zap.NewNop()))
+	nb := newNode(b, withID(2), withLogger(zap.NewNop()), withRaft(recv))
 	connect(b, na, nb)
 	waitStreams(b, na, nb)
 	waitStreams(b, nb, na)

@@ -6,9 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -16,21 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 )
 
 func TestTwoNodesExchangeMessages(t *testing.T) {
-	a := newTestNode(t, 1, nil)
-	b := newTestNode(t, 2, nil)
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
+	connectStreams(t, a, b)
 
 	types := []raftpb.MessageType{raftpb.MsgProp, raftpb.MsgApp, raftpb.MsgAppResp, raftpb.MsgVote,
 		raftpb.MsgVoteResp, raftpb.MsgSnap, raftpb.MsgHeartbeat, raftpb.MsgHeartbeatResp}
@@ -52,105 +44,6 @@ func TestTwoNodesExchangeMessages(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Helpers shared by the transport, stream, pipeline and peer tests.
 
-// e2eOptions adjusts a node built by newE2ENode.
-type e2eOptions struct {
-	// addr, if set, is the address to listen on instead of a fresh port.
-	addr string
-	// configure adjusts the transport before Start.
-	configure func(*Transport)
-	// wrap, if set, wraps the transport's handler before the server starts.
-	wrap func(http.Handler) http.Handler
-}
-
-// newE2ENode is newTestNode with more control: a chosen listen address and a
-// middleware in front of the transport's handler. It logs at Info level, so
-// that floods of debug lines do not drown the test output.
-func newE2ENode(t testing.TB, id uint64, o e2eOptions) *testNode {
-	t.Helper()
-	n := &testNode{raft: newFakeRaft()}
-	n.tr = &Transport{ID: id, ClusterID: testClusterID, Raft: n.raft,
-		Logger:       zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond}
-	n.srv = httptest.NewUnstartedServer(nil)
-	if o.addr != "" {
-		l := listenAgain(t, o.addr)
-		n.srv.Listener.Close()
-		n.srv.Listener = l
-	}
-	n.url = "http://" + n.srv.Listener.Addr().String()
-	n.tr.URLs = []string{n.url}
-	if o.configure != nil {
-		o.configure(n.tr)
-	}
-	if err := n.tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	var h http.Handler = n.tr.Handler()
-	if o.wrap != nil {
-		h = o.wrap(h)
-	}
-	n.srv.Config.Handler = h
-	n.srv.Start()
-	t.Cleanup(n.close)
-	return n
-}
-
-// listenAgain listens on addr, which a server that just closed used: the
-// port may take a moment to become free again.
-func listenAgain(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	var l net.Listener
-	waitFor(t, "listening on "+addr, func() bool {
-		var err error
-		l, err = net.Listen("tcp", addr)
-		return err == nil
-	})
-	return l
-}
-
-// newClientTransport starts a transport that serves nothing: for tests where
-// the other side is a fake server.
-func newClientTransport(t testing.TB, id uint64, configure func(*Transport)) (*Transport, *fakeRaft) {
-	t.Helper()
-	r := newFakeRaft()
-	tr := &Transport{ID: id, ClusterID: testClusterID, Raft: r,
-		Logger:       zaptest.NewLogger(t, zaptest.Level(zapcore.InfoLevel)),
-		DialRetryMin: 10 * time.Millisecond, DialRetryMax: 100 * time.Millisecond}
-	if configure != nil {
-		configure(tr)
-	}
-	if err := tr.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(tr.Stop)
-	return tr, r
-}
-
-// newFakePeerServer serves h on 127.0.0.1 until the end of the test. Its
-// client connections are closed first, so that handlers blocked until their
-// request's context ends return.
-func newFakePeerServer(t testing.TB, h http.HandlerFunc) *httptest.Server {
-	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-	return srv
-}
-
-// testMsg builds a message from 1 to 2 of the given type, with a distinctive
-// commit index.
-func testMsg(typ raftpb.MessageType, commit uint64) *raftpb.Message {
-	m := &raftpb.Message{Type: typ.Enum(), From: proto.Uint64(1), To: proto.Uint64(2), Term: proto.Uint64(3),
-		LogTerm: proto.Uint64(3), Index: proto.Uint64(10), Commit: proto.Uint64(commit)}
-	if typ == raftpb.MsgSnap {
-		m.Snapshot = &raftpb.Snapshot{Data: []byte("state"),
-			Metadata: &raftpb.SnapshotMetadata{Index: proto.Uint64(10), Term: proto.Uint64(3)}}
-	}
-	return m
-}
-
 // allMessageTypes returns every raft message type, in numeric order.
 func allMessageTypes() []raftpb.MessageType {
 	var types []raftpb.MessageType
@@ -169,68 +62,6 @@ func (forbiddenError) Error() string { return "message from removed member" }
 
 func (forbiddenError) WriteTo(w http.ResponseWriter) {
 	http.Error(w, "cannot process message from removed member", http.StatusForbidden)
-}
-
-// metricSum adds up every series of a collector whose labels include all of
-// match.
-func metricSum(t testing.TB, c prometheus.Collector, match map[string]string) float64 {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 1024)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	sum := 0.0
-	for m := range ch {
-		var pb dto.Metric
-		if err := m.Write(&pb); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		labels := map[string]string{}
-		for _, l := range pb.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
-		}
-		ok := true
-		for k, v := range match {
-			if labels[k] != v {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		switch {
-		case pb.Counter != nil:
-			sum += pb.GetCounter().GetValue()
-		case pb.Gauge != nil:
-			sum += pb.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
-
-// seriesWithLabelValue lists the series of c that have a label equal to v.
-func seriesWithLabelValue(t testing.TB, c prometheus.Collector, v string) []string {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 1024)
-	go func() {
-		c.Collect(ch)
-		close(ch)
-	}()
-	var found []string
-	for m := range ch {
-		var pb dto.Metric
-		if err := m.Write(&pb); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		for _, l := range pb.GetLabel() {
-			if l.GetValue() == v {
-				found = append(found, m.Desc().String()+" "+pb.String())
-				break
-			}
-		}
-	}
-	return found
 }
 
 // ---------------------------------------------------------------------------
@@ -461,15 +292,13 @@ func messageTypes(msgs []*raftpb.Message) []raftpb.MessageType {
 // other type on the message stream.
 func TestTransportChannelsStreamsUp(t *testing.T) {
 	var recA, recB *routeRecorder
-	a := newE2ENode(t, 1, e2eOptions{wrap: wrapRecorder(&recA)})
-	b := newE2ENode(t, 2, e2eOptions{wrap: wrapRecorder(&recB)})
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
+	a := newNode(t, withID(1), wrapHandler(wrapRecorder(&recA)))
+	b := newNode(t, withID(2), wrapHandler(wrapRecorder(&recB)))
+	connectStreams(t, a, b)
 
 	var wantMsgApp, wantMessage, wantPipeline []raftpb.MessageType
 	for i, typ := range allMessageTypes() {
-		a.tr.Send([]*raftpb.Message{testMsg(typ, uint64(100+i))})
+		a.tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(100+i)))})
 		got := b.raft.recv(t)
 		if got.GetType() != typ || got.GetCommit() != uint64(100+i) {
 			t.Fatalf("got %v commit %d, want %v commit %d", got.GetType(), got.GetCommit(), typ, 100+i)
@@ -525,8 +354,8 @@ func TestTransportChannelsStreamsDown(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var recA, recB *routeRecorder
-			a := newE2ENode(t, 1, e2eOptions{wrap: wrapRecorder(&recA)})
-			b := newE2ENode(t, 2, e2eOptions{wrap: wrapRecorder(&recB)})
+			a := newNode(t, withID(1), wrapHandler(wrapRecorder(&recA)))
+			b := newNode(t, withID(2), wrapHandler(wrapRecorder(&recB)))
 			tc.setup(t, a, b, recA)
 
 			var want []raftpb.MessageType
@@ -535,7 +364,7 @@ func TestTransportChannelsStreamsDown(t *testing.T) {
 				if !ok || p.writers[streamTypeMessage].isWorking() || p.writers[streamTypeMsgAppV2].isWorking() {
 					t.Fatalf("a's writers to b are attached; the test needs them down")
 				}
-				a.tr.Send([]*raftpb.Message{testMsg(typ, uint64(100+i))})
+				a.tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(100+i)))})
 				got := b.raft.recv(t)
 				if got.GetType() != typ || got.GetCommit() != uint64(100+i) {
 					t.Fatalf("got %v commit %d, want %v commit %d", got.GetType(), got.GetCommit(), typ, 100+i)
@@ -559,8 +388,8 @@ func TestTransportChannelsStreamsDown(t *testing.T) {
 // rebuilds them exactly.
 func TestTransportMsgAppV2Compact(t *testing.T) {
 	var recA *routeRecorder
-	a := newE2ENode(t, 1, e2eOptions{wrap: wrapRecorder(&recA)})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1), wrapHandler(wrapRecorder(&recA)))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
@@ -621,8 +450,8 @@ func TestTransportMsgAppV2Compact(t *testing.T) {
 // Process although Process is stuck on another message: proposals have
 // their own queue and loop.
 func TestTransportMsgPropWhileRecvBlocked(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
@@ -643,7 +472,7 @@ func TestTransportMsgPropWhileRecvBlocked(t *testing.T) {
 	})
 	t.Cleanup(func() { close(release) })
 
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1))})
 	select {
 	case typ := <-blocked:
 		if typ != raftpb.MsgApp {
@@ -653,8 +482,8 @@ func TestTransportMsgPropWhileRecvBlocked(t *testing.T) {
 		t.Fatal("MsgApp did not reach Process")
 	}
 	// More messages queue up behind the blocked one.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 2), testMsg(raftpb.MsgAppResp, 3)})
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgProp, 4)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(2)), newMsg(raftpb.MsgAppResp, 1, 2, 10, withCommit(3))})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgProp, 1, 2, 10, withCommit(4))})
 	select {
 	case m := <-props:
 		if m.GetCommit() != 4 || m.GetFrom() != 1 {
@@ -669,13 +498,13 @@ func TestTransportMsgPropWhileRecvBlocked(t *testing.T) {
 // that every message is either received or counted as dropped, and that
 // drops reach raft (ReportUnreachable; ReportSnapshot(Failure) for MsgSnap).
 func TestTransportDropsAccounted(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{configure: func(tr *Transport) {
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) {
 		tr.StreamQueueSize = 4
 		tr.PipelineQueueSize = 1
 		tr.PipelineWorkers = 1
 		tr.ConnWriteTimeout = time.Minute // the writer blocks while b does not read
-	}})
-	b := newE2ENode(t, 2, e2eOptions{configure: func(tr *Transport) { tr.RecvQueueSize = 1 }})
+	}))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.RecvQueueSize = 1 }))
 	connect(t, a, b)
 	waitStreams(t, a, b)
 
@@ -702,7 +531,7 @@ func TestTransportDropsAccounted(t *testing.T) {
 	})
 
 	dropped := func(typ raftpb.MessageType) int64 {
-		return int64(metricSum(t, a.tr.metrics.droppedMessages, map[string]string{"Peer": "2", "Type": typ.String()}))
+		return int64(metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", map[string]string{"Peer": "2", "Type": typ.String()}))
 	}
 
 	// Large MsgApps fill the TCP buffers quickly; then a's writer blocks and
@@ -722,7 +551,7 @@ func TestTransportDropsAccounted(t *testing.T) {
 	// these snapshots, at least three are dropped.
 	const sentSnap = 5
 	for i := range sentSnap {
-		a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, uint64(i))})
+		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(uint64(i)))})
 	}
 	if got := dropped(raftpb.MsgSnap); got < 3 {
 		t.Errorf("got %d MsgSnap dropped, want at least 3", got)
@@ -757,12 +586,10 @@ func TestTransportDropsAccounted(t *testing.T) {
 // TestTransportReconnectAfterRestart restarts b on the same address and
 // checks that a's streams come back and carry messages again.
 func TestTransportReconnectAfterRestart(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
-	connect(t, a, b)
-	waitStreams(t, a, b)
-	waitStreams(t, b, a)
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 1)})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
+	connectStreams(t, a, b)
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1))})
 	if got := b.raft.recv(t); got.GetCommit() != 1 {
 		t.Fatalf("got commit %d, want 1", got.GetCommit())
 	}
@@ -775,7 +602,7 @@ func TestTransportReconnectAfterRestart(t *testing.T) {
 	})
 
 	restart := time.Now()
-	b2 := newE2ENode(t, 2, e2eOptions{addr: addr})
+	b2 := newNode(t, withID(2), listenOn(addr))
 	if b2.url != b.url {
 		t.Fatalf("got URL %s, want %s", b2.url, b.url)
 	}
@@ -787,7 +614,7 @@ func TestTransportReconnectAfterRestart(t *testing.T) {
 	t.Logf("both directions' streams attached %v after the restart", time.Since(restart))
 
 	for i, typ := range []raftpb.MessageType{raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgVote} {
-		a.tr.Send([]*raftpb.Message{testMsg(typ, uint64(10+i))})
+		a.tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(10+i)))})
 		if got := b2.raft.recv(t); got.GetType() != typ || got.GetCommit() != uint64(10+i) {
 			t.Errorf("got %v commit %d, want %v commit %d", got.GetType(), got.GetCommit(), typ, 10+i)
 		}

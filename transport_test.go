@@ -23,21 +23,15 @@ import (
 // recvErr waits for an error on c.
 func recvErr(t *testing.T, c <-chan error) error {
 	t.Helper()
-	select {
-	case err := <-c:
-		return err
-	case <-time.After(10 * time.Second):
-		t.Fatal("timed out waiting for an error on ErrorC")
-		return nil
-	}
+	return receive(t, c, 10*time.Second, "an error on ErrorC")
 }
 
 // TestTransportRemovedMemberStream410 checks that a stream dial answered 410
 // (the remote says we were removed) posts ErrMemberRemoved to ErrorC.
 func TestTransportRemovedMemberStream410(t *testing.T) {
 	errc := make(chan error, 1)
-	a := newE2ENode(t, 1, e2eOptions{configure: func(tr *Transport) { tr.ErrorC = errc }})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ErrorC = errc }))
+	b := newNode(t, withID(2))
 	b.raft.setRemoved(1)
 	connect(t, a, b)
 	if err := recvErr(t, errc); !errors.Is(err, ErrMemberRemoved) {
@@ -53,8 +47,8 @@ func TestTransportRemovedMemberStream410(t *testing.T) {
 // this is not mistaken for a removal.
 func TestTransportClusterIDMismatch(t *testing.T) {
 	errc := make(chan error, 1)
-	a := newE2ENode(t, 1, e2eOptions{configure: func(tr *Transport) { tr.ErrorC = errc }})
-	b := newE2ENode(t, 2, e2eOptions{configure: func(tr *Transport) { tr.ClusterID = testClusterID + 1 }})
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ErrorC = errc }))
+	b := newNode(t, withID(2), withClusterID(testClusterID+1))
 	connect(t, a, b)
 
 	pa, _ := a.tr.get(2)
@@ -63,7 +57,7 @@ func TestTransportClusterIDMismatch(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), ErrClusterIDMismatch.Error())
 	})
 	// With no stream, the message goes by the pipeline and is refused too.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgHeartbeat, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 2, 10, withCommit(1))})
 	waitFor(t, "the refused POST to be reported", func() bool { return a.raft.unreachableCount(2) > 0 })
 
 	pb, _ := b.tr.get(1)
@@ -87,14 +81,14 @@ func TestTransportClusterIDMismatch(t *testing.T) {
 // ErrMemberRemoved to ErrorC and is reported as a failed delivery.
 func TestTransportRemovedMemberPipeline403(t *testing.T) {
 	errc := make(chan error, 1)
-	a := newE2ENode(t, 1, e2eOptions{configure: func(tr *Transport) { tr.ErrorC = errc }})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.ErrorC = errc }))
+	b := newNode(t, withID(2))
 	b.raft.setProcess(func(context.Context, *raftpb.Message) error { return forbiddenError{} })
 	// Only a knows b: no stream, so the message takes the pipeline.
 	if err := a.tr.AddPeer(2, []string{b.url}); err != nil {
 		t.Fatal(err)
 	}
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1))})
 	if err := recvErr(t, errc); !errors.Is(err, ErrMemberRemoved) {
 		t.Errorf("got %v on ErrorC, want ErrMemberRemoved", err)
 	}
@@ -106,8 +100,8 @@ func TestTransportRemovedMemberPipeline403(t *testing.T) {
 // takes the pipeline, so it shows which URL a uses; b's writers show where
 // a's stream readers got through.
 func TestTransportUpdatePeer(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	if err := a.tr.AddPeer(2, []string{"http://" + freeAddr(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +110,7 @@ func TestTransportUpdatePeer(t *testing.T) {
 	}
 	pb, _ := b.tr.get(1)
 
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 1)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(1))})
 	waitFor(t, "the send to the dead address to fail", func() bool { return len(a.raft.snapshotReports()) == 1 })
 	if got := a.raft.snapshotReports()[0]; got.id != 2 || got.status != raft.SnapshotFailure {
 		t.Errorf("got snapshot report %+v, want failure for 2", got)
@@ -134,7 +128,7 @@ func TestTransportUpdatePeer(t *testing.T) {
 	waitStreams(t, b, a) // a's readers now reach b
 	waitStreams(t, a, b)
 	for i, typ := range []raftpb.MessageType{raftpb.MsgSnap, raftpb.MsgApp, raftpb.MsgVote} {
-		a.tr.Send([]*raftpb.Message{testMsg(typ, uint64(10+i))})
+		a.tr.Send([]*raftpb.Message{newMsg(typ, 1, 2, 10, withCommit(uint64(10+i)))})
 		if got := b.raft.recv(t); got.GetType() != typ || got.GetCommit() != uint64(10+i) {
 			t.Errorf("got %v commit %d, want %v commit %d", got.GetType(), got.GetCommit(), typ, 10+i)
 		}
@@ -148,8 +142,8 @@ func TestTransportUpdatePeer(t *testing.T) {
 // TestTransportPeerSecondURL checks that a peer whose first URL (in sorted
 // order) is dead is reached through its second.
 func TestTransportPeerSecondURL(t *testing.T) {
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2))
 	var dead string
 	for range 100 {
 		if u := "http://" + freeAddr(t); u < b.url {
@@ -172,7 +166,7 @@ func TestTransportPeerSecondURL(t *testing.T) {
 	}
 	waitStreams(t, b, a) // a's readers rotated to the live URL
 	// MsgSnap takes the pipeline, which shares the readers' picker.
-	a.tr.Send([]*raftpb.Message{testMsg(raftpb.MsgSnap, 5)})
+	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(5))})
 	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetCommit() != 5 {
 		t.Errorf("got %v commit %d, want MsgSnap commit 5", got.GetType(), got.GetCommit())
 	}
@@ -183,7 +177,7 @@ func TestTransportPeerSecondURL(t *testing.T) {
 
 // TestTransportPeerErrors checks the errors of the membership methods.
 func TestTransportPeerErrors(t *testing.T) {
-	tr, _ := newClientTransport(t, 1, nil)
+	tr, _ := newNode(t, withID(1), unserved()).parts()
 	if err := tr.UpdatePeer(7, []string{"http://127.0.0.1:1"}); !errors.Is(err, ErrMemberNotFound) {
 		t.Errorf("UpdatePeer of an unknown id: got %v, want ErrMemberNotFound", err)
 	}
@@ -216,7 +210,7 @@ func TestTransportPeerErrors(t *testing.T) {
 
 // TestTransportAfterStop checks that every method is safe after Stop.
 func TestTransportAfterStop(t *testing.T) {
-	tr, r := newClientTransport(t, 1, nil)
+	tr, r := newNode(t, withID(1), unserved()).parts()
 	if err := tr.AddPeer(2, []string{"http://127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +227,7 @@ func TestTransportAfterStop(t *testing.T) {
 	if err := tr.UpdatePeer(2, []string{"http://127.0.0.1:1"}); err == nil {
 		t.Error("UpdatePeer after Stop: got nil error, want one")
 	}
-	tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1), testMsg(raftpb.MsgSnap, 2)})
+	tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1)), newMsg(raftpb.MsgSnap, 1, 2, 10, withCommit(2))})
 	tr.RemovePeer(2)
 	tr.RemoveAllPeers()
 	tr.Pause()
@@ -312,7 +306,7 @@ func TestTransportStartValidation(t *testing.T) {
 			if err := tr.AddPeer(2, []string{"http://127.0.0.1:1"}); err == nil {
 				t.Error("AddPeer after a failed Start: got nil error, want one")
 			}
-			tr.Send([]*raftpb.Message{testMsg(raftpb.MsgApp, 1)})
+			tr.Send([]*raftpb.Message{newMsg(raftpb.MsgApp, 1, 2, 10, withCommit(1))})
 			tr.Stop()
 		})
 	}
@@ -325,9 +319,9 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	// b advertises no URLs, so a cannot turn it back into a remote from its
 	// requests after the removal, and its metrics series stay gone.
-	a := newE2ENode(t, 1, e2eOptions{})
-	b := newE2ENode(t, 2, e2eOptions{configure: func(tr *Transport) { tr.URLs = nil }})
-	c := newE2ENode(t, 3, e2eOptions{})
+	a := newNode(t, withID(1))
+	b := newNode(t, withID(2), withConfig(func(tr *Transport) { tr.URLs = nil }))
+	c := newNode(t, withID(3))
 	nodes := []*testNode{a, b, c}
 	connect(t, nodes...)
 	for _, n := range nodes {
@@ -386,7 +380,7 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 	}()
 
 	waitFor(t, "traffic to flow", func() bool { return received[2].Load() > 500 && received[3].Load() > 500 })
-	if got := seriesWithLabelValue(t, a.tr.metrics.sentBytes, "2"); len(got) == 0 {
+	if got := seriesNaming(t, gathered(t, a.tr.metrics.sentBytes), "2"); len(got) == 0 {
 		t.Fatal("no metrics series for peer 2 before its removal; the check below would prove nothing")
 	}
 	start := time.Now()
@@ -398,7 +392,7 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 	a.tr.RemovePeer(2)  // again: a no-op
 	a.tr.RemovePeer(42) // unknown: a no-op
 	for _, col := range a.tr.metrics.collectors {
-		if got := seriesWithLabelValue(t, col, "2"); len(got) != 0 {
+		if got := seriesNaming(t, gathered(t, col), "2"); len(got) != 0 {
 			t.Errorf("series of the removed peer remain: %v", got)
 		}
 	}
@@ -429,11 +423,11 @@ func TestTransportRemovePeerAndStopUnderLoad(t *testing.T) {
 func TestTransportSendLocalTargets(t *testing.T) {
 	core, logs := observer.New(zapcore.WarnLevel)
 	clock := newFakeClock()
-	a := newTestNode(t, 1, func(tr *Transport) {
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) {
 		tr.Logger = zap.New(core)
 		tr.logClock = clock.now
-	})
-	b := newTestNode(t, 2, nil)
+	}))
+	b := newNode(t, withID(2))
 	connect(t, a, b)
 	const warning = "ignored message to a raft local storage thread"
 
@@ -450,10 +444,10 @@ func TestTransportSendLocalTargets(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clock.advance(warnInterval) // a line is due to this case
 			logs.TakeAll()
-			local := obsMsg(tt.typ, 1, tt.to, 1)
+			local := newMsg(tt.typ, 1, tt.to, 1)
 			const sends = 3
 			for i := range uint64(sends) {
-				a.tr.Send([]*raftpb.Message{local, obsMsg(raftpb.MsgHeartbeat, 1, 2, i)})
+				a.tr.Send([]*raftpb.Message{local, newMsg(raftpb.MsgHeartbeat, 1, 2, i)})
 				recvFrom(t, b, 1, raftpb.MsgHeartbeat)
 			}
 			for _, id := range []uint64{tt.to, 1, 2} {
@@ -461,7 +455,7 @@ func TestTransportSendLocalTargets(t *testing.T) {
 					t.Errorf("ReportUnreachable(%x) called %d times, want 0", id, n)
 				}
 			}
-			if got := metricSum(t, a.tr.metrics.droppedMessages, nil); got != 0 {
+			if got := metricValue(t, gathered(t, a.tr.metrics.droppedMessages), "", nil); got != 0 {
 				t.Errorf("dropped_messages_total = %v, want 0", got)
 			}
 

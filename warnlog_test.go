@@ -296,10 +296,10 @@ func TestHandlerFloodRateLimitsWarnings(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			core, logs := observer.New(zapcore.InfoLevel)
 			clock := newFakeClock()
-			tr, fr := newHTTransport(t, func(tr *Transport) {
+			tr, fr := newNode(t, htLocal(), withConfig(func(tr *Transport) {
 				tr.Logger = zap.New(core)
 				tr.logClock = clock.now
-			})
+			})).parts()
 			fr.setRemoved(htStranger)
 			// Sources that share a slot share a limit: pick hosts that
 			// do not, so that each must be named.
