@@ -259,9 +259,10 @@ func TestRequestRemotesGoroutinesBounded(t *testing.T) {
 	if maxLearnt > maxRequestRemotes {
 		t.Errorf("saw %d learnt remotes, want at most %d", maxLearnt, maxRequestRemotes)
 	}
-	if w := rtPipelineWorkers(); w != bound {
-		t.Errorf("after the flood: %d pipeline workers, want %d (a full cap)", w, bound)
-	}
+	// The last remotes' workers may not have run yet: wait for them.
+	waitFor(t, fmt.Sprintf("%d pipeline workers after the flood (a full cap)", bound), func() bool {
+		return rtPipelineWorkers() == bound
+	})
 	// The remotes' series went with them: a bounded number is left.
 	if n := rtSeries(tr.metrics.sentBytes); n > maxRequestRemotes {
 		t.Errorf("%d sent_bytes series, want at most %d", n, maxRequestRemotes)
@@ -473,9 +474,11 @@ func TestRetiredRemoteReportsDrops(t *testing.T) {
 			if got := metricValue(t, gathered(t, tr.metrics.droppedMessages), "", map[string]string{"Peer": unknownPeerLabel, "Reason": dropRetired}); got != sent {
 				t.Errorf("%v drops counted as retired, want %d", got, sent)
 			}
-			if got := seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(victim)); len(got) != 0 {
-				t.Errorf("series of the closed remote remain: %v", got)
-			}
+			// The series go after the remote's retirement has returned,
+			// which its reports precede.
+			waitFor(t, "the series of the closed remote to go", func() bool {
+				return len(seriesNaming(t, gathered(t, tr.metrics.sentBytes), formatID(victim))) == 0
+			})
 			waitFor(t, "the closed remote's workers to end", func() bool {
 				_, learnt := rtRemotes(tr)
 				return rtPipelineWorkers() == learnt*DefaultPipelineWorkers
