@@ -23,8 +23,10 @@ const (
 // connection itself, so that a silent stream fails within the read timeout
 // (etcd installs these deadlines where Go ignores them); sliced streams
 // look at the socket every busyPollInterval while MsgApps stream. The
-// pipeline keeps connections alive between POSTs.
-func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Transport {
+// pipeline keeps connections alive between POSTs. It has no side effect:
+// the caller keeps the unix-socket client it returns, to close it with the
+// HTTP client.
+func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) (*http.Transport, *unixTransport) {
 	netDial := (&net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	if t.netDial != nil {
 		netDial = t.netDial
@@ -56,8 +58,7 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) *http.Tran
 	u := &unixTransport{base: tr, bySocket: map[string]*http.Transport{}}
 	tr.RegisterProtocol("unix", unixScheme{u, "http"})
 	tr.RegisterProtocol("unixs", unixScheme{u, "https"})
-	t.unixRts = append(t.unixRts, u)
-	return tr
+	return tr, u
 }
 
 // unixTransport serves unix:// and unixs:// peer URLs: the host part names

@@ -287,10 +287,13 @@ func (t *Transport) Start() error {
 		}
 	}
 	t.bulk = newBulkClock()
+	var u *unixTransport
 	for _, typ := range streamTypes {
-		t.streamRts[typ] = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, streams[typ].client)
+		t.streamRts[typ], u = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, streams[typ].client)
+		t.unixRts = append(t.unixRts, u)
 	}
-	t.pipelineRt = newRoundTripper(t, 0, 0, rtPipeline)
+	t.pipelineRt, u = newRoundTripper(t, 0, 0, rtPipeline)
+	t.unixRts = append(t.unixRts, u)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.stopDone = make(chan struct{})
 	t.peers = make(map[uint64]*peer)
