@@ -85,7 +85,13 @@ type snapBlock struct {
 // fieldScanner reads an encoded message field by field, as bufio.Scanner
 // reads lines: each call of next reads one field and leaves its tag and
 // value in tag, v and data. It is the one place the decoders read protobuf;
-// each decoder is a switch over the encoder's tag constants around it.
+// each decoder is a loop around it that dispatches on the encoder's tag
+// constants.
+//
+// A scanner is declared before its loop, not in the for statement: next
+// takes its address, and a for-statement variable whose address is taken
+// is copied afresh at each iteration (Go 1.22 loop semantics), which made
+// the conf state's decode a third slower.
 type fieldScanner struct {
 	b []byte // what is left to read
 	// tag is the field's tag as the encoder writes it (field number << 3 |
@@ -101,19 +107,14 @@ type fieldScanner struct {
 	bad bool
 }
 
-// A scanner is declared before its loop, not in the for statement: next
-// takes its address, and a for-statement variable whose address is taken
-// is copied afresh at each iteration (Go 1.22 loop semantics), which made
-// the conf state's decode a third slower.
-
-// next reads the next field and reports whether there was one. A field of
-// a wire type other than varint or length-delimited is validated and
-// skipped, as proto.Unmarshal skips unknown fields; so is a field number
-// beyond protobuf's range refused, as proto.Unmarshal refuses it.
+// next reads the next field and reports whether there was one. Fields of
+// other wire types than varint and length-delimited are validated and
+// skipped, as proto.Unmarshal skips unknown fields, and field numbers beyond
+// protobuf's range are refused, as proto.Unmarshal refuses them.
 //
-// One call per field, with the one-byte tags of every raftpb field read
-// inline: this costs fewer calls than protowire's ConsumeTag and a Consume
-// call for the value.
+// It is one call per field, and reads inline the one-byte tag of every
+// raftpb field: fewer calls than protowire's ConsumeTag, then a Consume call
+// for the value.
 func (s *fieldScanner) next() bool {
 	b := s.b
 	if len(b) == 0 {
@@ -155,6 +156,47 @@ func (s *fieldScanner) fail() bool {
 func setOpt[T any](slot *T, field **T, v T) {
 	*slot = v
 	*field = slot
+}
+
+// A fieldSetter stores a decoded field in its block B: v is a varint
+// field's value, data a length-delimited field's bytes.
+type fieldSetter[B any] func(blk *B, v uint64, data []byte)
+
+// entryFields is the Entry's schema for its decoder, one line a field as in
+// AppendEntry: by tag, what each field sets. A field without a setter is
+// dropped.
+var entryFields = [...]fieldSetter[entryBlock]{
+	tagEntType:  func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.typ, &eb.e.Type, raftpb.EntryType(int32(v))) },
+	tagEntTerm:  func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.term, &eb.e.Term, v) },
+	tagEntIndex: func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.index, &eb.e.Index, v) },
+	tagEntData:  func(eb *entryBlock, _ uint64, data []byte) { eb.e.Data = alias(data) },
+}
+
+// msgFields is entryFields for the fields of a Message stored as they come;
+// its entries and snapshot, decoded with what the first pass counted, are
+// the decode loop's own.
+var msgFields = [...]fieldSetter[msgBlock]{
+	tagMsgType:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.typ, &b.m.Type, raftpb.MessageType(int32(v))) },
+	tagMsgTo:         func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.to, &b.m.To, v) },
+	tagMsgFrom:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.from, &b.m.From, v) },
+	tagMsgTerm:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.term, &b.m.Term, v) },
+	tagMsgLogTerm:    func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.logTerm, &b.m.LogTerm, v) },
+	tagMsgIndex:      func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.index, &b.m.Index, v) },
+	tagMsgCommit:     func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.commit, &b.m.Commit, v) },
+	tagMsgReject:     func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.reject, &b.m.Reject, v != 0) },
+	tagMsgRejectHint: func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.rejectHint, &b.m.RejectHint, v) },
+	tagMsgContext:    func(b *msgBlock, _ uint64, data []byte) { b.m.Context = alias(data) },
+	tagMsgVote:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.vote, &b.m.Vote, v) },
+}
+
+// setField stores the field fs has just read in blk, by the setter fields
+// holds for its tag, and reports whether there was one.
+func setField[B any](fields []fieldSetter[B], blk *B, fs *fieldScanner) bool {
+	if fs.tag >= uint64(len(fields)) || fields[fs.tag] == nil {
+		return false
+	}
+	fields[fs.tag](blk, fs.v, fs.data)
+	return true
 }
 
 // alias returns b as a slice whose capacity ends where it does, so that an
@@ -243,27 +285,10 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 	// The first pass validated every field: this one need not check.
 	fs = fieldScanner{b: buf}
 	for fs.next() {
+		if setField(msgFields[:], blk, &fs) {
+			continue
+		}
 		switch fs.tag {
-		case tagMsgType:
-			setOpt(&blk.typ, &m.Type, raftpb.MessageType(int32(fs.v)))
-		case tagMsgTo:
-			setOpt(&blk.to, &m.To, fs.v)
-		case tagMsgFrom:
-			setOpt(&blk.from, &m.From, fs.v)
-		case tagMsgTerm:
-			setOpt(&blk.term, &m.Term, fs.v)
-		case tagMsgLogTerm:
-			setOpt(&blk.logTerm, &m.LogTerm, fs.v)
-		case tagMsgIndex:
-			setOpt(&blk.index, &m.Index, fs.v)
-		case tagMsgCommit:
-			setOpt(&blk.commit, &m.Commit, fs.v)
-		case tagMsgReject:
-			setOpt(&blk.reject, &m.Reject, fs.v != 0)
-		case tagMsgRejectHint:
-			setOpt(&blk.rejectHint, &m.RejectHint, fs.v)
-		case tagMsgVote:
-			setOpt(&blk.vote, &m.Vote, fs.v)
 		case tagMsgEntries:
 			// Each entry is copied into an allocation of its own, so
 			// that a kept entry keeps neither buf nor its neighbours
@@ -277,8 +302,6 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 			m.Entries = append(m.Entries, e)
 		case tagMsgSnapshot:
 			m.Snapshot = decodeSnapshot(fs.data, nIDs)
-		case tagMsgContext:
-			m.Context = alias(fs.data)
 		}
 	}
 	return m, cost, nil
@@ -311,16 +334,7 @@ func decodeEntry(eb *entryBlock, buf []byte) error {
 	e := &eb.e
 	fs := fieldScanner{b: buf}
 	for fs.next() {
-		switch fs.tag {
-		case tagEntType:
-			setOpt(&eb.typ, &e.Type, raftpb.EntryType(int32(fs.v)))
-		case tagEntTerm:
-			setOpt(&eb.term, &e.Term, fs.v)
-		case tagEntIndex:
-			setOpt(&eb.index, &e.Index, fs.v)
-		case tagEntData:
-			e.Data = alias(fs.data)
-		}
+		setField(entryFields[:], eb, &fs)
 	}
 	if fs.bad {
 		return ErrMalformed
