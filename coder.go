@@ -277,12 +277,18 @@ func readBytes(r io.Reader, buf []byte, n int) ([]byte, error) {
 	}
 	k, err := io.ReadFull(r, buf[start:])
 	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return buf[:start+k], err
+		return buf[:start+k], unexpectedEOF(err)
 	}
 	return buf, nil
+}
+
+// unexpectedEOF turns an EOF inside a frame or record into
+// io.ErrUnexpectedEOF: only an EOF between frames is a clean end of stream.
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 func (d *messageDecoder) buffered() int { return d.r.Buffered() }

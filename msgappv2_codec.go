@@ -77,13 +77,8 @@ func (e *msgAppV2Encoder) encode(m *raftpb.Message) error {
 	case e.state.compact(m):
 		b := append(e.buf, msgAppV2AppEntries)
 		b = appendUint64(b, uint64(len(m.Entries)))
-		for _, ent := range m.Entries {
-			if ent == nil { // encoded as an empty entry, as proto does
-				b = appendUint64(b, 0)
-				continue
-			}
-			b = appendUint64(b, uint64(raftproto.EntrySize(ent)))
-			b = raftproto.AppendEntry(b, ent)
+		for _, ent := range m.Entries { // a nil one is empty, as in proto
+			b = raftproto.AppendEntry(appendUint64(b, uint64(raftproto.EntrySize(ent))), ent)
 		}
 		e.buf = appendUint64(b, m.GetCommit())
 		e.state.index += uint64(len(m.Entries))
@@ -141,20 +136,26 @@ func (d *msgAppV2Decoder) decode() (*raftpb.Message, int, error) {
 	}
 }
 
-// unexpectedEOF turns an EOF inside a record into io.ErrUnexpectedEOF: only
-// an EOF between records is a clean end of stream.
-func unexpectedEOF(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
-}
-
+// readUint64 reads a big-endian uint64 inside a record.
 func (d *msgAppV2Decoder) readUint64() (uint64, error) {
 	if _, err := io.ReadFull(d.r, d.hdr[:]); err != nil {
 		return 0, unexpectedEOF(err)
 	}
 	return binary.BigEndian.Uint64(d.hdr[:]), nil
+}
+
+// readEntrySize reads the size of an AppEntries record's next entry,
+// refusing one that would take the record, total bytes so far, over the
+// limit before anything is allocated for it.
+func (d *msgAppV2Decoder) readEntrySize(total uint64) (uint64, error) {
+	size, err := d.readUint64()
+	if err != nil {
+		return 0, err
+	}
+	if size > d.limit-total {
+		return 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
+	}
+	return size, nil
 }
 
 // decodeAppEntries reads an AppEntries record. The entries' raw bytes are
@@ -191,12 +192,9 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 	}()
 	cost := raftproto.MessageCost
 	for range count {
-		size, err := d.readUint64()
+		size, err := d.readEntrySize(total)
 		if err != nil {
 			return nil, 0, err
-		}
-		if size > d.limit-total {
-			return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
 		}
 		total += size
 		if scratch, err = readBytes(d.r, scratch, int(size)); err != nil {
@@ -237,12 +235,9 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 // message comes from the decoder's arena. total is the record's size so
 // far, its entry excluded.
 func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, error) {
-	size, err := d.readUint64()
+	size, err := d.readEntrySize(total)
 	if err != nil {
 		return nil, 0, err
-	}
-	if size > d.limit-total {
-		return nil, 0, fmt.Errorf("msgappv2 entry of %d bytes after %d, limit %d: %w", size, total, d.limit, ErrExceedSizeLimit)
 	}
 	total += size
 	// The message's block and the entry's slot, which holds its bytes.

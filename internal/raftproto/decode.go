@@ -82,19 +82,121 @@ type snapBlock struct {
 	autoLeave   bool
 }
 
-// consumeField validates the field at the start of b and returns its number,
-// wire type, the length of its tag and its whole length. Field numbers beyond
-// protobuf's range are rejected, as proto.Unmarshal rejects them.
-func consumeField(b []byte) (num protowire.Number, typ protowire.Type, tagLen, n int) {
-	num, typ, tagLen = protowire.ConsumeTag(b)
-	if tagLen < 0 || num > protowire.MaxValidNumber {
-		return 0, 0, 0, -1
+// fieldScanner reads an encoded message field by field, as bufio.Scanner
+// reads lines: each call of next reads one field and leaves its tag and
+// value in tag, v and data. It is the one place the decoders read protobuf;
+// each decoder is a loop around it that dispatches on the encoder's tag
+// constants.
+//
+// A scanner is declared before its loop, not in the for statement: next
+// takes its address, and a for-statement variable whose address is taken
+// is copied afresh at each iteration (Go 1.22 loop semantics), which made
+// the conf state's decode a third slower.
+type fieldScanner struct {
+	b []byte // what is left to read
+	// tag is the field's tag as the encoder writes it (field number << 3 |
+	// wire type, see tagMsgType), so that the decoders and the encoder
+	// share the schema's constants.
+	tag uint64
+	v   uint64 // a varint field's value
+	// data is a length-delimited field's bytes, aliasing the scanned buffer.
+	data []byte
+	// bad is set when next stopped at malformed bytes rather than at the
+	// end: a decoder checks it once, after its loop (a second pass over
+	// fields a first pass validated need not).
+	bad bool
+}
+
+// next reads the next field and reports whether there was one. Fields of
+// other wire types than varint and length-delimited are validated and
+// skipped, as proto.Unmarshal skips unknown fields, and field numbers beyond
+// protobuf's range are refused, as proto.Unmarshal refuses them.
+//
+// It is one call per field, and reads inline the one-byte tag of every
+// raftpb field: fewer calls than protowire's ConsumeTag, then a Consume call
+// for the value.
+func (s *fieldScanner) next() bool {
+	b := s.b
+	if len(b) == 0 {
+		return false
 	}
-	m := protowire.ConsumeFieldValue(num, typ, b[tagLen:])
-	if m < 0 {
-		return 0, 0, 0, -1
+	tag, n := uint64(b[0]), 1
+	if tag >= 0x80 {
+		tag, n = protowire.ConsumeVarint(b)
 	}
-	return num, typ, tagLen, tagLen + m
+	num := protowire.Number(tag >> 3)
+	if n < 0 || tag>>3 > uint64(protowire.MaxValidNumber) || num < protowire.MinValidNumber {
+		return s.fail()
+	}
+	b = b[n:]
+	switch typ := protowire.Type(tag & 7); typ {
+	case protowire.VarintType:
+		s.v, n = protowire.ConsumeVarint(b)
+	case protowire.BytesType:
+		s.data, n = protowire.ConsumeBytes(b)
+	default:
+		n = protowire.ConsumeFieldValue(num, typ, b)
+	}
+	if n < 0 {
+		return s.fail()
+	}
+	s.tag, s.b = tag, b[n:]
+	return true
+}
+
+// fail ends the scan at malformed bytes.
+func (s *fieldScanner) fail() bool {
+	s.b, s.bad = nil, true
+	return false
+}
+
+// setOpt stores a decoded scalar in its block's slot and points the
+// message's optional field at it: the scalars of a message live in the
+// block the message does, so they cost no allocation of their own.
+func setOpt[T any](slot *T, field **T, v T) {
+	*slot = v
+	*field = slot
+}
+
+// A fieldSetter stores a decoded field in its block B: v is a varint
+// field's value, data a length-delimited field's bytes.
+type fieldSetter[B any] func(blk *B, v uint64, data []byte)
+
+// entryFields is the Entry's schema for its decoder, one line a field as in
+// AppendEntry: by tag, what each field sets. A field without a setter is
+// dropped.
+var entryFields = [...]fieldSetter[entryBlock]{
+	tagEntType:  func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.typ, &eb.e.Type, raftpb.EntryType(int32(v))) },
+	tagEntTerm:  func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.term, &eb.e.Term, v) },
+	tagEntIndex: func(eb *entryBlock, v uint64, _ []byte) { setOpt(&eb.index, &eb.e.Index, v) },
+	tagEntData:  func(eb *entryBlock, _ uint64, data []byte) { eb.e.Data = alias(data) },
+}
+
+// msgFields is entryFields for the fields of a Message stored as they come;
+// its entries and snapshot, decoded with what the first pass counted, are
+// the decode loop's own.
+var msgFields = [...]fieldSetter[msgBlock]{
+	tagMsgType:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.typ, &b.m.Type, raftpb.MessageType(int32(v))) },
+	tagMsgTo:         func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.to, &b.m.To, v) },
+	tagMsgFrom:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.from, &b.m.From, v) },
+	tagMsgTerm:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.term, &b.m.Term, v) },
+	tagMsgLogTerm:    func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.logTerm, &b.m.LogTerm, v) },
+	tagMsgIndex:      func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.index, &b.m.Index, v) },
+	tagMsgCommit:     func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.commit, &b.m.Commit, v) },
+	tagMsgReject:     func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.reject, &b.m.Reject, v != 0) },
+	tagMsgRejectHint: func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.rejectHint, &b.m.RejectHint, v) },
+	tagMsgContext:    func(b *msgBlock, _ uint64, data []byte) { b.m.Context = alias(data) },
+	tagMsgVote:       func(b *msgBlock, v uint64, _ []byte) { setOpt(&b.vote, &b.m.Vote, v) },
+}
+
+// setField stores the field fs has just read in blk, by the setter fields
+// holds for its tag, and reports whether there was one.
+func setField[B any](fields []fieldSetter[B], blk *B, fs *fieldScanner) bool {
+	if fs.tag >= uint64(len(fields)) || fields[fs.tag] == nil {
+		return false
+	}
+	fields[fs.tag](blk, fs.v, fs.data)
+	return true
 }
 
 // alias returns b as a slice whose capacity ends where it does, so that an
@@ -124,37 +226,32 @@ func UnmarshalMessage(buf []byte) (*raftpb.Message, error) {
 // and before anything is allocated. It returns the cost too.
 func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error) {
 	nEnt, nSnap, nIDs, entCost := 0, 0, 0, 0
-	for b := buf; len(b) > 0; {
-		num, typ, tagLen, n := consumeField(b)
-		if n < 0 {
-			return nil, 0, ErrMalformed
-		}
-		if typ == protowire.BytesType {
-			switch num {
-			case 7:
-				// Every entry raft makes has an index: an empty one is
-				// not raft's, and would cost 60 times its two bytes.
-				if n-tagLen <= 1 {
-					return nil, 0, fmt.Errorf("%w: empty entry", ErrDegenerate)
-				}
-				nEnt++
-				v, _ := protowire.ConsumeBytes(b[tagLen:])
-				entCost += EntryCost(len(v))
-			case 9:
-				nSnap++
-				v, _ := protowire.ConsumeBytes(b[tagLen:])
-				ids, err := scanSnapshot(v)
-				if err != nil {
-					return nil, 0, err
-				}
-				nIDs += ids
-			case 14:
-				// Responses are for raft's local storage threads and
-				// never cross the network.
-				return nil, 0, fmt.Errorf("%w: responses", ErrDegenerate)
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		switch fs.tag {
+		case tagMsgEntries:
+			// Every entry raft makes has an index: an empty one is not
+			// raft's, and would cost 60 times its two bytes.
+			if len(fs.data) == 0 {
+				return nil, 0, fmt.Errorf("%w: empty entry", ErrDegenerate)
 			}
+			nEnt++
+			entCost += EntryCost(len(fs.data))
+		case tagMsgSnapshot:
+			nSnap++
+			ids, err := scanSnapshot(fs.data)
+			if err != nil {
+				return nil, 0, err
+			}
+			nIDs += ids
+		case tagMsgResponses:
+			// Responses are for raft's local storage threads and never
+			// cross the network.
+			return nil, 0, fmt.Errorf("%w: responses", ErrDegenerate)
 		}
-		b = b[n:]
+	}
+	if fs.bad {
+		return nil, 0, ErrMalformed
 	}
 	if nSnap > 1 {
 		return nil, 0, fmt.Errorf("%w: repeated snapshot", ErrDegenerate)
@@ -185,58 +282,26 @@ func UnmarshalMessageCharged(buf []byte, c Charger) (*raftpb.Message, int, error
 		blk.m.Entries = make([]*raftpb.Entry, 0, nEnt)
 	}
 	m := &blk.m
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:] // the first pass validated every field
-		switch {
-		case typ == protowire.VarintType && num <= 13 && num != 7 && num != 9 && num != 12:
-			v, n := protowire.ConsumeVarint(b)
-			b = b[n:]
-			switch num {
-			case 1:
-				blk.typ, m.Type = raftpb.MessageType(int32(v)), &blk.typ
-			case 2:
-				blk.to, m.To = v, &blk.to
-			case 3:
-				blk.from, m.From = v, &blk.from
-			case 4:
-				blk.term, m.Term = v, &blk.term
-			case 5:
-				blk.logTerm, m.LogTerm = v, &blk.logTerm
-			case 6:
-				blk.index, m.Index = v, &blk.index
-			case 8:
-				blk.commit, m.Commit = v, &blk.commit
-			case 10:
-				blk.reject, m.Reject = v != 0, &blk.reject
-			case 11:
-				blk.rejectHint, m.RejectHint = v, &blk.rejectHint
-			case 13:
-				blk.vote, m.Vote = v, &blk.vote
+	// The first pass validated every field: this one need not check.
+	fs = fieldScanner{b: buf}
+	for fs.next() {
+		if setField(msgFields[:], blk, &fs) {
+			continue
+		}
+		switch fs.tag {
+		case tagMsgEntries:
+			// Each entry is copied into an allocation of its own, so
+			// that a kept entry keeps neither buf nor its neighbours
+			// alive (see EntrySlot).
+			slot := NewEntrySlot(len(fs.data))
+			copy(slot.Buf, fs.data)
+			e, err := slot.Decode()
+			if err != nil {
+				return nil, 0, err
 			}
-		case typ == protowire.BytesType && (num == 7 || num == 9 || num == 12):
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
-			switch num {
-			case 7:
-				// Each entry is copied into an allocation of its own,
-				// so that a kept entry keeps neither buf nor its
-				// neighbours alive (see EntrySlot).
-				slot := NewEntrySlot(len(v))
-				copy(slot.Buf, v)
-				e, err := slot.Decode()
-				if err != nil {
-					return nil, 0, err
-				}
-				m.Entries = append(m.Entries, e)
-			case 9:
-				m.Snapshot = decodeSnapshot(v, nIDs)
-			case 12:
-				m.Context = alias(v)
-			}
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			b = b[n:]
+			m.Entries = append(m.Entries, e)
+		case tagMsgSnapshot:
+			m.Snapshot = decodeSnapshot(fs.data, nIDs)
 		}
 	}
 	return m, cost, nil
@@ -267,41 +332,12 @@ func decodeEntry(eb *entryBlock, buf []byte) error {
 		return fmt.Errorf("%w: empty entry", ErrDegenerate)
 	}
 	e := &eb.e
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || num > protowire.MaxValidNumber {
-			return ErrMalformed
-		}
-		b = b[n:]
-		switch {
-		case typ == protowire.VarintType && num >= 1 && num <= 3:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return ErrMalformed
-			}
-			b = b[n:]
-			switch num {
-			case 1:
-				eb.typ, e.Type = raftpb.EntryType(int32(v)), &eb.typ
-			case 2:
-				eb.term, e.Term = v, &eb.term
-			case 3:
-				eb.index, e.Index = v, &eb.index
-			}
-		case typ == protowire.BytesType && num == 4:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return ErrMalformed
-			}
-			b = b[n:]
-			e.Data = alias(v)
-		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return ErrMalformed
-			}
-			b = b[n:]
-		}
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		setField(entryFields[:], eb, &fs)
+	}
+	if fs.bad {
+		return ErrMalformed
 	}
 	if e.Type == nil && e.Term == nil && e.Index == nil && e.Data == nil {
 		// Only unknown fields: it would re-encode as an empty entry.
@@ -316,24 +352,23 @@ func decodeEntry(eb *entryBlock, buf []byte) error {
 // raft sends each once.
 func scanSnapshot(buf []byte) (ids int, err error) {
 	nMeta := 0
-	for b := buf; len(b) > 0; {
-		num, typ, tagLen, n := consumeField(b)
-		if n < 0 {
-			return 0, ErrMalformed
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		if fs.tag != tagSnapMetadata {
+			continue
 		}
-		if num == 2 && typ == protowire.BytesType {
-			nMeta++
-			v, _ := protowire.ConsumeBytes(b[tagLen:])
-			c, k, err := scanMetadata(v)
-			if err != nil {
-				return 0, err
-			}
-			if c > 1 {
-				return 0, fmt.Errorf("%w: repeated conf state", ErrDegenerate)
-			}
-			ids += k
+		nMeta++
+		c, k, err := scanMetadata(fs.data)
+		if err != nil {
+			return 0, err
 		}
-		b = b[n:]
+		if c > 1 {
+			return 0, fmt.Errorf("%w: repeated conf state", ErrDegenerate)
+		}
+		ids += k
+	}
+	if fs.bad {
+		return 0, ErrMalformed
 	}
 	if nMeta > 1 {
 		return 0, fmt.Errorf("%w: repeated snapshot metadata", ErrDegenerate)
@@ -350,21 +385,14 @@ func decodeSnapshot(buf []byte, nIDs int) *raftpb.Snapshot {
 	if nIDs > 0 {
 		ids = make([]uint64, 0, nIDs)
 	}
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
-			sb.s.Data = alias(v)
-		case num == 2 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
-			ids = decodeMetadata(sb, v, ids)
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		switch fs.tag {
+		case tagSnapData:
+			sb.s.Data = alias(fs.data)
+		case tagSnapMetadata:
+			ids = decodeMetadata(sb, fs.data, ids)
 			sb.s.Metadata = &sb.md
-		default:
-			b = b[protowire.ConsumeFieldValue(num, typ, b):]
 		}
 	}
 	return &sb.s
@@ -373,21 +401,20 @@ func decodeSnapshot(buf []byte, nIDs int) *raftpb.Snapshot {
 // scanMetadata validates a SnapshotMetadata and counts its conf states and
 // the IDs they hold, so the decode pass can allocate once.
 func scanMetadata(buf []byte) (confStates, ids int, err error) {
-	for b := buf; len(b) > 0; {
-		num, typ, tagLen, n := consumeField(b)
-		if n < 0 {
-			return 0, 0, ErrMalformed
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		if fs.tag != tagMetaConfState {
+			continue
 		}
-		if num == 1 && typ == protowire.BytesType {
-			confStates++
-			v, _ := protowire.ConsumeBytes(b[tagLen:])
-			c, err := scanConfState(v)
-			if err != nil {
-				return 0, 0, err
-			}
-			ids += c
+		confStates++
+		c, err := scanConfState(fs.data)
+		if err != nil {
+			return 0, 0, err
 		}
-		b = b[n:]
+		ids += c
+	}
+	if fs.bad {
+		return 0, 0, ErrMalformed
 	}
 	return confStates, ids, nil
 }
@@ -396,54 +423,51 @@ func scanMetadata(buf []byte) (confStates, ids int, err error) {
 // packed or not.
 func scanConfState(buf []byte) (int, error) {
 	ids := 0
-	for b := buf; len(b) > 0; {
-		num, typ, tagLen, n := consumeField(b)
-		if n < 0 {
-			return 0, ErrMalformed
-		}
-		if num >= 1 && num <= 4 {
-			switch typ {
-			case protowire.VarintType:
-				ids++
-			case protowire.BytesType:
-				v, _ := protowire.ConsumeBytes(b[tagLen:])
-				for len(v) > 0 {
-					_, k := protowire.ConsumeVarint(v)
-					if k < 0 {
-						return 0, ErrMalformed
-					}
-					v = v[k:]
-					ids++
-				}
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		switch fs.tag {
+		case tagCSVoters, tagCSLearners, tagCSVotersOutgoing, tagCSLearnersNext:
+			ids++
+		case tagCSVotersPacked, tagCSLearnersPacked, tagCSVotersOutgoingPacked, tagCSLearnersNextPacked:
+			n, ok := countVarints(fs.data)
+			if !ok {
+				return 0, ErrMalformed
 			}
+			ids += n
 		}
-		b = b[n:]
+	}
+	if fs.bad {
+		return 0, ErrMalformed
 	}
 	return ids, nil
+}
+
+// countVarints validates a packed run of varints and counts them.
+func countVarints(b []byte) (n int, ok bool) {
+	for len(b) > 0 {
+		_, k := protowire.ConsumeVarint(b)
+		if k < 0 {
+			return 0, false
+		}
+		b = b[k:]
+		n++
+	}
+	return n, true
 }
 
 // decodeMetadata fills sb's metadata from validated bytes, taking the conf
 // state's IDs from ids (allocated by the caller with enough capacity).
 func decodeMetadata(sb *snapBlock, buf []byte, ids []uint64) []uint64 {
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			b = b[n:]
-			ids = decodeConfState(sb, v, ids)
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		switch fs.tag {
+		case tagMetaConfState:
+			ids = decodeConfState(sb, fs.data, ids)
 			sb.md.ConfState = &sb.cs
-		case num == 2 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			b = b[n:]
-			sb.index, sb.md.Index = v, &sb.index
-		case num == 3 && typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			b = b[n:]
-			sb.term, sb.md.Term = v, &sb.term
-		default:
-			b = b[protowire.ConsumeFieldValue(num, typ, b):]
+		case tagMetaIndex:
+			setOpt(&sb.index, &sb.md.Index, fs.v)
+		case tagMetaTerm:
+			setOpt(&sb.term, &sb.md.Term, fs.v)
 		}
 	}
 	return ids
@@ -454,44 +478,39 @@ func decodeMetadata(sb *snapBlock, buf []byte, ids []uint64) []uint64 {
 func decodeConfState(sb *snapBlock, buf []byte, ids []uint64) []uint64 {
 	// Entries of one list may be interleaved with others on the wire, so
 	// gather list by list: one pass per list over a small message.
-	lists := [4]*[]uint64{&sb.cs.Voters, &sb.cs.Learners, &sb.cs.VotersOutgoing, &sb.cs.LearnersNext}
-	for i, dst := range lists {
+	lists := [...]struct {
+		tag, packed uint64
+		dst         *[]uint64
+	}{
+		{tagCSVoters, tagCSVotersPacked, &sb.cs.Voters},
+		{tagCSLearners, tagCSLearnersPacked, &sb.cs.Learners},
+		{tagCSVotersOutgoing, tagCSVotersOutgoingPacked, &sb.cs.VotersOutgoing},
+		{tagCSLearnersNext, tagCSLearnersNextPacked, &sb.cs.LearnersNext},
+	}
+	for _, l := range lists {
 		start := len(ids)
-		want := protowire.Number(i + 1)
-		for b := buf; len(b) > 0; {
-			num, typ, n := protowire.ConsumeTag(b)
-			b = b[n:]
-			switch {
-			case num == want && typ == protowire.VarintType:
-				v, n := protowire.ConsumeVarint(b)
-				b = b[n:]
-				ids = append(ids, v)
-			case num == want && typ == protowire.BytesType:
-				v, n := protowire.ConsumeBytes(b)
-				b = b[n:]
-				for len(v) > 0 {
+		fs := fieldScanner{b: buf}
+		for fs.next() {
+			switch fs.tag {
+			case l.tag:
+				ids = append(ids, fs.v)
+			case l.packed:
+				for v := fs.data; len(v) > 0; {
 					x, k := protowire.ConsumeVarint(v)
 					v = v[k:]
 					ids = append(ids, x)
 				}
-			default:
-				b = b[protowire.ConsumeFieldValue(num, typ, b):]
 			}
 		}
 		if len(ids) > start {
-			*dst = ids[start:len(ids):len(ids)]
+			*l.dst = ids[start:len(ids):len(ids)]
 		}
 	}
-	for b := buf; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		if num == 5 && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			b = b[n:]
-			sb.autoLeave, sb.cs.AutoLeave = v != 0, &sb.autoLeave
-			continue
+	fs := fieldScanner{b: buf}
+	for fs.next() {
+		if fs.tag == tagCSAutoLeave {
+			setOpt(&sb.autoLeave, &sb.cs.AutoLeave, fs.v != 0)
 		}
-		b = b[protowire.ConsumeFieldValue(num, typ, b):]
 	}
 	return ids
 }

@@ -22,8 +22,9 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
-// Single-byte tags (field number << 3 | wire type) of the fields we write.
-// Every field number used by raftpb is below 16, so each tag is one byte.
+// Single-byte tags (field number << 3 | wire type) of the fields we write,
+// and that the decoders switch on. Every field number used by raftpb is
+// below 16, so each tag is one byte.
 const (
 	wtVarint = 0
 	wtBytes  = 2
@@ -60,12 +61,26 @@ const (
 	tagCSVotersOutgoing = 3<<3 | wtVarint
 	tagCSLearnersNext   = 4<<3 | wtVarint
 	tagCSAutoLeave      = 5<<3 | wtVarint
+
+	// The packed form of the conf state's lists, one length-delimited run
+	// of varints: never written, but proto accepts it, so we read it.
+	tagCSVotersPacked         = 1<<3 | wtBytes
+	tagCSLearnersPacked       = 2<<3 | wtBytes
+	tagCSVotersOutgoingPacked = 3<<3 | wtBytes
+	tagCSLearnersNextPacked   = 4<<3 | wtBytes
 )
 
+// Each kind of optional field is encoded by one pair of helpers below, a
+// size and an append, with the one-byte tags above. An absent field (a nil
+// pointer or slice) takes no byte; a present one is written even when zero.
+
+// sizeVarint is the encoded size of v.
 func sizeVarint(v uint64) int { return protowire.SizeVarint(v) }
 
-// sizeOptVarint is the encoded size of an optional varint field with a
-// one-byte tag: nothing when absent.
+// enumVarint is how protobuf encodes an int32 enum: sign-extended to 64 bits.
+func enumVarint(v int32) uint64 { return uint64(int64(v)) }
+
+// sizeOptVarint is the encoded size of an optional varint field.
 func sizeOptVarint(p *uint64) int {
 	if p == nil {
 		return 0
@@ -73,89 +88,119 @@ func sizeOptVarint(p *uint64) int {
 	return 1 + sizeVarint(*p)
 }
 
-// enumVarint is how protobuf encodes an int32 enum: sign-extended to 64 bits.
-func enumVarint(v int32) uint64 { return uint64(int64(v)) }
-
-func sizeLen(n int) int { return 1 + sizeVarint(uint64(n)) + n }
-
-// EntrySize returns the encoded size of e, len(AppendEntry(nil, e)).
-func EntrySize(e *raftpb.Entry) int {
-	n := 0
-	if e.Type != nil {
-		n += 1 + sizeVarint(enumVarint(int32(*e.Type)))
-	}
-	n += sizeOptVarint(e.Term)
-	n += sizeOptVarint(e.Index)
-	if e.Data != nil {
-		n += sizeLen(len(e.Data))
-	}
-	return n
-}
-
-// AppendEntry appends the protobuf encoding of e to b.
-func AppendEntry(b []byte, e *raftpb.Entry) []byte {
-	if e.Type != nil {
-		b = append(b, tagEntType)
-		b = protowire.AppendVarint(b, enumVarint(int32(*e.Type)))
-	}
-	b = appendOptVarint(b, tagEntTerm, e.Term)
-	b = appendOptVarint(b, tagEntIndex, e.Index)
-	if e.Data != nil {
-		b = append(b, tagEntData)
-		b = protowire.AppendBytes(b, e.Data)
-	}
-	return b
-}
-
+// appendOptVarint appends an optional varint field.
 func appendOptVarint(b []byte, tag byte, p *uint64) []byte {
 	if p == nil {
 		return b
 	}
-	b = append(b, tag)
-	return protowire.AppendVarint(b, *p)
+	return protowire.AppendVarint(append(b, tag), *p)
+}
+
+// sizeOptEnum is the encoded size of an optional enum field.
+func sizeOptEnum[E ~int32](p *E) int {
+	if p == nil {
+		return 0
+	}
+	return 1 + sizeVarint(enumVarint(int32(*p)))
+}
+
+// appendOptEnum appends an optional enum field.
+func appendOptEnum[E ~int32](b []byte, tag byte, p *E) []byte {
+	if p == nil {
+		return b
+	}
+	return protowire.AppendVarint(append(b, tag), enumVarint(int32(*p)))
+}
+
+// sizeOptBool is the encoded size of an optional bool field: its tag and
+// one byte.
+func sizeOptBool(p *bool) int {
+	if p == nil {
+		return 0
+	}
+	return 2
+}
+
+// appendOptBool appends an optional bool field.
+func appendOptBool(b []byte, tag byte, p *bool) []byte {
+	if p == nil {
+		return b
+	}
+	v := byte(0)
+	if *p {
+		v = 1
+	}
+	return append(b, tag, v)
+}
+
+// sizeLen is the encoded size of a length-delimited field of n bytes.
+func sizeLen(n int) int { return 1 + sizeVarint(uint64(n)) + n }
+
+// appendLen appends the tag and length of a length-delimited field of n
+// bytes: the caller appends the n bytes next. A nil element of a repeated
+// message field is written with n = 0, as proto writes an empty message.
+func appendLen(b []byte, tag byte, n int) []byte {
+	return protowire.AppendVarint(append(b, tag), uint64(n))
+}
+
+// sizeOptBytes is the encoded size of an optional bytes field.
+func sizeOptBytes(v []byte) int {
+	if v == nil {
+		return 0
+	}
+	return sizeLen(len(v))
+}
+
+// appendOptBytes appends an optional bytes field.
+func appendOptBytes(b []byte, tag byte, v []byte) []byte {
+	if v == nil {
+		return b
+	}
+	return append(appendLen(b, tag, len(v)), v...)
+}
+
+// EntrySize returns the encoded size of e, len(AppendEntry(nil, e)). A nil
+// entry is an empty one, as proto encodes a nil element of a repeated
+// message field.
+func EntrySize(e *raftpb.Entry) int {
+	if e == nil {
+		return 0
+	}
+	return sizeOptEnum(e.Type) + sizeOptVarint(e.Term) + sizeOptVarint(e.Index) + sizeOptBytes(e.Data)
+}
+
+// AppendEntry appends the protobuf encoding of e to b: nothing for a nil
+// entry (see EntrySize).
+func AppendEntry(b []byte, e *raftpb.Entry) []byte {
+	if e == nil {
+		return b
+	}
+	b = appendOptEnum(b, tagEntType, e.Type)
+	b = appendOptVarint(b, tagEntTerm, e.Term)
+	b = appendOptVarint(b, tagEntIndex, e.Index)
+	return appendOptBytes(b, tagEntData, e.Data)
 }
 
 // MessageSize returns the encoded size of m, len(AppendMessage(nil, m)).
 func MessageSize(m *raftpb.Message) int {
-	n := 0
-	if m.Type != nil {
-		n += 1 + sizeVarint(enumVarint(int32(*m.Type)))
-	}
-	n += sizeOptVarint(m.To)
-	n += sizeOptVarint(m.From)
-	n += sizeOptVarint(m.Term)
-	n += sizeOptVarint(m.LogTerm)
-	n += sizeOptVarint(m.Index)
+	// The scalars, then the sub-messages: a size does not depend on order.
+	n := sizeOptEnum(m.Type) + sizeOptVarint(m.To) + sizeOptVarint(m.From) + sizeOptVarint(m.Term) +
+		sizeOptVarint(m.LogTerm) + sizeOptVarint(m.Index) + sizeOptVarint(m.Commit) +
+		sizeOptBool(m.Reject) + sizeOptVarint(m.RejectHint) + sizeOptBytes(m.Context) + sizeOptVarint(m.Vote)
 	for _, e := range m.Entries {
-		n += sizeLen(entrySizeOrZero(e))
+		n += sizeLen(EntrySize(e))
 	}
-	n += sizeOptVarint(m.Commit)
 	if m.Snapshot != nil {
 		n += sizeLen(snapshotSize(m.Snapshot))
 	}
-	if m.Reject != nil {
-		n += 2
-	}
-	n += sizeOptVarint(m.RejectHint)
-	if m.Context != nil {
-		n += sizeLen(len(m.Context))
-	}
-	n += sizeOptVarint(m.Vote)
 	for _, r := range m.Responses {
 		n += sizeLen(messageSizeOrZero(r))
 	}
 	return n
 }
 
-// A nil element of a repeated message field is encoded by proto as an empty
-// message; these helpers do the same instead of dereferencing nil.
-func entrySizeOrZero(e *raftpb.Entry) int {
-	if e == nil {
-		return 0
-	}
-	return EntrySize(e)
-}
-
+// messageSizeOrZero is MessageSize, and 0 for a nil message: an element of
+// Responses, encoded as an empty message as proto does (see EntrySize).
 func messageSizeOrZero(m *raftpb.Message) int {
 	if m == nil {
 		return 0
@@ -166,99 +211,69 @@ func messageSizeOrZero(m *raftpb.Message) int {
 // AppendMessage appends the protobuf encoding of m to b. It allocates only
 // when b lacks the capacity; callers size b with MessageSize.
 func AppendMessage(b []byte, m *raftpb.Message) []byte {
-	if m.Type != nil {
-		b = append(b, tagMsgType)
-		b = protowire.AppendVarint(b, enumVarint(int32(*m.Type)))
-	}
+	b = appendOptEnum(b, tagMsgType, m.Type)
 	b = appendOptVarint(b, tagMsgTo, m.To)
 	b = appendOptVarint(b, tagMsgFrom, m.From)
 	b = appendOptVarint(b, tagMsgTerm, m.Term)
 	b = appendOptVarint(b, tagMsgLogTerm, m.LogTerm)
 	b = appendOptVarint(b, tagMsgIndex, m.Index)
 	for _, e := range m.Entries {
-		b = append(b, tagMsgEntries)
-		if e == nil {
-			b = append(b, 0)
-			continue
-		}
-		b = protowire.AppendVarint(b, uint64(EntrySize(e)))
-		b = AppendEntry(b, e)
+		b = AppendEntry(appendLen(b, tagMsgEntries, EntrySize(e)), e)
 	}
 	b = appendOptVarint(b, tagMsgCommit, m.Commit)
 	if m.Snapshot != nil {
-		b = append(b, tagMsgSnapshot)
-		b = protowire.AppendVarint(b, uint64(snapshotSize(m.Snapshot)))
-		b = appendSnapshot(b, m.Snapshot)
+		b = appendSnapshot(appendLen(b, tagMsgSnapshot, snapshotSize(m.Snapshot)), m.Snapshot)
 	}
-	if m.Reject != nil {
-		b = append(b, tagMsgReject, 0)
-		if *m.Reject {
-			b[len(b)-1] = 1
-		}
-	}
+	b = appendOptBool(b, tagMsgReject, m.Reject)
 	b = appendOptVarint(b, tagMsgRejectHint, m.RejectHint)
-	if m.Context != nil {
-		b = append(b, tagMsgContext)
-		b = protowire.AppendBytes(b, m.Context)
-	}
+	b = appendOptBytes(b, tagMsgContext, m.Context)
 	b = appendOptVarint(b, tagMsgVote, m.Vote)
 	for _, r := range m.Responses {
-		b = append(b, tagMsgResponses)
-		if r == nil {
-			b = append(b, 0)
-			continue
+		b = appendLen(b, tagMsgResponses, messageSizeOrZero(r))
+		if r != nil {
+			b = AppendMessage(b, r)
 		}
-		b = protowire.AppendVarint(b, uint64(MessageSize(r)))
-		b = AppendMessage(b, r)
 	}
 	return b
 }
 
+// snapshotSize is the encoded size of s.
 func snapshotSize(s *raftpb.Snapshot) int {
-	n := 0
-	if s.Data != nil {
-		n += sizeLen(len(s.Data))
-	}
+	n := sizeOptBytes(s.Data)
 	if s.Metadata != nil {
 		n += sizeLen(metadataSize(s.Metadata))
 	}
 	return n
 }
 
+// appendSnapshot appends the encoding of s.
 func appendSnapshot(b []byte, s *raftpb.Snapshot) []byte {
-	if s.Data != nil {
-		b = append(b, tagSnapData)
-		b = protowire.AppendBytes(b, s.Data)
-	}
+	b = appendOptBytes(b, tagSnapData, s.Data)
 	if s.Metadata != nil {
-		b = append(b, tagSnapMetadata)
-		b = protowire.AppendVarint(b, uint64(metadataSize(s.Metadata)))
-		b = appendMetadata(b, s.Metadata)
+		b = appendMetadata(appendLen(b, tagSnapMetadata, metadataSize(s.Metadata)), s.Metadata)
 	}
 	return b
 }
 
+// metadataSize is the encoded size of md.
 func metadataSize(md *raftpb.SnapshotMetadata) int {
-	n := 0
+	n := sizeOptVarint(md.Index) + sizeOptVarint(md.Term)
 	if md.ConfState != nil {
 		n += sizeLen(confStateSize(md.ConfState))
 	}
-	n += sizeOptVarint(md.Index)
-	n += sizeOptVarint(md.Term)
 	return n
 }
 
+// appendMetadata appends the encoding of md.
 func appendMetadata(b []byte, md *raftpb.SnapshotMetadata) []byte {
 	if md.ConfState != nil {
-		b = append(b, tagMetaConfState)
-		b = protowire.AppendVarint(b, uint64(confStateSize(md.ConfState)))
-		b = appendConfState(b, md.ConfState)
+		b = appendConfState(appendLen(b, tagMetaConfState, confStateSize(md.ConfState)), md.ConfState)
 	}
 	b = appendOptVarint(b, tagMetaIndex, md.Index)
-	b = appendOptVarint(b, tagMetaTerm, md.Term)
-	return b
+	return appendOptVarint(b, tagMetaTerm, md.Term)
 }
 
+// sizeRepeated is the encoded size of a repeated varint field.
 func sizeRepeated(vs []uint64) int {
 	n := len(vs) // one tag byte each: proto2 repeated scalars are unpacked
 	for _, v := range vs {
@@ -267,33 +282,25 @@ func sizeRepeated(vs []uint64) int {
 	return n
 }
 
+// appendRepeated appends a repeated varint field, one tag per value.
 func appendRepeated(b []byte, tag byte, vs []uint64) []byte {
 	for _, v := range vs {
-		b = append(b, tag)
-		b = protowire.AppendVarint(b, v)
+		b = protowire.AppendVarint(append(b, tag), v)
 	}
 	return b
 }
 
+// confStateSize is the encoded size of cs.
 func confStateSize(cs *raftpb.ConfState) int {
-	n := sizeRepeated(cs.Voters) + sizeRepeated(cs.Learners) +
-		sizeRepeated(cs.VotersOutgoing) + sizeRepeated(cs.LearnersNext)
-	if cs.AutoLeave != nil {
-		n += 2
-	}
-	return n
+	return sizeRepeated(cs.Voters) + sizeRepeated(cs.Learners) +
+		sizeRepeated(cs.VotersOutgoing) + sizeRepeated(cs.LearnersNext) + sizeOptBool(cs.AutoLeave)
 }
 
+// appendConfState appends the encoding of cs.
 func appendConfState(b []byte, cs *raftpb.ConfState) []byte {
 	b = appendRepeated(b, tagCSVoters, cs.Voters)
 	b = appendRepeated(b, tagCSLearners, cs.Learners)
 	b = appendRepeated(b, tagCSVotersOutgoing, cs.VotersOutgoing)
 	b = appendRepeated(b, tagCSLearnersNext, cs.LearnersNext)
-	if cs.AutoLeave != nil {
-		b = append(b, tagCSAutoLeave, 0)
-		if *cs.AutoLeave {
-			b[len(b)-1] = 1
-		}
-	}
-	return b
+	return appendOptBool(b, tagCSAutoLeave, cs.AutoLeave)
 }
