@@ -92,9 +92,7 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	defer ch.refund()
 	m, n, err := readMessageFrame(src, hdr[:], t.cfg.maxEnvelopeBytes, &ch)
 	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+		err = unexpectedEOF(err) // a body that ends before its envelope
 		if n, ok := t.warns.allow(warnMalformed); ok {
 			t.lg.Warn("failed to decode Raft message", zap.Error(err), suppressed(n))
 		}
