@@ -128,6 +128,10 @@ type config struct {
 	// featuresHeader its formatted announcement.
 	features       featureSet
 	featuresHeader string
+	// sent is every header our requests carry, and announce the one our
+	// answers carry, built once (newSentHeaders).
+	sent     sentHeaders
+	announce sentHeaders
 }
 
 func orDefault[T comparable](v, def T) T {
@@ -251,5 +255,6 @@ func (t *Transport) validate() (config, error) {
 		c.features = *t.announce
 	}
 	c.featuresHeader = c.features.String()
+	c.sent, c.announce = newSentHeaders(&c)
 	return c, nil
 }

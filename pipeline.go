@@ -167,7 +167,7 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 	// A Content-Length, not chunked, as etcd sends it (NewRequest sets it
 	// only for the readers it knows).
 	req.ContentLength = int64(len(body))
-	req.Header.Set("Content-Type", "application/protobuf")
+	req.Header["Content-Type"] = contentTypeProtobuf
 	pl.t.setHeaders(req.Header)
 	start := time.Now()
 	resp, err := pl.t.pipelineRt.RoundTrip(req)
@@ -208,3 +208,7 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// contentTypeProtobuf is the Content-Type of a pipeline POST, as etcd sends
+// it; shared, read-only, as sentHeaders are.
+var contentTypeProtobuf = []string{"application/protobuf"}

@@ -221,25 +221,51 @@ func parsePeerURLsHeader(h http.Header) (urls []url.URL, present bool, err error
 	return urls, true, nil
 }
 
-// setHeaders sets the headers every request we send carries (spec §2.1).
-func (t *Transport) setHeaders(h http.Header) {
-	h.Set(headerServerFrom, t.cfg.idStr)
-	h.Set(headerServerVersion, t.cfg.serverVersion.String())
-	h.Set(headerMinClusterVersion, t.cfg.minClusterVersion.String())
-	h.Set(headerClusterID, t.cfg.clusterIDStr)
-	if t.cfg.urlsHeader != "" {
-		h.Set(headerPeerURLs, t.cfg.urlsHeader)
-	}
-	t.announceFeatures(h)
+// sentHeaders are headers with their values, each key in canonical form
+// and each value a slice built once and shared by every request or answer
+// that carries it: neither net/http nor we write to a header's values once
+// set, so sharing them is safe, and setting them costs no allocation on the
+// pipeline's path (one POST per message).
+type sentHeaders []struct {
+	key string
+	val []string
 }
 
-// announceFeatures sets our X-Rafthttp-Features on a request or an answer.
-// Announcing nothing sends no header, as etcd.
-func (t *Transport) announceFeatures(h http.Header) {
-	if t.cfg.featuresHeader != "" {
-		h.Set(headerFeatures, t.cfg.featuresHeader)
+// newSentHeaders returns the headers every request we send carries (spec
+// §2.1, and our features), and those every answer carries (our features,
+// announced unless we announce nothing, as etcd sends no such header).
+func newSentHeaders(c *config) (requests, answers sentHeaders) {
+	add := func(hs sentHeaders, key, val string) sentHeaders {
+		if val == "" {
+			return hs
+		}
+		return append(hs, struct {
+			key string
+			val []string
+		}{http.CanonicalHeaderKey(key), []string{val}})
+	}
+	requests = add(requests, headerServerFrom, c.idStr)
+	requests = add(requests, headerServerVersion, c.serverVersion.String())
+	requests = add(requests, headerMinClusterVersion, c.minClusterVersion.String())
+	requests = add(requests, headerClusterID, c.clusterIDStr)
+	requests = add(requests, headerPeerURLs, c.urlsHeader)
+	requests = add(requests, headerFeatures, c.featuresHeader)
+	answers = add(answers, headerFeatures, c.featuresHeader)
+	return requests, answers
+}
+
+// set puts the headers on h.
+func (hs sentHeaders) set(h http.Header) {
+	for _, kv := range hs {
+		h[kv.key] = kv.val
 	}
 }
+
+// setHeaders sets the headers every request we send carries.
+func (t *Transport) setHeaders(h http.Header) { t.cfg.sent.set(h) }
+
+// announceFeatures sets our X-Rafthttp-Features on an answer.
+func (t *Transport) announceFeatures(h http.Header) { t.cfg.announce.set(h) }
 
 // clipLen is how much of a string a peer sent we keep for a log line or an
 // error text: enough to recognise it, while a peer that sends megabytes
