@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/url"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // Defaults of the Transport's configuration fields, used where a field is
@@ -98,6 +96,15 @@ const (
 	// the raft traffic that keeps the cluster alive.
 	DefaultMaxSnapshotSends    = 4
 	DefaultMaxSnapshotReceives = 4
+	// DefaultMaxSnapshotPartials, DefaultMaxSnapshotPartialBytes and
+	// DefaultSnapshotPartialTTL bound the partial payloads a receiver keeps
+	// for resuming (see Transport.MaxSnapshotPartials): one per sender at
+	// most, four in all, 16 GiB in all (two of etcd's largest databases),
+	// each for ten minutes after its transfer broke, long enough for raft to
+	// send the snapshot again after a short outage.
+	DefaultMaxSnapshotPartials     = 4
+	DefaultMaxSnapshotPartialBytes = 16 << 30
+	DefaultSnapshotPartialTTL      = 10 * time.Minute
 )
 
 // config is the Transport's configuration with defaults applied, fixed at
@@ -118,9 +125,11 @@ type config struct {
 	streamQueue, pipelineQueue        int
 	pipelineWorkers                   int
 	recvQueue, propQueue              int
-	snapRateLimit                     rate.Limit
 	snapProgressTimeout               time.Duration
 	maxSnapSends, maxSnapRecvs        int
+	snapPartials                      int
+	snapPartialBytes                  int64
+	snapPartialTTL                    time.Duration
 	maxRequestRemotes                 int
 	requestRemoteIdle                 time.Duration
 	metricsNamespace                  string
@@ -161,10 +170,12 @@ func (t *Transport) validate() (config, error) {
 		recvQueue:       orDefault(t.RecvQueueSize, DefaultRecvQueueSize),
 		propQueue:       orDefault(t.PropQueueSize, DefaultPropQueueSize),
 
-		snapRateLimit:       rate.Limit(t.SnapshotSendRate),
 		snapProgressTimeout: orDefault(t.SnapshotProgressTimeout, DefaultSnapshotProgressTimeout),
 		maxSnapSends:        orDefault(t.MaxSnapshotSends, DefaultMaxSnapshotSends),
 		maxSnapRecvs:        orDefault(t.MaxSnapshotReceives, DefaultMaxSnapshotReceives),
+		snapPartials:        orDefault(t.MaxSnapshotPartials, DefaultMaxSnapshotPartials),
+		snapPartialBytes:    orDefault(t.MaxSnapshotPartialBytes, DefaultMaxSnapshotPartialBytes),
+		snapPartialTTL:      orDefault(t.SnapshotPartialTTL, DefaultSnapshotPartialTTL),
 		maxRequestRemotes:   orDefault(t.maxRequestRemotes, maxRequestRemotes),
 		requestRemoteIdle:   orDefault(t.requestRemoteIdle, requestRemoteIdleTimeout),
 		metricsNamespace:    orDefault(t.MetricsNamespace, DefaultMetricsNamespace),
@@ -174,6 +185,9 @@ func (t *Transport) validate() (config, error) {
 	}
 	if t.SnapshotSendRate < 0 {
 		errs = append(errs, errors.New("SnapshotSendRate must not be negative"))
+	}
+	if t.MaxSnapshotPartialBytes < 0 {
+		errs = append(errs, errors.New("MaxSnapshotPartialBytes must not be negative"))
 	}
 	if t.ID == 0 {
 		errs = append(errs, errors.New("ID must be non-zero"))
@@ -205,7 +219,7 @@ func (t *Transport) validate() (config, error) {
 		v    time.Duration
 	}{{"DialTimeout", t.DialTimeout}, {"ConnReadTimeout", t.ConnReadTimeout}, {"ConnWriteTimeout", t.ConnWriteTimeout},
 		{"PipelineTimeout", t.PipelineTimeout}, {"DialRetryMin", t.DialRetryMin}, {"DialRetryMax", t.DialRetryMax},
-		{"SnapshotProgressTimeout", t.SnapshotProgressTimeout}} {
+		{"SnapshotProgressTimeout", t.SnapshotProgressTimeout}, {"SnapshotPartialTTL", t.SnapshotPartialTTL}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", d.name))
 		}
@@ -242,7 +256,8 @@ func (t *Transport) validate() (config, error) {
 		v    int
 	}{{"StreamQueueSize", t.StreamQueueSize}, {"PipelineQueueSize", t.PipelineQueueSize},
 		{"PipelineWorkers", t.PipelineWorkers}, {"RecvQueueSize", t.RecvQueueSize}, {"PropQueueSize", t.PropQueueSize},
-		{"MaxSnapshotSends", t.MaxSnapshotSends}, {"MaxSnapshotReceives", t.MaxSnapshotReceives}} {
+		{"MaxSnapshotSends", t.MaxSnapshotSends}, {"MaxSnapshotReceives", t.MaxSnapshotReceives},
+		{"MaxSnapshotPartials", t.MaxSnapshotPartials}} {
 		if q.v < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", q.name))
 		}
@@ -250,10 +265,7 @@ func (t *Transport) validate() (config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return config{}, fmt.Errorf("rafthttp: invalid Transport: %w", err)
 	}
-	c.features = supportedFeatures
-	if t.announce != nil {
-		c.features = *t.announce
-	}
+	c.features = t.localFeatures()
 	c.featuresHeader = c.features.String()
 	c.sent, c.announce = newSentHeaders(&c)
 	return c, nil

@@ -30,6 +30,10 @@ const (
 	// its CRC-32C (trailerCRC32C). A receiver that announces it checks
 	// the trailer when there is one.
 	featureCRC32CTrailer feature = iota
+	// featureSnapshotResume: a snapshot transfer cut short resumes where
+	// the receiver's copy ends (snapshot_resume.go). A receiver announces
+	// it only if its SnapshotStore is a ResumableSnapshotStore.
+	featureSnapshotResume
 
 	numFeatures // the number of features we know; keep it last
 )
@@ -37,11 +41,28 @@ const (
 // featureTokens are the features' names on the wire, indexed by feature.
 // A token, once released, must never change meaning.
 var featureTokens = [numFeatures]string{
-	featureCRC32CTrailer: "crc32c-trailer",
+	featureCRC32CTrailer:  "crc32c-trailer",
+	featureSnapshotResume: "snapshot-resume",
 }
 
-// supportedFeatures is what this version of the library announces.
-const supportedFeatures = featureSet(1 << featureCRC32CTrailer)
+// supportedFeatures is what this version of the library can announce;
+// localFeatures says what a given Transport announces.
+const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureSnapshotResume)
+
+// localFeatures is what t announces and uses: what this version supports
+// (or, in tests, what t.announce says), less what t's configuration cannot
+// serve. Resuming needs a store that keeps partial payloads; without one,
+// a peer that resumed to us would find nothing to resume.
+func (t *Transport) localFeatures() featureSet {
+	s := supportedFeatures
+	if t.announce != nil {
+		s = *t.announce
+	}
+	if _, ok := t.SnapshotStore.(ResumableSnapshotStore); !ok {
+		s &^= 1 << featureSnapshotResume
+	}
+	return s
+}
 
 // featureSet is a set of features, one bit per feature. Its zero value is
 // the empty set: what an etcd peer, or a peer not heard from yet, supports.

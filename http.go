@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/xiang90/probing"
@@ -55,6 +56,7 @@ func newHandler(t *Transport) http.Handler {
 	mux.HandleFunc(RaftPrefix, t.gated(t.servePipeline))
 	mux.HandleFunc(RaftStreamPrefix+"/", t.gated(t.serveStream))
 	mux.HandleFunc(RaftSnapshotPrefix, t.gated(t.serveSnapshot))
+	mux.HandleFunc(snapshotResumePath, t.gated(t.serveSnapshotResume))
 	mux.Handle(ProbingPrefix, probing.NewHandler())
 	return mux
 }
@@ -246,6 +248,17 @@ type pacedBody struct {
 	first   time.Duration
 	start   time.Time
 	n       int64
+	cut     atomic.Bool // cutOff was called
+}
+
+// errBodyCutOff is what a pacedBody reads once cut off.
+var errBodyCutOff = errors.New("rafthttp: request body cut off")
+
+// cutOff makes the body's reads fail from now on, a read in progress
+// included. It may be called from any goroutine.
+func (b *pacedBody) cutOff() {
+	b.cut.Store(true) // before the deadline: a Read that sets its own after this sees the flag
+	_ = b.rc.SetReadDeadline(time.Now())
 }
 
 func newPacedBody(r io.Reader, rc *http.ResponseController, timeout time.Duration) *pacedBody {
@@ -262,6 +275,9 @@ func (b *pacedBody) Read(p []byte) (int, error) {
 	}
 	if err := b.rc.SetReadDeadline(deadline); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return 0, err
+	}
+	if b.cut.Load() { // after our deadline: a cutOff that came before it is seen here
+		return 0, errBodyCutOff
 	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)

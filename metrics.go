@@ -33,7 +33,19 @@ type metrics struct {
 	snapSentBytes     *prometheus.CounterVec
 	snapReceivedBytes *prometheus.CounterVec
 	roundTripTime     *prometheus.HistogramVec
+	snapResume        snapResumeMetrics
 	collectors        []prometheus.Collector
+}
+
+// snapResumeMetrics are the collectors of resumable snapshots and of the
+// snapshot bandwidth budget (snapshot_resume.go), all our additions.
+type snapResumeMetrics struct {
+	sends       *prometheus.CounterVec // attempts that resumed, by peer (To)
+	savedBytes  *prometheus.CounterVec // payload bytes those did not send again (To)
+	receives    *prometheus.CounterVec // POSTs that resumed a partial payload, by sender (From)
+	rateLimit   prometheus.Gauge       // the bandwidth budget, bytes per second; 0: none
+	partials    prometheus.Gauge       // partial payloads kept
+	partialSize prometheus.Gauge       // their bytes
 }
 
 // unknownPeerLabel labels drops to members that are not peers: one series
@@ -127,11 +139,24 @@ func newMetrics(ns string) *metrics {
 				"Bytes of the messages queued to a peer and not yet written, charged to its send budget (MaxPeerSendBytes; messages of 1 KiB or less are not counted), sampled when scraped.",
 				[]string{"Peer"}, nil)},
 	}
+	oursGauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: oursNS, Subsystem: oursSub, Name: name, Help: help})
+	}
+	m.snapResume = snapResumeMetrics{
+		sends:       ours("snapshot_send_resumed_total", "Snapshot transfer attempts that resumed where the receiver's copy of the payload ended, by peer.", "To"),
+		savedBytes:  ours("snapshot_send_resumed_bytes_total", "Snapshot payload bytes that resumed attempts did not send again, by peer.", "To"),
+		receives:    ours("snapshot_receive_resumed_total", "Snapshot transfers received that resumed a partial payload kept from an interrupted one, by sender.", "From"),
+		rateLimit:   oursGauge("snapshot_send_rate_limit_bytes", "The bandwidth budget shared by all outgoing snapshots, in bytes per second; 0 means none (SnapshotSendRate, SetSnapshotSendRate)."),
+		partials:    oursGauge("snapshot_partials", "Partial snapshot payloads kept for resuming, from interrupted transfers."),
+		partialSize: oursGauge("snapshot_partial_bytes", "Bytes of the partial snapshot payloads kept for resuming."),
+	}
 	m.collectors = []prometheus.Collector{
 		m.activePeers, m.disconnectedPeers, m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
 		m.snapSendSuccess, m.snapSendFailures, m.snapSendInflight, m.snapSendDuration,
 		m.snapRecvSuccess, m.snapRecvFailures, m.snapRecvInflight, m.snapRecvDuration, m.roundTripTime,
 		m.droppedMessages, m.streamReconnects, m.snapSentBytes, m.snapReceivedBytes, m.queueDepth,
+		m.snapResume.sends, m.snapResume.savedBytes, m.snapResume.receives, m.snapResume.rateLimit,
+		m.snapResume.partials, m.snapResume.partialSize,
 	}
 	return m
 }
@@ -162,7 +187,8 @@ func (m *metrics) forgetPeer(local, id string) {
 	m.activePeers.DeleteLabelValues(local, id)
 	m.disconnectedPeers.DeleteLabelValues(local, id)
 	for _, v := range []*prometheus.CounterVec{m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
-		m.snapSendSuccess, m.snapSendFailures, m.snapRecvSuccess, m.snapRecvFailures, m.snapSentBytes, m.snapReceivedBytes} {
+		m.snapSendSuccess, m.snapSendFailures, m.snapRecvSuccess, m.snapRecvFailures, m.snapSentBytes, m.snapReceivedBytes,
+		m.snapResume.sends, m.snapResume.savedBytes, m.snapResume.receives} {
 		v.DeleteLabelValues(id)
 	}
 	m.snapSendInflight.DeleteLabelValues(id)

@@ -60,6 +60,10 @@ type peer struct {
 	refused     logLimiter  // stream dials refused (410, 412)
 	snapFails   logLimiter  // snapshot sends failed
 	snapSending atomic.Bool // a snapshot to this peer is in flight
+	// resumeBad is the snapshot whose partial payload the peer holds is
+	// not ours (snapshot_resume.go): the next send of it starts from
+	// zero. Only the snapshot send in flight touches it.
+	resumeBad snapshotID
 
 	mu       sync.Mutex // guards stopping against wg.Go
 	stopping bool

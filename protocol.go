@@ -31,6 +31,11 @@ const (
 	RaftSnapshotPrefix = RaftPrefix + "/snapshot"
 )
 
+// snapshotResumePath is where a sender asks a receiver how much of a
+// snapshot's payload it holds (snapshot_resume.go). Beyond etcd: asked
+// only of peers that announced featureSnapshotResume.
+const snapshotResumePath = RaftSnapshotPrefix + "/resume"
+
 // Header names of the raft HTTP protocol (spec §2.1). They are facts of the
 // wire format shared with etcd peers.
 const (
@@ -63,6 +68,32 @@ const (
 	// to a peer that announced featureCRC32CTrailer (features.go), so an etcd
 	// peer gets etcd's bytes.
 	trailerCRC32C = "X-Rafthttp-Crc32c"
+
+	// The headers of resumable snapshot transfers (featureSnapshotResume,
+	// snapshot_resume.go has their formats and testdata/wire their
+	// golden bytes), sent only to peers that announced the feature.
+
+	// headerSnapshotID names the payload a resumable POST or a query is
+	// about: "index=I term=T size=S envelope=C" (decimal, C the CRC-32C
+	// of the envelope frame in 8 lowercase hex digits).
+	headerSnapshotID = "X-Rafthttp-Snapshot-Id"
+	// headerSnapshotOffset is, on a resumable POST, the payload offset its
+	// body's payload part starts at; on an answer to a query, how much of
+	// the payload the receiver holds. Decimal.
+	headerSnapshotOffset = "X-Rafthttp-Snapshot-Offset"
+	// headerSnapshotCRC is the CRC-32C of the payload before the offset,
+	// 8 lowercase hex digits, next to headerSnapshotOffset on a POST and
+	// on the answer to a resume query.
+	headerSnapshotCRC = "X-Rafthttp-Snapshot-Crc32c"
+	// headerSnapshotProgress makes a query a progress stream: the answer
+	// (200) is a line with the offset the receiver holds each time it has
+	// written another this many bytes (decimal) of the payload, until the
+	// transfer ends.
+	headerSnapshotProgress = "X-Rafthttp-Snapshot-Progress"
+	// trailerPayloadCRC32C is the trailer of a resumable POST: the CRC-32C
+	// of the whole payload, from its first byte, whatever the offset the
+	// POST started at.
+	trailerPayloadCRC32C = "X-Rafthttp-Payload-Crc32c"
 )
 
 // maxIDLen is the longest hex ID parseID accepts: a uint64 needs at most 16

@@ -28,19 +28,81 @@ type readAhead struct {
 	err error  // why the source ended; set before full is closed
 	buf []byte // the buffer being consumed, to give back
 	cur []byte // its unread part
+
+	pool bufferPool // where buffers come from and go back to (recycle); nil: made afresh
+	made []*[]byte  // the buffers run made or took, for recycle; run's until it ends
+}
+
+// bufferPool is where a read-ahead takes its buffers (*[]byte) from and
+// gives them back to: a sync.Pool, or a bufStash.
+type bufferPool interface {
+	Get() any
+	Put(any)
+}
+
+// bufStash is a bufferPool that serves the buffers it holds first, then
+// those of its fallback, and keeps what it is given. It is for one user at
+// a time.
+type bufStash struct {
+	bufs     []*[]byte
+	fallback bufferPool
+}
+
+func (s *bufStash) Get() any {
+	if n := len(s.bufs); n > 0 {
+		b := s.bufs[n-1]
+		s.bufs = s.bufs[:n-1]
+		return b
+	}
+	return s.fallback.Get()
+}
+
+func (s *bufStash) Put(b any) { s.bufs = append(s.bufs, b.(*[]byte)) }
+
+// release gives what the stash holds to its fallback.
+func (s *bufStash) release() {
+	for _, b := range s.bufs {
+		s.fallback.Put(b)
+	}
+	s.bufs = nil
+}
+
+// snapReadAheadPool holds the buffers of snapshot read-aheads between
+// receives: a transfer resumed after a break, or the next snapshot, reuses
+// them instead of making 2 MiB of garbage each time; the runtime frees
+// what stays unused.
+var snapReadAheadPool sync.Pool
+
+// recycle gives the buffers back to the pool the read-ahead was given.
+// Call it after stop, once the consumer is done with the read-ahead and
+// holds none of its bytes (a Write that WriteTo made has returned, as
+// io.Writer requires): nothing may read it again.
+func (ra *readAhead) recycle() {
+	ra.stop()
+	if ra.pool == nil {
+		return
+	}
+	for _, b := range ra.made {
+		ra.pool.Put(b)
+	}
+	ra.made, ra.buf, ra.cur = nil, nil, nil
 }
 
 // errReadAheadStopped is what the goroutine ends with when stopped before
 // the end of its source.
 var errReadAheadStopped = errors.New("rafthttp: read-ahead stopped")
 
-func newReadAhead(src io.Reader, size, depth int, abort func()) *readAhead {
+// newReadAhead starts reading src ahead, in buffers of size bytes, up to
+// depth of them, taken from pool if not nil (they must all be of size
+// bytes) and given back by recycle.
+func newReadAhead(src io.Reader, size, depth int, pool bufferPool, abort func()) *readAhead {
 	ra := &readAhead{
 		full:   make(chan []byte, depth),
 		free:   make(chan []byte, depth),
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),
 		abort:  abort,
+		pool:   pool,
 	}
 	ra.wg.Go(func() { ra.run(src, size, depth) })
 	return ra
@@ -63,7 +125,7 @@ func (ra *readAhead) run(src io.Reader, size, depth int) {
 		default:
 			if made < depth {
 				made++
-				b = make([]byte, size)
+				b = ra.newBuffer(size)
 				break
 			}
 			select {
@@ -85,6 +147,20 @@ func (ra *readAhead) run(src io.Reader, size, depth int) {
 			return
 		}
 	}
+}
+
+// newBuffer takes a buffer from the pool, or makes one.
+func (ra *readAhead) newBuffer(size int) []byte {
+	var bp *[]byte
+	if ra.pool != nil {
+		bp, _ = ra.pool.Get().(*[]byte)
+	}
+	if bp == nil {
+		b := make([]byte, size)
+		bp = &b
+	}
+	ra.made = append(ra.made, bp)
+	return *bp
 }
 
 // fill reads src into b until b is full or src fails or ends; it returns

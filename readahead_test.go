@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -53,7 +54,7 @@ func TestReadAhead(t *testing.T) {
 			t.Run(tt.name+"/"+how, func(t *testing.T) {
 				src := &chunkedSource{data: payload[:tt.size], step: tt.step, err: tt.srcErr}
 				var aborted atomic.Bool
-				ra := newReadAhead(src, 1024, 3, func() { aborted.Store(true) })
+				ra := newReadAhead(src, 1024, 3, nil, func() { aborted.Store(true) })
 				defer ra.stop()
 				var got bytes.Buffer
 				var err error
@@ -108,7 +109,7 @@ func TestReadAheadStop(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			src := &blockingSource{data: snapBytes(5, 3000), unblock: make(chan struct{})}
 			var aborts atomic.Int32
-			ra := newReadAhead(src, 1024, 2, func() { aborts.Add(1); src.abort() })
+			ra := newReadAhead(src, 1024, 2, nil, func() { aborts.Add(1); src.abort() })
 			if tt.read > 0 {
 				if _, err := io.ReadFull(ra, make([]byte, tt.read)); err != nil {
 					t.Fatal(err)
@@ -141,7 +142,7 @@ func TestReadAheadStop(t *testing.T) {
 // does); the consumer must get an error and the race detector nothing.
 func TestReadAheadStopWhileReading(t *testing.T) {
 	src := &blockingSource{unblock: make(chan struct{})}
-	ra := newReadAhead(src, 1024, 2, src.abort)
+	ra := newReadAhead(src, 1024, 2, nil, src.abort)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := ra.Read(make([]byte, 10))
@@ -160,10 +161,54 @@ func TestReadAheadStopWhileReading(t *testing.T) {
 
 func TestReadAheadOneByteReads(t *testing.T) {
 	payload := snapBytes(7, 5000)
-	ra := newReadAhead(iotest.OneByteReader(bytes.NewReader(payload)), 512, 2, func() {})
+	ra := newReadAhead(iotest.OneByteReader(bytes.NewReader(payload)), 512, 2, nil, func() {})
 	defer ra.stop()
 	got, err := io.ReadAll(iotest.OneByteReader(ra))
 	if err != nil || !bytes.Equal(got, payload) {
 		t.Fatalf("got %d bytes, %v; want the %d of the source", len(got), err, len(payload))
+	}
+}
+
+// TestReadAheadRecycle: a read-ahead given a pool takes its buffers from
+// it and, recycled once its consumer is done, gives back every buffer it
+// used, which the next read-ahead reuses instead of making new ones; the
+// bytes read are unaffected.
+func TestReadAheadRecycle(t *testing.T) {
+	// A GC may empty a sync.Pool: none during this test.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	const size, depth = 512, 3
+	var pool sync.Pool
+	payload := snapBytes(8, 10*size)
+	read := func() *readAhead {
+		ra := newReadAhead(bytes.NewReader(payload), size, depth, &pool, func() {})
+		got, err := io.ReadAll(ra)
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("got %d bytes, %v; want the %d of the source", len(got), err, len(payload))
+		}
+		return ra
+	}
+	first := read()
+	used := map[*[]byte]bool{}
+	for _, b := range first.made {
+		used[b] = true
+	}
+	if n := len(first.made); n == 0 || n > depth {
+		t.Fatalf("the first read-ahead used %d buffers, want 1 to %d", n, depth)
+	}
+	first.recycle()
+	if first.made != nil || first.buf != nil {
+		t.Error("recycle left buffers referenced by the read-ahead")
+	}
+	second := read()
+	defer second.recycle()
+	reused := 0
+	for _, b := range second.made {
+		if used[b] {
+			reused++
+		}
+	}
+	if want := min(len(second.made), len(used)); reused != want {
+		t.Errorf("the second read-ahead reused %d of the first's %d buffers (it used %d), want %d",
+			reused, len(used), len(second.made), want)
 	}
 }

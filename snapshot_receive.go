@@ -20,7 +20,9 @@ import (
 type SnapshotStore interface {
 	// SaveSnapshot reads the payload of the snapshot m announces from r
 	// until EOF and returns once it is durable. On error nothing may be
-	// kept. ctx ends if the sender goes away; a payload saved after that is
+	// kept. r must not be used after SaveSnapshot returns, nor the bytes
+	// r's WriteTo hands to a Write after that Write returns (io.Writer's
+	// rule): the transport reuses its buffers. ctx ends if the sender goes away; a payload saved after that is
 	// not handed to raft (the sender reports the snapshot failed, and raft
 	// sends it again, at the same index or a later one).
 	SaveSnapshot(ctx context.Context, m *raftpb.Message, r io.Reader) error
@@ -120,6 +122,22 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}
+	// Beyond etcd: a resumable transfer (snapshot_resume.go) appends to a
+	// partial payload instead of calling SaveSnapshot.
+	var part *partial
+	if r.Header.Get(headerSnapshotID) != "" {
+		var code int
+		var msg string
+		if part, code, msg = t.beginPartial(r, &rh, m, src.crc.Sum32(), paced); code != 0 {
+			if n, ok := t.warns.allow(warnSnapshot); ok {
+				t.lg.Warn("refused resumable database snapshot", zap.String("remote-snapshot-sender-id", from),
+					zap.Int("status", code), zap.String("reason", msg), suppressed(n))
+			}
+			refuse(msg, code)
+			t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+			return
+		}
+	}
 	index := m.GetSnapshot().GetMetadata().GetIndex()
 	t.metrics.snapRecvInflight.WithLabelValues(from).Inc()
 	defer t.metrics.snapRecvInflight.WithLabelValues(from).Dec()
@@ -129,16 +147,39 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 
 	body := &countingReader{r: src}
 	err = errNoSnapshotStore
+	kept := false // a resumable transfer broke, its partial kept
 	if t.SnapshotStore != nil {
 		// The network is read ahead of the store in a goroutine of its
 		// own, so that receiving and writing overlap.
-		ra := newReadAhead(src, snapReadAheadSize, snapReadAheadDepth, func() {
+		var pool bufferPool = &snapReadAheadPool
+		if part != nil {
+			// Its read-ahead buffers, if an earlier receive left them.
+			pool = part.takeBuffers()
+		}
+		ra := newReadAhead(src, snapReadAheadSize, snapReadAheadDepth, pool, func() {
 			_ = rc.SetReadDeadline(time.Now()) // unblocks a read when the store gave up early
 		})
 		defer ra.stop() // should the store panic (net/http recovers)
 		body.r = ra
-		err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
-		ra.stop()
+		if part != nil {
+			if part.size.Load() > 0 {
+				t.metrics.snapResume.receives.WithLabelValues(from).Inc()
+				t.lg.Info("resuming incoming database snapshot", zap.String("remote-snapshot-sender-id", from),
+					zap.Uint64("incoming-snapshot-index", index), zap.Int64("offset", part.size.Load()))
+			}
+			kept, err = t.partials.receive(r, part, body, ra)
+		} else {
+			err = t.SnapshotStore.SaveSnapshot(r.Context(), m, body)
+			ra.recycle() // the store is done with it (not on a panic: then only stop, deferred)
+		}
+	}
+	if kept {
+		t.lg.Info("incoming database snapshot interrupted; partial payload kept for resuming",
+			zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", index),
+			zap.Int64("received-bytes", body.n), zap.Int64("kept-bytes", part.size.Load()), zap.Error(err))
+		refuse(fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
+		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
+		return
 	}
 	if err != nil {
 		if n, ok := t.warns.allow(warnSnapshot); ok {

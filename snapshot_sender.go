@@ -8,12 +8,14 @@ import (
 	"hash/crc32"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -141,12 +143,22 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 	t.metrics.snapSendInflight.WithLabelValues(p.idStr).Inc()
 	defer t.metrics.snapSendInflight.WithLabelValues(p.idStr).Dec()
 
-	u := p.picker.pick()
-	body := newSnapshotBody(p, m, t.cfg.snapRateLimit)
-	defer body.close()
-	err = p.postSnapshot(u.String(), body)
-	if sent := body.sent.Load(); err == nil && sent != total {
-		err = fmt.Errorf("%w: sent %d of %d bytes", ErrSnapshotSize, sent, total)
+	var (
+		u    url.URL // the URL the last request went to
+		sent int64   // bytes put on the wire, over every attempt
+	)
+	if t.cfg.features.has(featureSnapshotResume) && p.features.load().has(featureSnapshotResume) {
+		// Both sides resume: retried while it makes progress
+		// (snapshot_resume.go).
+		u, sent, err = p.sendResumable(m, lg)
+	} else {
+		u = p.picker.pick()
+		body := newSnapshotBody(p, m)
+		defer body.close()
+		err = p.postSnapshot(u.String(), body)
+		if sent = body.sent.Load(); err == nil && sent != total {
+			err = fmt.Errorf("%w: sent %d of %d bytes", ErrSnapshotSize, sent, total)
+		}
 	}
 	if err != nil {
 		if n, ok := p.snapFails.allow(t.warns.now); ok {
@@ -166,7 +178,7 @@ func (p *peer) sendSnapshot(m SnapshotMessage) (err error) {
 	p.status.activate()
 	lg.Info("sent database snapshot", zap.Duration("took", took),
 		zap.String("rate", humanize.IBytes(uint64(float64(total)/max(took.Seconds(), 1e-9)))+"/s"))
-	p.metrics.sent(1, int(total))
+	p.metrics.sent(1, int(sent))
 	t.metrics.snapSentBytes.WithLabelValues(p.idStr).Add(float64(m.PayloadSize))
 	t.metrics.snapSendSuccess.WithLabelValues(p.idStr).Inc()
 	t.metrics.snapSendDuration.WithLabelValues(p.idStr).Observe(took.Seconds())
@@ -181,18 +193,25 @@ func messageFrameSize(m *raftpb.Message) int {
 // postSnapshot makes the POST. The request fails if the transfer makes no
 // progress for the progress timeout, or if no answer comes within
 // snapshotAnswerTimeout of the last byte; there is no limit on its total
-// time.
+// time. The error of a resumable attempt (body.res set) that the receiver
+// answered is an answeredError.
 func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	t := p.t
 	ctx, cancel := context.WithCancelCause(p.ctx)
 	defer cancel(nil)
+	body.ctx = ctx
 	body.watch = newProgressWatch(t.cfg.snapProgressTimeout, snapshotAnswerTimeout(t.cfg.snapProgressTimeout, body.total),
 		func(err error) { cancel(err) })
 	// RoundTrip does not return until its writer goroutine is done with the
 	// body: a payload Read that blocks (a stalled producer) must be broken
 	// by closing the payload, or neither a stall nor Stop could end the
-	// transfer.
-	defer context.AfterFunc(ctx, body.closePayload)()
+	// transfer. A resumable attempt closes it only if a Read is blocked in
+	// it: the next attempt reads on.
+	onCancel := body.closePayload
+	if body.res != nil {
+		onCancel = body.res.s.cancelPayloadRead
+	}
+	defer context.AfterFunc(ctx, onCancel)()
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+RaftSnapshotPrefix, body)
 	if err != nil {
@@ -205,6 +224,11 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	t.setHeaders(req.Header)
 	if t.cfg.features.has(featureCRC32CTrailer) && p.features.load().has(featureCRC32CTrailer) {
 		req.Trailer = http.Header{trailerCRC32C: nil}
+		body.trailer = req.Trailer
+		body.bodyCRC = true
+	}
+	if body.res != nil {
+		body.res.setHeaders(req)
 		body.trailer = req.Trailer
 	}
 
@@ -220,6 +244,9 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 	}
 	defer drainClose(resp.Body)
 	p.features.learn(resp.Header, p.lg, t.warns.now)
+	if body.res != nil {
+		return body.res.answerError(resp, base)
+	}
 	q := sentRequest{kind: postRequest, t: t, lg: p.lg, refused: &p.pipeline.refused, base: base}
 	return q.answerError(resp)
 }
@@ -231,39 +258,34 @@ type snapshotBody struct {
 	envelope []byte
 	payload  io.ReadCloser
 	left     int64 // payload bytes still expected
-	limiter  *rate.Limiter
-	ctx      context.Context
+	rate     *snapshotRate
+	ctx      context.Context // the request's, set by postSnapshot
 	crc      hash.Hash32
-	chunk    int
-	trailer  http.Header // nil unless the peer takes the CRC-32C trailer
+	trailer  http.Header // the trailers declared; nil if none
+	bodyCRC  bool        // the peer takes the CRC-32C trailer
 	total    int64       // bytes of the whole body, envelope included
 	sent     atomic.Int64
 	err      atomic.Pointer[error] // why reading failed, if it did
 	watch    *progressWatch        // set before the body is read
+	res      *resumeAttempt        // a resumable attempt: the payload comes from it (snapshot_resume.go)
 
 	closeOnce sync.Once // guards closing the payload
 }
 
 // snapshotChunk is the largest read the body serves at once: the unit of
-// throttling and of progress. Throttled bodies use smaller reads at low
-// rates, so that each read takes a fraction of a second.
+// throttling and of progress. Throttled bodies use smaller reads
+// (snapshotRate.chunk), so that each read takes a fraction of a second.
 const snapshotChunk = 1 << 20
 
-func newSnapshotBody(p *peer, m SnapshotMessage, limit rate.Limit) *snapshotBody {
-	b := &snapshotBody{
+func newSnapshotBody(p *peer, m SnapshotMessage) *snapshotBody {
+	return &snapshotBody{
 		envelope: appendMessageFrame(nil, m.Message),
 		payload:  m.Payload,
 		left:     m.PayloadSize,
 		total:    int64(messageFrameSize(m.Message)) + m.PayloadSize,
-		ctx:      p.ctx,
+		rate:     p.t.snapRate,
 		crc:      crc32.New(crc32c),
-		chunk:    snapshotChunk,
 	}
-	if limit > 0 {
-		b.chunk = int(min(max(float64(limit)/16, 1<<10), 64<<10))
-		b.limiter = rate.NewLimiter(limit, b.chunk)
-	}
-	return b
 }
 
 func (b *snapshotBody) close() {
@@ -285,10 +307,13 @@ func (b *snapshotBody) Read(p []byte) (int, error) {
 		b.watch.touch()
 	}
 	if err == io.EOF {
-		// The trailer, if the peer takes one, goes out after the last
+		// The trailers, if the peer takes them, go out after the last
 		// chunk.
-		if b.trailer != nil {
+		if b.bodyCRC {
 			b.trailer.Set(trailerCRC32C, crcOf(b.crc.Sum32()))
+		}
+		if b.res != nil {
+			b.trailer.Set(trailerPayloadCRC32C, crcOf(b.res.s.ring.crcHi))
 		}
 		b.watch.sent()
 	} else if err != nil {
@@ -303,6 +328,9 @@ func (b *snapshotBody) read(p []byte) (int, error) {
 		b.envelope = b.envelope[n:]
 		return n, nil
 	}
+	if b.res != nil {
+		return b.res.read(b.ctx, p)
+	}
 	if b.left == 0 {
 		// The payload must end where it said it would.
 		var one [1]byte
@@ -314,11 +342,9 @@ func (b *snapshotBody) read(p []byte) (int, error) {
 		}
 		return 0, io.EOF
 	}
-	p = p[:min(int64(len(p)), b.left, int64(b.chunk))]
-	if b.limiter != nil {
-		if err := b.limiter.WaitN(b.ctx, len(p)); err != nil {
-			return 0, err
-		}
+	p = p[:min(int64(len(p)), b.left, int64(b.rate.chunk()))]
+	if err := b.rate.wait(b.ctx, len(p)); err != nil {
+		return 0, err
 	}
 	n, err := b.payload.Read(p)
 	b.left -= int64(n)
@@ -329,6 +355,88 @@ func (b *snapshotBody) read(p []byte) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// snapshotRate is the bandwidth budget of a Transport's outgoing snapshots
+// (SnapshotSendRate, SetSnapshotSendRate): one token bucket that every
+// snapshot body draws from, whatever its peer, so that the snapshots in
+// flight share the budget instead of each having its own, and a change
+// applies to all of them at their next read.
+type snapshotRate struct {
+	lim   *rate.Limiter
+	bps   atomic.Int64 // the budget; 0: none
+	gauge prometheus.Gauge
+}
+
+// snapshotRateBurst is the bucket's depth: the most a body takes at once,
+// and what an idle budget lets through at once.
+const snapshotRateBurst = 64 << 10
+
+func newSnapshotRate(bps int64, m *metrics) *snapshotRate {
+	r := &snapshotRate{lim: rate.NewLimiter(rate.Inf, snapshotRateBurst), gauge: m.snapResume.rateLimit}
+	r.set(bps)
+	return r
+}
+
+// set changes the budget; 0 removes it. A body waiting for its turn at the
+// old rate waits at most a sixteenth of a second's worth of the old budget
+// (chunk) before the new one applies.
+func (r *snapshotRate) set(bps int64) {
+	lim := rate.Inf
+	if bps > 0 {
+		lim = rate.Limit(bps)
+	}
+	r.lim.SetLimit(lim)
+	r.bps.Store(bps)
+	r.gauge.Set(float64(bps))
+}
+
+// chunk is the largest read a snapshot body makes at once: under a budget,
+// a sixteenth of a second's worth of it (between 1 KiB and the burst), so
+// that the snapshots sharing it interleave finely and a change of the
+// budget applies within a fraction of a second; without one,
+// snapshotChunk.
+func (r *snapshotRate) chunk() int {
+	bps := r.bps.Load()
+	if bps == 0 {
+		return snapshotChunk
+	}
+	return int(min(max(bps/16, 1<<10), snapshotRateBurst))
+}
+
+// wait takes n bytes from the budget, waiting until it has them or ctx
+// ends.
+func (r *snapshotRate) wait(ctx context.Context, n int) error {
+	if r.bps.Load() == 0 {
+		return nil
+	}
+	for n > 0 { // a read sized before the budget shrank may exceed the burst
+		k := min(n, snapshotRateBurst)
+		if err := r.lim.WaitN(ctx, k); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// SetSnapshotSendRate changes the bandwidth budget shared by all outgoing
+// snapshots, in bytes per second (see SnapshotSendRate, its initial
+// value): the snapshots in flight take the new budget within a fraction of
+// a second. Zero removes the limit. It fails on a negative rate, and
+// before Start (ErrNotStarted); after Stop it does nothing.
+func (t *Transport) SetSnapshotSendRate(bytesPerSec int64) error {
+	if bytesPerSec < 0 {
+		return errors.New("rafthttp: SetSnapshotSendRate: negative rate")
+	}
+	t.mu.RLock()
+	started := t.started
+	t.mu.RUnlock()
+	if !started {
+		return ErrNotStarted
+	}
+	t.snapRate.set(bytesPerSec)
+	return nil
 }
 
 // crcOf formats a CRC-32C as the trailer carries it.

@@ -12,6 +12,37 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
+// ResumableSnapshotStore is a SnapshotStore that can also receive a payload
+// in pieces, so that a transfer cut short resumes where it broke instead
+// of starting over: the transport writes what arrives to a PartialSnapshot,
+// keeps it when the connection breaks (within Transport.MaxSnapshotPartials
+// and its siblings), appends what the sender's next attempt brings, and
+// commits it once the whole payload is in and its CRC-32C checked. A
+// Transport whose SnapshotStore implements it announces the
+// snapshot-resume extension to its peers; SaveSnapshot still serves
+// peers that do not resume (etcd). DirSnapshotStore implements it.
+type ResumableSnapshotStore interface {
+	SnapshotStore
+	// CreatePartial returns a new, empty partial payload for the snapshot
+	// m announces.
+	CreatePartial(m *raftpb.Message) (PartialSnapshot, error)
+}
+
+// PartialSnapshot is a payload being received in pieces. The transport
+// calls its methods from one goroutine at a time, and calls Commit or
+// Discard exactly once, last (Discard may follow a failed Commit).
+type PartialSnapshot interface {
+	// Write appends to the payload. An error discards it.
+	Write(p []byte) (int, error)
+	// Commit makes the payload durable and saves it, as a successful
+	// SaveSnapshot does: once it returns nil, the payload is the
+	// snapshot's. On error nothing may be kept. ctx ends if the sender
+	// goes away.
+	Commit(ctx context.Context) error
+	// Discard drops what was written.
+	Discard() error
+}
+
 // DirSnapshotStore is the default SnapshotStore: it writes each payload to
 // Dir as %016x.snap.db (the snapshot's index, etcd's naming, so etcd tooling
 // finds it), through a temporary file that is fsynced and renamed, and then
@@ -29,8 +60,9 @@ import (
 //
 // Temporary files left by a save the process did not finish (it crashed or
 // was killed) are removed by the next save to the same directory. Saves in
-// progress in this process keep theirs; Dir must not be shared with another
-// process's store.
+// progress in this process keep theirs, and so do the partial payloads it
+// keeps for resuming (it is a ResumableSnapshotStore); Dir must not be
+// shared with another process's store.
 type DirSnapshotStore struct {
 	// Dir is the directory snapshots are written to. It must exist.
 	Dir string
@@ -137,6 +169,69 @@ func (s DirSnapshotStore) SaveSnapshot(ctx context.Context, m *raftpb.Message, r
 		return err
 	}
 	return syncDir(s.Dir)
+}
+
+// CreatePartial implements ResumableSnapshotStore: the partial payload is
+// a temporary file in Dir, as a save's, fsynced and renamed to
+// Path(index) by Commit, and removed by Discard. It is not durable before
+// Commit (a partial does not outlive the process: the next save after a
+// restart sweeps it).
+func (s DirSnapshotStore) CreatePartial(m *raftpb.Message) (PartialSnapshot, error) {
+	if s.Dir == "" {
+		return nil, errors.New("rafthttp: DirSnapshotStore without a Dir")
+	}
+	f, err := createTemp(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return &dirPartial{s: s, f: f, target: s.Path(m.GetSnapshot().GetMetadata().GetIndex())}, nil
+}
+
+// dirPartial is a DirSnapshotStore's partial payload: its temporary file.
+type dirPartial struct {
+	s      DirSnapshotStore
+	f      *os.File
+	target string
+	done   bool // committed or discarded: the file is closed and released
+}
+
+func (p *dirPartial) Write(b []byte) (int, error) { return p.f.Write(b) }
+
+// Commit makes the payload durable under its final name, as SaveSnapshot
+// does; on error the file is removed.
+func (p *dirPartial) Commit(context.Context) (err error) {
+	if p.done {
+		return errors.New("rafthttp: partial snapshot already committed or discarded")
+	}
+	p.done = true
+	defer releaseTemp(p.f)
+	defer func() {
+		if err != nil {
+			p.f.Close()
+			os.Remove(p.f.Name())
+		}
+	}()
+	if err = p.f.Sync(); err != nil {
+		return err
+	}
+	if err = p.f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(p.f.Name(), p.target); err != nil {
+		return err
+	}
+	return syncDir(p.s.Dir)
+}
+
+// Discard removes the file. Idempotent.
+func (p *dirPartial) Discard() error {
+	if p.done {
+		return nil
+	}
+	p.done = true
+	defer releaseTemp(p.f)
+	p.f.Close()
+	return os.Remove(p.f.Name())
 }
 
 // syncDir makes a rename in dir durable.

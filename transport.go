@@ -144,10 +144,14 @@ type Transport struct {
 	// MaxSnapshotEnvelopeBytes bounds the MsgSnap envelope of a received
 	// snapshot. Zero means DefaultMaxSnapshotEnvelopeBytes.
 	MaxSnapshotEnvelopeBytes int
-	// SnapshotSendRate limits the bytes per second of each outgoing
-	// snapshot. Zero means no limit. Our receivers cut off bodies that
-	// arrive slower than 1 KiB/s on average (after a grace period), so keep
-	// it well above that.
+	// SnapshotSendRate is the initial snapshot bandwidth budget, in bytes
+	// per second: one budget shared by every outgoing snapshot of the
+	// Transport (SendSnapshot payloads), so that with MaxSnapshotSends in
+	// flight they share it rather than each taking this much.
+	// SetSnapshotSendRate changes it while the Transport runs, for the
+	// transfers in flight too. Zero means no limit. Our receivers cut off
+	// bodies that arrive slower than 1 KiB/s on average (after a grace
+	// period), so keep it well above that times MaxSnapshotSends.
 	SnapshotSendRate int64
 	// SnapshotProgressTimeout fails a snapshot transfer, in either
 	// direction, that moves no byte for this long: a SendSnapshot, and a
@@ -170,6 +174,19 @@ type Transport struct {
 	// time. Zero means DefaultMaxSnapshotSends and
 	// DefaultMaxSnapshotReceives.
 	MaxSnapshotSends, MaxSnapshotReceives int
+	// MaxSnapshotPartials, MaxSnapshotPartialBytes and SnapshotPartialTTL
+	// bound what a receiver keeps of interrupted transfers for resuming
+	// (with a SnapshotStore that is a ResumableSnapshotStore, from peers
+	// that resume): at most one partial payload per sender, at most
+	// MaxSnapshotPartials and MaxSnapshotPartialBytes in all (the oldest
+	// goes first), each for SnapshotPartialTTL after its transfer broke.
+	// Partials are dropped when their transfer completes, when another
+	// snapshot from the same sender begins, and at Stop; they do not
+	// outlive the process. Zero means DefaultMaxSnapshotPartials,
+	// DefaultMaxSnapshotPartialBytes and DefaultSnapshotPartialTTL.
+	MaxSnapshotPartials     int
+	MaxSnapshotPartialBytes int64
+	SnapshotPartialTTL      time.Duration
 	// StreamQueueSize, PipelineQueueSize, PipelineWorkers, RecvQueueSize
 	// and PropQueueSize size each peer's queues and workers. Zero means the
 	// Default of the same name.
@@ -218,6 +235,8 @@ type Transport struct {
 	netDial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	snapSendSem, snapRecvSem chan struct{} // snapshot concurrency limits
+	snapRate                 *snapshotRate // the outgoing snapshots' bandwidth budget
+	partials                 *partials     // partial payloads kept for resuming (snapshot_resume.go)
 	budget                   *recvBudget   // bytes held by received messages (budget.go)
 
 	// streamRts are the HTTP clients stream readers dial with, one per
@@ -301,6 +320,8 @@ func (t *Transport) Start() error {
 	t.snapSendSem = make(chan struct{}, cfg.maxSnapSends)
 	t.snapRecvSem = make(chan struct{}, cfg.maxSnapRecvs)
 	t.budget = newRecvBudget(int64(cfg.maxReceiveBytes))
+	t.snapRate = newSnapshotRate(t.SnapshotSendRate, t.metrics)
+	t.partials = newPartials(t)
 	t.started = true
 	return nil
 }
@@ -579,6 +600,7 @@ func (t *Transport) Stop() {
 	t.removing.Wait()
 	t.handlers.Wait()
 	t.bg.Wait()
+	t.partials.close() // after the handlers, which park what they received
 	for _, typ := range streamTypes {
 		t.streamRts[typ].CloseIdleConnections()
 	}

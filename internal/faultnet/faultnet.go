@@ -11,7 +11,9 @@
 //     pressure once the buffers fill; they are delivered after a heal;
 //   - Blackhole swallows every byte, both ways, and accepts new connections
 //     without ever answering them: a stalled stream that stays open;
-//   - ResetAll resets every live connection (RST, not FIN);
+//   - ResetAll resets every live connection (RST, not FIN), and
+//     ResetEvery does so each time another n bytes have crossed in one
+//     direction, as a link that drops its connections now and then;
 //   - Heal clears every fault.
 //
 // A connection that lost bytes to a black hole has a hole in its byte
@@ -128,6 +130,10 @@ const chunkSize = 32 << 10
 // buffers before it stops reading and the sender feels back pressure.
 const queuedChunks = 16
 
+// freeChunks is how many chunk buffers a proxy keeps for reuse: those of a
+// few links' full queues.
+const freeChunks = 4 * queuedChunks
+
 // Proxy forwards the connections accepted on its address to its target,
 // injecting the faults set on it. Its methods are safe for concurrent use.
 type Proxy struct {
@@ -147,20 +153,27 @@ type Proxy struct {
 	pace      [2]time.Time // per direction: when the link is free again
 	partition Direction
 	blackhole bool
-	changed   chan struct{} // closed and replaced when a fault changes
-	links     map[*link]struct{}
-	closed    bool
-	accepted  int
+	// ResetEvery: every connection is reset when forwarded[resetDir]
+	// reaches resetNext, which then moves on by resetEvery (0: off).
+	resetDir   Direction
+	resetEvery int64
+	resetNext  int64
+	resets     int
+	changed    chan struct{} // closed and replaced when a fault changes
+	links      map[*link]struct{}
+	closed     bool
+	accepted   int
 
 	forwarded [2]atomic.Int64
 	swallowed atomic.Int64
+	free      chan []byte // chunk buffers done with, for any link to reuse
 
 	closeOnce sync.Once
 }
 
 func newProxy(ln net.Listener, target string, rng *rand.Rand) *Proxy {
 	p := &Proxy{target: target, ln: ln, rng: rng, changed: make(chan struct{}), links: map[*link]struct{}{},
-		dialer: net.Dialer{Timeout: 5 * time.Second}}
+		dialer: net.Dialer{Timeout: 5 * time.Second}, free: make(chan []byte, freeChunks)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.wg.Go(p.acceptLoop)
 	return p
@@ -223,6 +236,45 @@ func (p *Proxy) Heal() {
 	p.resetTainted()
 }
 
+// ResetEvery resets every live connection each time the proxy has
+// forwarded another n bytes in dir (ClientToServer or ServerToClient),
+// counted from this call: the bytes up to the mark are delivered, none
+// after it. n <= 0 turns it off.
+func (p *Proxy) ResetEvery(dir Direction, n int64) {
+	p.update(func() {
+		p.resetDir, p.resetEvery = dir&BothWays, max(n, 0)
+		if dir != ClientToServer && dir != ServerToClient {
+			p.resetEvery = 0
+		}
+		p.resetNext = p.forwarded[p.resetDir.index()].Load() + p.resetEvery
+	})
+}
+
+// resetQuota bounds n, the bytes about to be delivered in dir, to those
+// before the next ResetEvery mark.
+func (p *Proxy) resetQuota(dir Direction, n int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.resetEvery == 0 || dir != p.resetDir {
+		return n
+	}
+	return int(min(int64(n), max(p.resetNext-p.forwarded[dir.index()].Load(), 0)))
+}
+
+// delivered counts n bytes delivered in dir, and reports whether they
+// reached the ResetEvery mark, moving it on if so.
+func (p *Proxy) delivered(dir Direction, n int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	total := p.forwarded[dir.index()].Add(int64(n))
+	if p.resetEvery == 0 || dir != p.resetDir || total < p.resetNext {
+		return false
+	}
+	p.resetNext += p.resetEvery
+	p.resets++
+	return true
+}
+
 // ResetAll resets every live connection: both of its TCP connections are
 // closed with SO_LINGER 0, so that each end gets a RST.
 func (p *Proxy) ResetAll() {
@@ -253,12 +305,13 @@ type Stats struct {
 	ToServer  int64 // bytes delivered client to server
 	ToClient  int64 // bytes delivered server to client
 	Swallowed int64 // bytes lost to a black hole
+	Resets    int   // times ResetEvery reset the connections
 }
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	p.mu.Lock()
-	s := Stats{Accepted: p.accepted, Live: len(p.links)}
+	s := Stats{Accepted: p.accepted, Live: len(p.links), Resets: p.resets}
 	p.mu.Unlock()
 	s.ToServer = p.forwarded[ClientToServer.index()].Load()
 	s.ToClient = p.forwarded[ServerToClient.index()].Load()
@@ -455,13 +508,20 @@ type chunk struct {
 // reading while the writer waits, up to queuedChunks.
 func (l *link) pipe(dir Direction, src, dst *net.TCPConn) {
 	q := make(chan chunk, queuedChunks)
-	l.p.wg.Go(func() { l.read(src, q) })
-	l.p.wg.Go(func() { l.write(dir, dst, q) })
+	l.p.wg.Go(func() { l.read(src, q, l.p.free) })
+	l.p.wg.Go(func() { l.write(dir, dst, q, l.p.free) })
 }
 
-func (l *link) read(src *net.TCPConn, q chan<- chunk) {
-	buf := make([]byte, chunkSize)
+func (l *link) read(src *net.TCPConn, q chan<- chunk, free chan []byte) {
+	var buf []byte
 	for {
+		if buf == nil {
+			select {
+			case buf = <-free: // a buffer the writer is done with
+			default:
+				buf = make([]byte, chunkSize)
+			}
+		}
 		n, err := src.Read(buf)
 		if n > 0 {
 			swallow, at := l.p.readFaults()
@@ -469,10 +529,21 @@ func (l *link) read(src *net.TCPConn, q chan<- chunk) {
 				l.tainted.Store(true)
 				l.p.swallowed.Add(int64(n))
 			} else {
-				// A copy of what was read: the queue holds what a
-				// connection has in flight, not chunkSize per read.
+				// A full read hands its buffer over, to come back
+				// through the proxy's free list; a small one is
+				// copied, so that the queue holds what a connection
+				// has in flight rather than chunkSize per read. Either
+				// way a fast link makes no garbage, nor do links that
+				// come and go, which would swell the heap of the
+				// process under test.
+				c := chunk{at: at}
+				if n >= chunkSize/4 {
+					c.data, buf = buf[:n], nil
+				} else {
+					c.data = append([]byte(nil), buf[:n]...)
+				}
 				select {
-				case q <- chunk{data: append([]byte(nil), buf[:n]...), at: at}:
+				case q <- c:
 				case <-l.done:
 					return
 				}
@@ -492,7 +563,15 @@ func (l *link) read(src *net.TCPConn, q chan<- chunk) {
 	}
 }
 
-func (l *link) write(dir Direction, dst *net.TCPConn, q <-chan chunk) {
+func (l *link) write(dir Direction, dst *net.TCPConn, q <-chan chunk, free chan<- []byte) {
+	recycle := func(b []byte) {
+		if cap(b) == chunkSize {
+			select {
+			case free <- b[:chunkSize]:
+			default:
+			}
+		}
+	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
@@ -545,13 +624,20 @@ func (l *link) write(dir Direction, dst *net.TCPConn, q <-chan chunk) {
 			if !wait(until) {
 				return
 			}
-			if _, err := dst.Write(data[:n]); err != nil {
-				l.close(true)
+			n = l.p.resetQuota(dir, n)
+			if n > 0 {
+				if _, err := dst.Write(data[:n]); err != nil {
+					l.close(true)
+					return
+				}
+			}
+			if l.p.delivered(dir, n) {
+				l.p.ResetAll()
 				return
 			}
-			l.p.forwarded[dir.index()].Add(int64(n))
 			data = data[n:]
 		}
+		recycle(c.data)
 		if !c.end {
 			continue
 		}

@@ -493,6 +493,46 @@ func TestFaultnetResetAll(t *testing.T) {
 	expect(t, s, []byte("after"))
 }
 
+// TestFaultnetResetEvery checks that ResetEvery delivers exactly the bytes
+// up to each mark, then resets every connection, new ones included, once
+// per mark; bytes the other way do not count; off, nothing is reset.
+func TestFaultnetResetEvery(t *testing.T) {
+	const every = 100 << 10
+	n := New(1)
+	tg := newTarget(t)
+	p := startProxy(t, n, tg.addr())
+	p.ResetEvery(ClientToServer, every)
+
+	// Bytes to the client do not count.
+	c, s := connect(t, p, tg)
+	down := randomBytes(3, 2*every)
+	write(t, s, down)
+	expect(t, c, down)
+
+	for i := range 2 {
+		data := randomBytes(uint64(10+i), 3*every/2)
+		go c.Write(data) // fails once the connection is reset
+		got, err := readN(s, len(data), 5*time.Second)
+		if !errors.Is(err, syscall.ECONNRESET) || !bytes.Equal(got, data[:every]) {
+			t.Fatalf("connection %d: the target read %d bytes (%v), the first %d equal: %v; want exactly %d, then a reset",
+				i, len(got), err, every, bytes.Equal(got[:min(len(got), every)], data[:min(len(got), every)]), every)
+		}
+		expectReset(t, c)
+		c, s = connect(t, p, tg)
+	}
+	if st := p.Stats(); st.Resets != 2 || st.ToServer != 2*every {
+		t.Errorf("got %+v, want 2 resets after %d bytes to the server", st, 2*every)
+	}
+
+	p.ResetEvery(ClientToServer, 0)
+	data := randomBytes(20, 2*every)
+	write(t, c, data)
+	expect(t, s, data)
+	if st := p.Stats(); st.Resets != 2 || st.Live != 1 {
+		t.Errorf("got %+v with ResetEvery off, want no more resets and the connection live", st)
+	}
+}
+
 // TestProxyDeadTarget checks that a connection to a proxy whose target does
 // not listen is reset at once.
 func TestFaultnetDeadTarget(t *testing.T) {

@@ -1,0 +1,1462 @@
+package rafthttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+)
+
+// Resumable snapshot transfers (featureSnapshotResume), between members
+// that both announced the feature: a receiver announces it only if its
+// SnapshotStore is a ResumableSnapshotStore. etcd peers, and ours without
+// the feature, get etcd's single POST, byte for byte.
+//
+// The receiver writes the payload of a resumable transfer to a
+// PartialSnapshot, keeps it when the connection breaks (within the bounds
+// of partials), and lets the sender's next attempt append the rest. On
+// the wire (headers in protocol.go, golden bytes in
+// testdata/wire/snapshot_resume.golden):
+//
+//   - Before each attempt the sender asks where to resume: GET
+//     /raft/snapshot/resume with X-Rafthttp-Snapshot-Id naming the payload
+//     (snapshotID). The receiver first cuts off a transfer from that sender
+//     still under way (the sender has given up on it: its connection is
+//     broken, however healthy it may look from here), then answers 204
+//     with how much of the payload it holds, X-Rafthttp-Snapshot-Offset,
+//     and the CRC-32C of that much, X-Rafthttp-Snapshot-Crc32c (0 and
+//     00000000 for nothing).
+//   - The attempt is etcd's POST /raft/snapshot, chunked: the envelope,
+//     then the payload from the offset on, with X-Rafthttp-Snapshot-Id,
+//     -Offset and -Crc32c, and a trailer X-Rafthttp-Payload-Crc32c, the
+//     CRC-32C of the whole payload from its first byte (the CRC-32C
+//     trailer of the body, if negotiated, still covers this body). The
+//     receiver appends only to a partial that holds exactly that much with
+//     that CRC, else answers 409 and the sender asks again; offset 0
+//     starts afresh, dropping any partial of that sender. Once the whole
+//     payload is in and matches the trailer, the partial is committed, as
+//     SaveSnapshot would have saved it, and the MsgSnap goes to raft.
+//   - While a POST is under way, the sender follows how far the receiver
+//     has written: the same GET with X-Rafthttp-Snapshot-Progress: S is
+//     answered 200 with a stream of lines, each the offset the receiver
+//     holds (decimal, then "\n"), one at once and one each time it has
+//     written another S bytes, until the transfer ends. These offsets keep
+//     the sender's replay ring, below, from overflowing; one stream per
+//     attempt costs the receiver a small write per S bytes.
+//
+// The sender reads the payload once: it cannot rewind it. What it reads
+// goes through a replay ring of snapshotResumeWindow bytes, and it never
+// reads more than that ahead of what the receiver has confirmed writing;
+// so whatever a break loses on the way (socket buffers, proxies, the
+// receiver's read-ahead) is still in the ring, and the next attempt sends
+// it again from there. A SendSnapshot retried by raft (a new payload
+// reader) resumes too: the sender reads the receiver's part of the new
+// payload locally, without sending it, and resumes only if its CRC-32C
+// matches the receiver's, since a snapshot with the same ID need not have
+// the same payload (etcd's database moves on while the raft snapshot
+// stays). The whole payload's CRC-32C is checked at the end, so a resumed
+// payload is as safe as one sent at once.
+//
+// The retry belongs to the transport: within one SendSnapshot, an attempt
+// that breaks (a reset, a stall, a refused dial) is followed by another,
+// after a backoff (DialRetryMin doubling to DialRetryMax), as long as the
+// receiver's copy grew within the last SnapshotProgressTimeout. raft
+// hears of the snapshot once, when the transport gives up or succeeds;
+// meanwhile raft keeps the follower in StateSnapshot and sends it nothing
+// else. After a Failure raft probes the follower and, at its next
+// heartbeat response, sends a MsgSnap again; the application's next
+// SendSnapshot of the same snapshot resumes from the receiver's partial,
+// while it lasts (SnapshotPartialTTL), and a newer snapshot starts from
+// zero, the receiver dropping the old partial.
+
+// snapshotResumeWindow bounds how far a resumable sender reads ahead of
+// what the receiver has confirmed writing: the size of its replay ring
+// (for payloads larger than it), so its memory per snapshot, and its
+// throughput to about a window per round trip (4 MiB in 50 ms is
+// 80 MiB/s).
+const snapshotResumeWindow = 4 << 20
+
+// minProgressStep bounds the step of a progress stream from below, and so
+// the lines it writes: 16 Ki per GiB at most.
+const minProgressStep = 64 << 10
+
+// The errors of resuming. They stay within the transport, which retries or
+// gives up, and reach SendSnapshot's channel when it gives up.
+var (
+	// errResumeConflict: the receiver does not hold what a resumable POST
+	// said it would append to (409). The sender asks again.
+	errResumeConflict = errors.New("rafthttp: the receiver does not hold the payload to resume")
+	// errResumeRewind: the receiver holds less than the replay ring
+	// reaches back to (it lost its partial), and the payload cannot be
+	// read again. raft sends the snapshot again, from the start.
+	errResumeRewind = errors.New("rafthttp: cannot resume a snapshot transfer before the replay ring")
+	// errResumeMismatch: the receiver's partial is of another payload
+	// with the same ID, found once part of ours was read to compare. The
+	// next SendSnapshot of this ID starts from zero.
+	errResumeMismatch = errors.New("rafthttp: the receiver's partial payload differs from ours")
+	// errAttemptOver: a body read after its attempt ended.
+	errAttemptOver = errors.New("rafthttp: snapshot attempt over")
+)
+
+// ---------------------------------------------------------------------------
+// Wire formats.
+
+// snapshotID names a payload for resuming: the snapshot's index and term,
+// the payload's size, and the CRC-32C of the envelope frame, which covers
+// the rest of the MsgSnap (its sender and term, the snapshot's data and
+// configuration). Two transfers with the same ID are taken to be of the
+// same snapshot; whether their payloads are the same is checked by CRC-32C
+// before one resumes the other.
+type snapshotID struct {
+	index, term uint64
+	size        int64
+	envelope    uint32
+}
+
+// newSnapshotID is the ID of the transfer of m, whose envelope frame is
+// envelope, with a payload of size bytes.
+func newSnapshotID(m *raftpb.Message, envelope []byte, size int64) snapshotID {
+	md := m.GetSnapshot().GetMetadata()
+	return snapshotID{index: md.GetIndex(), term: md.GetTerm(), size: size, envelope: crc32.Checksum(envelope, crc32c)}
+}
+
+// String formats id as X-Rafthttp-Snapshot-Id carries it.
+func (id snapshotID) String() string {
+	b := make([]byte, 0, 96)
+	b = strconv.AppendUint(append(b, "index="...), id.index, 10)
+	b = strconv.AppendUint(append(b, " term="...), id.term, 10)
+	b = strconv.AppendInt(append(b, " size="...), id.size, 10)
+	b = appendCRC(append(b, " envelope="...), id.envelope)
+	return string(b)
+}
+
+// appendCRC appends a CRC-32C as crcOf formats it.
+func appendCRC(b []byte, sum uint32) []byte {
+	const hex = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, hex[sum>>shift&0xf])
+	}
+	return b
+}
+
+// maxSnapshotIDLen bounds X-Rafthttp-Snapshot-Id: its longest valid value
+// is 88 bytes.
+const maxSnapshotIDLen = 128
+
+// parseSnapshotID reads X-Rafthttp-Snapshot-Id strictly: the four fields in
+// order, one space apart, decimals without sign or leading zeros, the CRC
+// in 8 lowercase hex digits; so a valid value has one spelling, String's.
+// Errors wrap ErrInvalidHeader.
+func parseSnapshotID(s string) (snapshotID, error) {
+	bad := func(why string) (snapshotID, error) {
+		return snapshotID{}, fmt.Errorf("%w: %s %s: %s", ErrInvalidHeader, headerSnapshotID, clip(s, clipQuoted), why)
+	}
+	if len(s) > maxSnapshotIDLen {
+		return bad("too long")
+	}
+	keys := [4]string{"index", "term", "size", "envelope"}
+	var vals [4]string
+	rest := s
+	for i, k := range keys {
+		field := rest
+		if i < len(keys)-1 {
+			var ok bool
+			if field, rest, ok = strings.Cut(rest, " "); !ok {
+				return bad("want index=, term=, size= and envelope=")
+			}
+		}
+		v, ok := strings.CutPrefix(field, k+"=")
+		if !ok {
+			return bad("want " + k + "= at field " + strconv.Itoa(i+1))
+		}
+		vals[i] = v
+	}
+	var id snapshotID
+	var err error
+	if id.index, err = parseDecimal(vals[0]); err != nil {
+		return bad("index: " + err.Error())
+	}
+	if id.term, err = parseDecimal(vals[1]); err != nil {
+		return bad("term: " + err.Error())
+	}
+	if id.size, err = parseOffset(vals[2], math.MaxInt64); err != nil {
+		return bad("size: " + err.Error())
+	}
+	if id.envelope, err = parseCRCStrict(vals[3]); err != nil {
+		return bad("envelope: " + err.Error())
+	}
+	return id, nil
+}
+
+// parseDecimal reads an unsigned decimal with one spelling: digits only, no
+// leading zero but in "0".
+func parseDecimal(s string) (uint64, error) {
+	if s == "" || len(s) > 20 {
+		return 0, errors.New("not a decimal of 1 to 20 digits")
+	}
+	if s[0] == '0' && len(s) > 1 {
+		return 0, errors.New("leading zero")
+	}
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, errors.New("not a decimal")
+		}
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// parseOffset reads a decimal (parseDecimal) of at most limit.
+func parseOffset(s string, limit int64) (int64, error) {
+	v, err := parseDecimal(s)
+	if err != nil {
+		return 0, err
+	}
+	if v > uint64(limit) {
+		return 0, fmt.Errorf("%d is over %d", v, limit)
+	}
+	return int64(v), nil
+}
+
+// parseCRCStrict reads a CRC-32C as crcOf writes it: 8 lowercase hex
+// digits.
+func parseCRCStrict(s string) (uint32, error) {
+	if len(s) != 8 {
+		return 0, errors.New("not 8 hex digits")
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return 0, errors.New("not lowercase hex")
+		}
+	}
+	v, err := strconv.ParseUint(s, 16, 32)
+	return uint32(v), err
+}
+
+// resumeQuery is a GET /raft/snapshot/resume about the payload id: a
+// resume query (step 0) or a progress stream reporting every step bytes.
+type resumeQuery struct {
+	id   snapshotID
+	step int64
+}
+
+// parseResumeQuery reads the headers of a query. Errors wrap
+// ErrInvalidHeader.
+func parseResumeQuery(h http.Header) (resumeQuery, error) {
+	id, err := parseSnapshotID(h.Get(headerSnapshotID))
+	if err != nil {
+		return resumeQuery{}, err
+	}
+	q := resumeQuery{id: id}
+	if v := h.Get(headerSnapshotProgress); v != "" {
+		if q.step, err = parseOffset(v, math.MaxInt64); err != nil || q.step == 0 {
+			if err == nil {
+				err = errors.New("zero")
+			}
+			return resumeQuery{}, fmt.Errorf("%w: %s %s: %w", ErrInvalidHeader, headerSnapshotProgress, clip(v, clipQuoted), err)
+		}
+	}
+	return q, nil
+}
+
+// resumeStart is what the headers of a resumable POST say: the payload,
+// the offset its body's payload part starts at, and the CRC-32C of the
+// payload before that.
+type resumeStart struct {
+	id     snapshotID
+	offset int64
+	crc    uint32
+}
+
+// parseResumeStart reads the headers of a resumable POST. Errors wrap
+// ErrInvalidHeader.
+func parseResumeStart(h http.Header) (resumeStart, error) {
+	id, err := parseSnapshotID(h.Get(headerSnapshotID))
+	if err != nil {
+		return resumeStart{}, err
+	}
+	off, crc, err := parseResumePoint(h, id.size)
+	if err != nil {
+		return resumeStart{}, err
+	}
+	return resumeStart{id: id, offset: off, crc: crc}, nil
+}
+
+// parseResumePoint reads X-Rafthttp-Snapshot-Offset (at most size) and
+// X-Rafthttp-Snapshot-Crc32c. Errors wrap ErrInvalidHeader.
+func parseResumePoint(h http.Header, size int64) (int64, uint32, error) {
+	ov, cv := h.Get(headerSnapshotOffset), h.Get(headerSnapshotCRC)
+	off, err := parseOffset(ov, size)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %s %s: %w", ErrInvalidHeader, headerSnapshotOffset, clip(ov, clipQuoted), err)
+	}
+	crc, err := parseCRCStrict(cv)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %s %s: %w", ErrInvalidHeader, headerSnapshotCRC, clip(cv, clipQuoted), err)
+	}
+	if off == 0 && crc != 0 {
+		return 0, 0, fmt.Errorf("%w: %s %s for offset 0, want 00000000", ErrInvalidHeader, headerSnapshotCRC, cv)
+	}
+	return off, crc, nil
+}
+
+// setResumePoint sets X-Rafthttp-Snapshot-Offset and -Crc32c on h.
+func setResumePoint(h http.Header, off int64, crc uint32) {
+	h.Set(headerSnapshotOffset, strconv.FormatInt(off, 10))
+	h.Set(headerSnapshotCRC, string(appendCRC(nil, crc)))
+}
+
+// ---------------------------------------------------------------------------
+// Sending.
+
+// replayRing holds the last bytes read from a payload, payload[lo:hi], in
+// a circular buffer, with the CRC-32C of payload[:lo] and of payload[:hi],
+// so that an attempt can send again from any offset in between and prove
+// what comes before it. A ring of capacity 0 holds nothing.
+type replayRing struct {
+	buf          []byte
+	lo, hi       int64
+	crcLo, crcHi uint32
+}
+
+// append adds p, read from the payload at hi, pushing out the oldest bytes
+// as needed.
+func (r *replayRing) append(p []byte) {
+	r.crcHi = crc32.Update(r.crcHi, crc32c, p)
+	c := int64(len(r.buf))
+	if over := r.hi - r.lo + int64(len(p)) - c; over > 0 {
+		held := min(over, r.hi-r.lo)
+		r.drop(held)
+		if head := over - held; head > 0 { // p is longer than the ring
+			r.crcLo = crc32.Update(r.crcLo, crc32c, p[:head])
+			r.lo += head
+			r.hi += head
+			p = p[head:]
+		}
+	}
+	for len(p) > 0 {
+		n := copy(r.buf[r.hi%c:], p)
+		p = p[n:]
+		r.hi += int64(n)
+	}
+}
+
+// drop forgets the n oldest bytes held.
+func (r *replayRing) drop(n int64) {
+	c := int64(len(r.buf))
+	for n > 0 {
+		i := r.lo % c
+		k := min(n, c-i)
+		r.crcLo = crc32.Update(r.crcLo, crc32c, r.buf[i:i+k])
+		r.lo += k
+		n -= k
+	}
+}
+
+// crcAt returns the CRC-32C of payload[:off]; lo <= off <= hi.
+func (r *replayRing) crcAt(off int64) uint32 {
+	if off == r.hi {
+		return r.crcHi
+	}
+	c := int64(len(r.buf))
+	crc := r.crcLo
+	for o := r.lo; o < off; {
+		i := o % c
+		k := min(off-o, c-i)
+		crc = crc32.Update(crc, crc32c, r.buf[i:i+k])
+		o += k
+	}
+	return crc
+}
+
+// readAt copies payload bytes from off (lo <= off < hi) into p.
+func (r *replayRing) readAt(p []byte, off int64) int {
+	c := int64(len(r.buf))
+	p = p[:min(int64(len(p)), r.hi-off)]
+	n := 0
+	for n < len(p) {
+		k := copy(p[n:], r.buf[(off+int64(n))%c:])
+		n += k
+	}
+	return n
+}
+
+// resumableSend is one SendSnapshot to a peer that resumes. Its ring and
+// ended are used by one goroutine at a time: the send's, between
+// attempts, and an attempt's body reader (resumeAttempt.read), which the
+// attempt waits out before it ends.
+type resumableSend struct {
+	p        *peer
+	lg       *zap.Logger
+	id       snapshotID
+	envelope []byte
+	payload  io.ReadCloser
+	ring     replayRing
+	freeRing func() // frees ring.buf, once no attempt can read it
+	polls    bool   // the payload is larger than the ring: reading ahead needs confirmations
+	ended    bool   // the payload was seen to end at its size
+	fresh    bool   // the receiver's partial is known to differ: start from zero, without asking
+
+	hi          atomic.Int64 // ring.hi, for the poller
+	confirmed   atomic.Int64 // the receiver holds payload[:confirmed]
+	confirmedAt atomic.Int64 // monoNanos of the start, or of the last advance of confirmed
+	confirmc    chan struct{}
+	needc       chan struct{}
+
+	reading    atomic.Bool // a payload Read is in progress
+	payloadErr atomic.Pointer[error]
+	closeOnce  sync.Once
+}
+
+func newResumableSend(p *peer, m SnapshotMessage, lg *zap.Logger) *resumableSend {
+	env := appendMessageFrame(nil, m.Message)
+	s := &resumableSend{
+		p:        p,
+		lg:       lg,
+		id:       newSnapshotID(m.Message, env, m.PayloadSize),
+		envelope: env,
+		payload:  m.Payload,
+
+		polls:    m.PayloadSize > snapshotResumeWindow,
+		confirmc: make(chan struct{}, 1),
+		needc:    make(chan struct{}, 1),
+	}
+	s.ring.buf, s.freeRing = allocRing(int(min(m.PayloadSize, snapshotResumeWindow)))
+	s.confirmedAt.Store(monoNanos())
+	// Only this send touches resumeBad: one snapshot at a time per peer.
+	if p.resumeBad == s.id {
+		s.fresh, p.resumeBad = true, snapshotID{}
+	}
+	return s
+}
+
+// poke wakes whoever waits on c, without blocking.
+func poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (s *resumableSend) closePayload() { s.closeOnce.Do(func() { s.payload.Close() }) }
+
+// failPayload records the payload's failure, which no attempt can get past.
+func (s *resumableSend) failPayload(err error) { s.payloadErr.CompareAndSwap(nil, &err) }
+
+// cancelPayloadRead runs when an attempt's request ends early: a payload
+// Read blocked then is a stalled producer, which only closing the payload
+// unblocks, and which fails the send.
+func (s *resumableSend) cancelPayloadRead() {
+	if s.reading.Load() {
+		s.failPayload(ErrSnapshotStalled)
+		s.closePayload()
+	}
+}
+
+// readPayload reads the payload, unless ctx has ended (checked after
+// reading is flagged, so that cancelPayloadRead sees a Read that begins
+// as it runs).
+func (s *resumableSend) readPayload(ctx context.Context, p []byte) (int, error) {
+	s.reading.Store(true)
+	defer s.reading.Store(false)
+	if ctx.Err() != nil {
+		return 0, context.Cause(ctx)
+	}
+	n, err := s.payload.Read(p)
+	if err != nil && err != io.EOF {
+		s.failPayload(err)
+	}
+	return n, err
+}
+
+// appended records n bytes read from the payload into the ring.
+func (s *resumableSend) appended(p []byte) {
+	s.ring.append(p)
+	s.hi.Store(s.ring.hi)
+	if s.polls && s.ring.hi-s.confirmed.Load() >= int64(len(s.ring.buf))/2 {
+		poke(s.needc)
+	}
+}
+
+// confirm records that the receiver holds payload[:off].
+func (s *resumableSend) confirm(off int64) {
+	for {
+		c := s.confirmed.Load()
+		if off <= c {
+			return
+		}
+		if s.confirmed.CompareAndSwap(c, off) {
+			break
+		}
+	}
+	s.confirmedAt.Store(monoNanos())
+	poke(s.confirmc)
+}
+
+// checkEnd checks, once, that the payload ends at its declared size.
+func (s *resumableSend) checkEnd(ctx context.Context) error {
+	if s.ended {
+		return nil
+	}
+	var one [1]byte
+	n, err := s.readPayload(ctx, one[:])
+	switch {
+	case n > 0:
+		err = fmt.Errorf("%w: more than declared", ErrSnapshotSize)
+		s.failPayload(err)
+		return err
+	case err == io.EOF:
+		s.ended = true
+		return nil
+	case err == nil:
+		// A Read may return nothing and no error; read again next time.
+		return nil
+	}
+	return err
+}
+
+// waitWindow waits until the payload may be read further: until less than
+// the ring's capacity is unconfirmed.
+func (s *resumableSend) waitWindow(ctx context.Context) error {
+	for s.ring.hi-s.confirmed.Load() >= int64(len(s.ring.buf)) {
+		poke(s.needc)
+		select {
+		case <-s.confirmc:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
+// sendResumable is SendSnapshot's transfer to a peer that resumes: attempts
+// until one succeeds, one fails for good, or the receiver's copy has not
+// grown for the progress timeout. It returns the URL of the last attempt
+// and the bytes put on the wire by all of them.
+func (p *peer) sendResumable(m SnapshotMessage, lg *zap.Logger) (u url.URL, sent int64, err error) {
+	t := p.t
+	s := newResumableSend(p, m, lg)
+	defer s.freeRing() // every attempt has finished: none reads the ring
+	defer s.closePayload()
+	// Stop and RemovePeer unblock a payload Read for good.
+	defer context.AfterFunc(p.ctx, s.closePayload)()
+	backoff := t.cfg.dialRetryMin
+	var timer *time.Timer
+	for attempt := 1; ; attempt++ {
+		u = p.picker.pick()
+		before := s.confirmed.Load()
+		n, retry, aerr := s.attempt(u.String())
+		sent += n
+		if aerr == nil {
+			return u, sent, nil
+		}
+		err = aerr
+		idle := time.Duration(monoNanos() - s.confirmedAt.Load())
+		if !retry || idle >= t.cfg.snapProgressTimeout {
+			return u, sent, err
+		}
+		p.picker.unreachable(u)
+		if s.confirmed.Load() > before {
+			backoff = t.cfg.dialRetryMin
+		}
+		if n, ok := p.snapFails.allow(t.warns.now); ok {
+			lg.Warn("database snapshot transfer interrupted; resuming", zap.Int("attempt", attempt),
+				zap.Int64("receiver-holds-bytes", s.confirmed.Load()), zap.Duration("retry-in", backoff), zap.Error(err), suppressed(n))
+		}
+		if timer == nil {
+			timer = time.NewTimer(backoff)
+			defer timer.Stop()
+		} else {
+			timer.Reset(backoff)
+		}
+		select {
+		case <-timer.C:
+		case <-p.ctx.Done():
+			return u, sent, fmt.Errorf("%w (after %w)", context.Cause(p.ctx), err)
+		}
+		backoff = min(2*backoff, t.cfg.dialRetryMax)
+	}
+}
+
+// attempt makes one attempt at base: it asks where to resume, then POSTs
+// the rest of the payload. It returns the bytes the POST put on the wire,
+// and whether another attempt may succeed where this one failed.
+func (s *resumableSend) attempt(base string) (sent int64, retry bool, err error) {
+	p := s.p
+	off, crc, err := s.position(base)
+	if err != nil {
+		return 0, s.retryable(err, false), err
+	}
+	if off > 0 {
+		p.t.metrics.snapResume.sends.WithLabelValues(p.idStr).Inc()
+		p.t.metrics.snapResume.savedBytes.WithLabelValues(p.idStr).Add(float64(off))
+		s.lg.Info("resuming database snapshot", zap.Int64("offset", off), zap.String("skipped", humanize.IBytes(uint64(off))))
+	}
+	a := &resumeAttempt{s: s, off: off, crc: crc, pos: off}
+	body := &snapshotBody{
+		envelope: s.envelope,
+		payload:  s.payload,
+		rate:     p.t.snapRate,
+		crc:      crc32.New(crc32c),
+		total:    int64(len(s.envelope)) + s.id.size - off,
+		res:      a,
+	}
+	ctx, cancel := context.WithCancel(p.ctx)
+	var wg sync.WaitGroup
+	if s.polls {
+		wg.Go(func() { s.follow(ctx, base) })
+	}
+	err = p.postSnapshot(base, body)
+	cancel()
+	wg.Wait()
+	a.finish()
+	sent = body.sent.Load()
+	if err == nil && sent != body.total {
+		err = fmt.Errorf("%w: sent %d of %d bytes", ErrSnapshotSize, sent, body.total)
+		return sent, false, err
+	}
+	if err == nil {
+		s.confirm(s.id.size)
+		return sent, false, nil
+	}
+	return sent, s.retryable(err, body.watch.answering.Load()), err
+}
+
+// retryable says whether another attempt may succeed after err: not if the
+// peer or transport is stopping, the payload failed, the receiver answered
+// (but for 409), or the whole body was sent (the receiver may be saving
+// it); yes if the connection or the dial failed, or the body stalled.
+func (s *resumableSend) retryable(err error, bodySent bool) bool {
+	var answered answeredError
+	switch {
+	case s.p.ctx.Err() != nil, s.payloadErr.Load() != nil, bodySent:
+		return false
+	case errors.Is(err, errResumeConflict):
+		return true
+	case errors.As(err, &answered), errors.Is(err, errResumeRewind), errors.Is(err, errResumeMismatch), errors.Is(err, ErrSnapshotSize):
+		return false
+	}
+	return true
+}
+
+// answeredError is the receiver's answer refusing a request of a resumable
+// transfer, which another attempt would not change.
+type answeredError struct{ error }
+
+func (e answeredError) Unwrap() error { return e.error }
+
+// position asks the receiver at base how much of the payload it holds, and
+// brings the ring there: it reads on to that offset if the payload is not
+// read that far yet (a SendSnapshot raft retried: the receiver kept what an
+// earlier one sent), and checks the CRC-32C of what comes before it. It
+// returns where the attempt starts, and the CRC-32C of what precedes it.
+func (s *resumableSend) position(base string) (int64, uint32, error) {
+	var (
+		off int64
+		crc uint32
+		err error
+	)
+	if s.fresh {
+		s.fresh = false
+	} else if off, crc, err = s.p.snapshotQuery(s.p.ctx, base, s.id); err != nil {
+		return 0, 0, err
+	}
+	if off > s.ring.hi {
+		if err := s.skipTo(off); err != nil {
+			return 0, 0, err
+		}
+	}
+	if off < s.ring.lo {
+		return 0, 0, fmt.Errorf("%w: the receiver holds %d bytes, the ring starts at %d", errResumeRewind, off, s.ring.lo)
+	}
+	if s.ring.crcAt(off) != crc {
+		if s.ring.lo > 0 {
+			s.p.resumeBad = s.id
+			return 0, 0, fmt.Errorf("%w: CRC-32C of the first %d bytes %s, the receiver's %s", errResumeMismatch, off, crcOf(s.ring.crcAt(off)), crcOf(crc))
+		}
+		s.lg.Warn("the receiver's partial database snapshot differs from ours; sending it whole",
+			zap.Int64("receiver-holds-bytes", off), zap.String("receiver-crc32c", crcOf(crc)))
+		off = 0
+	}
+	s.confirm(off)
+	return off, s.ring.crcAt(off), nil
+}
+
+// skipTo reads the payload on to off, without sending it: the receiver
+// holds it, if the CRC-32C agrees. A payload that stalls for the progress
+// timeout fails the send.
+func (s *resumableSend) skipTo(off int64) error {
+	t := s.p.t
+	w := newProgressWatch(t.cfg.snapProgressTimeout, t.cfg.snapProgressTimeout, func(error) {
+		s.failPayload(ErrSnapshotStalled)
+		s.closePayload()
+	})
+	defer w.stop()
+	buf := make([]byte, min(off-s.ring.hi, 256<<10))
+	for s.ring.hi < off {
+		n, err := s.readPayload(s.p.ctx, buf[:min(int64(len(buf)), off-s.ring.hi)])
+		if n > 0 {
+			s.appended(buf[:n])
+			w.touch()
+		}
+		if err == io.EOF && s.ring.hi < off {
+			err = fmt.Errorf("%w: %d bytes short", ErrSnapshotSize, s.id.size-s.ring.hi)
+			s.failPayload(err)
+		}
+		if err != nil && err != io.EOF {
+			if perr := s.payloadErr.Load(); perr != nil {
+				return *perr
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// follow keeps the attempt's sender reading: once half the ring is
+// unconfirmed, it follows the receiver's progress stream at base,
+// confirming the offsets it reports, and follows it again should it end
+// while the attempt goes on (the POST had not reached the receiver yet, or
+// the stream broke). It returns when ctx ends, with its attempt.
+func (s *resumableSend) follow(ctx context.Context, base string) {
+	var (
+		pause time.Duration
+		timer *time.Timer
+	)
+	half := int64(len(s.ring.buf)) / 2
+	for {
+		if s.hi.Load()-s.confirmed.Load() < half {
+			select {
+			case <-s.needc:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		advanced := s.p.followProgress(ctx, base, s.id, max(half/2, minProgressStep), s.confirm)
+		if ctx.Err() != nil {
+			return
+		}
+		if advanced {
+			pause = 0
+			continue
+		}
+		// Nothing new: wait a little before following again. The POST's
+		// own progress watch judges stalls.
+		pause = min(max(2*pause, 10*time.Millisecond), 500*time.Millisecond)
+		if timer == nil {
+			timer = time.NewTimer(pause)
+			defer timer.Stop()
+		} else {
+			timer.Reset(pause)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// followProgress follows the progress stream of the payload id at base
+// (GET /raft/snapshot/resume with X-Rafthttp-Snapshot-Progress: step),
+// calling confirm with each offset it reports, until the stream ends or
+// ctx does. It reports whether the offsets grew.
+func (p *peer) followProgress(ctx context.Context, base string, id snapshotID, step int64, confirm func(int64)) (advanced bool) {
+	t := p.t
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+snapshotResumePath, nil)
+	if err != nil {
+		return false
+	}
+	t.setHeaders(req.Header)
+	req.Header.Set(headerSnapshotID, id.String())
+	req.Header.Set(headerSnapshotProgress, strconv.FormatInt(step, 10))
+	// The stream dials as the msgappv2 reader (and the stream prober)
+	// does: small buffers, and a read deadline, after which a silent
+	// stream is followed again.
+	resp, err := t.streamRts[streamTypeMsgAppV2].RoundTrip(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	p.features.learn(resp.Header, p.lg, t.warns.now)
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	br := bufio.NewReaderSize(resp.Body, 64)
+	first := int64(-1)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return advanced
+		}
+		off, err := parseOffset(string(line[:len(line)-1]), id.size)
+		if err != nil {
+			return advanced
+		}
+		if first < 0 {
+			first = off
+		}
+		advanced = advanced || off > first
+		confirm(off)
+	}
+}
+
+// snapshotQuery asks the receiver at base how much of the payload id it
+// holds, and the CRC-32C of that much (GET /raft/snapshot/resume). An
+// answer other than 204 is an answeredError.
+func (p *peer) snapshotQuery(ctx context.Context, base string, id snapshotID) (int64, uint32, error) {
+	t := p.t
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.pipelineTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+snapshotResumePath, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	t.setHeaders(req.Header)
+	req.Header.Set(headerSnapshotID, id.String())
+	resp, err := t.pipelineRt.RoundTrip(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer drainClose(resp.Body)
+	p.features.learn(resp.Header, p.lg, t.warns.now)
+	q := sentRequest{kind: postRequest, t: t, lg: p.lg, refused: &p.pipeline.refused, base: base}
+	if err := q.answerError(resp); err != nil {
+		return 0, 0, answeredError{err}
+	}
+	off, crc, err := parseResumePoint(resp.Header, id.size)
+	if err != nil {
+		return 0, 0, answeredError{err}
+	}
+	return off, crc, nil
+}
+
+// resumeAttempt is the payload part of one attempt's body: from off, the
+// ring's bytes, then the payload's.
+type resumeAttempt struct {
+	s   *resumableSend
+	off int64  // where the attempt starts
+	crc uint32 // the CRC-32C of payload[:off]
+
+	mu   sync.Mutex // held by read; finish takes it to wait out a read in progress
+	pos  int64      // the next payload byte to send
+	done bool
+}
+
+// setHeaders puts the resume headers and the payload trailer on req.
+func (a *resumeAttempt) setHeaders(req *http.Request) {
+	req.Header.Set(headerSnapshotID, a.s.id.String())
+	setResumePoint(req.Header, a.off, a.crc)
+	if req.Trailer == nil {
+		req.Trailer = http.Header{}
+	}
+	req.Trailer[trailerPayloadCRC32C] = nil
+}
+
+// answerError maps the answer to the attempt's POST: 409 means the
+// receiver's partial is not what the attempt resumed (errResumeConflict);
+// other refusals are etcd's (sentRequest.answerError) and final.
+func (a *resumeAttempt) answerError(resp *http.Response, base string) error {
+	if resp.StatusCode == http.StatusConflict {
+		return fmt.Errorf("%w: %s", errResumeConflict, clip(readErrorBody(resp.Body), clipQuoted))
+	}
+	p := a.s.p
+	q := sentRequest{kind: postRequest, t: p.t, lg: p.lg, refused: &p.pipeline.refused, base: base}
+	if err := q.answerError(resp); err != nil {
+		return answeredError{err}
+	}
+	return nil
+}
+
+// finish ends the attempt once its POST has returned and its context
+// ended: it waits for a read in progress (which the ended context or the
+// closed payload returns from) and makes later ones fail, since the HTTP
+// client may still hold the body.
+func (a *resumeAttempt) finish() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.done = true
+}
+
+// read serves the payload part of the body: bytes of the ring from pos on,
+// then new bytes of the payload, read through the ring, within the window
+// and the bandwidth budget.
+func (a *resumeAttempt) read(ctx context.Context, p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done {
+		return 0, errAttemptOver
+	}
+	s := a.s
+	rate := s.p.t.snapRate
+	if a.pos == s.id.size {
+		if err := s.checkEnd(ctx); err != nil {
+			return 0, err
+		}
+		if !s.ended {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), s.id.size-a.pos, int64(rate.chunk()))]
+	if a.pos < s.ring.hi {
+		p = p[:min(int64(len(p)), s.ring.hi-a.pos)]
+		if err := rate.wait(ctx, len(p)); err != nil {
+			return 0, err
+		}
+		n := s.ring.readAt(p, a.pos)
+		a.pos += int64(n)
+		return n, nil
+	}
+	if err := s.waitWindow(ctx); err != nil {
+		return 0, err
+	}
+	p = p[:min(int64(len(p)), s.confirmed.Load()+int64(len(s.ring.buf))-s.ring.hi)]
+	if err := rate.wait(ctx, len(p)); err != nil {
+		return 0, err
+	}
+	n, err := s.readPayload(ctx, p)
+	if n > 0 {
+		s.appended(p[:n])
+		a.pos += int64(n)
+	}
+	if err == io.EOF {
+		if a.pos < s.id.size {
+			err = fmt.Errorf("%w: %d bytes short", ErrSnapshotSize, s.id.size-a.pos)
+			s.failPayload(err)
+			return n, err
+		}
+		s.ended = true
+		err = nil
+	}
+	return n, err
+}
+
+// ---------------------------------------------------------------------------
+// Receiving.
+
+// partials keeps a Transport's partial payloads: for each sender, the one
+// of the resumable transfer it is sending now (active), or the one kept
+// after its transfer broke, until the sender resumes it, another snapshot
+// from the sender replaces it, it expires, the bounds push it out (the
+// oldest first), or the transport stops.
+type partials struct {
+	store    ResumableSnapshotStore // nil: this transport does not resume
+	maxCount int
+	maxBytes int64
+	ttl      time.Duration
+	m        *snapResumeMetrics
+
+	mu        sync.Mutex
+	closed    bool
+	bySender  map[uint64]*partial
+	kept      int   // partials kept (not active)
+	keptBytes int64 // their bytes
+}
+
+// partial is a sender's partial payload.
+type partial struct {
+	from uint64
+	id   snapshotID
+	w    PartialSnapshot
+	size atomic.Int64 // bytes written
+	// crc is the CRC-32C of the bytes written: the active receive's while
+	// it runs, then partials.mu's.
+	crc uint32
+
+	// Guarded by partials.mu:
+	recv   *partialRecv // the receive appending to it; nil while kept
+	kept   bool
+	gen    uint64 // counts the times it was kept, so that a stale expiry does nothing
+	keptAt time.Time
+	expiry *time.Timer
+	wake   chan struct{} // closed, and replaced, when size reaches waitMin or the partial changes hands
+	// bufs are the read-ahead buffers of the receive that broke, kept
+	// for the next: a resumed receive then makes no garbage of 2 MiB.
+	bufs []*[]byte
+
+	waitMin atomic.Int64 // the least size a progress query waits for; MaxInt64: none
+}
+
+// partialRecv is the receive appending to a partial.
+type partialRecv struct {
+	cutOff func()        // fails its body reads: the sender gave up on it
+	done   chan struct{} // closed when the partial is kept, committed or dropped
+}
+
+func newPartials(t *Transport) *partials {
+	ps := &partials{maxCount: t.cfg.snapPartials, maxBytes: t.cfg.snapPartialBytes, ttl: t.cfg.snapPartialTTL,
+		m: &t.metrics.snapResume, bySender: map[uint64]*partial{}}
+	if rs, ok := t.SnapshotStore.(ResumableSnapshotStore); ok && t.cfg.features.has(featureSnapshotResume) {
+		ps.store = rs
+	}
+	return ps
+}
+
+// begin starts a resumable receive from the sender from: it appends to the
+// sender's partial if that is the one st resumes, or starts a new one for
+// m if st starts at 0. A receive from the sender still under way is cut
+// off first. cutOff fails the new receive's body reads.
+func (ps *partials) begin(ctx context.Context, from uint64, st resumeStart, m *raftpb.Message, cutOff func()) (*partial, error) {
+	for {
+		ps.mu.Lock()
+		if ps.closed {
+			ps.mu.Unlock()
+			return nil, ErrStopped
+		}
+		old := ps.bySender[from]
+		if old != nil && old.recv != nil {
+			if err := ps.cutOffLocked(ctx, old); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if st.offset > 0 {
+			if old == nil || old.id != st.id || old.size.Load() != st.offset || old.crc != st.crc {
+				ps.mu.Unlock()
+				return nil, fmt.Errorf("%w: resuming %v at %d", errResumeConflict, st.id, st.offset)
+			}
+			ps.unkeepLocked(old)
+			old.recv = &partialRecv{cutOff: cutOff, done: make(chan struct{})}
+			ps.wakeLocked(old)
+			ps.mu.Unlock()
+			return old, nil
+		}
+		if old != nil {
+			ps.dropLocked(old)
+		}
+		ps.mu.Unlock()
+		w, err := ps.store.CreatePartial(m)
+		if err != nil {
+			return nil, err
+		}
+		p := &partial{from: from, id: st.id, w: w, wake: make(chan struct{}),
+			recv: &partialRecv{cutOff: cutOff, done: make(chan struct{})}}
+		p.waitMin.Store(math.MaxInt64)
+		ps.mu.Lock()
+		if ps.closed || ps.bySender[from] != nil { // Stop, or another request raced us
+			closed := ps.closed
+			ps.mu.Unlock()
+			_ = w.Discard()
+			if closed {
+				return nil, ErrStopped
+			}
+			continue
+		}
+		ps.bySender[from] = p
+		ps.mu.Unlock()
+		return p, nil
+	}
+}
+
+// cutOffLocked cuts off the receive appending to p and waits until it has
+// let go of p, or ctx ends. ps.mu is held on entry and released on return.
+func (ps *partials) cutOffLocked(ctx context.Context, p *partial) error {
+	r := p.recv
+	ps.mu.Unlock()
+	r.cutOff()
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// grew records n bytes written to p, waking the progress queries it
+// satisfies.
+func (ps *partials) grew(p *partial, n int) {
+	if p.size.Add(int64(n)) >= p.waitMin.Load() {
+		ps.mu.Lock()
+		ps.wakeLocked(p)
+		ps.mu.Unlock()
+	}
+}
+
+// wakeLocked wakes the progress queries waiting on p.
+func (ps *partials) wakeLocked(p *partial) {
+	close(p.wake)
+	p.wake = make(chan struct{})
+	p.waitMin.Store(math.MaxInt64)
+}
+
+// How a resumable receive ends for its partial.
+type partialOutcome uint8
+
+const (
+	partialKeep      partialOutcome = iota // the transfer broke: keep it for the next attempt
+	partialDrop                            // it failed for good: discard it
+	partialCommitted                       // the store has it: forget it
+)
+
+// end lets go of p after its receive, as o says.
+func (ps *partials) end(p *partial, o partialOutcome) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	r := p.recv
+	p.recv = nil
+	defer close(r.done)
+	ps.wakeLocked(p)
+	switch {
+	case o == partialCommitted:
+		delete(ps.bySender, p.from)
+	case o == partialKeep && !ps.closed && p.size.Load() > 0:
+		ps.keepLocked(p)
+	default:
+		ps.dropLocked(p)
+	}
+}
+
+// keepLocked keeps p, which no receive holds, until it expires or the
+// bounds push it out.
+func (ps *partials) keepLocked(p *partial) {
+	p.kept = true
+	p.keptAt = time.Now()
+	p.gen++
+	gen := p.gen
+	p.expiry = time.AfterFunc(ps.ttl, func() { ps.expire(p, gen) })
+	ps.kept++
+	ps.keptBytes += p.size.Load()
+	for ps.kept > ps.maxCount || ps.keptBytes > ps.maxBytes {
+		var oldest *partial
+		for _, q := range ps.bySender {
+			if q.kept && (oldest == nil || q.keptAt.Before(oldest.keptAt)) {
+				oldest = q
+			}
+		}
+		ps.dropLocked(oldest)
+	}
+	ps.gaugesLocked()
+}
+
+// unkeepLocked takes p out of the kept partials, if it is one.
+func (ps *partials) unkeepLocked(p *partial) {
+	if !p.kept {
+		return
+	}
+	p.kept = false
+	p.expiry.Stop()
+	ps.kept--
+	ps.keptBytes -= p.size.Load()
+	ps.gaugesLocked()
+}
+
+// dropLocked forgets and discards p, which no receive holds.
+func (ps *partials) dropLocked(p *partial) {
+	ps.unkeepLocked(p)
+	if ps.bySender[p.from] == p {
+		delete(ps.bySender, p.from)
+	}
+	_ = p.w.Discard()
+	for _, b := range p.bufs {
+		snapReadAheadPool.Put(b)
+	}
+	p.bufs = nil
+	ps.wakeLocked(p)
+}
+
+func (ps *partials) gaugesLocked() {
+	ps.m.partials.Set(float64(ps.kept))
+	ps.m.partialSize.Set(float64(ps.keptBytes))
+}
+
+// expire drops p if it is still kept as it was when its timer was set.
+func (ps *partials) expire(p *partial, gen uint64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closed || !p.kept || p.gen != gen {
+		return
+	}
+	ps.dropLocked(p)
+}
+
+// close drops every kept partial; partials that receives still hold are
+// dropped when they end. Stop calls it once the handlers have returned.
+func (ps *partials) close() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.closed = true
+	for _, p := range ps.bySender {
+		if p.recv == nil {
+			ps.dropLocked(p)
+		}
+	}
+}
+
+// resumePoint answers a resume query from the sender from about id: it
+// cuts off the sender's receive still under way, if any, and returns how
+// much of the payload the sender's partial holds and its CRC-32C (0 if it
+// has none of id).
+func (ps *partials) resumePoint(ctx context.Context, from uint64, id snapshotID) (int64, uint32, error) {
+	for {
+		ps.mu.Lock()
+		p := ps.bySender[from]
+		if p != nil && p.recv != nil {
+			if err := ps.cutOffLocked(ctx, p); err != nil {
+				return 0, 0, err
+			}
+			continue
+		}
+		var (
+			off int64
+			crc uint32
+		)
+		if p != nil && p.id == id {
+			off, crc = p.size.Load(), p.crc
+		}
+		ps.mu.Unlock()
+		return off, crc, nil
+	}
+}
+
+// watch is a progress stream's look at the partial of the sender from:
+// how much of the payload id it holds, whether a receive appends to it
+// still, and, if so, a channel closed once it holds target bytes or the
+// receive ends. size is 0 and active false if the sender's partial is not
+// of id.
+func (ps *partials) watch(from uint64, id snapshotID, target int64) (size int64, active bool, wake <-chan struct{}) {
+	ps.mu.Lock()
+	p := ps.bySender[from]
+	if p == nil || p.id != id {
+		ps.mu.Unlock()
+		return 0, false, nil
+	}
+	size = p.size.Load()
+	if p.recv == nil || size >= target {
+		ps.mu.Unlock()
+		return size, p.recv != nil, closedChan
+	}
+	if target < p.waitMin.Load() {
+		p.waitMin.Store(target)
+	}
+	wake = p.wake
+	ps.mu.Unlock()
+	// grew adds, then compares with waitMin; we stored waitMin, and now
+	// look at the size: one of us sees the other.
+	if size = p.size.Load(); size >= target {
+		return size, true, closedChan
+	}
+	return size, true, wake
+}
+
+// closedChan is a channel that is always ready.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// streamProgress answers a progress stream: a line with the offset the
+// sender from's partial of id holds, at once and whenever it has grown by
+// step, until its receive ends (then a last line) or the request does.
+func (ps *partials) streamProgress(w http.ResponseWriter, r *http.Request, from uint64, id snapshotID, step int64) {
+	step = max(step, minProgressStep)
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	var buf [24]byte
+	last := int64(-1)
+	for {
+		size, active, wake := ps.watch(from, id, last+step)
+		if size > last {
+			if _, err := w.Write(append(strconv.AppendInt(buf[:0], size, 10), '\n')); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			last = size
+		}
+		if !active {
+			return
+		}
+		select {
+		case <-wake:
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// partialWriter appends what a resumable receive reads to its partial,
+// keeping its size and CRC-32C.
+type partialWriter struct {
+	ps  *partials
+	p   *partial
+	ctx context.Context
+}
+
+// storeError is a failure of the store's writes, which no resume can get
+// past.
+type storeError struct{ error }
+
+func (e storeError) Unwrap() error { return e.error }
+
+func (w *partialWriter) Write(b []byte) (int, error) {
+	if err := w.ctx.Err(); err != nil {
+		return 0, context.Cause(w.ctx)
+	}
+	if int64(len(b)) > w.p.id.size-w.p.size.Load() {
+		return 0, fmt.Errorf("%w: more than declared", ErrSnapshotSize)
+	}
+	n, err := w.p.w.Write(b)
+	w.p.crc = crc32.Update(w.p.crc, crc32c, b[:n])
+	w.ps.grew(w.p, n)
+	if err != nil {
+		return n, storeError{err}
+	}
+	if n < len(b) {
+		return n, storeError{io.ErrShortWrite}
+	}
+	return n, nil
+}
+
+// takeBuffers returns the read-ahead pool of a receive that appends to p:
+// the buffers an earlier receive left with p first, then the shared pool.
+// Only the receive holding p calls it.
+func (p *partial) takeBuffers() *bufStash {
+	s := &bufStash{bufs: p.bufs, fallback: &snapReadAheadPool}
+	p.bufs = nil
+	return s
+}
+
+// receive appends what src yields to p, then, at its end, checks the
+// payload's size and CRC-32C (the trailer of r) and commits it. A transfer
+// that breaks keeps p (kept reports it), and with it the buffers of ra,
+// src's read-ahead, whose pool is p's (takeBuffers); any other failure
+// drops it.
+func (ps *partials) receive(r *http.Request, p *partial, src io.Reader, ra *readAhead) (kept bool, err error) {
+	_, err = io.Copy(&partialWriter{ps: ps, p: p, ctx: r.Context()}, src)
+	ra.recycle() // nothing reads it any more; its buffers go to its bufStash
+	stash, _ := ra.pool.(*bufStash)
+	if err == nil {
+		err = p.check(r.Trailer)
+	}
+	if err == nil {
+		if err = p.w.Commit(r.Context()); err != nil {
+			err = storeError{err}
+		}
+	}
+	var se storeError
+	switch {
+	case err == nil:
+		stash.release()
+		ps.end(p, partialCommitted)
+	case !errors.As(err, &se) && !errors.Is(err, ErrSnapshotChecksum) && !errors.Is(err, ErrSnapshotSize):
+		// The connection broke, stalled or was cut off: what arrived
+		// is good, and the sender's next attempt brings the rest.
+		p.bufs, stash.bufs = stash.bufs, nil // before end: from then on, p is another receive's
+		ps.end(p, partialKeep)
+		return true, err
+	default:
+		stash.release()
+		ps.end(p, partialDrop)
+	}
+	return false, err
+}
+
+// check checks, once the body has ended, that the partial holds the whole
+// payload and that its CRC-32C is the trailer's.
+func (p *partial) check(trailer http.Header) error {
+	if size := p.size.Load(); size != p.id.size {
+		return fmt.Errorf("%w: %d bytes short", ErrSnapshotSize, p.id.size-size)
+	}
+	v := trailer.Get(trailerPayloadCRC32C)
+	sum, err := parseCRCStrict(v)
+	if err != nil || sum != p.crc {
+		return fmt.Errorf("%w: payload trailer %q, payload %s", ErrSnapshotChecksum, clip(v, clipPlain), crcOf(p.crc))
+	}
+	return nil
+}
+
+// beginPartial starts the resumable receive a POST's headers ask for, once
+// its envelope m (whose frame has the CRC-32C envelope) is read: it returns
+// the partial to append to, or, if the request cannot go on, the status
+// and body of the refusal. A transport that does not resume takes a
+// transfer that starts at 0 as an ordinary one (nil partial).
+func (t *Transport) beginPartial(r *http.Request, rh *requestHeaders, m *raftpb.Message, envelope uint32, body *pacedBody) (*partial, int, string) {
+	st, err := parseResumeStart(r.Header)
+	if err != nil {
+		return nil, http.StatusBadRequest, fmt.Sprintf("malformed snapshot resume headers (%v)", err)
+	}
+	md := m.GetSnapshot().GetMetadata()
+	if st.id.index != md.GetIndex() || st.id.term != md.GetTerm() || st.id.envelope != envelope {
+		return nil, http.StatusBadRequest, fmt.Sprintf("snapshot resume headers (%v) do not match the envelope", st.id)
+	}
+	if t.partials.store == nil {
+		if st.offset == 0 {
+			return nil, 0, ""
+		}
+		return nil, http.StatusConflict, "snapshot resume not supported"
+	}
+	if rh.fromErr != nil {
+		return nil, http.StatusBadRequest, fmt.Sprintf("snapshot resume needs %s (%v)", headerServerFrom, rh.fromErr)
+	}
+	p, err := t.partials.begin(r.Context(), rh.from, st, m, body.cutOff)
+	switch {
+	case errors.Is(err, errResumeConflict):
+		return nil, http.StatusConflict, err.Error()
+	case errors.Is(err, ErrStopped):
+		return nil, http.StatusServiceUnavailable, ErrStopped.Error()
+	case err != nil:
+		return nil, http.StatusInternalServerError, fmt.Sprintf("failed to save KV snapshot (%v)", err)
+	}
+	return p, 0, ""
+}
+
+// serveSnapshotResume handles GET /raft/snapshot/resume, a sender's
+// question about a resumable transfer (see the top of this file): a resume
+// query, or a progress stream if it carries X-Rafthttp-Snapshot-Progress.
+func (t *Transport) serveSnapshotResume(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	t.announceFeatures(w.Header())
+	rh := parseRequestHeaders(r.Header)
+	if !t.checkRequest(w, r, &rh) {
+		return
+	}
+	t.learnFeatures(&rh)
+	if t.partials.store == nil {
+		http.Error(w, "snapshot resume not supported", http.StatusNotFound)
+		return
+	}
+	if rh.fromErr != nil {
+		http.Error(w, fmt.Sprintf("snapshot resume needs %s (%v)", headerServerFrom, rh.fromErr), http.StatusBadRequest)
+		return
+	}
+	q, err := parseResumeQuery(r.Header)
+	if err != nil {
+		if n, ok := t.warns.allowFrom(warnBadRequest, r.RemoteAddr); ok {
+			t.lg.Warn("malformed snapshot resume query", zap.String("remote-addr", clip(r.RemoteAddr, clipPlain)), zap.Error(err), suppressed(n))
+		}
+		http.Error(w, fmt.Sprintf("malformed snapshot resume query (%v)", err), http.StatusBadRequest)
+		return
+	}
+	if q.step > 0 {
+		t.partials.streamProgress(w, r, rh.from, q.id, q.step)
+		return
+	}
+	off, crc, err := t.partials.resumePoint(r.Context(), rh.from, q.id)
+	if err != nil {
+		http.Error(w, ErrStopped.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	setResumePoint(w.Header(), off, crc)
+	w.WriteHeader(http.StatusNoContent)
+}
