@@ -71,7 +71,7 @@ func TestFeaturesOf(t *testing.T) {
 // TestFeatureSetString: the announcement we send, byte for byte, and that
 // every known feature has a token that parses back to it.
 func TestFeatureSetString(t *testing.T) {
-	if got, want := supportedFeatures.String(), "crc32c-trailer"; got != want {
+	if got, want := supportedFeatures.String(), "crc32c-trailer,snapshot-resume"; got != want {
 		t.Errorf("supportedFeatures = %q, want %q", got, want)
 	}
 	if got := featureSet(0).String(); got != "" {
@@ -97,10 +97,11 @@ func TestPeerFeaturesLearn(t *testing.T) {
 		header string // "" sends no header
 		want   featureSet
 	}{
-		{"ours announces", "crc32c-trailer", supportedFeatures},
-		{"a newer version adds unknown features", "crc32c-trailer,zstd", supportedFeatures},
+		{"ours announces", "crc32c-trailer,snapshot-resume", supportedFeatures},
+		{"ours without a resumable store", "crc32c-trailer", trailerOnly},
+		{"a newer version adds unknown features", "crc32c-trailer,zstd,snapshot-resume", supportedFeatures},
 		{"restarted as etcd: no header", "", 0},
-		{"ours again", "crc32c-trailer", supportedFeatures},
+		{"ours again", "crc32c-trailer,snapshot-resume", supportedFeatures},
 	} {
 		h := http.Header{}
 		if step.header != "" {
@@ -171,6 +172,10 @@ func announcing(s featureSet) func(*Transport) {
 	return func(tr *Transport) { tr.announce = &s }
 }
 
+// trailerOnly is what a member of this version announces without a
+// ResumableSnapshotStore, and what one of the version before announced.
+const trailerOnly = featureSet(1 << featureCRC32CTrailer)
+
 // TestFeatureNegotiationSnapshotTrailer: the CRC-32C trailer travels only
 // when both sides announced it; a side that announces nothing (as etcd)
 // sends no header, and what each side learnt of the other, from the stream
@@ -182,9 +187,9 @@ func TestFeatureNegotiationSnapshotTrailer(t *testing.T) {
 		sender, receiver featureSet
 		wantTrailer      bool
 	}{
-		{"both announce", supportedFeatures, supportedFeatures, true},
-		{"receiver announces nothing", supportedFeatures, 0, false},
-		{"sender announces nothing", 0, supportedFeatures, false},
+		{"both announce", trailerOnly, trailerOnly, true},
+		{"receiver announces nothing", trailerOnly, 0, false},
+		{"sender announces nothing", 0, trailerOnly, false},
 		{"neither announces", 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -269,7 +274,8 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 			wantCode int
 			want     featureSet
 		}{
-			{"ours announces", setHeader("X-Rafthttp-Features", "crc32c-trailer"), 0, http.StatusNoContent, supportedFeatures},
+			{"ours announces", setHeader("X-Rafthttp-Features", "crc32c-trailer,snapshot-resume"), 0, http.StatusNoContent, supportedFeatures},
+			{"ours without a resumable store", setHeader("X-Rafthttp-Features", "crc32c-trailer"), supportedFeatures, http.StatusNoContent, trailerOnly},
 			{"etcd announces nothing", nil, supportedFeatures, http.StatusNoContent, 0},
 			{"refused request teaches nothing", func(h http.Header) {
 				h.Set("X-Etcd-Cluster-ID", "1")
@@ -286,7 +292,7 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 					},
 					wantCode:   tc.wantCode,
 					anyBody:    true,
-					wantHeader: map[string]string{"X-Rafthttp-Features": "crc32c-trailer"},
+					wantHeader: map[string]string{"X-Rafthttp-Features": supportedFeatures.String()}, // memStore resumes
 					check: func(t *testing.T, e *htEnv) {
 						p, _ := e.tr.get(htPeerID)
 						if got := p.features.load(); got != tc.want {
@@ -345,10 +351,10 @@ func TestFeaturesLearntFromAnswers(t *testing.T) {
 		before   featureSet
 		want     featureSet
 	}{
-		{"pipeline answer announces", false, "crc32c-trailer", 0, supportedFeatures},
-		{"pipeline answer from etcd", false, "", supportedFeatures, 0},
-		{"snapshot answer announces", true, "crc32c-trailer", 0, supportedFeatures},
-		{"snapshot answer from etcd", true, "", supportedFeatures, 0},
+		{"pipeline answer announces", false, "crc32c-trailer", 0, trailerOnly},
+		{"pipeline answer from etcd", false, "", trailerOnly, 0},
+		{"snapshot answer announces", true, "crc32c-trailer", 0, trailerOnly},
+		{"snapshot answer from etcd", true, "", trailerOnly, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fake := &fakeAnnouncer{announce: tc.announce, posts: map[string]int{}}

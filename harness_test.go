@@ -706,6 +706,41 @@ func (s *memStore) SaveSnapshot(_ context.Context, m *raftpb.Message, r io.Reade
 	return nil
 }
 
+// CreatePartial makes memStore a ResumableSnapshotStore: the partial
+// payload is a buffer, committed as SaveSnapshot keeps a payload.
+func (s *memStore) CreatePartial(m *raftpb.Message) (PartialSnapshot, error) {
+	return &memPartial{s: s, m: m}, nil
+}
+
+// memPartial is a memStore's partial payload.
+type memPartial struct {
+	s   *memStore
+	m   *raftpb.Message
+	buf []byte
+}
+
+func (p *memPartial) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	return len(b), nil
+}
+
+// Commit keeps the payload, or fails with the store's err.
+func (p *memPartial) Commit(context.Context) error {
+	if p.s.err != nil {
+		return p.s.err
+	}
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	p.s.msgs = append(p.s.msgs, p.m)
+	p.s.payloads = append(p.s.payloads, p.buf)
+	return nil
+}
+
+func (p *memPartial) Discard() error {
+	p.buf = nil
+	return nil
+}
+
 // saved returns the messages and payloads kept so far.
 func (s *memStore) saved() ([]*raftpb.Message, [][]byte) {
 	s.mu.Lock()

@@ -203,6 +203,12 @@ var obsMetricSpecs = []obsMetricSpec{
 	{"rafthttp_snapshot_received_bytes_total", dto.MetricType_COUNTER, []string{"From"}, nil},
 	{"rafthttp_queue_depth", dto.MetricType_GAUGE, []string{"Peer", "Queue"}, nil},
 	{"rafthttp_send_queue_bytes", dto.MetricType_GAUGE, []string{"Peer"}, nil},
+	{"rafthttp_snapshot_send_resumed_total", dto.MetricType_COUNTER, []string{"To"}, nil},
+	{"rafthttp_snapshot_send_resumed_bytes_total", dto.MetricType_COUNTER, []string{"To"}, nil},
+	{"rafthttp_snapshot_receive_resumed_total", dto.MetricType_COUNTER, []string{"From"}, nil},
+	{"rafthttp_snapshot_send_rate_limit_bytes", dto.MetricType_GAUGE, nil, nil},
+	{"rafthttp_snapshot_partials", dto.MetricType_GAUGE, nil, nil},
+	{"rafthttp_snapshot_partial_bytes", dto.MetricType_GAUGE, nil, nil},
 }
 
 // obsPostJunk posts a body to a node's snapshot route without any of the
@@ -228,7 +234,11 @@ func obsPostJunk(t *testing.T, url string) {
 // that has series carries etcd's type, labels and buckets.
 func TestMetricsEveryDocumentedMetric(t *testing.T) {
 	regA, regB := newObsRegisterer(), newObsRegisterer()
-	a := newNode(t, withID(1), withConfig(func(tr *Transport) { tr.Registerer = regA; tr.ConnReadTimeout = time.Second }))
+	a := newNode(t, withID(1), withConfig(func(tr *Transport) {
+		tr.Registerer = regA
+		tr.ConnReadTimeout = time.Second
+		tr.SnapshotStore = &memStore{} // a resumable store: a announces snapshot-resume
+	}))
 	b := newNode(t, withID(2), withConfig(func(tr *Transport) {
 		tr.Registerer = regB
 		tr.ConnReadTimeout = time.Second
@@ -263,7 +273,12 @@ func TestMetricsEveryDocumentedMetric(t *testing.T) {
 		a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgProp, 1, 2, i)})
 	}
 	a.tr.Send([]*raftpb.Message{newMsg(raftpb.MsgHeartbeat, 1, 3, 1)}) // dropped: 3 is down
-	if err := <-a.tr.SendSnapshot(newSnapshot(1, 2, 7, 4096)); err != nil {
+	// b holds the first KiB of the snapshot, as if an earlier transfer
+	// had broken there: the send resumes.
+	snap := newSnapshot(1, 2, 7, 4096)
+	plantPartial(t, b.tr, 1, snap.Message, snap.PayloadSize, bytes.Repeat([]byte{'s'}, 1024))
+	waitFeatures(t, a, 2, featureSnapshotResume)
+	if err := <-a.tr.SendSnapshot(snap); err != nil {
 		t.Fatalf("SendSnapshot to 2: %v", err)
 	}
 	if err := <-a.tr.SendSnapshot(newSnapshot(1, 3, 8, 16)); err == nil {

@@ -305,3 +305,19 @@ func resumeBigReceive(t *testing.T, addr, senderURL string) {
 		t.Errorf("store directory holds %q, want only the snapshot", files)
 	}
 }
+
+// plantPartial makes tr keep, for the sender from, a partial payload of
+// the snapshot m (with a payload of size bytes) holding prefix, as a
+// transfer cut off after len(prefix) bytes leaves it.
+func plantPartial(t testing.TB, tr *Transport, from uint64, m *raftpb.Message, size int64, prefix []byte) {
+	t.Helper()
+	id := newSnapshotID(m, appendMessageFrame(nil, m), size)
+	p, err := tr.partials.begin(t.Context(), from, resumeStart{id: id}, m, func() {})
+	if err != nil {
+		t.Fatalf("planting a partial payload: %v", err)
+	}
+	if _, err := (&partialWriter{ps: tr.partials, p: p, ctx: t.Context()}).Write(prefix); err != nil {
+		t.Fatalf("planting a partial payload: %v", err)
+	}
+	tr.partials.end(p, partialKeep)
+}

@@ -515,11 +515,13 @@ func TestSnapshot(t *testing.T) {
 // envelope (an 8-byte big-endian length, then the MsgSnap m) and the
 // payload of size bytes, read to the end, and no trailer. From us to etcd
 // that is the proof of feature negotiation: we announce the CRC-32C
-// trailer (X-Rafthttp-Features), learn nothing from etcd, which announces
-// nothing, and so send etcd exactly the bytes etcd would, body length
-// included. From etcd to us, it shows etcd announces nothing and sends no
-// trailer. (Between two of ours, both announcing, the trailer is sent:
-// TestFeatureNegotiationSnapshotTrailer in the library's tests.)
+// trailer and resumable snapshots (X-Rafthttp-Features), learn nothing
+// from etcd, which announces nothing, and so send etcd exactly the bytes
+// etcd would, body length included, in one POST: no resume query before
+// it, no resume header on it. From etcd to us, it shows etcd announces
+// nothing and sends no trailer. (Between two of ours, both announcing, the
+// trailer is sent: TestFeatureNegotiationSnapshotTrailer in the library's
+// tests; and transfers resume: TestSnapshotResume*.)
 func checkSnapshotRequest(t *testing.T, p *pair, snd, rcv side, from int, m *raftpb.Message, size int64) {
 	t.Helper()
 	isSnapRequest := func(e event) bool {
@@ -548,12 +550,20 @@ func checkSnapshotRequest(t *testing.T, p *pair, snd, rcv side, from int, m *raf
 		return
 	}
 	// Ours to etcd.
-	if want := []string{"crc32c-trailer"}; !slices.Equal(features, want) {
+	if want := []string{"crc32c-trailer,snapshot-resume"}; !slices.Equal(features, want) {
 		t.Errorf("our snapshot POST announced %q, want %q (etcd ignores it)", features, want)
 	}
 	if want := 8 + int64(proto.Size(m)) + size; req.Len != want {
 		t.Errorf("our snapshot POST has a %d-byte body, want etcd's %d: an 8-byte length, the %d-byte MsgSnap, the %d-byte payload",
 			req.Len, want, proto.Size(m), size)
+	}
+	for name := range http.Header(req.Header) {
+		if strings.HasPrefix(name, "X-Rafthttp-Snapshot-") {
+			t.Errorf("our snapshot POST to etcd carried %s, a header of resumable transfers", name)
+		}
+	}
+	if n := rcv.log().count(0, isHTTP("GET", rafthttp.RaftSnapshotPrefix+"/")); n != 0 {
+		t.Errorf("etcd got %d GETs under %s/ (resume queries), want none", n, rafthttp.RaftSnapshotPrefix)
 	}
 	if st, ok := p.ours.tr.PeerStatus(rcv.id()); !ok || st.Features != "" {
 		t.Errorf("we learnt features %q of %s (known %v), want none", st.Features, rcv.name(), ok)
