@@ -636,15 +636,17 @@ func (s *resumableSend) attempt(base string) (sent int64, retry bool, err error)
 }
 
 // retryable says whether another attempt may succeed after err: not if the
-// peer or transport is stopping, the payload failed, the receiver answered
-// (but for 409), or the whole body was sent (the receiver may be saving
-// it); yes if the connection or the dial failed, or the body stalled.
+// peer or transport is stopping, the payload failed, the receiver refused
+// (but for 409, and for 503 at its limit of snapshots, which the attempt
+// it cut off may hold a moment longer), or the whole body was sent (the
+// receiver may be saving it); yes if the connection or the dial failed,
+// or the body stalled.
 func (s *resumableSend) retryable(err error, bodySent bool) bool {
 	var answered answeredError
 	switch {
 	case s.p.ctx.Err() != nil, s.payloadErr.Load() != nil, bodySent:
 		return false
-	case errors.Is(err, errResumeConflict):
+	case errors.Is(err, errResumeConflict), errors.Is(err, ErrTooManySnapshots):
 		return true
 	case errors.As(err, &answered), errors.Is(err, errResumeRewind), errors.Is(err, errResumeMismatch), errors.Is(err, ErrSnapshotSize):
 		return false

@@ -2,6 +2,7 @@ package rafthttp
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -321,3 +324,229 @@ func plantPartial(t testing.TB, tr *Transport, from uint64, m *raftpb.Message, s
 	}
 	tr.partials.end(p, partialKeep)
 }
+
+// TestSnapshotResumeOffRestartsFromZero is TestSnapshotResume1GiB with
+// the sender's announcement of snapshot-resume switched off: each
+// SendSnapshot is etcd's single POST, which the first reset fails, and
+// raft's next one (three here) starts again from byte zero, its bytes
+// before the reset lost; the receiver keeps nothing. At 100 MiB a
+// connection, the 1 GiB payload never gets through, however many times
+// raft sends it again.
+func TestSnapshotResumeOffRestartsFromZero(t *testing.T) {
+	if testing.Short() {
+		t.Skip("300 MiB of transfers: skipped with -short")
+	}
+	const retries = 3
+	proxy, recvAddr := newResumeProxy(t)
+	a := newResumeSender(t, false, proxy.URL(), withLogger(nil))
+	dir := t.TempDir()
+	b := newResumeReceiver(t, dir, recvAddr, a.url, withLogger(nil))
+	waitResumeLinked(t, a, false)
+	proxy.ResetEvery(faultnet.ClientToServer, resumeBigEvery)
+	before := proxy.Stats()
+
+	for i := range retries {
+		gen := newSnapGen(resumeBigSeed, resumeBigSize) // raft's next MsgSnap: the payload from the start
+		err := receive(t, snapSend(a, 2, 12, gen, resumeBigSize), time.Minute, "the outcome of SendSnapshot")
+		if err == nil {
+			t.Fatalf("send %d succeeded through a link reset every %d MiB", i+1, resumeBigEvery>>20)
+		}
+		t.Logf("send %d failed: %v", i+1, err)
+		snapWaitRecvFailed(t, b, float64(i+1))
+	}
+	st := proxy.Stats()
+	wire := st.ToServer - before.ToServer
+	t.Logf("%d sends failed through %d resets: %.1f MiB on the wire to the receiver, %.2fx the payload, nothing kept",
+		retries, st.Resets, float64(wire)/(1<<20), float64(wire)/resumeBigSize)
+	if st.Resets != retries {
+		t.Errorf("the link was reset %d times, want %d (one per send)", st.Resets, retries)
+	}
+	if least := int64(retries * resumeBigEvery); wire < least {
+		t.Errorf("%d bytes on the wire, want at least %d: each send restarting from zero", wire, least)
+	}
+	if reps := a.raft.snapshotReports(); len(reps) != retries {
+		t.Errorf("snapshot reports = %v, want %d Failures", reps, retries)
+	}
+	if got := metricValue(t, gathered(t, a.tr.metrics.snapResume.sends), "", nil); got != 0 {
+		t.Errorf("%v attempts resumed, want none", got)
+	}
+	if files := snapDirFiles(t, dir); len(files) != 0 {
+		t.Errorf("store directory holds %q, want nothing", files)
+	}
+	if got := metricValue(t, gathered(t, b.tr.metrics.snapResume.partials), "", nil); got != 0 {
+		t.Errorf("the receiver keeps %v partial payloads, want none", got)
+	}
+}
+
+// resumeCounted is a payload that counts the bytes read from it.
+type resumeCounted struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *resumeCounted) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *resumeCounted) Close() error { return nil }
+
+// TestSnapshotSendBudget: two snapshots in flight, to two peers, share
+// the Transport's budget of 8 MiB/s: together within 10% of it, each
+// within 20% of half of it; lowered to 2 MiB/s while they run, the budget
+// holds both to it from a second later on; lifted, they finish, intact.
+// With and without resuming (whose bodies replay from the ring and read
+// the payload through it).
+//
+// It runs in a synctest bubble, over a memNet: rates are measured on the
+// bubble's clock, which two loaded cores cannot stretch.
+func TestSnapshotSendBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		resume bool
+	}{
+		{"etcd's POST", false},
+		{"resumable", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const (
+					budget = 8 << 20
+					lower  = 2 << 20
+					size   = 24 << 20
+				)
+				mn := &memNet{}
+				senderOpts := []nodeOption{withID(1), onMemNet(mn), withConfig(func(tr *Transport) { tr.SnapshotSendRate = budget })}
+				if tc.resume {
+					senderOpts = append(senderOpts, withStore(DirSnapshotStore{Dir: t.TempDir()}))
+				}
+				a := newNode(t, senderOpts...)
+				dirs := map[uint64]string{2: t.TempDir(), 3: t.TempDir()}
+				b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: dirs[2]}))
+				c := newNode(t, withID(3), onMemNet(mn), withStore(DirSnapshotStore{Dir: dirs[3]}))
+				connect(t, a, b, c)
+				for _, id := range []uint64{2, 3} {
+					waitFeatures(t, a, id, featureCRC32CTrailer)
+					if tc.resume {
+						waitFeatures(t, a, id, featureSnapshotResume)
+					}
+				}
+
+				payloads := map[uint64]*resumeCounted{}
+				errcs := map[uint64]<-chan error{}
+				for i, id := range []uint64{2, 3} {
+					payloads[id] = &resumeCounted{r: newSnapGen(uint64(60+i), size)}
+					errcs[id] = snapSend(a, id, 12, payloads[id], size)
+				}
+				counts := func() (int64, int64) { return payloads[2].n.Load(), payloads[3].n.Load() }
+				// rates measures each snapshot's rate over d from now.
+				rates := func(d time.Duration) (float64, float64) {
+					b0, c0 := counts()
+					time.Sleep(d) // the bubble's clock
+					b1, c1 := counts()
+					return float64(b1-b0) / d.Seconds(), float64(c1-c0) / d.Seconds()
+				}
+				check := func(phase string, limit float64, rb, rc float64) {
+					t.Helper()
+					t.Logf("%s: %.2f and %.2f MiB/s, %.2f MiB/s together, for a budget of %.0f MiB/s",
+						phase, rb/(1<<20), rc/(1<<20), (rb+rc)/(1<<20), limit/(1<<20))
+					if dev := (rb + rc - limit) / limit; dev < -0.10 || dev > 0.10 {
+						t.Errorf("%s: together %.2f MiB/s, want within 10%% of %.0f MiB/s", phase, (rb+rc)/(1<<20), limit/(1<<20))
+					}
+					for _, r := range []float64{rb, rc} {
+						if dev := (r - limit/2) / (limit / 2); dev < -0.20 || dev > 0.20 {
+							t.Errorf("%s: one snapshot at %.2f MiB/s, want within 20%% of half the budget", phase, r/(1<<20))
+						}
+					}
+				}
+
+				time.Sleep(500 * time.Millisecond) // under way
+				rb, rc := rates(2 * time.Second)
+				check("sharing", budget, rb, rc)
+				if got := metricValue(t, gathered(t, a.tr.metrics.snapResume.rateLimit), "", nil); got != budget {
+					t.Errorf("the budget gauge reads %v, want %d", got, budget)
+				}
+
+				if err := a.tr.SetSnapshotSendRate(lower); err != nil {
+					t.Fatalf("SetSnapshotSendRate: %v", err)
+				}
+				rb, rc = rates(time.Second) // the second the change may take
+				t.Logf("the second after lowering the budget: %.2f and %.2f MiB/s", rb/(1<<20), rc/(1<<20))
+				if rb+rc > 1.1*lower {
+					t.Errorf("the second after lowering the budget: %.2f MiB/s together, want at most %.2f: slowed within the second",
+						(rb+rc)/(1<<20), 1.1*lower/(1<<20))
+				}
+				rb, rc = rates(2 * time.Second)
+				check("lowered", lower, rb, rc)
+
+				if err := a.tr.SetSnapshotSendRate(0); err != nil {
+					t.Fatalf("SetSnapshotSendRate: %v", err)
+				}
+				for _, id := range []uint64{2, 3} {
+					if err := snapWait(t, errcs[id]); err != nil {
+						t.Fatalf("SendSnapshot to %d: %v", id, err)
+					}
+					n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dirs[id]}.Path(12))
+					if want := newSnapGen(uint64(58+id), size); n != size || sum != resumeGenCRC(want) {
+						t.Errorf("%d stored %d bytes with CRC %08x, want %d with %08x", id, n, sum, size, resumeGenCRC(want))
+					}
+				}
+			})
+		})
+	}
+}
+
+// resumeGenCRC drains g and returns the CRC-32C of its bytes.
+func resumeGenCRC(g *snapGen) uint32 {
+	if _, err := io.Copy(io.Discard, g); err != nil {
+		panic(err)
+	}
+	return g.crc
+}
+
+// TestSetSnapshotSendRate: the budget's contract outside a transfer.
+func TestSetSnapshotSendRate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		started bool
+		stopped bool
+		rate    int64
+		wantErr error // nil: success; errAny: any error
+		gauge   float64
+	}{
+		{name: "before Start", rate: 1 << 20, wantErr: ErrNotStarted},
+		{name: "set", started: true, rate: 1 << 20, gauge: 1 << 20},
+		{name: "lifted", started: true, rate: 0, gauge: 0},
+		{name: "negative", started: true, rate: -1, wantErr: errAny, gauge: 4 << 20},
+		{name: "after Stop", started: true, stopped: true, rate: 1 << 20, gauge: 1 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &Transport{ID: 1, ClusterID: testClusterID, Raft: newFakeRaft(), SnapshotSendRate: 4 << 20}
+			if tc.started {
+				if err := tr.Start(); err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Stop()
+			}
+			if tc.stopped {
+				tr.Stop()
+			}
+			err := tr.SetSnapshotSendRate(tc.rate)
+			switch {
+			case tc.wantErr == nil && err != nil, tc.wantErr == errAny && err == nil,
+				tc.wantErr != nil && tc.wantErr != errAny && !errors.Is(err, tc.wantErr):
+				t.Fatalf("SetSnapshotSendRate(%d) = %v, want %v", tc.rate, err, tc.wantErr)
+			}
+			if !tc.started {
+				return
+			}
+			if got := metricValue(t, gathered(t, tr.metrics.snapResume.rateLimit), "", nil); got != tc.gauge {
+				t.Errorf("the budget gauge reads %v, want %v", got, tc.gauge)
+			}
+		})
+	}
+}
+
+// errAny stands for any error in a table's expectations.
+var errAny = errors.New("any error")
