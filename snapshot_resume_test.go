@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"runtime"
@@ -550,3 +551,85 @@ func TestSetSnapshotSendRate(t *testing.T) {
 
 // errAny stands for any error in a table's expectations.
 var errAny = errors.New("any error")
+
+// TestSnapshotPartialBounds: what a receiver keeps of interrupted
+// transfers is bounded in count, bytes and age, one per sender, and
+// dropped at Stop; a dropped partial's file is removed. Partials are
+// planted as interrupted transfers leave them, a second apart on the
+// bubble's clock.
+func TestSnapshotPartialBounds(t *testing.T) {
+	type plant struct {
+		from, index uint64
+		held        int // bytes of the payload held
+	}
+	for _, tc := range []struct {
+		name     string
+		count    int
+		bytes    int64
+		ttl      time.Duration
+		plants   []plant
+		wait     time.Duration // after the last plant
+		stop     bool
+		want     map[uint64]uint64 // sender -> index of the partial kept
+		wantHeld int64
+	}{
+		{name: "within the bounds", plants: []plant{{11, 12, 1 << 10}, {12, 12, 2 << 10}},
+			want: map[uint64]uint64{11: 12, 12: 12}, wantHeld: 3 << 10},
+		{name: "count: the oldest goes", count: 2, plants: []plant{{11, 12, 1 << 10}, {12, 12, 1 << 10}, {13, 12, 1 << 10}},
+			want: map[uint64]uint64{12: 12, 13: 12}, wantHeld: 2 << 10},
+		{name: "bytes: the oldest goes", bytes: 3 << 10, plants: []plant{{11, 12, 2 << 10}, {12, 12, 2 << 10}},
+			want: map[uint64]uint64{12: 12}, wantHeld: 2 << 10},
+		{name: "bytes: too large alone", bytes: 1 << 10, plants: []plant{{11, 12, 2 << 10}},
+			want: map[uint64]uint64{}},
+		{name: "age: kept until the TTL", ttl: time.Minute, plants: []plant{{11, 12, 1 << 10}}, wait: time.Minute - time.Millisecond,
+			want: map[uint64]uint64{11: 12}, wantHeld: 1 << 10},
+		{name: "age: expired", ttl: time.Minute, plants: []plant{{11, 12, 1 << 10}, {12, 12, 1 << 10}}, wait: time.Minute - time.Second/2,
+			want: map[uint64]uint64{12: 12}, wantHeld: 1 << 10},
+		{name: "one per sender: a newer snapshot replaces it", plants: []plant{{11, 12, 2 << 10}, {11, 13, 1 << 10}},
+			want: map[uint64]uint64{11: 13}, wantHeld: 1 << 10},
+		{name: "dropped at Stop", plants: []plant{{11, 12, 1 << 10}, {12, 12, 1 << 10}}, stop: true,
+			want: map[uint64]uint64{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				dir := t.TempDir()
+				tr, _ := newNode(t, withID(2), unserved(), withStore(DirSnapshotStore{Dir: dir}), withConfig(func(tr *Transport) {
+					tr.MaxSnapshotPartials, tr.MaxSnapshotPartialBytes, tr.SnapshotPartialTTL = tc.count, tc.bytes, tc.ttl
+				})).parts()
+				for i, pl := range tc.plants {
+					if i > 0 {
+						time.Sleep(time.Second)
+					}
+					m := newMsg(raftpb.MsgSnap, pl.from, 2, pl.index)
+					plantPartial(t, tr, pl.from, m, 1<<20, snapBytes(pl.from, pl.held))
+				}
+				time.Sleep(tc.wait)
+				synctest.Wait() // expiry timers that are due have run
+				if tc.stop {
+					tr.Stop()
+				}
+
+				got := map[uint64]uint64{}
+				tr.partials.mu.Lock()
+				for from, p := range tr.partials.bySender {
+					if p.kept {
+						got[from] = p.id.index
+					}
+				}
+				tr.partials.mu.Unlock()
+				if !maps.Equal(got, tc.want) {
+					t.Errorf("kept (sender: index) %v, want %v", got, tc.want)
+				}
+				if held := metricValue(t, gathered(t, tr.metrics.snapResume.partialSize), "", nil); held != float64(tc.wantHeld) {
+					t.Errorf("snapshot_partial_bytes reads %v, want %d", held, tc.wantHeld)
+				}
+				if n := metricValue(t, gathered(t, tr.metrics.snapResume.partials), "", nil); n != float64(len(tc.want)) {
+					t.Errorf("snapshot_partials reads %v, want %d", n, len(tc.want))
+				}
+				if files := snapDirFiles(t, dir); len(files) != len(tc.want) {
+					t.Errorf("store directory holds %q, want %d partial files", files, len(tc.want))
+				}
+			})
+		})
+	}
+}
