@@ -177,7 +177,11 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		t.lg.Info("incoming database snapshot interrupted; partial payload kept for resuming",
 			zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", index),
 			zap.Int64("received-bytes", body.n), zap.Int64("kept-bytes", part.size.Load()), zap.Error(err))
-		refuse(fmt.Sprintf("failed to save KV snapshot (%v)", err), http.StatusInternalServerError)
+		// A sender that resumes reads 503 as "again later": the sender
+		// is usually gone, but the receiver may be what broke it (Stop).
+		w.Header().Set("Retry-After", "1")
+		refuse(fmt.Sprintf("snapshot transfer interrupted; %d bytes kept for resuming (%v)", part.size.Load(), err),
+			http.StatusServiceUnavailable)
 		t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		return
 	}

@@ -108,6 +108,9 @@ var (
 	// with the same ID, found once part of ours was read to compare. The
 	// next SendSnapshot of this ID starts from zero.
 	errResumeMismatch = errors.New("rafthttp: the receiver's partial payload differs from ours")
+	// errResumeLater: the receiver answered a resumable POST 503: it
+	// broke off (it keeps what it got) or does not serve now.
+	errResumeLater = errors.New("rafthttp: the receiver asks to resume later")
 	// errAttemptOver: a body read after its attempt ended.
 	errAttemptOver = errors.New("rafthttp: snapshot attempt over")
 )
@@ -637,16 +640,16 @@ func (s *resumableSend) attempt(base string) (sent int64, retry bool, err error)
 
 // retryable says whether another attempt may succeed after err: not if the
 // peer or transport is stopping, the payload failed, the receiver refused
-// (but for 409, and for 503 at its limit of snapshots, which the attempt
-// it cut off may hold a moment longer), or the whole body was sent (the
-// receiver may be saving it); yes if the connection or the dial failed,
-// or the body stalled.
+// (but for 409, and for 503: it broke off, or is at its limit of
+// snapshots, which the attempt it cut off may hold a moment longer), or
+// the whole body was sent (the receiver may be saving it); yes if the
+// connection or the dial failed, or the body stalled.
 func (s *resumableSend) retryable(err error, bodySent bool) bool {
 	var answered answeredError
 	switch {
 	case s.p.ctx.Err() != nil, s.payloadErr.Load() != nil, bodySent:
 		return false
-	case errors.Is(err, errResumeConflict), errors.Is(err, ErrTooManySnapshots):
+	case errors.Is(err, errResumeConflict), errors.Is(err, errResumeLater), errors.Is(err, ErrTooManySnapshots):
 		return true
 	case errors.As(err, &answered), errors.Is(err, errResumeRewind), errors.Is(err, errResumeMismatch), errors.Is(err, ErrSnapshotSize):
 		return false
@@ -870,11 +873,20 @@ func (a *resumeAttempt) setHeaders(req *http.Request) {
 }
 
 // answerError maps the answer to the attempt's POST: 409 means the
-// receiver's partial is not what the attempt resumed (errResumeConflict);
-// other refusals are etcd's (sentRequest.answerError) and final.
+// receiver's partial is not what the attempt resumed (errResumeConflict),
+// 503 that the receiver is at its limit (ErrTooManySnapshots) or broke
+// off (errResumeLater); other refusals are etcd's
+// (sentRequest.answerError) and final.
 func (a *resumeAttempt) answerError(resp *http.Response, base string) error {
-	if resp.StatusCode == http.StatusConflict {
+	switch resp.StatusCode {
+	case http.StatusConflict:
 		return fmt.Errorf("%w: %s", errResumeConflict, clip(readErrorBody(resp.Body), clipQuoted))
+	case http.StatusServiceUnavailable:
+		body := readErrorBody(resp.Body)
+		if body == ErrTooManySnapshots.Error() {
+			return ErrTooManySnapshots
+		}
+		return fmt.Errorf("%w: %s", errResumeLater, clip(body, clipQuoted))
 	}
 	p := a.s.p
 	q := sentRequest{kind: postRequest, t: p.t, lg: p.lg, refused: &p.pipeline.refused, base: base}

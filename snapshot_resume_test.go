@@ -2,10 +2,14 @@ package rafthttp
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -628,6 +632,417 @@ func TestSnapshotPartialBounds(t *testing.T) {
 				}
 				if files := snapDirFiles(t, dir); len(files) != len(tc.want) {
 					t.Errorf("store directory holds %q, want %d partial files", files, len(tc.want))
+				}
+			})
+		})
+	}
+}
+
+// resumeKept returns how much of the payload of the sender from's
+// partial the receiver tr keeps, 0 if none is kept.
+func resumeKept(tr *Transport, from uint64) int64 {
+	tr.partials.mu.Lock()
+	defer tr.partials.mu.Unlock()
+	if p := tr.partials.bySender[from]; p != nil && p.kept {
+		return p.size.Load()
+	}
+	return 0
+}
+
+var errResumeTestPayload = errors.New("test payload: read error")
+
+// TestSnapshotResumeAcrossSends: a send whose payload fails halfway leaves
+// the receiver a partial payload, and raft's next send of the snapshot (a
+// new payload reader) resumes from it, reading the receiver's part of the
+// payload locally and sending only the rest, if the CRC-32C of that part
+// matches. A payload with the same snapshot ID but other bytes is caught
+// by the CRC: when the ring still holds what was read, the send starts
+// again from zero at once; when not, it fails, and the next send starts
+// from zero without asking. Either way the receiver stores the payload of
+// the send that succeeded, byte for byte.
+func TestSnapshotResumeAcrossSends(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		size      int64
+		failAt    int64 // the first send's payload fails after this many bytes
+		same      bool  // the next sends' payload is the first's
+		sends     int   // sends after the first, the last succeeding
+		wantResum bool  // the send that succeeds resumes
+	}{
+		{name: "same payload, within the ring", size: 2 << 20, failAt: 1 << 20, same: true, sends: 1, wantResum: true},
+		{name: "same payload, beyond the ring", size: 16 << 20, failAt: 12 << 20, same: true, sends: 1, wantResum: true},
+		{name: "other payload, within the ring", size: 2 << 20, failAt: 1 << 20, sends: 1},
+		{name: "other payload, beyond the ring", size: 16 << 20, failAt: 12 << 20, sends: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			a := newNode(t, withID(1), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: dir}))
+			connect(t, a, b)
+			waitFeatures(t, a, 2, featureSnapshotResume)
+
+			first := &snapFailAfter{r: newSnapGen(70, tc.size), n: tc.failAt, err: errResumeTestPayload}
+			if err := snapWait(t, snapSend(a, 2, 12, io.NopCloser(first), tc.size)); !errors.Is(err, errResumeTestPayload) {
+				t.Fatalf("first send: %v, want the payload's error", err)
+			}
+			var kept int64
+			waitFor(t, "the receiver to keep the partial payload", func() bool { kept = resumeKept(b.tr, 1); return kept > 0 })
+			t.Logf("the first send failed after %d MiB read; the receiver keeps %d bytes", tc.failAt>>20, kept)
+
+			seed := uint64(70)
+			if !tc.same {
+				seed = 71
+			}
+			var err error
+			for i := range tc.sends {
+				err = snapWait(t, snapSend(a, 2, 12, newSnapGen(seed, tc.size), tc.size))
+				if i < tc.sends-1 {
+					if !errors.Is(err, errResumeMismatch) {
+						t.Fatalf("send %d: %v, want %v", i+2, err, errResumeMismatch)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("send %d: %v", i+2, err)
+				}
+			}
+			resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.sends), "", nil)
+			saved := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil)
+			received := metricValue(t, gathered(t, b.tr.metrics.snapReceivedBytes), "", nil)
+			wantReceived := float64(tc.size)
+			if tc.wantResum {
+				wantReceived -= float64(kept)
+				if resumed != 1 || saved != float64(kept) {
+					t.Errorf("%v attempts resumed, %v bytes saved; want 1 and %d", resumed, saved, kept)
+				}
+			} else if resumed != 0 {
+				t.Errorf("%v attempts resumed, want none", resumed)
+			}
+			if received != wantReceived {
+				t.Errorf("the successful POST carried %v payload bytes, want %v", received, wantReceived)
+			}
+			n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12))
+			if want := resumeGenCRC(newSnapGen(seed, tc.size)); n != tc.size || sum != want {
+				t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, tc.size, want)
+			}
+			if files := snapDirFiles(t, dir); len(files) != 1 {
+				t.Errorf("store directory holds %q, want only the snapshot", files)
+			}
+			if reps := a.raft.snapshotReports(); reps[len(reps)-1] != (snapshotReport{2, raft.SnapshotFinish}) || len(reps) != tc.sends+1 {
+				t.Errorf("snapshot reports = %v, want a Failure per failed send, then Finish", reps)
+			}
+		})
+	}
+}
+
+// resumeRequest sends a request from member 1 to n's path with the
+// headers hdr on top of a peer's, and a chunked body followed by trailer
+// if body is not nil, and returns the status, the headers and the body of
+// the answer.
+func resumeRequest(t testing.TB, n *testNode, method, path string, hdr map[string]string, body io.Reader, trailer http.Header) (int, http.Header, string) {
+	t.Helper()
+	if body != nil {
+		body = io.MultiReader(body) // no Len: chunked, so that a trailer may follow
+	}
+	req, err := http.NewRequestWithContext(t.Context(), method, n.url+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header = snapPeerHeader(1)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	req.Trailer = trailer
+	resp, err := newClient(t).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// TestServeSnapshotResume: the answers of GET /raft/snapshot/resume.
+func TestServeSnapshotResume(t *testing.T) {
+	m := newMsg(raftpb.MsgSnap, 1, 2, 12)
+	id := newSnapshotID(m, appendMessageFrame(nil, m), 1<<20)
+	held := snapBytes(80, 1<<10)
+	other := id
+	other.index = 13
+	for _, tc := range []struct {
+		name     string
+		store    SnapshotStore // nil: a DirSnapshotStore
+		plant    bool          // the receiver keeps held of m's payload from member 1
+		method   string        // "": GET
+		hdr      map[string]string
+		wantCode int
+		wantHdr  map[string]string
+		wantBody string // "": not checked
+	}{
+		{name: "nothing held", hdr: map[string]string{headerSnapshotID: id.String()},
+			wantCode: http.StatusNoContent, wantHdr: map[string]string{headerSnapshotOffset: "0", headerSnapshotCRC: "00000000"}},
+		{name: "a partial held", plant: true, hdr: map[string]string{headerSnapshotID: id.String()},
+			wantCode: http.StatusNoContent, wantHdr: map[string]string{headerSnapshotOffset: "1024", headerSnapshotCRC: crcOf(crc32.Checksum(held, snapCRCTable))}},
+		{name: "a partial of another snapshot", plant: true, hdr: map[string]string{headerSnapshotID: other.String()},
+			wantCode: http.StatusNoContent, wantHdr: map[string]string{headerSnapshotOffset: "0", headerSnapshotCRC: "00000000"}},
+		{name: "progress of a kept partial", plant: true, hdr: map[string]string{headerSnapshotID: id.String(), headerSnapshotProgress: "65536"},
+			wantCode: http.StatusOK, wantBody: "1024\n"},
+		{name: "progress of nothing", hdr: map[string]string{headerSnapshotID: id.String(), headerSnapshotProgress: "65536"},
+			wantCode: http.StatusOK, wantBody: "0\n"},
+		{name: "no ID", hdr: map[string]string{}, wantCode: http.StatusBadRequest},
+		{name: "malformed ID", hdr: map[string]string{headerSnapshotID: "index=12"}, wantCode: http.StatusBadRequest},
+		{name: "malformed progress step", hdr: map[string]string{headerSnapshotID: id.String(), headerSnapshotProgress: "0x10"}, wantCode: http.StatusBadRequest},
+		{name: "no sender", hdr: map[string]string{headerSnapshotID: id.String(), headerServerFrom: ""}, wantCode: http.StatusBadRequest},
+		{name: "another cluster", hdr: map[string]string{headerSnapshotID: id.String(), headerClusterID: "1"}, wantCode: http.StatusPreconditionFailed},
+		{name: "a store that does not resume", store: snapBrokenStore{}, hdr: map[string]string{headerSnapshotID: id.String()}, wantCode: http.StatusNotFound},
+		{name: "POST", method: http.MethodPost, hdr: map[string]string{headerSnapshotID: id.String()}, wantCode: http.StatusMethodNotAllowed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := tc.store
+			if store == nil {
+				store = DirSnapshotStore{Dir: t.TempDir()}
+			}
+			b := newNode(t, withID(2), withStore(store))
+			if tc.plant {
+				plantPartial(t, b.tr, 1, m, 1<<20, held)
+			}
+			method := cmp.Or(tc.method, http.MethodGet)
+			code, h, body := resumeRequest(t, b, method, snapshotResumePath, tc.hdr, nil, nil)
+			if code != tc.wantCode {
+				t.Fatalf("answered %d %q, want %d", code, body, tc.wantCode)
+			}
+			for k, v := range tc.wantHdr {
+				if got := h.Get(k); got != v {
+					t.Errorf("%s: %q, want %q", k, got, v)
+				}
+			}
+			if tc.wantCode == http.StatusOK && body != tc.wantBody {
+				t.Errorf("body %q, want %q", body, tc.wantBody)
+			}
+			// As on every raft route, the method is checked first (spec §2.3).
+			if got := h.Get(headerFeatures); code != http.StatusMethodNotAllowed && got != b.tr.cfg.featuresHeader {
+				t.Errorf("answer announces %q, want %q", got, b.tr.cfg.featuresHeader)
+			}
+		})
+	}
+}
+
+// TestSnapshotResumePOSTRefused: resumable POSTs that cannot go on are
+// refused before their payload is read, and leave the partial held as it
+// was; a fresh one (offset 0) to a store that does not resume is an
+// ordinary snapshot.
+func TestSnapshotResumePOSTRefused(t *testing.T) {
+	m := newMsg(raftpb.MsgSnap, 1, 2, 12)
+	env := appendMessageFrame(nil, m)
+	const size = 4 << 10
+	payload := snapBytes(81, size)
+	id := newSnapshotID(m, env, size)
+	held := crc32.Checksum(payload[:1<<10], snapCRCTable)
+	point := func(off int64, crc uint32) map[string]string {
+		h := map[string]string{headerSnapshotID: id.String()}
+		h[headerSnapshotOffset] = strconv.FormatInt(off, 10)
+		h[headerSnapshotCRC] = crcOf(crc)
+		return h
+	}
+	for _, tc := range []struct {
+		name     string
+		resumes  bool // the receiver's store resumes
+		hdr      map[string]string
+		from     int64 // the payload's bytes in the body start here
+		wantCode int
+		wantKept int64 // what the receiver keeps after
+	}{
+		{name: "resuming past what is held", resumes: true, hdr: point(2<<10, held), from: 2 << 10, wantCode: http.StatusConflict, wantKept: 1 << 10},
+		{name: "resuming with another CRC", resumes: true, hdr: point(1<<10, held^1), from: 1 << 10, wantCode: http.StatusConflict, wantKept: 1 << 10},
+		{name: "resuming another snapshot", resumes: true, hdr: func() map[string]string {
+			h := point(1<<10, held)
+			o := id
+			o.size++
+			h[headerSnapshotID] = o.String()
+			return h
+		}(), from: 1 << 10, wantCode: http.StatusConflict, wantKept: 1 << 10},
+		{name: "an ID not the envelope's", resumes: true, hdr: func() map[string]string {
+			h := point(1<<10, held)
+			o := id
+			o.envelope++
+			h[headerSnapshotID] = o.String()
+			return h
+		}(), from: 1 << 10, wantCode: http.StatusBadRequest, wantKept: 1 << 10},
+		{name: "malformed resume point", resumes: true, hdr: map[string]string{headerSnapshotID: id.String(), headerSnapshotOffset: "x"},
+			wantCode: http.StatusBadRequest, wantKept: 1 << 10},
+		{name: "resuming where it is held", resumes: true, hdr: point(1<<10, held), from: 1 << 10, wantCode: http.StatusNoContent},
+		{name: "resuming to a store that does not", hdr: point(1<<10, held), from: 1 << 10, wantCode: http.StatusConflict},
+		{name: "from zero to a store that does not resume", hdr: point(0, 0), wantCode: http.StatusNoContent},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var store SnapshotStore = &memStore{}
+			if !tc.resumes {
+				store = newSnapProbe(&memStore{}) // a wrapper: not a ResumableSnapshotStore
+			}
+			b := newNode(t, withID(2), withStore(store))
+			if tc.resumes {
+				plantPartial(t, b.tr, 1, m, size, payload[:1<<10])
+			}
+			body := append(append([]byte(nil), env...), payload[tc.from:]...)
+			trailer := http.Header{trailerPayloadCRC32C: {crcOf(crc32.Checksum(payload, snapCRCTable))}}
+			code, _, resp := resumeRequest(t, b, http.MethodPost, RaftSnapshotPrefix, tc.hdr, bytes.NewReader(body), trailer)
+			if code != tc.wantCode {
+				t.Fatalf("answered %d %q, want %d", code, resp, tc.wantCode)
+			}
+			if tc.resumes {
+				if got := resumeKept(b.tr, 1); got != tc.wantKept {
+					t.Errorf("the receiver keeps %d bytes, want %d", got, tc.wantKept)
+				}
+			}
+			if tc.wantCode == http.StatusNoContent {
+				if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap {
+					t.Errorf("raft got %v, want the MsgSnap", got)
+				}
+			}
+		})
+	}
+}
+
+// TestSnapshotResumeCutsOffSilentTransfer: a resumable transfer whose
+// sender went silent, its connection open (a half-open connection: the
+// sender has given up on it, the receiver cannot tell), is cut off by the
+// sender's next resume query, which is answered at once with what was
+// received, instead of after the receiver's progress timeout; the silent
+// request is answered 503: resume later.
+//
+// It runs in a synctest bubble, over a memNet: "at once" is on the
+// bubble's clock.
+func TestSnapshotResumeCutsOffSilentTransfer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+		m := newMsg(raftpb.MsgSnap, 1, 2, 12)
+		env := appendMessageFrame(nil, m)
+		const size, sent = 1 << 20, 256 << 10
+		payload := snapBytes(82, size)
+		id := newSnapshotID(m, env, size)
+
+		c := b.dial(t)
+		var head bytes.Buffer
+		fmt.Fprintf(&head, "POST %s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n", RaftSnapshotPrefix, b.srv.Listener.Addr())
+		h := snapPeerHeader(1)
+		h.Set(headerSnapshotID, id.String())
+		setResumePoint(h, 0, 0)
+		if err := h.Write(&head); err != nil {
+			t.Fatal(err)
+		}
+		head.WriteString("\r\n")
+		go func() { // net.Pipe: writes wait for the reader
+			_, _ = c.Write(head.Bytes())
+			for _, chunk := range [][]byte{env, payload[:sent]} {
+				_, _ = fmt.Fprintf(c, "%x\r\n%s\r\n", len(chunk), chunk)
+			}
+		}()
+		waitFor(t, "the receiver to hold what was sent", func() bool {
+			b.tr.partials.mu.Lock()
+			defer b.tr.partials.mu.Unlock()
+			p := b.tr.partials.bySender[1]
+			return p != nil && p.size.Load() == sent
+		})
+
+		start := time.Now()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, b.url+snapshotResumePath, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = snapPeerHeader(1)
+		req.Header.Set(headerSnapshotID, id.String())
+		resp, err := b.client(t).Do(req)
+		if err != nil {
+			t.Fatalf("resume query: %v", err)
+		}
+		resp.Body.Close()
+		took := time.Since(start)
+		t.Logf("the resume query was answered %v after it was sent, the silent transfer cut off", took)
+		if resp.StatusCode != http.StatusNoContent || resp.Header.Get(headerSnapshotOffset) != strconv.Itoa(sent) ||
+			resp.Header.Get(headerSnapshotCRC) != crcOf(crc32.Checksum(payload[:sent], snapCRCTable)) {
+			t.Errorf("answered %d, offset %q, CRC %q; want 204, %d and the CRC of what was sent", resp.StatusCode,
+				resp.Header.Get(headerSnapshotOffset), resp.Header.Get(headerSnapshotCRC), sent)
+		}
+		if took >= time.Second {
+			t.Errorf("answered after %v, want at once (the progress timeout is %v)", took, DefaultSnapshotProgressTimeout)
+		}
+		if code, _ := snapReadResponse(t, c); code != http.StatusServiceUnavailable {
+			t.Errorf("the silent transfer was answered %d, want %d", code, http.StatusServiceUnavailable)
+		}
+		if got := resumeKept(b.tr, 1); got != sent {
+			t.Errorf("the receiver keeps %d bytes, want %d", got, sent)
+		}
+	})
+}
+
+// TestSnapshotResumeGivesUp: a resumable send retries a broken transfer
+// while the receiver's copy grows, and gives up once it has not grown for
+// the progress timeout: with the receiver gone halfway, the send fails
+// the progress timeout after the receiver's last confirmed progress (a
+// fraction of a second before it went), having retried until then, and
+// raft is told once; a payload that stalls is no network fault, and fails
+// the send with ErrSnapshotStalled after the progress timeout, without
+// retrying, the receiver keeping what it got.
+//
+// It runs in a synctest bubble, over a memNet: the timeouts are on the
+// bubble's clock.
+func TestSnapshotResumeGivesUp(t *testing.T) {
+	const (
+		progress = 2 * time.Second
+		size     = 16 << 20
+		rate     = 4 << 20 // the receiver's progress is confirmed every MiB: a quarter of a second
+	)
+	for _, tc := range []struct {
+		name    string
+		stall   bool // the payload stalls, rather than the receiver going
+		wantErr error
+	}{
+		{name: "the receiver goes"},
+		{name: "the payload stalls", stall: true, wantErr: ErrSnapshotStalled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				mn := &memNet{}
+				a := newNode(t, withID(1), onMemNet(mn), withStore(DirSnapshotStore{Dir: t.TempDir()}),
+					withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout, tr.SnapshotSendRate = progress, rate }))
+				b := newNode(t, withID(2), onMemNet(mn), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+				connect(t, a, b)
+				waitFeatures(t, a, 2, featureSnapshotResume)
+
+				limit := int64(size)
+				if tc.stall {
+					limit = 6 << 20
+				}
+				gate := newSnapGate(t, newSnapGen(83, size), limit)
+				errc := snapSend(a, 2, 12, gate, size)
+				waitFor(t, "the receiver to hold 6 MiB", func() bool {
+					b.tr.partials.mu.Lock()
+					defer b.tr.partials.mu.Unlock()
+					p := b.tr.partials.bySender[1]
+					return p != nil && p.size.Load() >= 6<<20
+				})
+				last := time.Now() // the receiver's last progress, within a quarter of a second
+				if !tc.stall {
+					b.close()
+				}
+				err := snapWait(t, errc)
+				took := time.Since(last)
+				t.Logf("gave up %v after the receiver's last progress: %v", took, err)
+				if err == nil || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
+					t.Fatalf("SendSnapshot yielded %v, want an error (%v)", err, tc.wantErr)
+				}
+				if took < progress-progress/4 || took > progress+progress/4 {
+					t.Errorf("gave up %v after the last progress, want about %v", took, progress)
+				}
+				if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFailure}) {
+					t.Errorf("snapshot reports = %v, want one Failure", reps)
+				}
+				if !gate.isClosed() {
+					t.Error("payload not closed")
+				}
+				if tc.stall {
+					waitFor(t, "the receiver to keep the partial payload", func() bool { return resumeKept(b.tr, 1) >= 6<<20 })
 				}
 			})
 		})
