@@ -1048,3 +1048,162 @@ func TestSnapshotResumeGivesUp(t *testing.T) {
 		})
 	}
 }
+
+// resumeSlowStore is a DirSnapshotStore whose partial payloads take perMiB
+// per MiB written: a slow disk.
+type resumeSlowStore struct {
+	DirSnapshotStore
+	perMiB time.Duration
+}
+
+func (s resumeSlowStore) CreatePartial(m *raftpb.Message) (PartialSnapshot, error) {
+	p, err := s.DirSnapshotStore.CreatePartial(m)
+	if err != nil {
+		return nil, err
+	}
+	return &resumeSlowPartial{PartialSnapshot: p, perMiB: s.perMiB}, nil
+}
+
+type resumeSlowPartial struct {
+	PartialSnapshot
+	perMiB time.Duration
+}
+
+func (p *resumeSlowPartial) Write(b []byte) (int, error) {
+	time.Sleep(p.perMiB * time.Duration(len(b)) / (1 << 20)) // the bubble's clock: a disk's pace
+	return p.PartialSnapshot.Write(b)
+}
+
+// resumeLead is a payload that records how far ahead of the receiver's
+// partial payload the sender reads it.
+type resumeLead struct {
+	r       io.Reader
+	read    int64 // only the reading goroutine touches it
+	held    func() int64
+	maxLead int64
+}
+
+func (l *resumeLead) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.read += int64(n)
+	l.maxLead = max(l.maxLead, l.read-l.held())
+	return n, err
+}
+
+func (l *resumeLead) Close() error { return nil }
+
+// TestSnapshotResumeWindow: to a receiver slower than the network, a
+// resumable sender reads the payload at most snapshotResumeWindow ahead of
+// what the receiver holds, whatever the size of the payload: its replay
+// ring, its memory for resuming, never overflows. (On a memNet, whose
+// connections buffer nothing, the receiver's 2 MiB read-ahead holds the
+// sender back first; through a real network's buffers, the window does:
+// the resets of TestSnapshotResume1GiB lose nothing the ring does not
+// hold.)
+//
+// It runs in a synctest bubble, over a memNet, the receiver's disk pacing
+// on the bubble's clock.
+func TestSnapshotResumeWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := &memNet{}
+		const size = 64 << 20
+		a := newNode(t, withID(1), onMemNet(mn), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+		dir := t.TempDir()
+		b := newNode(t, withID(2), onMemNet(mn), withStore(resumeSlowStore{DirSnapshotStore: DirSnapshotStore{Dir: dir}, perMiB: 10 * time.Millisecond}))
+		connect(t, a, b)
+		waitFeatures(t, a, 2, featureSnapshotResume)
+
+		gen := newSnapGen(84, size)
+		payload := &resumeLead{r: gen, held: func() int64 {
+			b.tr.partials.mu.Lock()
+			defer b.tr.partials.mu.Unlock()
+			if p := b.tr.partials.bySender[1]; p != nil {
+				return p.size.Load()
+			}
+			return 0
+		}}
+		start := time.Now()
+		if err := snapWait(t, snapSend(a, 2, 12, payload, size)); err != nil {
+			t.Fatalf("SendSnapshot: %v", err)
+		}
+		t.Logf("%d MiB to a receiver writing 100 MiB/s in %v; the sender read at most %.2f MiB ahead of it (window %d MiB)",
+			size>>20, time.Since(start), float64(payload.maxLead)/(1<<20), snapshotResumeWindow>>20)
+		if payload.maxLead > snapshotResumeWindow {
+			t.Errorf("the sender read %d bytes ahead of the receiver, want at most the window, %d", payload.maxLead, snapshotResumeWindow)
+		}
+		if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
+			t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+		}
+	})
+}
+
+// TestSnapshotResumeThroughResets is TestSnapshotResume1GiB made small,
+// for -short: 48 MiB through a link reset after every 8 MiB.
+func TestSnapshotResumeThroughResets(t *testing.T) {
+	const size, every = 48 << 20, 8 << 20
+	proxy, recvAddr := newResumeProxy(t)
+	a := newResumeSender(t, true, proxy.URL())
+	dir := t.TempDir()
+	b := newResumeReceiver(t, dir, recvAddr, a.url)
+	waitResumeLinked(t, a, true)
+	proxy.ResetEvery(faultnet.ClientToServer, every)
+	before := proxy.Stats()
+	gen := newSnapGen(85, size)
+	if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
+		t.Fatalf("SendSnapshot: %v", err)
+	}
+	st := proxy.Stats()
+	wire := st.ToServer - before.ToServer
+	resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.sends), "", nil)
+	t.Logf("%d resets, %v attempts resumed, %.1f MiB on the wire (%.3fx)", st.Resets, resumed, float64(wire)/(1<<20), float64(wire)/size)
+	if st.Resets < size/every-1 || resumed < float64(st.Resets) {
+		t.Errorf("%d resets, %v attempts resumed; want at least %d, each resumed", st.Resets, resumed, size/every-1)
+	}
+	if wire > size*12/10 {
+		t.Errorf("%d bytes on the wire, want at most 1.2x the payload", wire)
+	}
+	if got := metricValue(t, gathered(t, b.tr.metrics.snapResume.receives), "", nil); got != resumed {
+		t.Errorf("the receiver counted %v resumed receives, the sender %v", got, resumed)
+	}
+	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
+		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+	}
+	if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+		t.Errorf("snapshot reports = %v, want one Finish", reps)
+	}
+}
+
+// TestSnapshotResumeSenderStopped: stopping a sender in the middle of a
+// resumable transfer ends it at once, as it does etcd's POST (the
+// outcome on the channel, the payload closed, raft not told), and the
+// receiver keeps what it got for the next sender's attempt.
+func TestSnapshotResumeSenderStopped(t *testing.T) {
+	a := newNode(t, withID(1), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+	b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+	connect(t, a, b)
+	waitFeatures(t, a, 2, featureSnapshotResume)
+	const size = 16 << 20
+	gate := newSnapGate(t, newSnapGen(86, size), 6<<20)
+	errc := snapSend(a, 2, 12, gate, size)
+	gate.waitReached(t)
+	start := time.Now()
+	a.tr.Stop()
+	if took := time.Since(start); took >= 2*time.Second {
+		t.Errorf("Stop took %v with a resumable transfer in flight, want < 2s", took)
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("SendSnapshot yielded nil after Stop, want an error")
+		}
+	default:
+		t.Fatal("SendSnapshot's channel is empty after Stop returned, want the outcome")
+	}
+	if !gate.isClosed() {
+		t.Error("payload not closed after Stop")
+	}
+	if reps := a.raft.snapshotReports(); len(reps) != 0 {
+		t.Errorf("snapshot reports = %v after Stop, want none", reps)
+	}
+	waitFor(t, "the receiver to keep the partial payload", func() bool { return resumeKept(b.tr, 1) > 0 })
+}
