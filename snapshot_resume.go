@@ -547,8 +547,9 @@ func (s *resumableSend) waitWindow(ctx context.Context) error {
 
 // sendResumable is SendSnapshot's transfer to a peer that resumes: attempts
 // until one succeeds, one fails for good, or the receiver's copy has not
-// grown for the progress timeout. It returns the URL of the last attempt
-// and the bytes put on the wire by all of them.
+// grown for the progress timeout (as each attempt's resume query finds).
+// It returns the URL of the last attempt and the bytes put on the wire by
+// all of them.
 func (p *peer) sendResumable(m SnapshotMessage, lg *zap.Logger) (u url.URL, sent int64, err error) {
 	t := p.t
 	s := newResumableSend(p, m, lg)
@@ -561,14 +562,13 @@ func (p *peer) sendResumable(m SnapshotMessage, lg *zap.Logger) (u url.URL, sent
 	for attempt := 1; ; attempt++ {
 		u = p.picker.pick()
 		before := s.confirmed.Load()
-		n, retry, aerr := s.attempt(u.String())
+		n, retry, aerr := s.attempt(u.String(), err)
 		sent += n
 		if aerr == nil {
 			return u, sent, nil
 		}
 		err = aerr
-		idle := time.Duration(monoNanos() - s.confirmedAt.Load())
-		if !retry || idle >= t.cfg.snapProgressTimeout {
+		if !retry {
 			return u, sent, err
 		}
 		p.picker.unreachable(u)
@@ -596,10 +596,18 @@ func (p *peer) sendResumable(m SnapshotMessage, lg *zap.Logger) (u url.URL, sent
 
 // attempt makes one attempt at base: it asks where to resume, then POSTs
 // the rest of the payload. It returns the bytes the POST put on the wire,
-// and whether another attempt may succeed where this one failed.
-func (s *resumableSend) attempt(base string) (sent int64, retry bool, err error) {
+// and whether another attempt may succeed where this one failed. It gives
+// up before the POST if the receiver's copy has not grown for the progress
+// timeout (the resume query is what can tell, the receiver keeping what
+// an attempt delivered before it broke); last is the error of the attempt
+// before, if any.
+func (s *resumableSend) attempt(base string, last error) (sent int64, retry bool, err error) {
 	p := s.p
 	off, crc, err := s.position(base)
+	if idle := time.Duration(monoNanos() - s.confirmedAt.Load()); idle >= p.t.cfg.snapProgressTimeout && last != nil &&
+		(err == nil || s.retryable(err, false)) {
+		return 0, false, fmt.Errorf("%w: the receiver's copy has not grown for %v (last attempt: %w)", ErrSnapshotStalled, idle.Round(time.Millisecond), last)
+	}
 	if err != nil {
 		return 0, s.retryable(err, false), err
 	}
@@ -1309,9 +1317,8 @@ func (ps *partials) streamProgress(w http.ResponseWriter, r *http.Request, from 
 // partialWriter appends what a resumable receive reads to its partial,
 // keeping its size and CRC-32C.
 type partialWriter struct {
-	ps  *partials
-	p   *partial
-	ctx context.Context
+	ps *partials
+	p  *partial
 }
 
 // storeError is a failure of the store's writes, which no resume can get
@@ -1321,9 +1328,6 @@ type storeError struct{ error }
 func (e storeError) Unwrap() error { return e.error }
 
 func (w *partialWriter) Write(b []byte) (int, error) {
-	if err := w.ctx.Err(); err != nil {
-		return 0, context.Cause(w.ctx)
-	}
 	if int64(len(b)) > w.p.id.size-w.p.size.Load() {
 		return 0, fmt.Errorf("%w: more than declared", ErrSnapshotSize)
 	}
@@ -1354,7 +1358,12 @@ func (p *partial) takeBuffers() *bufStash {
 // src's read-ahead, whose pool is p's (takeBuffers); any other failure
 // drops it.
 func (ps *partials) receive(r *http.Request, p *partial, src io.Reader, ra *readAhead) (kept bool, err error) {
-	_, err = io.Copy(&partialWriter{ps: ps, p: p, ctx: r.Context()}, src)
+	// When the request ends (the connection failed, or Stop), the body
+	// is cut off, and what was read of it still goes to p: a read error
+	// cancels the request at once, with the read-ahead holding bytes.
+	stop := context.AfterFunc(r.Context(), p.recv.cutOff)
+	_, err = io.Copy(&partialWriter{ps: ps, p: p}, src)
+	stop()
 	ra.recycle() // nothing reads it any more; its buffers go to its bufStash
 	stash, _ := ra.pool.(*bufStash)
 	if err == nil {

@@ -324,7 +324,7 @@ func plantPartial(t testing.TB, tr *Transport, from uint64, m *raftpb.Message, s
 	if err != nil {
 		t.Fatalf("planting a partial payload: %v", err)
 	}
-	if _, err := (&partialWriter{ps: tr.partials, p: p, ctx: t.Context()}).Write(prefix); err != nil {
+	if _, err := (&partialWriter{ps: tr.partials, p: p}).Write(prefix); err != nil {
 		t.Fatalf("planting a partial payload: %v", err)
 	}
 	tr.partials.end(p, partialKeep)

@@ -79,7 +79,7 @@ func TestSnapshotResumeWireGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &partialWriter{ps: tr.partials, p: p, ctx: t.Context()}
+	w := &partialWriter{ps: tr.partials, p: p}
 	if _, err := w.Write(payload[:held]); err != nil {
 		t.Fatal(err)
 	}
