@@ -137,6 +137,9 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 			t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 			return
 		}
+		if part != nil {
+			defer t.partials.release(part, part.recv) // raft got it, or we panicked
+		}
 	}
 	index := m.GetSnapshot().GetMetadata().GetIndex()
 	t.metrics.snapRecvInflight.WithLabelValues(from).Inc()
@@ -199,7 +202,12 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		// run with a dead context, and the sender has already reported
 		// the snapshot failed to its raft, which sends it again. The
 		// payload stays stored; the retry replaces it (DirSnapshotStore).
-		// The answer, which nobody may read, says so.
+		// The answer, which nobody may read, says so. A sender that
+		// resumes has not given up: its next attempt learns that the
+		// whole payload is in, and brings raft the MsgSnap.
+		if part != nil {
+			t.partials.end(part, part.recv, partialSaved)
+		}
 		if n, ok := t.warns.allow(warnSnapshot); ok {
 			t.lg.Warn("sender gave up before the incoming database snapshot was saved; not processed",
 				zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", index),

@@ -605,11 +605,11 @@ func (s *resumableSend) attempt(base string, last error) (sent int64, retry bool
 	p := s.p
 	off, crc, err := s.position(base)
 	if idle := time.Duration(monoNanos() - s.confirmedAt.Load()); idle >= p.t.cfg.snapProgressTimeout && last != nil &&
-		(err == nil || s.retryable(err, false)) {
+		(err == nil || s.retryable(err)) {
 		return 0, false, fmt.Errorf("%w: the receiver's copy has not grown for %v (last attempt: %w)", ErrSnapshotStalled, idle.Round(time.Millisecond), last)
 	}
 	if err != nil {
-		return 0, s.retryable(err, false), err
+		return 0, s.retryable(err), err
 	}
 	if off > 0 {
 		p.t.metrics.snapResume.sends.WithLabelValues(p.idStr).Inc()
@@ -643,19 +643,21 @@ func (s *resumableSend) attempt(base string, last error) (sent int64, retry bool
 		s.confirm(s.id.size)
 		return sent, false, nil
 	}
-	return sent, s.retryable(err, body.watch.answering.Load()), err
+	return sent, s.retryable(err), err
 }
 
 // retryable says whether another attempt may succeed after err: not if the
-// peer or transport is stopping, the payload failed, the receiver refused
-// (but for 409, and for 503: it broke off, or is at its limit of
-// snapshots, which the attempt it cut off may hold a moment longer), or
-// the whole body was sent (the receiver may be saving it); yes if the
-// connection or the dial failed, or the body stalled.
-func (s *resumableSend) retryable(err error, bodySent bool) bool {
+// peer or transport is stopping, the payload failed, or the receiver
+// refused (but for 409, and for 503: it broke off, or is at its limit of
+// snapshots, which the attempt it cut off may hold a moment longer); yes
+// if the connection or the dial failed, or the transfer stalled, even
+// once the whole body was sent: the next resume query tells whether the
+// receiver has it all (it saved the payload, and raft gets the MsgSnap
+// with the next attempt) or not.
+func (s *resumableSend) retryable(err error) bool {
 	var answered answeredError
 	switch {
-	case s.p.ctx.Err() != nil, s.payloadErr.Load() != nil, bodySent:
+	case s.p.ctx.Err() != nil, s.payloadErr.Load() != nil:
 		return false
 	case errors.Is(err, errResumeConflict), errors.Is(err, errResumeLater), errors.Is(err, ErrTooManySnapshots):
 		return true
@@ -1003,6 +1005,11 @@ type partial struct {
 	// Guarded by partials.mu:
 	recv   *partialRecv // the receive appending to it; nil while kept
 	kept   bool
+	// saved: the payload is committed (in the store under its final
+	// name), but its request ended before raft got the MsgSnap; kept so
+	// that the sender's next attempt, which the resume query tells that
+	// the whole payload is in, has raft get it.
+	saved  bool
 	gen    uint64 // counts the times it was kept, so that a stale expiry does nothing
 	keptAt time.Time
 	expiry *time.Timer
@@ -1052,6 +1059,8 @@ func (ps *partials) begin(ctx context.Context, from uint64, st resumeStart, m *r
 				ps.mu.Unlock()
 				return nil, fmt.Errorf("%w: resuming %v at %d", errResumeConflict, st.id, st.offset)
 			}
+			// A saved one (offset: the whole payload) is taken as it is:
+			// the receive has only raft to tell.
 			ps.unkeepLocked(old)
 			old.recv = &partialRecv{cutOff: cutOff, done: make(chan struct{})}
 			ps.wakeLocked(old)
@@ -1059,7 +1068,7 @@ func (ps *partials) begin(ctx context.Context, from uint64, st resumeStart, m *r
 			return old, nil
 		}
 		if old != nil {
-			ps.dropLocked(old)
+			ps.dropLocked(old) // a saved one keeps its payload: Discard after Commit removes nothing
 		}
 		ps.mu.Unlock()
 		w, err := ps.store.CreatePartial(m)
@@ -1122,26 +1131,40 @@ type partialOutcome uint8
 const (
 	partialKeep      partialOutcome = iota // the transfer broke: keep it for the next attempt
 	partialDrop                            // it failed for good: discard it
-	partialCommitted                       // the store has it: forget it
+	partialCommitted                       // the store has it and raft got the MsgSnap: forget it
+	partialSaved                           // the store has it, raft did not get the MsgSnap: keep it for the next attempt
 )
 
-// end lets go of p after its receive, as o says.
-func (ps *partials) end(p *partial, o partialOutcome) {
+// end lets go of p after its receive r, as o says. It does nothing if r
+// no longer holds p (release after end).
+func (ps *partials) end(p *partial, r *partialRecv, o partialOutcome) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	r := p.recv
+	if p.recv != r || r == nil {
+		return
+	}
 	p.recv = nil
 	defer close(r.done)
 	ps.wakeLocked(p)
 	switch {
 	case o == partialCommitted:
-		delete(ps.bySender, p.from)
+		if ps.bySender[p.from] == p {
+			delete(ps.bySender, p.from)
+		}
+	case o == partialSaved && !ps.closed:
+		p.saved = true
+		ps.keepLocked(p)
 	case o == partialKeep && !ps.closed && p.size.Load() > 0:
 		ps.keepLocked(p)
 	default:
 		ps.dropLocked(p)
 	}
 }
+
+// release ends the receive r of p, if it still holds it, as committed:
+// for a handler that returns (or panics) past the point where it would
+// have ended it.
+func (ps *partials) release(p *partial, r *partialRecv) { ps.end(p, r, partialCommitted) }
 
 // keepLocked keeps p, which no receive holds, until it expires or the
 // bounds push it out.
@@ -1152,7 +1175,7 @@ func (ps *partials) keepLocked(p *partial) {
 	gen := p.gen
 	p.expiry = time.AfterFunc(ps.ttl, func() { ps.expire(p, gen) })
 	ps.kept++
-	ps.keptBytes += p.size.Load()
+	ps.keptBytes += p.heldBytes()
 	for ps.kept > ps.maxCount || ps.keptBytes > ps.maxBytes {
 		var oldest *partial
 		for _, q := range ps.bySender {
@@ -1173,8 +1196,17 @@ func (ps *partials) unkeepLocked(p *partial) {
 	p.kept = false
 	p.expiry.Stop()
 	ps.kept--
-	ps.keptBytes -= p.size.Load()
+	ps.keptBytes -= p.heldBytes()
 	ps.gaugesLocked()
+}
+
+// heldBytes is what p holds apart from the store's snapshots: nothing once
+// saved under its final name. ps.mu must be held.
+func (p *partial) heldBytes() int64 {
+	if p.saved {
+		return 0
+	}
+	return p.size.Load()
 }
 
 // dropLocked forgets and discards p, which no receive holds.
@@ -1257,10 +1289,10 @@ func (ps *partials) watch(from uint64, id snapshotID, target int64) (size int64,
 		ps.mu.Unlock()
 		return 0, false, nil
 	}
-	size = p.size.Load()
-	if p.recv == nil || size >= target {
+	size, active = p.size.Load(), p.recv != nil
+	if !active || size >= target {
 		ps.mu.Unlock()
-		return size, p.recv != nil, closedChan
+		return size, active, closedChan
 	}
 	if target < p.waitMin.Load() {
 		p.waitMin.Store(target)
@@ -1369,7 +1401,7 @@ func (ps *partials) receive(r *http.Request, p *partial, src io.Reader, ra *read
 	if err == nil {
 		err = p.check(r.Trailer)
 	}
-	if err == nil {
+	if err == nil && !p.isSaved(ps) {
 		if err = p.w.Commit(r.Context()); err != nil {
 			err = storeError{err}
 		}
@@ -1377,19 +1409,27 @@ func (ps *partials) receive(r *http.Request, p *partial, src io.Reader, ra *read
 	var se storeError
 	switch {
 	case err == nil:
+		// Saved: the caller ends the receive once raft has the MsgSnap
+		// (partialCommitted), or could not give it (partialSaved).
 		stash.release()
-		ps.end(p, partialCommitted)
 	case !errors.As(err, &se) && !errors.Is(err, ErrSnapshotChecksum) && !errors.Is(err, ErrSnapshotSize):
 		// The connection broke, stalled or was cut off: what arrived
 		// is good, and the sender's next attempt brings the rest.
 		p.bufs, stash.bufs = stash.bufs, nil // before end: from then on, p is another receive's
-		ps.end(p, partialKeep)
+		ps.end(p, p.recv, partialKeep)
 		return true, err
 	default:
 		stash.release()
-		ps.end(p, partialDrop)
+		ps.end(p, p.recv, partialDrop)
 	}
 	return false, err
+}
+
+// isSaved reports whether p's payload is committed already.
+func (p *partial) isSaved(ps *partials) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return p.saved
 }
 
 // check checks, once the body has ended, that the partial holds the whole

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -327,7 +328,7 @@ func plantPartial(t testing.TB, tr *Transport, from uint64, m *raftpb.Message, s
 	if _, err := (&partialWriter{ps: tr.partials, p: p}).Write(prefix); err != nil {
 		t.Fatalf("planting a partial payload: %v", err)
 	}
-	tr.partials.end(p, partialKeep)
+	tr.partials.end(p, p.recv, partialKeep)
 }
 
 // TestSnapshotResumeOffRestartsFromZero is TestSnapshotResume1GiB with
@@ -1206,4 +1207,78 @@ func TestSnapshotResumeSenderStopped(t *testing.T) {
 		t.Errorf("snapshot reports = %v after Stop, want none", reps)
 	}
 	waitFor(t, "the receiver to keep the partial payload", func() bool { return resumeKept(b.tr, 1) > 0 })
+}
+
+// resumeHoldStore is a DirSnapshotStore whose first commit, once done,
+// holds on until its request ends (the sender gave up waiting for the
+// answer): a slow disk's fsync.
+type resumeHoldStore struct {
+	DirSnapshotStore
+	held *atomic.Bool
+}
+
+func (s resumeHoldStore) CreatePartial(m *raftpb.Message) (PartialSnapshot, error) {
+	p, err := s.DirSnapshotStore.CreatePartial(m)
+	if err != nil {
+		return nil, err
+	}
+	return &resumeHoldPartial{PartialSnapshot: p, held: s.held}, nil
+}
+
+type resumeHoldPartial struct {
+	PartialSnapshot
+	held *atomic.Bool
+}
+
+func (p *resumeHoldPartial) Commit(ctx context.Context) error {
+	if err := p.PartialSnapshot.Commit(ctx); err != nil {
+		return err
+	}
+	if p.held.CompareAndSwap(false, true) {
+		<-ctx.Done()
+	}
+	return nil
+}
+
+// TestSnapshotResumeSavedNotProcessed: when the sender gives up waiting for
+// the answer after the whole body (the receiver's disk is slow), the
+// receiver saves the payload but cannot give raft the MsgSnap, its request
+// over; the sender's next attempt learns from the resume query that the
+// whole payload is in, and sends the envelope alone, with which the
+// receiver gives raft the MsgSnap, once.
+func TestSnapshotResumeSavedNotProcessed(t *testing.T) {
+	const progress = 300 * time.Millisecond
+	dir := t.TempDir()
+	var held atomic.Bool
+	a := newNode(t, withID(1), withStore(DirSnapshotStore{Dir: t.TempDir()}), withConfig(func(tr *Transport) { tr.SnapshotProgressTimeout = progress }))
+	b := newNode(t, withID(2), withStore(resumeHoldStore{DirSnapshotStore: DirSnapshotStore{Dir: dir}, held: &held}))
+	connect(t, a, b)
+	waitFeatures(t, a, 2, featureSnapshotResume)
+
+	const size = 1 << 20
+	gen := newSnapGen(87, size)
+	if err := snapWait(t, snapSend(a, 2, 12, gen, size)); err != nil {
+		t.Fatalf("SendSnapshot: %v", err)
+	}
+	if !held.Load() {
+		t.Fatal("the store's commit did not hold on: the case was not played")
+	}
+	if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+		t.Errorf("snapshot reports = %v, want one Finish", reps)
+	}
+	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetSnapshot().GetMetadata().GetIndex() != 12 {
+		t.Errorf("raft got %v, want the MsgSnap at index 12", got)
+	}
+	if snaps := snapProcessed(b); len(snaps) != 0 {
+		t.Errorf("raft got %d more MsgSnaps, want the one", len(snaps))
+	}
+	if resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil); resumed != size {
+		t.Errorf("the resumed attempt skipped %v bytes, want the whole payload, %d", resumed, size)
+	}
+	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
+		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
+	}
+	if got := resumeKept(b.tr, 1); got != 0 {
+		t.Errorf("the receiver still keeps %d bytes for the sender, want nothing", got)
+	}
 }

@@ -97,7 +97,7 @@ func TestSnapshotResumeWireGolden(t *testing.T) {
 	if _, err := w.Write(payload[held:]); err != nil {
 		t.Fatal(err)
 	}
-	tr.partials.end(p, partialKeep)
+	tr.partials.end(p, p.recv, partialKeep)
 	<-done
 	if rec.Code != http.StatusOK {
 		t.Errorf("progress stream answered %d, want 200", rec.Code)
