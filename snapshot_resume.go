@@ -1003,8 +1003,8 @@ type partial struct {
 	crc uint32
 
 	// Guarded by partials.mu:
-	recv   *partialRecv // the receive appending to it; nil while kept
-	kept   bool
+	recv *partialRecv // the receive appending to it; nil while kept
+	kept bool
 	// saved: the payload is committed (in the store under its final
 	// name), but its request ended before raft got the MsgSnap; kept so
 	// that the sender's next attempt, which the resume query tells that
