@@ -114,8 +114,22 @@
 // Extensions beyond etcd are negotiated: every request and answer carries
 // X-Rafthttp-Features (which etcd ignores), each peer's latest announcement
 // is kept (PeerStats.Features), and an extension is used only when both
-// sides announced it. The one extension today is the CRC-32C trailer on
-// snapshot bodies; etcd announces nothing, so it gets etcd's bytes.
+// sides announced it. Two exist today: the CRC-32C trailer on snapshot
+// bodies, and resumable snapshots (announced by a member whose
+// SnapshotStore is a ResumableSnapshotStore), which add
+// GET /raft/snapshot/resume and headers on the snapshot POST. etcd
+// announces nothing, so it gets etcd's bytes.
+//
+// # Snapshots
+//
+// SendSnapshot streams a payload of any size with constant memory. To a
+// peer that resumes, a transfer cut short is retried within the same
+// SendSnapshot, from where the receiver's copy ends, for as long as that
+// copy grows (SnapshotProgressTimeout); raft hears of the snapshot once,
+// as with etcd, and a SendSnapshot that raft retries after a failure
+// resumes as well, once the CRC-32C of the part the receiver holds
+// matches. All outgoing snapshots share one bandwidth budget
+// (SnapshotSendRate, SetSnapshotSendRate).
 //
 // # Where things live
 //
@@ -136,7 +150,10 @@
 //     version.go: semver; errors.go: every exported error.
 //   - http.go: the raft handlers (server.go: the http.Server recipe);
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
-//     readahead.go: snapshots.
+//     readahead.go: snapshots; snapshot_resume.go: resumable transfers
+//     (the protocol, and the sending side with its replay ring, whose
+//     memory ringmem_*.go maps), snapshot_partials.go: their receiving
+//     side (the partial payloads kept, GET /raft/snapshot/resume).
 //   - drops.go: the one place a lost message is told to raft, counted and
 //     logged; budget.go: what received messages may hold; send_budget.go:
 //     what may be queued to a peer; warnlog.go: rate-limited warnings.
@@ -144,5 +161,6 @@
 //     is applied; metrics.go, stats.go, peer_status.go, probing_status.go:
 //     what is observed.
 //   - internal/rafttest: a raft member for tests, shared with compat/;
-//     internal/faultnet: a fault-injecting TCP proxy for tests.
+//     internal/faultnet: a fault-injecting TCP proxy for tests (latency,
+//     bandwidth, partitions, black holes, resets, a reset every n bytes).
 package rafthttp

@@ -45,11 +45,23 @@ var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
 // SendSnapshot sends a snapshot to the peer m.Message.To, in the background:
 // POST /raft/snapshot with the length-prefixed MsgSnap and then the payload,
-// streamed with constant memory whatever its size. The returned channel
-// receives the outcome once (nil on success). The payload is always closed.
+// streamed with constant memory whatever its size, within the Transport's
+// snapshot bandwidth budget. The returned channel receives the outcome once
+// (nil on success). The payload is always closed.
 //
-// Raft is told the outcome with ReportSnapshot, always before the channel
-// receives it:
+// To a peer that resumes (both sides announced snapshot-resume: see
+// ResumableSnapshotStore), a transfer that breaks is attempted again, with
+// backoff, from where the receiver's copy ends, for as long as that copy
+// grows: the send fails once it has not grown for SnapshotProgressTimeout,
+// or at once if the payload fails or the peer refuses for good. It starts
+// from the receiver's copy too if an earlier SendSnapshot of the snapshot
+// left one: the sender reads that part of the payload without sending it,
+// and resumes if its CRC-32C matches the receiver's (a payload with the
+// same index, term and size but other bytes is sent whole). At most
+// 4 MiB of the payload is held in memory for sending again.
+//
+// Raft is told the outcome with ReportSnapshot, once per SendSnapshot (not
+// per attempt), always before the channel receives it:
 //   - a transfer that was started reports Finish or Failure (with
 //     ReportUnreachable) from the transport's goroutine when it ends, at
 //     Stop included, as etcd does;

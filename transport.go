@@ -72,7 +72,10 @@ type Transport struct {
 	Proxy func(*http.Request) (*url.URL, error)
 	// SnapshotStore keeps the payloads of snapshots received on
 	// /raft/snapshot. Nil means such snapshots are refused (500); a MsgSnap
-	// sent through Send still arrives by the pipeline.
+	// sent through Send still arrives by the pipeline. One that is also a
+	// ResumableSnapshotStore (DirSnapshotStore is) lets transfers between
+	// members of this library resume after a break, in both directions:
+	// give every member one.
 	SnapshotStore SnapshotStore
 	// Registerer, if not nil, gets this Transport's Prometheus collectors
 	// (etcd's metric names, unless MetricsNamespace says otherwise) at
@@ -155,7 +158,9 @@ type Transport struct {
 	SnapshotSendRate int64
 	// SnapshotProgressTimeout fails a snapshot transfer, in either
 	// direction, that moves no byte for this long: a SendSnapshot, and a
-	// MsgSnap given to Send (which the pipeline posts). Once a sender has
+	// MsgSnap given to Send (which the pipeline posts). A SendSnapshot to a
+	// peer that resumes retries a broken transfer until the receiver's
+	// copy has not grown for this long. Once a sender has
 	// sent the last byte, nothing moves while the receiver makes the
 	// payload durable; the answer is then awaited this long plus a second
 	// per 10 MiB sent (a disk writing 10 MiB/s). Zero means
