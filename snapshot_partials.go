@@ -117,7 +117,7 @@ func (ps *partials) begin(ctx context.Context, from uint64, st resumeStart, m *r
 			return old, nil
 		}
 		if old != nil {
-			ps.dropLocked(old) // a saved one keeps its payload: Discard after Commit removes nothing
+			ps.dropLocked(old)
 		}
 		ps.mu.Unlock()
 		w, err := ps.store.CreatePartial(m)
@@ -258,13 +258,16 @@ func (p *partial) heldBytes() int64 {
 	return p.size.Load()
 }
 
-// dropLocked forgets and discards p, which no receive holds.
+// dropLocked forgets p, which no receive holds, and discards it unless it
+// is saved (committed: the store's snapshot now).
 func (ps *partials) dropLocked(p *partial) {
 	ps.unkeepLocked(p)
 	if ps.bySender[p.from] == p {
 		delete(ps.bySender, p.from)
 	}
-	_ = p.w.Discard()
+	if !p.saved {
+		_ = p.w.Discard()
+	}
 	for _, b := range p.bufs {
 		snapReadAheadPool.Put(b)
 	}

@@ -432,7 +432,6 @@ func newResumableSend(p *peer, m SnapshotMessage, lg *zap.Logger) *resumableSend
 		id:       newSnapshotID(m.Message, env, m.PayloadSize),
 		envelope: env,
 		payload:  m.Payload,
-
 		polls:    m.PayloadSize > snapshotResumeWindow,
 		confirmc: make(chan struct{}, 1),
 		needc:    make(chan struct{}, 1),
