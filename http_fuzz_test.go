@@ -138,7 +138,8 @@ func htFuzzRequest(method, path, serverVersion, minClusterVersion, clusterID, fr
 var htFuzzStatuses = map[string][]int{
 	RaftPrefix:             {204, 400, 403, 405, 412, 413, 500, 503},
 	RaftStreamPrefix + "/": {200, 404, 405, 410, 412},
-	RaftSnapshotPrefix:     {204, 400, 403, 405, 412, 500, 503},
+	RaftSnapshotPrefix:     {204, 400, 403, 405, 409, 500, 412, 503},
+	snapshotResumePath:     {200, 204, 400, 404, 405, 412, 503}, // 404: the store does not resume
 	ProbingPrefix:          {200},
 	"":                     {404},
 }
@@ -368,6 +369,9 @@ func FuzzServeSnapshot(f *testing.F) {
 	post(seedVersion, seedCID, "c3", "http://[::1]:2380,bad", htFuzzEnvelope(snap, "x"))
 	f.Add("PUT", "/raft/snapshot", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
 	f.Add("POST", "/raft/snapshot/", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
+	f.Add("GET", "/raft/snapshot/resume", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
+	f.Add("POST", "/raft/snapshot/resume", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
+	f.Add("GET", "/raft/snapshot/resume", seedVersion, seedMin, "1", seedFrom, "", seedURLs, []byte(nil))
 	f.Fuzz(func(t *testing.T, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs string, body []byte) {
 		htFuzzServe(t, tr, h, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs, body)
 	})
