@@ -7,6 +7,7 @@ replace github.com/raftkit/rafthttp => ../..
 require (
 	github.com/raftkit/rafthttp v0.0.0-00010101000000-000000000000
 	go.etcd.io/raft/v3 v3.7.0
+	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.28.0
 	google.golang.org/protobuf v1.36.12
 )
