@@ -169,8 +169,9 @@ func waitValue(t *testing.T, api, key, value string) {
 // TestMultiProcess runs three raftkv processes on loopback, writes through
 // one and reads from the others, kills one with SIGKILL, writes while it is
 // down, restarts it on its data dir and checks that it serves everything,
-// what was written before and while it was down; then it stops them all
-// with SIGTERM, which must end each with status 0.
+// what was written before and while it was down; that --cluster-id and
+// --snapshot-count took effect; then it stops them all with SIGTERM, which
+// must end each with status 0.
 func TestMultiProcess(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
@@ -183,7 +184,8 @@ func TestMultiProcess(t *testing.T) {
 	api := func(i int) string { return fmt.Sprintf("http://127.0.0.1:%d", ports[3+i]) }
 	args := func(i int) []string {
 		return []string{"--id", strconv.Itoa(i + 1), "--cluster", cluster, "--port", strconv.Itoa(ports[3+i]),
-			"--data-dir", filepath.Join(dir, fmt.Sprintf("data-%d", i+1)), "--tick", "50ms"}
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("data-%d", i+1)), "--tick", "50ms",
+			"--cluster-id", "0x2a", "--snapshot-count", "20"}
 	}
 	logOf := func(i int) string { return filepath.Join(dir, fmt.Sprintf("member-%d.log", i+1)) }
 	procs := make([]*proc, 3)
@@ -241,6 +243,23 @@ func TestMultiProcess(t *testing.T) {
 	put(t, api(2), "after", "written through the restarted member")
 	for i := range 3 {
 		waitValue(t, api(i), "after", "written through the restarted member")
+	}
+
+	// The flags reached the members: the transport answers with the
+	// cluster ID given, and the 20 writes made each member snapshot,
+	// which the default count, 1,000, would not.
+	resp, err := httpClient.Post(urls[0]+"/raft", "application/protobuf", strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Etcd-Cluster-ID"); got != "2a" {
+		t.Errorf("member 1 answers with cluster ID %q, want 2a (--cluster-id 0x2a)", got)
+	}
+	for i := range 3 {
+		if snaps, _ := filepath.Glob(filepath.Join(dir, fmt.Sprintf("data-%d", i+1), "snap", "*.snap.db")); len(snaps) == 0 {
+			t.Errorf("member %d made no snapshot; want one every 20 entries (--snapshot-count 20)", i+1)
+		}
 	}
 
 	for i, p := range procs {
@@ -322,6 +341,9 @@ func TestBadInput(t *testing.T) {
 		{"data dir is a file", member("--data-dir", notDir), "is not a directory", 1},
 		{"data dir of another member", member("--data-dir", otherMember), "belongs to member 2, not 1", 1},
 		{"log contradicts HardState", member("--data-dir", badLog), "commit index 10 outside the log [0, 0]: the data dir is corrupt", 1},
+		{"cluster ID not a number", member("--cluster-id", "kv"), `invalid value "kv" for flag -cluster-id: want a number, decimal or 0x hex`, 2},
+		{"cluster ID zero", member("--cluster-id", "0x0"), "--cluster-id 0: want a non-zero ID", 2},
+		{"snapshot count zero", member("--snapshot-count", "0"), "--snapshot-count 0: want at least 1", 2},
 		{"demo with bad keys", []string{"demo", "--keys", "many"}, `invalid value "many" for flag -keys`, 2},
 		{"demo with too few keys", []string{"demo", "--keys", "10"}, "--keys 10: want at least 100", 2},
 	} {
