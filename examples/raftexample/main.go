@@ -36,13 +36,17 @@ func main() {
 	confChangeC := make(chan *raftpb.ConfChange)
 	defer close(confChangeC)
 
-	// The key-value store's snapshot function is needed by raft before the
-	// store exists; it is only called once the store runs.
+	// Raft needs the key-value store's snapshot function before the store
+	// exists. raftexample reads kvs in it without synchronisation, a data
+	// race the race detector reports at the first snapshot; closing kvsSet
+	// once kvs is set orders the two.
 	var kvs *kvstore
-	getSnapshot := func() ([]byte, error) { return kvs.getSnapshot() }
+	kvsSet := make(chan struct{})
+	getSnapshot := func() ([]byte, error) { <-kvsSet; return kvs.getSnapshot() }
 	commitC, errorC, snapshotterReady := newRaftNode(*id, peers, *join, *snapCount, *catchUp, getSnapshot, proposeC, confChangeC)
 
 	kvs = newKVStore(<-snapshotterReady, proposeC, commitC, errorC)
+	close(kvsSet)
 
 	// Serves until raft stops.
 	serveHTTPKVAPI(kvs, *kvport, confChangeC, errorC)

@@ -284,6 +284,11 @@ func TestCluster(t *testing.T) {
 		waitAll(t, api(i), before)
 	}
 
+	// Member 3 has applied them all; once its snapshot is done (it logs
+	// the compaction that follows), kill it.
+	waitFor(t, writeTimeout, func() string { return "member 3 to snapshot" }, func() bool {
+		return strings.Contains(procs[3].output(), "compacted the log up to entry")
+	})
 	if err := procs[3].kill(syscall.SIGKILL); err == nil {
 		t.Fatal("member 3 after SIGKILL: got a clean exit, want killed")
 	}
