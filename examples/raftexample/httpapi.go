@@ -32,6 +32,7 @@ type httpKVAPI struct {
 // from taking the member's memory.
 const maxBodyBytes = 1 << 20
 
+// ServeHTTP implements http.Handler: it answers one request of the API.
 func (h *httpKVAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer r.Body.Close()
 	switch r.Method {

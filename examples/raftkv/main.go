@@ -160,8 +160,10 @@ type memberFlags struct {
 // in hex, as etcd shows cluster IDs.
 type hexID uint64
 
+// String implements flag.Value: the ID in hex.
 func (h *hexID) String() string { return fmt.Sprintf("%#x", uint64(*h)) }
 
+// Set implements flag.Value: s in decimal or 0x hex.
 func (h *hexID) Set(s string) error {
 	v, err := strconv.ParseUint(s, 0, 64)
 	if err != nil {
