@@ -345,21 +345,22 @@ func TestCluster(t *testing.T) {
 		if procs[4] == nil {
 			start(4, "--join")
 		}
-		joined := false
 		timer := time.NewTimer(10 * time.Second)
 		defer timer.Stop()
-		for !joined {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if code, _ := do(http.MethodGet, api(4)+"/after-00", ""); code == http.StatusOK {
+				return true
+			}
 			select {
 			case <-timer.C:
-				return false
+				return false // the POST may have been lost: again
 			case <-procs[4].exited:
 				t.Fatalf("member 4 exited: %v", procs[4].err)
-			default:
+			case <-tick.C:
 			}
-			code, _ := do(http.MethodGet, api(4)+"/after-00", "")
-			joined = code == http.StatusOK
 		}
-		return true
 	})
 	waitAll(t, api(4), all)
 	if !strings.Contains(procs[4].output(), "received from the leader") {
