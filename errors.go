@@ -91,4 +91,18 @@ var (
 
 	// ErrSnapshotSize means a payload did not have its declared size.
 	ErrSnapshotSize = errors.New("rafthttp: snapshot payload size differs from the declared size")
+
+	// ErrPeerIdentity means a connection or request was refused because a
+	// certificate does not speak for the member concerned (see
+	// Transport.PeerIdentity): we refused the server we dialled as member
+	// n, or a peer answered that it refused our request (an answer marked
+	// X-Rafthttp-Refused: peer-identity). Unlike another 403 on a POST, such
+	// an answer is not taken to mean that this member was removed.
+	ErrPeerIdentity = errors.New("rafthttp: peer identity refused")
+
+	// ErrNoPeerIdentity means a certificate names no member: what
+	// IdentityFromURISAN and IdentityFromDNSSAN return for a certificate
+	// without the SAN they read, with two, or with one that is not a
+	// member ID.
+	ErrNoPeerIdentity = errors.New("rafthttp: certificate names no member")
 )

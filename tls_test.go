@@ -455,9 +455,9 @@ func TestProxyEnvIgnored(t *testing.T) {
 	// Go's environment proxy never applies to loopback targets, so traffic
 	// flowing here does not prove much on its own: check that neither
 	// round tripper consults a proxy at all.
-	rts := map[string]*http.Transport{"pipeline": a.tr.pipelineRt}
+	rts := map[string]*http.Transport{"pipeline": a.tr.shared.pipeline}
 	for _, typ := range streamTypes {
-		rts[typ.String()] = a.tr.streamRts[typ]
+		rts[typ.String()] = a.tr.shared.streams[typ]
 	}
 	for name, tr := range rts {
 		switch {
