@@ -304,8 +304,12 @@ func (t *Transport) refuseIdentity(w http.ResponseWriter, r *http.Request, rh *r
 	if route != identityRouteStream && !rh.features.has(featureIdentityRefusal) {
 		code = http.StatusPreconditionFailed
 	}
-	http.Error(w, "peer identity refused: "+detail, code)
+	http.Error(w, identityRefusalPrefix+detail, code)
 }
+
+// identityRefusalPrefix starts the body of an identity refusal, which goes
+// on to say why.
+const identityRefusalPrefix = "peer identity refused: "
 
 // verifyServerIdentity is the identity check of a connection we dial to
 // member id, run in its TLS handshake (tls.Config.VerifyConnection), after

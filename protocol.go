@@ -366,7 +366,7 @@ func (q sentRequest) answerError(resp *http.Response) error {
 		(code == http.StatusForbidden || code == http.StatusPreconditionFailed):
 		// Our certificate does not speak for us in the remote's eyes:
 		// refused, not removed.
-		body := readErrorBody(resp.Body)
+		body := strings.TrimPrefix(readErrorBody(resp.Body), identityRefusalPrefix)
 		if len(body) > maxRefusalText {
 			body = body[:maxRefusalText] + "..."
 		}
