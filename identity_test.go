@@ -91,7 +91,7 @@ type idOpts struct {
 	member    uint64 // the member its certificates speak for; 0: its own ID
 	anonymous bool   // certificates without a URI SAN, speaking for no member
 	check     bool   // PeerIdentity set (IdentityFromURISAN(idPrefix))
-	rotating bool   // roots by ClientRootCAs, else by TLSClientConfig.RootCAs
+	rotating  bool   // roots by ClientRootCAs, else by TLSClientConfig.RootCAs
 }
 
 // idNode is a transport served over mutual TLS whose certificates speak
