@@ -133,6 +133,9 @@ func newIDNode(t *testing.T, id uint64, ca *testCA, o idOpts, opts ...nodeOption
 				ClientCAs:        n.roots.Load(),
 				GetCertificate:   getCert,
 				VerifyConnection: n.clientsSeen.record,
+				// A resumed session would not be verified against
+				// the ClientCAs of the moment (README "TLS").
+				SessionTicketsDisabled: true,
 			}, nil
 		},
 	}
