@@ -45,7 +45,8 @@ var (
 	ErrAlreadyStarted = errors.New("rafthttp: Transport already started")
 
 	// ErrMemberRemoved means the remote told us that this member has been
-	// removed from the cluster (410 on a stream dial, 403 on a POST). It is
+	// removed from the cluster (410 on a stream dial, 403 on a POST, unless
+	// the 403 is marked as an identity refusal: ErrPeerIdentity). It is
 	// posted to Transport.ErrorC. Its text is etcd's, without the prefix:
 	// an application moving from etcd's transport may compare ErrorC's
 	// texts, and compat/interop checks that both transports post the same.

@@ -21,7 +21,8 @@ import (
 //
 // A remote is either the user's (AddRemote), kept until Stop, or learnt
 // from a request's X-Server-From and X-PeerURLs. Anyone who passes the
-// request checks can name any ID, so the learnt ones are bounded
+// request checks can name any ID (with PeerIdentity set, only the one its
+// certificate speaks for), so the learnt ones are bounded
 // (maxRequestRemotes), expire when idle (requestRemoteIdleTimeout) and give
 // way, least recently used first, to new ones: a flood of made-up IDs can
 // cost us a bounded number of goroutines, but cannot keep a real member
