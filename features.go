@@ -30,6 +30,13 @@ const (
 	// its CRC-32C (trailerCRC32C). A receiver that announces it checks
 	// the trailer when there is one.
 	featureCRC32CTrailer feature = iota
+	// featureIdentityRefusal: the sender reads a 403 answer marked
+	// X-Rafthttp-Refused: peer-identity as a refusal of its certificate
+	// (ErrPeerIdentity), not as its removal from the cluster, which is
+	// what etcd reads into any 403 on a POST. A receiver checking peer
+	// identity answers 403 only to senders that announce it
+	// (refuseIdentity).
+	featureIdentityRefusal
 
 	numFeatures // the number of features we know; keep it last
 )
@@ -37,11 +44,12 @@ const (
 // featureTokens are the features' names on the wire, indexed by feature.
 // A token, once released, must never change meaning.
 var featureTokens = [numFeatures]string{
-	featureCRC32CTrailer: "crc32c-trailer",
+	featureCRC32CTrailer:   "crc32c-trailer",
+	featureIdentityRefusal: "identity-refusal",
 }
 
 // supportedFeatures is what this version of the library announces.
-const supportedFeatures = featureSet(1 << featureCRC32CTrailer)
+const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureIdentityRefusal)
 
 // featureSet is a set of features, one bit per feature. Its zero value is
 // the empty set: what an etcd peer, or a peer not heard from yet, supports.

@@ -68,10 +68,13 @@ func TestFeaturesOf(t *testing.T) {
 	}
 }
 
+// oursAnnounce is the announcement this version sends.
+const oursAnnounce = "crc32c-trailer,identity-refusal"
+
 // TestFeatureSetString: the announcement we send, byte for byte, and that
 // every known feature has a token that parses back to it.
 func TestFeatureSetString(t *testing.T) {
-	if got, want := supportedFeatures.String(), "crc32c-trailer"; got != want {
+	if got, want := supportedFeatures.String(), oursAnnounce; got != want {
 		t.Errorf("supportedFeatures = %q, want %q", got, want)
 	}
 	if got := featureSet(0).String(); got != "" {
@@ -97,10 +100,10 @@ func TestPeerFeaturesLearn(t *testing.T) {
 		header string // "" sends no header
 		want   featureSet
 	}{
-		{"ours announces", "crc32c-trailer", supportedFeatures},
-		{"a newer version adds unknown features", "crc32c-trailer,zstd", supportedFeatures},
+		{"ours announces", oursAnnounce, supportedFeatures},
+		{"a newer version adds unknown features", oursAnnounce + ",zstd", supportedFeatures},
 		{"restarted as etcd: no header", "", 0},
-		{"ours again", "crc32c-trailer", supportedFeatures},
+		{"ours again", oursAnnounce, supportedFeatures},
 	} {
 		h := http.Header{}
 		if step.header != "" {
@@ -269,7 +272,7 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 			wantCode int
 			want     featureSet
 		}{
-			{"ours announces", setHeader("X-Rafthttp-Features", "crc32c-trailer"), 0, http.StatusNoContent, supportedFeatures},
+			{"ours announces", setHeader("X-Rafthttp-Features", oursAnnounce), 0, http.StatusNoContent, supportedFeatures},
 			{"etcd announces nothing", nil, supportedFeatures, http.StatusNoContent, 0},
 			{"refused request teaches nothing", func(h http.Header) {
 				h.Set("X-Etcd-Cluster-ID", "1")
@@ -286,7 +289,7 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 					},
 					wantCode:   tc.wantCode,
 					anyBody:    true,
-					wantHeader: map[string]string{"X-Rafthttp-Features": "crc32c-trailer"},
+					wantHeader: map[string]string{"X-Rafthttp-Features": oursAnnounce},
 					check: func(t *testing.T, e *htEnv) {
 						p, _ := e.tr.get(htPeerID)
 						if got := p.features.load(); got != tc.want {
@@ -345,9 +348,9 @@ func TestFeaturesLearntFromAnswers(t *testing.T) {
 		before   featureSet
 		want     featureSet
 	}{
-		{"pipeline answer announces", false, "crc32c-trailer", 0, supportedFeatures},
+		{"pipeline answer announces", false, oursAnnounce, 0, supportedFeatures},
 		{"pipeline answer from etcd", false, "", supportedFeatures, 0},
-		{"snapshot answer announces", true, "crc32c-trailer", 0, supportedFeatures},
+		{"snapshot answer announces", true, oursAnnounce, 0, supportedFeatures},
 		{"snapshot answer from etcd", true, "", supportedFeatures, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -390,7 +393,7 @@ func BenchmarkPeerFeaturesLearn(b *testing.B) {
 		name string
 		h    http.Header
 	}{
-		{"ours", http.Header{headerFeatures: {"crc32c-trailer"}}},
+		{"ours", http.Header{headerFeatures: {oursAnnounce}}},
 		{"etcd", http.Header{}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

@@ -73,7 +73,7 @@ func TestSnapshotFeatures(t *testing.T) {
 		wantTrailer  bool
 	}{
 		{"to etcd", etcd, "", false},
-		{"to ours", ours, "crc32c-trailer", true},
+		{"to ours", ours, "crc32c-trailer,identity-refusal", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -185,8 +185,8 @@ func TestSnapshotFeatures(t *testing.T) {
 			}
 			p := posts[0]
 			// We announce to every peer: etcd ignores the header.
-			if p.features != "crc32c-trailer" {
-				t.Errorf("X-Rafthttp-Features = %q, want %q", p.features, "crc32c-trailer")
+			if want := "crc32c-trailer,identity-refusal"; p.features != want {
+				t.Errorf("X-Rafthttp-Features = %q, want %q", p.features, want)
 			}
 			gotTrailer := len(p.trailer) > 0
 			if gotTrailer != tc.wantTrailer {
