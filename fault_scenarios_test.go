@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/raftkit/rafthttp/internal/faultnet"
+	"github.com/raftkit/rafthttp/faultnet"
 )
 
 // This file runs failure scenarios over a fault-injecting network: every
