@@ -272,8 +272,9 @@ func (p *Proxy) SetBandwidth(bytesPerSec int64) {
 	})
 }
 
-// Partition stops forwarding in the given directions (and resumes the
-// others): ClientToServer, ServerToClient, BothWays, or 0 for none. Bytes
+// Partition stops forwarding in the given directions, ClientToServer,
+// ServerToClient or BothWays, and lets the others flow: it replaces the
+// proxy's partition, and Partition(0) lifts it. Bytes
 // of a stopped direction are held, not dropped, and flow again once the
 // direction is healed; until then, once the proxy's buffers for the
 // connection fill, the sender's writes block. New connections are still

@@ -13,17 +13,17 @@ import (
 var ErrUnknownMember = errors.New("faultnet: unknown member")
 
 // Mesh is the network of a cluster: a Proxy per ordered pair of members.
-// Member from reaches member to at URL(from, to), through Proxy(from, to),
-// which forwards to the address of to; so every connection from dials to
-// reach to crosses that proxy, and nothing else does.
+// Member a reaches member b at URL(a, b), through Proxy(a, b), which
+// forwards to b's address: every connection a opens to b crosses that
+// proxy, and nothing else does.
 //
-// Its partitions are named by members and by what they send: the bytes
-// from sends to to travel client to server on Proxy(from, to) (requests
-// from dials) and server to client on Proxy(to, from) (answers to the
-// requests to dials, and the streams to reads from from). PartitionOneWay
-// holds both, so that what from sends does not reach to, whichever member
-// opened the connection, while what to sends still reaches from. Held bytes
-// are delivered after a heal, as in [Proxy.Partition].
+// Its partitions are named by members and by what they send. The bytes
+// member a sends to member b travel client to server on Proxy(a, b) (the
+// requests a makes to b) and server to client on Proxy(b, a) (a's answers
+// to b's requests, and the streams b reads from a). PartitionOneWay holds
+// both, so that what a sends does not reach b, whichever of them opened
+// the connection, while what b sends still reaches a. Held bytes are
+// delivered after a heal, as in [Proxy.Partition].
 //
 // A Mesh is made by Network.Mesh; the zero value is not usable. Its methods
 // are safe for concurrent use. Its proxies belong to the Network and close
