@@ -8,7 +8,7 @@
 //
 // [StartCluster] is for tests: it fails the test if the cluster cannot
 // start and stops it when the test ends. [NewCluster] does the same for
-// code without a testing.TB (examples, benchmarks harnesses), with
+// code without a testing.TB (examples, benchmark harnesses), with
 // [Cluster.Close] to stop it.
 //
 // Each member's [rafthttp.Raft] is the caller's (Options.Raft), typically a
