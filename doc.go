@@ -161,6 +161,9 @@
 //   - sched.go: every measure taken about Go's scheduler, and where each
 //     is applied; metrics.go, stats.go, peer_status.go, probing_status.go:
 //     what is observed.
-//   - internal/rafttest: a raft member for tests, shared with compat/;
-//     internal/faultnet: a fault-injecting TCP proxy for tests.
+//   - internal/rafttest: a raft member for tests, shared with compat/.
+//   - faultnet (public): a fault-injecting TCP network for tests, a proxy
+//     per ordered pair of members (Mesh); rafthttptest (public): clusters
+//     of Transports behind real HTTP servers, wired through a Mesh, for
+//     the tests of applications.
 package rafthttp
