@@ -76,6 +76,9 @@ func ExampleTransport_metrics() {
 	defer srv1.Close()
 	srv2 := httptest.NewServer(tr2.Handler())
 	defer srv2.Close()
+	// Deferred after the servers, so run before them. Stop may be called
+	// again: tr1 is stopped below, to show what that does to reg.
+	defer tr1.Stop()
 	defer tr2.Stop()
 	if err := tr1.AddPeer(2, []string{srv2.URL}); err != nil {
 		fmt.Println(err)
