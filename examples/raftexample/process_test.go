@@ -1,13 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,141 +11,24 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftkit/rafthttp/internal/proctest"
 )
 
-// buildBinary builds raftexample into a temporary directory, with the race
-// detector when the tests have it, so that the processes are checked too.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go tool to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "raftexample")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+// The process helpers are shared with examples/raftkv.
+var (
+	freePorts = proctest.FreePorts
+	waitFor   = proctest.WaitFor
+	startProc = proctest.Start
+	do        = proctest.Do
+)
 
-// freePorts returns n distinct ports that were free on 127.0.0.1.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close() // held until all are chosen, so that they differ
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
+// proc is one raftexample process.
+type proc = proctest.Proc
 
-// waitFor polls cond every 20ms until it holds, failing the test after
-// timeout with what() describing what was awaited and last seen.
-func waitFor(t *testing.T, timeout time.Duration, what func() string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what())
-		case <-tick.C:
-		}
-	}
-}
-
-// proc is one raftexample process, logging to a file (so that no goroutine
-// of the test copies its output).
-type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-	err    error // Wait's, once exited is closed
-}
-
-// startProc starts bin in dir, where it keeps its data directories, with
-// its output appended to logPath.
-func startProc(t *testing.T, bin, dir, logPath string, args ...string) *proc {
-	t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	p := &proc{t: t, cmd: exec.Command(bin, args...), log: logPath, exited: make(chan struct{})}
-	p.cmd.Dir = dir
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-	})
-	return p
-}
-
-// wait waits up to timeout for the process to exit and returns Wait's
-// error.
-func (p *proc) wait(timeout time.Duration) error {
-	p.t.Helper()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.exited:
-		return p.err
-	case <-timer.C:
-		p.t.Fatalf("process did not exit within %v", timeout)
-		return nil
-	}
-}
-
-// kill sends sig and waits for the process to exit.
-func (p *proc) kill(sig os.Signal) error {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.t.Fatal(err)
-	}
-	return p.wait(30 * time.Second)
-}
-
-// output returns what the process has logged so far.
-func (p *proc) output() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
-// httpClient opens a connection per request, so that none outlives a test.
-var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// do makes a request and returns the status and body; status 0 and the
-// error on a failure to connect.
-func do(method, url, body string) (int, string) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return 0, err.Error()
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+// buildBinary builds raftexample, with the race detector when the tests
+// have it, so that the processes are checked too.
+func buildBinary(t *testing.T) string { return proctest.Build(t, "raftexample", raceEnabled) }
 
 // writeTimeout bounds how long a write may take to become visible.
 const writeTimeout = 30 * time.Second
@@ -260,14 +139,14 @@ func TestCluster(t *testing.T) {
 	start := func(i int, extra ...string) { procs[i] = startProc(t, bin, dir, logOf(i), args(i, extra...)...) }
 	defer func() {
 		for i := 1; i <= 4; i++ {
-			if p := procs[i]; p != nil && strings.Contains(p.output(), "WARNING: DATA RACE") {
+			if p := procs[i]; p != nil && strings.Contains(p.Output(), "WARNING: DATA RACE") {
 				t.Errorf("member %d reported a data race", i)
 			}
 		}
 		if t.Failed() || os.Getenv("RAFTEXAMPLE_TEST_LOGS") != "" {
 			for i := 1; i <= 4; i++ {
 				if p := procs[i]; p != nil {
-					t.Logf("member %d output:\n%s", i, p.output())
+					t.Logf("member %d output:\n%s", i, p.Output())
 				}
 			}
 		}
@@ -287,9 +166,9 @@ func TestCluster(t *testing.T) {
 	// Member 3 has applied them all; once its snapshot is done (it logs
 	// the compaction that follows), kill it.
 	waitFor(t, writeTimeout, func() string { return "member 3 to snapshot" }, func() bool {
-		return strings.Contains(procs[3].output(), "compacted the log up to entry")
+		return strings.Contains(procs[3].Output(), "compacted the log up to entry")
 	})
-	if err := procs[3].kill(syscall.SIGKILL); err == nil {
+	if err := procs[3].Kill(syscall.SIGKILL); err == nil {
 		t.Fatal("member 3 after SIGKILL: got a clean exit, want killed")
 	}
 	down1, down2 := keys("down-through-1", 20), keys("down-through-2", 20)
@@ -303,7 +182,7 @@ func TestCluster(t *testing.T) {
 		served := true
 		waitFor(t, 10*time.Second, func() string { return "member 3 to serve or exit" }, func() bool {
 			select {
-			case <-procs[3].exited:
+			case <-procs[3].Exited():
 				served = false
 				return true
 			default:
@@ -315,7 +194,7 @@ func TestCluster(t *testing.T) {
 	})
 	all := merge(before, down1, down2)
 	waitAll(t, api(3), all)
-	out3 := procs[3].output()
+	out3 := procs[3].Output()
 	if m := openedRE.FindAllStringSubmatch(out3, -1); len(m) < 2 || m[len(m)-1][1] == "0" {
 		t.Errorf("member 3 opened its log at %q, want it to restart from a snapshot of its own", m)
 	}
@@ -325,7 +204,7 @@ func TestCluster(t *testing.T) {
 	if !strings.Contains(out3, "received from the leader") {
 		t.Errorf("member 3 did not log a snapshot received from the leader; want it to catch up through one")
 	}
-	if !strings.Contains(procs[1].output()+procs[2].output(), "to member 3") {
+	if !strings.Contains(procs[1].Output()+procs[2].Output(), "to member 3") {
 		t.Errorf("neither member 1 nor 2 logged sending a snapshot to member 3")
 	}
 	// The restarted member takes writes too: raft forwards them.
@@ -356,14 +235,14 @@ func TestCluster(t *testing.T) {
 			select {
 			case <-timer.C:
 				return false // the POST may have been lost: again
-			case <-procs[4].exited:
-				t.Fatalf("member 4 exited: %v", procs[4].err)
+			case <-procs[4].Exited():
+				t.Fatalf("member 4 exited: %v", procs[4].Err())
 			case <-tick.C:
 			}
 		}
 	})
 	waitAll(t, api(4), all)
-	if !strings.Contains(procs[4].output(), "received from the leader") {
+	if !strings.Contains(procs[4].Output(), "received from the leader") {
 		t.Errorf("member 4 did not log a snapshot received from the leader; want it to join through one")
 	}
 	// Member 4 takes writes, and every member serves them.
@@ -379,8 +258,8 @@ func TestCluster(t *testing.T) {
 	if code, body := do(http.MethodDelete, api(2)+"/4", ""); code != http.StatusNoContent {
 		t.Fatalf("DELETE /4: got %d %q, want 204", code, body)
 	}
-	procs[4].wait(writeTimeout)
-	if out := procs[4].output(); !strings.Contains(out, "removed") {
+	procs[4].Wait(writeTimeout)
+	if out := procs[4].Output(); !strings.Contains(out, "removed") {
 		t.Errorf("member 4 exited without saying it was removed")
 	}
 	put := map[string]string{"after-removal": "written by three members"}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,127 +15,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftkit/rafthttp/internal/proctest"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
 
+// The process helpers are shared with examples/raftexample.
+var (
+	freePorts = proctest.FreePorts
+	waitFor   = proctest.WaitFor
+	do        = proctest.Do
+)
+
+// proc is one raftkv process.
+type proc = proctest.Proc
+
 // buildBinary builds raftkv into a temporary directory.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go tool to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "raftkv")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// freePorts returns n distinct ports free on 127.0.0.1 when it returns.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close() // held until all are chosen, so they differ
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
-// waitFor polls cond until it holds or the deadline passes; what describes
-// the wait in the failure message, with the last state seen.
-func waitFor(t *testing.T, timeout time.Duration, what func() string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what())
-		case <-tick.C:
-		}
-	}
-}
-
-// proc is one raftkv process. Its output goes to a file, so no goroutine
-// copies it.
-type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-	err    error // of Wait, once exited is closed
-}
+func buildBinary(t *testing.T) string { return proctest.Build(t, "raftkv", false) }
 
 // startProc starts bin with args, logging to logPath (appended to).
 func startProc(t *testing.T, bin, logPath string, args ...string) *proc {
-	t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	p := &proc{t: t, cmd: exec.Command(bin, args...), log: logPath, exited: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-	})
-	return p
-}
-
-// kill sends sig and waits for the process to exit.
-func (p *proc) kill(sig os.Signal) error {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-		return p.err
-	case <-time.After(30 * time.Second):
-		p.t.Fatalf("process did not exit within 30s of %v", sig)
-		return nil
-	}
-}
-
-// output returns what the process has logged.
-func (p *proc) output() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
-// httpClient makes one connection per request, so that no idle connection
-// (and its goroutines) outlives a test.
-var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// do makes a request and returns the status and body; status 0 on a
-// connection error.
-func do(method, url, body string) (int, string) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return 0, err.Error()
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return proctest.Start(t, bin, "", logPath, args...)
 }
 
 // put writes key=value through the API at api, retrying until the member
@@ -195,7 +94,7 @@ func TestMultiProcess(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			for i, p := range procs {
-				t.Logf("member %d output:\n%s", i+1, p.output())
+				t.Logf("member %d output:\n%s", i+1, p.Output())
 			}
 		}
 	}()
@@ -205,7 +104,7 @@ func TestMultiProcess(t *testing.T) {
 		waitValue(t, api(i), "before", "written before the crash")
 	}
 
-	if err := procs[2].kill(syscall.SIGKILL); err == nil {
+	if err := procs[2].Kill(syscall.SIGKILL); err == nil {
 		t.Fatalf("member 3 after SIGKILL: got a clean exit, want killed")
 	}
 	const n = 20
@@ -221,7 +120,7 @@ func TestMultiProcess(t *testing.T) {
 		ok := true
 		waitFor(t, 10*time.Second, func() string { return "member 3 to serve or exit" }, func() bool {
 			select {
-			case <-procs[2].exited:
+			case <-procs[2].Exited():
 				ok = false
 				return true
 			default:
@@ -231,7 +130,7 @@ func TestMultiProcess(t *testing.T) {
 		})
 		return ok
 	})
-	if out := procs[2].output(); !strings.Contains(out, "member 3: restarting from data dir") {
+	if out := procs[2].Output(); !strings.Contains(out, "member 3: restarting from data dir") {
 		t.Errorf("restarted member 3 logged %q, want it to restart from its data dir", out)
 	}
 	for k := range n {
@@ -248,7 +147,7 @@ func TestMultiProcess(t *testing.T) {
 	// The flags reached the members: the transport answers with the
 	// cluster ID given, and the 20 writes made each member snapshot,
 	// which the default count, 1,000, would not.
-	resp, err := httpClient.Post(urls[0]+"/raft", "application/protobuf", strings.NewReader(""))
+	resp, err := proctest.HTTPClient.Post(urls[0]+"/raft", "application/protobuf", strings.NewReader(""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +162,7 @@ func TestMultiProcess(t *testing.T) {
 	}
 
 	for i, p := range procs {
-		if err := p.kill(syscall.SIGTERM); err != nil {
+		if err := p.Kill(syscall.SIGTERM); err != nil {
 			t.Errorf("member %d after SIGTERM: %v, want exit status 0", i+1, err)
 		}
 	}
