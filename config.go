@@ -1,6 +1,7 @@
 package rafthttp
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -133,6 +134,10 @@ type config struct {
 	maxRequestRemotes                 int
 	requestRemoteIdle                 time.Duration
 	metricsNamespace                  string
+	// peerIdentity and clientRoots are PeerIdentity and ClientRootCAs
+	// (identity.go).
+	peerIdentity func(*x509.Certificate) (uint64, error)
+	clientRoots  func() *x509.CertPool
 	// features is what we announce and use (features.go);
 	// featuresHeader its formatted announcement.
 	features       featureSet
@@ -179,6 +184,16 @@ func (t *Transport) validate() (config, error) {
 		maxRequestRemotes:   orDefault(t.maxRequestRemotes, maxRequestRemotes),
 		requestRemoteIdle:   orDefault(t.requestRemoteIdle, requestRemoteIdleTimeout),
 		metricsNamespace:    orDefault(t.MetricsNamespace, DefaultMetricsNamespace),
+		peerIdentity:        t.PeerIdentity,
+		clientRoots:         t.ClientRootCAs,
+	}
+	if t.PeerIdentity != nil || t.ClientRootCAs != nil {
+		if t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
+			errs = append(errs, errors.New("PeerIdentity and ClientRootCAs need verified certificates: TLSClientConfig.InsecureSkipVerify must be false"))
+		}
+	}
+	if t.ClientRootCAs != nil && t.Proxy != nil {
+		errs = append(errs, errors.New("ClientRootCAs cannot be combined with Proxy: net/http makes the TLS handshake through a proxy itself, with TLSClientConfig.RootCAs"))
 	}
 	if !validMetricsNamespace(c.metricsNamespace) {
 		errs = append(errs, fmt.Errorf("MetricsNamespace %q is not a Prometheus name component ([a-zA-Z_][a-zA-Z0-9_]*)", c.metricsNamespace))

@@ -2,6 +2,7 @@ package rafthttp
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -18,15 +19,82 @@ const (
 	rtPipeline                   // POSTs, snapshots and the snapshot prober
 )
 
-// newRoundTripper builds an HTTP client of the given kind. Streams get no
-// idle connections (each is long-lived) and per-Read/Write deadlines on the
-// connection itself, so that a silent stream fails within the read timeout
-// (etcd installs these deadlines where Go ignores them); sliced streams
-// look at the socket every busyPollInterval while MsgApps stream. The
-// pipeline keeps connections alive between POSTs. It has no side effect:
-// the caller keeps the unix-socket client it returns, to close it with the
-// HTTP client.
-func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) (*http.Transport, *unixTransport) {
+// dialFunc dials a connection, as net.Dialer.DialContext.
+type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// clients are the HTTP clients members are dialled with: one per stream
+// type, of the kind its row in the streams table says (no idle
+// connections, per-Read/Write deadlines), and the pipeline's (keep-alive
+// connections, no deadlines; POSTs, snapshots and the snapshot prober),
+// with their unix-socket transports. The Transport's own (shared) serve
+// every peer and remote, unless PeerIdentity gives each its own (clientsFor).
+type clients struct {
+	streams  [streamTypeEnd]*http.Transport // nil in a remote's
+	pipeline *http.Transport
+	unix     []*unixTransport
+}
+
+// newClients builds a set of clients whose TLS handshakes use tc (and
+// ClientRootCAs, if set); a remote's (withStreams false) has no stream
+// clients.
+func newClients(t *Transport, tc *tls.Config, withStreams bool) *clients {
+	c := &clients{}
+	var u *unixTransport
+	if withStreams {
+		for _, typ := range streamTypes {
+			c.streams[typ], u = newRoundTripper(t, t.cfg.readTimeout, t.cfg.writeTimeout, streams[typ].client, tc)
+			c.unix = append(c.unix, u)
+		}
+	}
+	c.pipeline, u = newRoundTripper(t, 0, 0, rtPipeline, tc)
+	c.unix = append(c.unix, u)
+	return c
+}
+
+// clientsFor returns the clients to dial member id with: the shared ones,
+// unless PeerIdentity is set. Then the member gets clients of its own,
+// whose handshakes check that the server speaks for id and whose
+// connections serve no other member; its owner closes their idle
+// connections when it stops (closeIdleConnectionsOf).
+func (t *Transport) clientsFor(id uint64, withStreams bool) *clients {
+	if t.cfg.peerIdentity == nil {
+		return t.shared
+	}
+	return newClients(t, t.dialTLSConfig(id, new(logLimiter)), withStreams)
+}
+
+// closeIdleConnectionsOf closes the idle connections of c, the clients of a
+// member that stopped, unless they are the shared ones, which Stop closes.
+func (t *Transport) closeIdleConnectionsOf(c *clients) {
+	if c != t.shared {
+		c.closeIdleConnections()
+	}
+}
+
+// closeIdleConnections closes the idle connections of every client of c.
+func (c *clients) closeIdleConnections() {
+	for _, typ := range streamTypes {
+		if c.streams[typ] != nil {
+			c.streams[typ].CloseIdleConnections()
+		}
+	}
+	c.pipeline.CloseIdleConnections()
+	for _, u := range c.unix {
+		u.closeIdleConnections()
+	}
+}
+
+// newRoundTripper builds an HTTP client of the given kind, whose TLS
+// handshakes use tc. Streams get no idle connections (each is long-lived)
+// and per-Read/Write deadlines on the connection itself, so that a silent
+// stream fails within the read timeout (etcd installs these deadlines where
+// Go ignores them); sliced streams look at the socket every
+// busyPollInterval while MsgApps stream. The pipeline keeps connections
+// alive between POSTs. With ClientRootCAs set, the client makes its TLS
+// handshakes itself (dialTLS), with the roots of the moment. It has no side
+// effect: the caller keeps the unix-socket client it returns, to close it
+// with the HTTP client.
+func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind, tc *tls.Config) (*http.Transport, *unixTransport) {
 	netDial := (&net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	if t.netDial != nil {
 		netDial = t.netDial
@@ -44,9 +112,16 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) (*http.Tra
 	tr := &http.Transport{
 		Proxy:               t.Proxy,
 		DialContext:         dial,
-		TLSHandshakeTimeout: 10 * time.Second,
-		TLSClientConfig:     t.TLSClientConfig,
+		TLSHandshakeTimeout: tlsHandshakeTimeout,
+		TLSClientConfig:     tc,
 		MaxIdleConnsPerHost: -1,
+	}
+	var tlsDial func(dialFunc) dialFunc
+	if roots := t.cfg.clientRoots; roots != nil {
+		// validate refuses a Proxy with ClientRootCAs: every https
+		// connection is then dialled here, none by net/http itself.
+		tlsDial = func(raw dialFunc) dialFunc { return dialTLS(raw, tc, roots) }
+		tr.DialTLSContext = tlsDial(dial)
 	}
 	if kind == rtPipeline {
 		tr.MaxIdleConnsPerHost = 1024
@@ -55,7 +130,7 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) (*http.Tra
 		tr.WriteBufferSize = 64 << 10
 		tr.ReadBufferSize = 64 << 10
 	}
-	u := &unixTransport{base: tr, bySocket: map[string]*http.Transport{}}
+	u := &unixTransport{base: tr, tlsDial: tlsDial, bySocket: map[string]*http.Transport{}}
 	tr.RegisterProtocol("unix", unixScheme{u, "http"})
 	tr.RegisterProtocol("unixs", unixScheme{u, "https"})
 	return tr, u
@@ -66,7 +141,10 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind) (*http.Tra
 // gets its own clone of the base transport, kept so that its connections
 // are reused, and closed at Stop.
 type unixTransport struct {
-	base     *http.Transport
+	base *http.Transport
+	// tlsDial, if not nil, makes a DialTLSContext of a raw dial
+	// (ClientRootCAs): each socket's clone gets one over the socket.
+	tlsDial  func(dialFunc) dialFunc
 	mu       sync.Mutex
 	bySocket map[string]*http.Transport
 }
@@ -93,6 +171,10 @@ func (u *unixTransport) forSocket(socket string) *http.Transport {
 	dial := u.base.DialContext
 	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return dial(ctx, "unix", socket)
+	}
+	if u.tlsDial != nil {
+		// The clone's DialTLSContext would dial the base's way, over TCP.
+		tr.DialTLSContext = u.tlsDial(tr.DialContext)
 	}
 	u.bySocket[socket] = tr
 	return tr

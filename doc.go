@@ -21,7 +21,8 @@
 //
 //  1. Fill in a [Transport]: ID, ClusterID, your [Raft] implementation, and
 //     optionally URLs (your advertised peer URLs), Logger, ErrorC,
-//     TLSClientConfig, SnapshotStore and Registerer. Zero values of the other
+//     TLSClientConfig (with PeerIdentity and ClientRootCAs), SnapshotStore
+//     and Registerer. Zero values of the other
 //     fields mean the documented defaults.
 //  2. Call [Transport.Start]. It validates the configuration and returns an
 //     error instead of panicking.
@@ -114,11 +115,13 @@
 // Extensions beyond etcd are negotiated: every request and answer carries
 // X-Rafthttp-Features (which etcd ignores), each peer's latest announcement
 // is kept (PeerStats.Features), and an extension is used only when both
-// sides announced it. Two exist today: the CRC-32C trailer on snapshot
-// bodies, and resumable snapshots (announced by a member whose
-// SnapshotStore is a ResumableSnapshotStore), which add
-// GET /raft/snapshot/resume and headers on the snapshot POST. etcd
-// announces nothing, so it gets etcd's bytes.
+// sides announced it. The extensions today are the CRC-32C trailer on
+// snapshot bodies; identity-refusal: a sender that announces it reads a
+// 403 marked X-Rafthttp-Refused: peer-identity as a refusal of its
+// certificate, not as its removal; and resumable snapshots (announced by a
+// member whose SnapshotStore is a ResumableSnapshotStore), which add GET
+// /raft/snapshot/resume and headers on the snapshot POST. etcd announces
+// nothing, so it gets etcd's bytes.
 //
 // # Snapshots
 //
@@ -131,12 +134,26 @@
 // matches. All outgoing snapshots share one bandwidth budget
 // (SnapshotSendRate, SetSnapshotSendRate).
 //
+// # Peer identity
+//
+// With mutual TLS as etcd does it, any certificate the cluster's CA signed
+// may speak for any member. Set [Transport.PeerIdentity] (for example to
+// [IdentityFromURISAN], SPIFFE's convention) and each certificate speaks
+// for one member: requests must come from the member they name, messages
+// from the member whose certificate brought them, and a member dialled
+// must present its own certificate. [Transport.ClientRootCAs] gives each
+// new connection we dial the trust roots of the moment, so that a CA
+// bundle rotates without a restart. Both are off by default; the README's
+// TLS section says what is checked and how to turn the check on in a
+// running cluster.
+//
 // # Where things live
 //
 //   - transport.go: the Transport's life (Start, Stop, membership, Send,
 //     Handler); config.go: every Default and the validation of the fields;
-//     dial.go: the HTTP clients and connections we dial; faults.go: Pause
-//     and CutPeer.
+//     dial.go: the HTTP clients and connections we dial; identity.go: peer
+//     identity and the trust roots of our dials; faults.go: Pause and
+//     CutPeer.
 //   - peer.go, remote.go: a member we talk to, and one we only answer;
 //     streams.go: the table of stream types (a new stream type is a row
 //     there plus a codec); stream_writer.go, stream_reader.go: the two ends
@@ -160,7 +177,10 @@
 //   - sched.go: every measure taken about Go's scheduler, and where each
 //     is applied; metrics.go, stats.go, peer_status.go, probing_status.go:
 //     what is observed.
-//   - internal/rafttest: a raft member for tests, shared with compat/;
-//     internal/faultnet: a fault-injecting TCP proxy for tests (latency,
-//     bandwidth, partitions, black holes, resets, a reset every n bytes).
+//   - internal/rafttest: a raft member for tests, shared with compat/.
+//   - faultnet (public): a fault-injecting TCP network for tests, a proxy
+//     per ordered pair of members (Mesh), whose faults include a reset
+//     every n bytes; rafthttptest (public): clusters of Transports behind
+//     real HTTP servers, wired through a Mesh, for the tests of
+//     applications.
 package rafthttp

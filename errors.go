@@ -45,7 +45,8 @@ var (
 	ErrAlreadyStarted = errors.New("rafthttp: Transport already started")
 
 	// ErrMemberRemoved means the remote told us that this member has been
-	// removed from the cluster (410 on a stream dial, 403 on a POST). It is
+	// removed from the cluster (410 on a stream dial, 403 on a POST, unless
+	// the 403 is marked as an identity refusal: ErrPeerIdentity). It is
 	// posted to Transport.ErrorC. Its text is etcd's, without the prefix:
 	// an application moving from etcd's transport may compare ErrorC's
 	// texts, and compat/interop checks that both transports post the same.
@@ -91,4 +92,18 @@ var (
 
 	// ErrSnapshotSize means a payload did not have its declared size.
 	ErrSnapshotSize = errors.New("rafthttp: snapshot payload size differs from the declared size")
+
+	// ErrPeerIdentity means a connection or request was refused because a
+	// certificate does not speak for the member concerned (see
+	// Transport.PeerIdentity): we refused the server we dialled as member
+	// n, or a peer answered that it refused our request (an answer marked
+	// X-Rafthttp-Refused: peer-identity). Unlike another 403 on a POST, such
+	// an answer is not taken to mean that this member was removed.
+	ErrPeerIdentity = errors.New("rafthttp: peer identity refused")
+
+	// ErrNoPeerIdentity means a certificate names no member: what
+	// IdentityFromURISAN and IdentityFromDNSSAN return for a certificate
+	// without the SAN they read, with two, or with one that is not a
+	// member ID.
+	ErrNoPeerIdentity = errors.New("rafthttp: certificate names no member")
 )

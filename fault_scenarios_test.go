@@ -3,7 +3,6 @@ package rafthttp
 import (
 	"context"
 	"fmt"
-	"maps"
 	"runtime"
 	"slices"
 	"strings"
@@ -17,21 +16,20 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/raftkit/rafthttp/internal/faultnet"
+	"github.com/raftkit/rafthttp/faultnet"
 )
 
-// This file runs failure scenarios over a fault-injecting network: every
-// ordered pair of members (from, to) has its own proxy, and from reaches to
-// only through it (from's AddPeer(to) names the proxy's URL). What flows
-// through proxy[from][to]:
+// This file runs failure scenarios over a fault-injecting network, the
+// public faultnet.Mesh: every ordered pair of members (from, to) has its
+// own proxy, and from reaches to only through it (from's AddPeer(to) names
+// the proxy's URL). What flows through the proxy (from, to):
 //
 //   - client to server: from's stream dials (GET), pipeline POSTs, probes;
 //   - server to client: the stream data to sends from, and the answers.
 //
-// So from's messages to `to` travel client to server on proxy[from][to]
-// (pipeline) and server to client on proxy[to][from] (the streams `to`
-// dialled), and a member is cut off completely by faulting both proxies of
-// each of its pairs.
+// So from's messages to `to` travel client to server on the proxy (from,
+// to) (pipeline) and server to client on the proxy (to, from) (the streams
+// `to` dialled): the Mesh's PartitionOneWay holds both.
 
 // faultReadTimeout is the ConnReadTimeout of the scenarios: short, so that
 // stalled streams are noticed quickly, and long enough for -race on two
@@ -60,33 +58,30 @@ func newFaultNet(t testing.TB, seed int64) *faultnet.Network {
 	return n
 }
 
-// pairKey is an ordered pair of members: the proxy `from` dials to reach
-// `to`.
-type pairKey struct{ from, to uint64 }
-
-// wireThroughProxies creates a proxy per ordered pair of nodes, in ID order
-// (so that seeded jitter is reproducible), and adds every node as a peer of
-// every other through its pair's proxy.
-func wireThroughProxies(t testing.TB, fnet *faultnet.Network, nodes map[uint64]*testNode) map[pairKey]*faultnet.Proxy {
+// wireThroughProxies makes the mesh of the nodes (a proxy per ordered
+// pair, created in ID order, so that seeded jitter is reproducible) and
+// adds every node as a peer of every other through its pair's proxy.
+func wireThroughProxies(t testing.TB, fnet *faultnet.Network, nodes map[uint64]*testNode) *faultnet.Mesh {
 	t.Helper()
-	ids := slices.Sorted(maps.Keys(nodes))
-	proxies := map[pairKey]*faultnet.Proxy{}
-	for _, from := range ids {
-		for _, to := range ids {
+	targets := map[uint64]string{}
+	for id, n := range nodes {
+		targets[id] = n.srv.Listener.Addr().String()
+	}
+	mesh, err := fnet.Mesh(targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range mesh.Members() {
+		for _, to := range mesh.Members() {
 			if from == to {
 				continue
 			}
-			p, err := fnet.Proxy(nodes[to].srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			proxies[pairKey{from, to}] = p
-			if err := nodes[from].tr.AddPeer(to, []string{p.URL()}); err != nil {
+			if err := nodes[from].tr.AddPeer(to, []string{mesh.URL(from, to)}); err != nil {
 				t.Fatalf("AddPeer: %v", err)
 			}
 		}
 	}
-	return proxies
+	return mesh
 }
 
 // faultCluster is a raft cluster whose members reach each other through
@@ -96,7 +91,7 @@ type faultCluster struct {
 	opts    memberOptions
 	ids     []uint64
 	members map[uint64]*raftMember
-	proxy   map[pairKey]*faultnet.Proxy
+	mesh    *faultnet.Mesh
 }
 
 func newFaultCluster(t *testing.T, n int, o memberOptions) *faultCluster {
@@ -112,7 +107,7 @@ func newFaultCluster(t *testing.T, n int, o memberOptions) *faultCluster {
 		c.members[id] = m
 		nets[id] = m.net
 	}
-	c.proxy = wireThroughProxies(t, fnet, nets)
+	c.mesh = wireThroughProxies(t, fnet, nets)
 	for _, m := range c.members {
 		m.start()
 	}
@@ -148,36 +143,31 @@ func (c *faultCluster) others(id uint64) []uint64 {
 // (x receives nothing), out (x's sends go nowhere), or both (x is
 // isolated).
 func (c *faultCluster) cut(x uint64, in, out bool) {
-	for _, j := range c.others(x) {
-		var dial, served faultnet.Direction // of proxy[x][j] and proxy[j][x]
-		if in {
-			// What x receives: answers and stream data on the proxies x
-			// dials, requests (POSTs, stream dials) on those j dials.
-			dial |= faultnet.ServerToClient
-			served |= faultnet.ClientToServer
+	x1, rest := []uint64{x}, c.others(x)
+	if in {
+		if err := c.mesh.PartitionOneWay(rest, x1); err != nil {
+			c.t.Fatal(err)
 		}
-		if out {
-			dial |= faultnet.ClientToServer
-			served |= faultnet.ServerToClient
+	}
+	if out {
+		if err := c.mesh.PartitionOneWay(x1, rest); err != nil {
+			c.t.Fatal(err)
 		}
-		c.proxy[pairKey{x, j}].Partition(dial)
-		c.proxy[pairKey{j, x}].Partition(served)
 	}
 }
 
 // links applies fn to both proxies of every pair x belongs to.
 func (c *faultCluster) links(x uint64, fn func(*faultnet.Proxy)) {
-	for _, j := range c.others(x) {
-		fn(c.proxy[pairKey{x, j}])
-		fn(c.proxy[pairKey{j, x}])
+	ps, err := c.mesh.Links(x)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, p := range ps {
+		fn(p)
 	}
 }
 
-func (c *faultCluster) heal() {
-	for _, p := range c.proxy {
-		p.Heal()
-	}
-}
+func (c *faultCluster) heal() { c.mesh.Heal() }
 
 // roundRobin proposes through members in turn.
 func roundRobin(members []*raftMember) func(int) *raftMember {
@@ -355,7 +345,7 @@ func TestFaultScenarioSlowFollower(t *testing.T) {
 		p.SetBandwidth(bandwidth)
 		p.SetLatency(latency, jitter)
 	})
-	toSlow := c.proxy[pairKey{slow, lead}] // carries the leader's streams to the slow follower
+	toSlow := c.mesh.Proxy(slow, lead) // carries the leader's streams to the slow follower
 	carried := toSlow.Stats().ToClient
 	slowStart := time.Now()
 	slowRate := measure("slow")
@@ -381,7 +371,7 @@ func TestFaultScenarioSlowFollower(t *testing.T) {
 // faultMesh is n fake-raft nodes wired through per-pair proxies.
 type faultMesh struct {
 	nodes map[uint64]*testNode
-	proxy map[pairKey]*faultnet.Proxy
+	mesh  *faultnet.Mesh
 }
 
 func newFaultMesh(t *testing.T, n int, seed int64) *faultMesh {
@@ -392,7 +382,7 @@ func newFaultMesh(t *testing.T, n int, seed int64) *faultMesh {
 		id := uint64(i + 1)
 		m.nodes[id] = newNode(t, withID(id), faultTimeouts(t))
 	}
-	m.proxy = wireThroughProxies(t, fnet, m.nodes)
+	m.mesh = wireThroughProxies(t, fnet, m.nodes)
 	for _, a := range m.nodes {
 		for _, b := range m.nodes {
 			if a != b {
@@ -440,7 +430,7 @@ func TestFaultScenarioStalledStream(t *testing.T) {
 	since13 := n1.tr.ActiveSince(3)
 	before, _ := n1.tr.PeerStatus(2)
 
-	hole := m.proxy[pairKey{1, 2}]
+	hole := m.mesh.Proxy(1, 2)
 	holedAt := time.Now()
 	hole.Blackhole(true)
 	waitFor(t, "node 1 to see node 2 inactive", func() bool { return n1.tr.ActiveSince(2).IsZero() })
@@ -564,7 +554,7 @@ func TestFaultScenarioRestart(t *testing.T) {
 		t.Fatalf("restarted on %s, want %s", m.net.url, old.net.url)
 	}
 	for _, j := range c.others(f) {
-		if err := m.net.tr.AddPeer(j, []string{c.proxy[pairKey{f, j}].URL()}); err != nil {
+		if err := m.net.tr.AddPeer(j, []string{c.mesh.URL(f, j)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -30,6 +30,13 @@ const (
 	// its CRC-32C (trailerCRC32C). A receiver that announces it checks
 	// the trailer when there is one.
 	featureCRC32CTrailer feature = iota
+	// featureIdentityRefusal: the sender reads a 403 answer marked
+	// X-Rafthttp-Refused: peer-identity as a refusal of its certificate
+	// (ErrPeerIdentity), not as its removal from the cluster, which is
+	// what etcd reads into any 403 on a POST. A receiver checking peer
+	// identity answers 403 only to senders that announce it
+	// (refuseIdentity).
+	featureIdentityRefusal
 	// featureSnapshotResume: a snapshot transfer cut short resumes where
 	// the receiver's copy ends (snapshot_resume.go). A receiver announces
 	// it only if its SnapshotStore is a ResumableSnapshotStore.
@@ -41,13 +48,14 @@ const (
 // featureTokens are the features' names on the wire, indexed by feature.
 // A token, once released, must never change meaning.
 var featureTokens = [numFeatures]string{
-	featureCRC32CTrailer:  "crc32c-trailer",
-	featureSnapshotResume: "snapshot-resume",
+	featureCRC32CTrailer:   "crc32c-trailer",
+	featureIdentityRefusal: "identity-refusal",
+	featureSnapshotResume:  "snapshot-resume",
 }
 
 // supportedFeatures is what this version of the library can announce;
 // localFeatures says what a given Transport announces.
-const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureSnapshotResume)
+const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureIdentityRefusal | 1<<featureSnapshotResume)
 
 // localFeatures is what t announces and uses: what this version supports
 // (or, in tests, what t.announce says), less what t's configuration cannot

@@ -68,10 +68,17 @@ func TestFeaturesOf(t *testing.T) {
 	}
 }
 
+// oursAnnounce is the announcement this version sends, and
+// oursAnnounceNoStore its announcement without a ResumableSnapshotStore.
+const (
+	oursAnnounce        = "crc32c-trailer,identity-refusal,snapshot-resume"
+	oursAnnounceNoStore = "crc32c-trailer,identity-refusal"
+)
+
 // TestFeatureSetString: the announcement we send, byte for byte, and that
 // every known feature has a token that parses back to it.
 func TestFeatureSetString(t *testing.T) {
-	if got, want := supportedFeatures.String(), "crc32c-trailer,snapshot-resume"; got != want {
+	if got, want := supportedFeatures.String(), oursAnnounce; got != want {
 		t.Errorf("supportedFeatures = %q, want %q", got, want)
 	}
 	if got := featureSet(0).String(); got != "" {
@@ -97,11 +104,11 @@ func TestPeerFeaturesLearn(t *testing.T) {
 		header string // "" sends no header
 		want   featureSet
 	}{
-		{"ours announces", "crc32c-trailer,snapshot-resume", supportedFeatures},
-		{"ours without a resumable store", "crc32c-trailer", trailerOnly},
-		{"a newer version adds unknown features", "crc32c-trailer,zstd,snapshot-resume", supportedFeatures},
+		{"ours announces", oursAnnounce, supportedFeatures},
+		{"ours without a resumable store", oursAnnounceNoStore, resumeNoFeature},
+		{"a newer version adds unknown features", oursAnnounce + ",zstd", supportedFeatures},
 		{"restarted as etcd: no header", "", 0},
-		{"ours again", "crc32c-trailer,snapshot-resume", supportedFeatures},
+		{"ours again", oursAnnounce, supportedFeatures},
 	} {
 		h := http.Header{}
 		if step.header != "" {
@@ -274,8 +281,8 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 			wantCode int
 			want     featureSet
 		}{
-			{"ours announces", setHeader("X-Rafthttp-Features", "crc32c-trailer,snapshot-resume"), 0, http.StatusNoContent, supportedFeatures},
-			{"ours without a resumable store", setHeader("X-Rafthttp-Features", "crc32c-trailer"), supportedFeatures, http.StatusNoContent, trailerOnly},
+			{"ours announces", setHeader("X-Rafthttp-Features", oursAnnounce), 0, http.StatusNoContent, supportedFeatures},
+			{"ours without a resumable store", setHeader("X-Rafthttp-Features", oursAnnounceNoStore), supportedFeatures, http.StatusNoContent, resumeNoFeature},
 			{"etcd announces nothing", nil, supportedFeatures, http.StatusNoContent, 0},
 			{"refused request teaches nothing", func(h http.Header) {
 				h.Set("X-Etcd-Cluster-ID", "1")
@@ -292,7 +299,7 @@ func TestFeaturesLearntFromRequests(t *testing.T) {
 					},
 					wantCode:   tc.wantCode,
 					anyBody:    true,
-					wantHeader: map[string]string{"X-Rafthttp-Features": supportedFeatures.String()}, // memStore resumes
+					wantHeader: map[string]string{"X-Rafthttp-Features": oursAnnounce}, // memStore resumes
 					check: func(t *testing.T, e *htEnv) {
 						p, _ := e.tr.get(htPeerID)
 						if got := p.features.load(); got != tc.want {
@@ -351,10 +358,10 @@ func TestFeaturesLearntFromAnswers(t *testing.T) {
 		before   featureSet
 		want     featureSet
 	}{
-		{"pipeline answer announces", false, "crc32c-trailer", 0, trailerOnly},
-		{"pipeline answer from etcd", false, "", trailerOnly, 0},
-		{"snapshot answer announces", true, "crc32c-trailer", 0, trailerOnly},
-		{"snapshot answer from etcd", true, "", trailerOnly, 0},
+		{"pipeline answer announces", false, oursAnnounce, 0, supportedFeatures},
+		{"pipeline answer from etcd", false, "", supportedFeatures, 0},
+		{"snapshot answer announces", true, oursAnnounce, 0, supportedFeatures},
+		{"snapshot answer from etcd", true, "", supportedFeatures, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fake := &fakeAnnouncer{announce: tc.announce, posts: map[string]int{}}
@@ -396,7 +403,7 @@ func BenchmarkPeerFeaturesLearn(b *testing.B) {
 		name string
 		h    http.Header
 	}{
-		{"ours", http.Header{headerFeatures: {"crc32c-trailer"}}},
+		{"ours", http.Header{headerFeatures: {oursAnnounce}}},
 		{"etcd", http.Header{}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {

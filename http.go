@@ -87,8 +87,10 @@ func (t *Transport) gated(h http.HandlerFunc) http.HandlerFunc {
 
 // checkRequest runs the checks every POST handler and the stream handler
 // share after the method check (spec §6.1) on the request's headers rh:
-// version compatibility, then the cluster ID. It answers the request itself
-// on failure.
+// version compatibility, then the cluster ID, then, with PeerIdentity set,
+// that the client certificate speaks for the member the request names
+// (checkPeerIdentity, identity.go). It answers the request itself on
+// failure.
 func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request, rh *requestHeaders) bool {
 	if err := rh.checkVersions(t.cfg.serverVersion, t.cfg.minClusterVersion); err != nil {
 		if n, ok := t.warns.allowFrom(warnVersion, r.RemoteAddr); ok {
@@ -111,7 +113,7 @@ func (t *Transport) checkRequest(w http.ResponseWriter, r *http.Request, rh *req
 		http.Error(w, ErrClusterIDMismatch.Error(), http.StatusPreconditionFailed)
 		return false
 	}
-	return true
+	return t.checkPeerIdentity(w, r, rh)
 }
 
 // addRemoteFromRequest lets a member we do not know yet get answers: if a
@@ -212,6 +214,9 @@ func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 			t.lg.Warn("failed to unmarshal Raft message", zap.Error(err), suppressed(n))
 		}
 		refuseBody(w, err, "error unmarshalling raft message")
+		return
+	}
+	if !t.checkMessageFrom(w, r, &rh, m) {
 		return
 	}
 	pm, known := t.receivedFrom(m.GetFrom())

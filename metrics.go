@@ -33,6 +33,7 @@ type metrics struct {
 	snapSentBytes     *prometheus.CounterVec
 	snapReceivedBytes *prometheus.CounterVec
 	roundTripTime     *prometheus.HistogramVec
+	identityRefused   *prometheus.CounterVec
 	snapResume        snapResumeMetrics
 	collectors        []prometheus.Collector
 }
@@ -133,6 +134,9 @@ func newMetrics(ns string) *metrics {
 		streamReconnects:  ours("stream_reconnects_total", "Stream connections established after the first, by peer and stream.", "Peer", "Stream"),
 		snapSentBytes:     ours("snapshot_sent_bytes_total", "Snapshot payload bytes sent, by peer.", "To"),
 		snapReceivedBytes: ours("snapshot_received_bytes_total", "Snapshot payload bytes received, by peer.", "From"),
+		// Labelled by route and reason only, never by the member a
+		// request claims: a client cannot grow it.
+		identityRefused: ours("peer_identity_refused_total", "Requests and connections refused because a certificate does not speak for the member concerned (Transport.PeerIdentity), by route (pipeline, stream, snapshot: requests to us; dial: servers we dialled) and reason.", "Route", "Reason"),
 		queueDepth: &queueCollector{desc: prometheus.NewDesc(prometheus.BuildFQName(oursNS, oursSub, "queue_depth"),
 			"Messages waiting in a peer's send or receive queue, sampled when scraped.", []string{"Peer", "Queue"}, nil),
 			bytesDesc: prometheus.NewDesc(prometheus.BuildFQName(oursNS, oursSub, "send_queue_bytes"),
@@ -154,7 +158,7 @@ func newMetrics(ns string) *metrics {
 		m.activePeers, m.disconnectedPeers, m.sentBytes, m.receivedBytes, m.sentFailures, m.receivedFailures,
 		m.snapSendSuccess, m.snapSendFailures, m.snapSendInflight, m.snapSendDuration,
 		m.snapRecvSuccess, m.snapRecvFailures, m.snapRecvInflight, m.snapRecvDuration, m.roundTripTime,
-		m.droppedMessages, m.streamReconnects, m.snapSentBytes, m.snapReceivedBytes, m.queueDepth,
+		m.droppedMessages, m.streamReconnects, m.snapSentBytes, m.snapReceivedBytes, m.queueDepth, m.identityRefused,
 		m.snapResume.sends, m.snapResume.savedBytes, m.snapResume.receives, m.snapResume.rateLimit,
 		m.snapResume.partials, m.snapResume.partialSize,
 	}

@@ -38,6 +38,9 @@ type peer struct {
 	readers  [streamTypeEnd]*streamReader
 	pipeline *pipeline
 	probers  [2]*prober // over the stream and the pipeline round trippers
+	// clients are the HTTP clients the peer is dialled with: the
+	// Transport's, or with PeerIdentity on its own (clientsFor).
+	clients *clients
 
 	// Each stream reader has its own receive queue (streamReader.recvc),
 	// so appends backed up on the msgappv2 stream do not delay heartbeats
@@ -59,6 +62,7 @@ type peer struct {
 	processErrs logLimiter  // Raft.Process failures
 	refused     logLimiter  // stream dials refused (410, 412)
 	snapFails   logLimiter  // snapshot sends failed
+	identityLog logLimiter  // messages on our streams from another member (identity.go)
 	snapSending atomic.Bool // a snapshot to this peer is in flight
 	// resumeBad is the snapshot whose partial payload the peer holds is
 	// not ours (snapshot_resume.go): the next send of it starts from
@@ -91,7 +95,9 @@ func newPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	}
 	p.queued.max = int64(t.cfg.maxPeerSendBytes)
 	p.ctx, p.cancel = context.WithCancel(t.ctx)
+	p.clients = t.clientsFor(id, true)
 	p.pipeline = newPipeline(t, id, lg, p.status, p.picker, p.metrics, dropRemoved)
+	p.pipeline.rt = p.clients.pipeline
 	p.pipeline.budget = &p.queued
 	p.pipeline.features = &p.features
 	for _, typ := range streamTypes {
@@ -101,8 +107,8 @@ func newPeer(t *Transport, id uint64, urls []url.URL) *peer {
 	p.probers = [2]*prober{
 		// The stream prober dials as the msgappv2 reader does: a fresh
 		// connection with per-Read/Write deadlines.
-		newProber(p, roundTripperNameRaftMessage, t.streamRts[streamTypeMsgAppV2]),
-		newProber(p, roundTripperNameSnapshot, t.pipelineRt),
+		newProber(p, roundTripperNameRaftMessage, p.clients.streams[streamTypeMsgAppV2]),
+		newProber(p, roundTripperNameSnapshot, p.clients.pipeline),
 	}
 	return p
 }
@@ -316,6 +322,7 @@ func (p *peer) stop() {
 			}
 		}
 		p.pipeline.drain() // releases what its queue held, too
+		p.t.closeIdleConnectionsOf(p.clients)
 		// What is still received will never be processed: give back what
 		// it holds of the receive budget.
 		for _, typ := range streamTypes {

@@ -29,6 +29,8 @@ type pipeline struct {
 	picker  *urlPicker
 	metrics peerMetrics
 	msgc    chan *raftpb.Message
+	// rt is the owner's pipeline client (clients.pipeline).
+	rt http.RoundTripper
 	// budget is the owner's send budget: a message's charge is
 	// released once its POST is over.
 	budget  *sendBudget
@@ -170,7 +172,7 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 	req.Header["Content-Type"] = contentTypeProtobuf
 	pl.t.setHeaders(req.Header)
 	start := time.Now()
-	resp, err := pl.t.pipelineRt.RoundTrip(req)
+	resp, err := pl.rt.RoundTrip(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			// Why the request was cut: a stall, the timeout, the owner

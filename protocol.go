@@ -68,6 +68,10 @@ const (
 	// to a peer that announced featureCRC32CTrailer (features.go), so an etcd
 	// peer gets etcd's bytes.
 	trailerCRC32C = "X-Rafthttp-Crc32c"
+	// headerRefused marks an answer refusing a request for a reason of
+	// ours that etcd has no status for; its one value today is
+	// refusedPeerIdentity (identity.go).
+	headerRefused = "X-Rafthttp-Refused"
 
 	// The headers of resumable snapshot transfers (featureSnapshotResume,
 	// snapshot_resume.go has their formats and testdata/wire their
@@ -95,6 +99,10 @@ const (
 	// POST started at.
 	trailerPayloadCRC32C = "X-Rafthttp-Payload-Crc32c"
 )
+
+// refusedPeerIdentity is the X-Rafthttp-Refused value of a request refused
+// because its client certificate does not speak for the member it names.
+const refusedPeerIdentity = "peer-identity"
 
 // maxIDLen is the longest hex ID parseID accepts: a uint64 needs at most 16
 // hex digits, and etcd never sends leading zeros.
@@ -153,6 +161,10 @@ type requestHeaders struct {
 	// rawFrom and rawServerVersion are X-Server-From and X-Server-Version
 	// as sent, for the log line of a refused request.
 	rawFrom, rawServerVersion string
+	// identity is the member the request's client certificate speaks
+	// for, once checkPeerIdentity has passed it; 0 while it has not, and
+	// when PeerIdentity is off.
+	identity uint64
 }
 
 // parseRequestHeaders reads every protocol header of a request. It never
@@ -360,6 +372,7 @@ type sentRequest struct {
 //	200     success                        unexpected
 //	204     unhandled                      success
 //	403     unhandled                      ErrMemberRemoved
+//	403/412 marked X-Rafthttp-Refused: peer-identity: ErrPeerIdentity, logged
 //	404     the remote does not know us    unexpected
 //	410     ErrMemberRemoved, logged       unexpected
 //	412     by the body: ErrIncompatibleVersion or ErrClusterIDMismatch,
@@ -380,6 +393,19 @@ func (q sentRequest) answerError(resp *http.Response) error {
 	switch {
 	case code == success:
 		return nil
+	case resp.Header.Get(headerRefused) == refusedPeerIdentity &&
+		(code == http.StatusForbidden || code == http.StatusPreconditionFailed):
+		// Our certificate does not speak for us in the remote's eyes:
+		// refused, not removed.
+		body := strings.TrimPrefix(readErrorBody(resp.Body), identityRefusalPrefix)
+		if len(body) > maxRefusalText {
+			body = body[:maxRefusalText] + "..."
+		}
+		if n, ok := q.refused.allow(q.t.warns.now); ok {
+			q.lg.Error("request sent was refused by remote peer: our certificate does not speak for this member in its eyes",
+				zap.String("reason", body), suppressed(n))
+		}
+		return fmt.Errorf("%w by the remote: %q", ErrPeerIdentity, body)
 	case code == http.StatusPreconditionFailed:
 		return q.preconditionError(readErrorBody(resp.Body))
 	case code == http.StatusForbidden && q.kind == postRequest:
@@ -442,6 +468,11 @@ func (q sentRequest) preconditionError(body string) error {
 
 // maxErrorBody bounds how much of an error response we read.
 const maxErrorBody = 4 << 10
+
+// maxRefusalText bounds how much of a peer's refusal (an identity refusal's
+// body) goes into an error and a log line: enough for the reason the
+// refusing member gives.
+const maxRefusalText = 256
 
 // readErrorBody reads and closes a (short) error response body, one trailing
 // newline trimmed, as http.Error adds it.

@@ -21,7 +21,8 @@ import (
 //
 // A remote is either the user's (AddRemote), kept until Stop, or learnt
 // from a request's X-Server-From and X-PeerURLs. Anyone who passes the
-// request checks can name any ID, so the learnt ones are bounded
+// request checks can name any ID (with PeerIdentity set, only the one its
+// certificate speaks for), so the learnt ones are bounded
 // (maxRequestRemotes), expire when idle (requestRemoteIdleTimeout) and give
 // way, least recently used first, to new ones: a flood of made-up IDs can
 // cost us a bounded number of goroutines, but cannot keep a real member
@@ -38,6 +39,9 @@ type remote struct {
 	// queued is the send budget (send_budget.go), as a peer's: a remote
 	// that reads slowly must not hold more than a peer could.
 	queued sendBudget
+	// clients are the HTTP clients the remote is dialled with, as a
+	// peer's (its pipeline's only).
+	clients *clients
 
 	// lastUsed is when a request from the member, or a Send to it, last
 	// came (monoNanos). An atomic, so that Send stamps it under
@@ -101,7 +105,9 @@ func newRemote(t *Transport, id uint64, urls []url.URL, fromRequest bool) *remot
 	}
 	status := newPeerStatus(statusLg, t.warns.now, t.metrics, t.cfg.idStr, idStr)
 	r := &remote{t: t, id: id, idStr: idStr, lg: lg, status: status, fromRequest: fromRequest, urlsKey: urlsString(urls),
-		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr), dropRetired)}
+		pipeline: newPipeline(t, id, lg, status, newURLPicker(urls), t.metrics.forPeer(idStr), dropRetired),
+		clients:  t.clientsFor(id, false)}
+	r.pipeline.rt = r.clients.pipeline
 	r.queued.max = int64(t.cfg.maxPeerSendBytes)
 	r.pipeline.budget = &r.queued
 	r.touch()
@@ -159,6 +165,7 @@ func (r *remote) stop() {
 	for len(r.pipeline.msgc) > 0 {
 		r.queued.releaseMsg(<-r.pipeline.msgc)
 	}
+	r.t.closeIdleConnectionsOf(r.clients)
 }
 
 // retire stops a learnt remote taken out of t.remotes while the transport
@@ -170,6 +177,7 @@ func (r *remote) retire() {
 	r.wg.Wait()
 	r.pipeline.drain() // releases and reports what it held; silent if Stop has begun
 	r.status.release()
+	r.t.closeIdleConnectionsOf(r.clients)
 }
 
 // AddRemote adds a member that is not (yet) a peer, reachable only through a
@@ -220,6 +228,9 @@ func (t *Transport) checkRemoteIDLocked(id uint64) error {
 // used learnt remote is stopped first and its place handed over, so the
 // learnt remotes alive or stopping never exceed the cap.
 func (t *Transport) addRequestRemote(id uint64, us []url.URL) error {
+	if err := t.checkIdentityURLs(us); err != nil {
+		return err
+	}
 	key := urlsString(us)
 	// The common case, a member we know, under the read lock only.
 	t.mu.RLock()

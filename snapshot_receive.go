@@ -107,6 +107,10 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
+	if !t.checkMessageFrom(w, r, &rh, m) {
+		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
+		return
+	}
 	// Metrics are labelled only with members we know (see receivedFrom).
 	from := unknownSender
 	pm, known := t.receivedFrom(m.GetFrom())

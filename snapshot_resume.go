@@ -801,7 +801,7 @@ func (p *peer) followProgress(ctx context.Context, base string, id snapshotID, s
 	// The stream dials as the msgappv2 reader (and the stream prober)
 	// does: small buffers, and a read deadline, after which a silent
 	// stream is followed again.
-	resp, err := t.streamRts[streamTypeMsgAppV2].RoundTrip(req)
+	resp, err := p.clients.streams[streamTypeMsgAppV2].RoundTrip(req)
 	if err != nil {
 		return false
 	}
@@ -842,7 +842,7 @@ func (p *peer) snapshotQuery(ctx context.Context, base string, id snapshotID) (i
 	}
 	t.setHeaders(req.Header)
 	req.Header.Set(headerSnapshotID, id.String())
-	resp, err := t.pipelineRt.RoundTrip(req)
+	resp, err := p.clients.pipeline.RoundTrip(req)
 	if err != nil {
 		return 0, 0, err
 	}

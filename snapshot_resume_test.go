@@ -24,7 +24,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
-	"github.com/raftkit/rafthttp/internal/faultnet"
+	"github.com/raftkit/rafthttp/faultnet"
 )
 
 // Tests of resumable snapshot transfers (snapshot_resume.go) and of the

@@ -244,7 +244,7 @@ func (p *peer) postSnapshot(base string, body *snapshotBody) error {
 		body.trailer = req.Trailer
 	}
 
-	resp, err := t.pipelineRt.RoundTrip(req)
+	resp, err := p.clients.pipeline.RoundTrip(req)
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
 			return cause

@@ -164,7 +164,7 @@ func (r *streamReader) dial(ctx context.Context, base string) (io.ReadCloser, er
 	}
 	t.setHeaders(req.Header)
 	req.Header.Set(headerRaftTo, p.idStr)
-	resp, err := t.streamRts[r.typ].RoundTrip(req)
+	resp, err := p.clients.streams[r.typ].RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
@@ -217,6 +217,9 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 	// visible part of the profile.
 	var msgs, bytes int
 	defer func() { p.metrics.received(msgs, bytes) }()
+	// With PeerIdentity set, the server we dialled speaks for the peer: so
+	// must the messages it sends (fromSpeaksFor).
+	checkFrom := p.t.cfg.peerIdentity != nil
 	for {
 		y.tick()
 		m, n, err := dec.decode()
@@ -238,6 +241,11 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 		}
 		if p.paused.Load() {
 			p.t.budget.release(rm.charge)
+			continue
+		}
+		if checkFrom && !fromSpeaksFor(m, p.id) {
+			p.t.budget.release(rm.charge)
+			r.refuseFrom(m)
 			continue
 		}
 		if m.GetType() == raftpb.MsgProp {
@@ -266,5 +274,20 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 				return ctx.Err()
 			}
 		}
+	}
+}
+
+// refuseFrom drops m, a message on the stream from a member whose
+// certificate speaks for the peer but whose From names another member,
+// counting and logging it (rate-limited): X-Server-From and the
+// certificate are checked, and raft believes From. Raft is not told: the
+// message was never the peer's to send.
+func (r *streamReader) refuseFrom(m *raftpb.Message) {
+	p := r.p
+	p.t.metrics.identityRefused.WithLabelValues(identityRouteStream, identityMessageFrom).Inc()
+	if n, ok := p.identityLog.allow(p.t.warns.now); ok {
+		p.lg.Warn("dropped message whose sender is not the member whose certificate the stream's server presented",
+			zap.Stringer("stream-reader-type", r.typ), zap.Stringer("message-type", m.GetType()),
+			zap.String("message-from", formatID(m.GetFrom())), suppressed(n))
 	}
 }

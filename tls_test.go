@@ -60,6 +60,17 @@ func newTestCA(t *testing.T, name string) *testCA {
 // (IP SAN 127.0.0.1 and the DNS names given) or a client.
 func (ca *testCA) issue(t *testing.T, serial int64, server bool, dnsNames ...string) *tls.Certificate {
 	t.Helper()
+	return ca.issueWith(t, serial, server, func(c *x509.Certificate) {
+		if server {
+			c.DNSNames = dnsNames
+		}
+	})
+}
+
+// issueWith is issue with edit applied to the certificate's template
+// before it is signed.
+func (ca *testCA) issueWith(t *testing.T, serial int64, server bool, edit func(*x509.Certificate)) *tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +86,9 @@ func (ca *testCA) issue(t *testing.T, serial int64, server bool, dnsNames ...str
 	if server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = dnsNames
+	}
+	if edit != nil {
+		edit(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -455,9 +468,9 @@ func TestProxyEnvIgnored(t *testing.T) {
 	// Go's environment proxy never applies to loopback targets, so traffic
 	// flowing here does not prove much on its own: check that neither
 	// round tripper consults a proxy at all.
-	rts := map[string]*http.Transport{"pipeline": a.tr.pipelineRt}
+	rts := map[string]*http.Transport{"pipeline": a.tr.shared.pipeline}
 	for _, typ := range streamTypes {
-		rts[typ.String()] = a.tr.streamRts[typ]
+		rts[typ.String()] = a.tr.shared.streams[typ]
 	}
 	for name, tr := range rts {
 		switch {

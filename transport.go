@@ -3,6 +3,7 @@ package rafthttp
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -66,6 +67,39 @@ type Transport struct {
 	// TLSClientConfig is used to dial https and unixs peers. Nil means the
 	// default configuration.
 	TLSClientConfig *tls.Config
+	// PeerIdentity, if set, binds certificates to members: it returns the
+	// member a verified peer certificate speaks for (an error, or 0, if
+	// none). Nil, the default, checks nothing, as etcd: any certificate
+	// the CA signed then speaks for any member. When set, a request to
+	// the pipeline, a stream or the snapshot route must come with a client
+	// certificate the server verified (tls.RequireAndVerifyClientCert)
+	// that speaks for the member its X-Server-From names, for a stream
+	// also for the member in its path, and the message it carries must be
+	// from that member; others are refused (403, or 412 to a POST from a
+	// sender that would read 403 as its removal, as etcd does), counted
+	// in rafthttp_peer_identity_refused_total and logged. Each connection
+	// we dial to member n must present a certificate that speaks for n, or
+	// its handshake fails before a request is sent; messages on the
+	// streams we dial from n must be from n. Peer URLs must then be https
+	// or unixs. IdentityFromURISAN and IdentityFromDNSSAN read two common
+	// conventions. It is called for every request and handshake, from
+	// several goroutines at once. README "TLS" says how to turn it on in a
+	// running cluster.
+	PeerIdentity func(cert *x509.Certificate) (memberID uint64, err error)
+	// ClientRootCAs, if set, returns the roots that verify the servers we
+	// dial, asked for each new connection in place of
+	// TLSClientConfig.RootCAs, so that a CA bundle can be rotated without
+	// a restart; established connections keep the roots they were
+	// verified with. It must return a pool: nil fails the dial (nil would
+	// mean the system's roots). It is called from several goroutines at
+	// once. Nil means TLSClientConfig.RootCAs, fixed. It cannot be
+	// combined with Proxy (net/http makes the handshake through a proxy
+	// itself, with TLSClientConfig) nor with
+	// TLSClientConfig.InsecureSkipVerify, and it turns TLS session
+	// resumption off (a resumed session is not verified again). The
+	// server side's counterpart is tls.Config.GetConfigForClient (README
+	// "TLS").
+	ClientRootCAs func() *x509.CertPool
 	// Proxy selects a proxy for peer requests, as http.Transport.Proxy.
 	// Nil means none: unlike etcd, proxy environment variables are ignored
 	// unless set here (http.ProxyFromEnvironment).
@@ -244,13 +278,10 @@ type Transport struct {
 	partials                 *partials     // partial payloads kept for resuming (snapshot_resume.go)
 	budget                   *recvBudget   // bytes held by received messages (budget.go)
 
-	// streamRts are the HTTP clients stream readers dial with, one per
-	// type, of the kind its row in the streams table says: no idle
-	// connections, per-Read/Write deadlines (dial.go).
-	streamRts  [streamTypeEnd]*http.Transport
-	pipelineRt *http.Transport  // keep-alive connections, no deadlines
-	unixRts    []*unixTransport // their unix-socket transports
-	bulk       *bulkClock       // when MsgApps last streamed (sched.go)
+	// shared are the HTTP clients every peer and remote dials with, unless
+	// PeerIdentity gives each its own (clientsFor, dial.go).
+	shared *clients
+	bulk   *bulkClock // when MsgApps last streamed (sched.go)
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -311,13 +342,7 @@ func (t *Transport) Start() error {
 		}
 	}
 	t.bulk = newBulkClock()
-	var u *unixTransport
-	for _, typ := range streamTypes {
-		t.streamRts[typ], u = newRoundTripper(t, cfg.readTimeout, cfg.writeTimeout, streams[typ].client)
-		t.unixRts = append(t.unixRts, u)
-	}
-	t.pipelineRt, u = newRoundTripper(t, 0, 0, rtPipeline)
-	t.unixRts = append(t.unixRts, u)
+	t.shared = newClients(t, t.dialTLSConfig(0, nil), true)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	t.stopDone = make(chan struct{})
 	t.peers = make(map[uint64]*peer)
@@ -451,6 +476,9 @@ func (t *Transport) addMember(id uint64, urls []string, check func(uint64) error
 	if err := check(id); err != nil {
 		return err
 	}
+	if err := t.checkIdentityURLs(us); err != nil {
+		return err
+	}
 	if _, ok := t.peers[id]; ok {
 		return nil
 	}
@@ -556,7 +584,11 @@ func (t *Transport) UpdatePeer(id uint64, urls []string) error {
 	}
 	t.mu.RLock()
 	p, ok := t.peers[id]
+	err = t.checkIdentityURLs(us)
 	t.mu.RUnlock()
+	if err != nil {
+		return err
+	}
 	if !ok {
 		return fmt.Errorf("rafthttp: UpdatePeer %s: %w", formatID(id), ErrMemberNotFound)
 	}
@@ -606,13 +638,7 @@ func (t *Transport) Stop() {
 	t.handlers.Wait()
 	t.bg.Wait()
 	t.partials.close() // after the handlers, which park what they received
-	for _, typ := range streamTypes {
-		t.streamRts[typ].CloseIdleConnections()
-	}
-	t.pipelineRt.CloseIdleConnections()
-	for _, u := range t.unixRts {
-		u.closeIdleConnections()
-	}
+	t.shared.closeIdleConnections()
 	if t.Registerer != nil {
 		t.metrics.unregister(t.Registerer)
 	}

@@ -85,6 +85,7 @@ type warnKind uint8
 const (
 	warnVersion       warnKind = iota // failed the version check
 	warnClusterID                     // cluster ID mismatch
+	warnPeerIdentity                  // client certificate does not speak for the member named (identity.go)
 	warnBadRequest                    // malformed path or header
 	warnUnknownSender                 // a stream from a member removed, unknown, or not for us
 	warnReadBody                      // body unreadable: reset, too large, too slow
@@ -98,9 +99,9 @@ const (
 
 // Kinds below numSourceKinds are limited per source as well
 // (warnLimits.allowFrom). They say a member is misconfigured (wrong cluster,
-// too old), and the operator must see each such member, even while another
-// floods us.
-const numSourceKinds = warnClusterID + 1
+// too old, a certificate that does not speak for it), and the operator must
+// see each such member, even while another floods us.
+const numSourceKinds = warnPeerIdentity + 1
 
 // sourceSlots is the number of sources a kind in numSourceKinds tells
 // apart. Sources are hashed into this many slots, a fixed table, so that an

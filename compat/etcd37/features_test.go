@@ -73,7 +73,7 @@ func TestSnapshotFeatures(t *testing.T) {
 		wantTrailer  bool
 	}{
 		{"to etcd", etcd, "", false},
-		{"to ours", ours, "crc32c-trailer,snapshot-resume", true}, // its DirSnapshotStore resumes
+		{"to ours", ours, "crc32c-trailer,identity-refusal,snapshot-resume", true}, // its DirSnapshotStore resumes
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -187,8 +187,8 @@ func TestSnapshotFeatures(t *testing.T) {
 			// We announce to every peer: etcd ignores the header. The
 			// sender has no SnapshotStore, so it does not announce
 			// resumable snapshots (nor resume: one POST).
-			if p.features != "crc32c-trailer" {
-				t.Errorf("X-Rafthttp-Features = %q, want %q", p.features, "crc32c-trailer")
+			if want := "crc32c-trailer,identity-refusal"; p.features != want {
+				t.Errorf("X-Rafthttp-Features = %q, want %q", p.features, want)
 			}
 			gotTrailer := len(p.trailer) > 0
 			if gotTrailer != tc.wantTrailer {

@@ -23,9 +23,10 @@
 // Each member persists raft's HardState, log entries and snapshot metadata
 // in a bolt database (DATA-DIR/raftkv.db), fsynced before the messages of a
 // Ready are sent, and snapshot payloads (the map as JSON) in DATA-DIR/snap.
-// It snapshots every 1,000 applied entries and keeps 100 entries behind the
-// snapshot; a follower further behind gets the snapshot over
-// /raft/snapshot.
+// It snapshots every 1,000 applied entries (--snapshot-count) and keeps 100
+// entries behind the snapshot; a follower further behind gets the snapshot
+// over /raft/snapshot. Its cluster ID is 0x6b76 unless --cluster-id says
+// otherwise.
 package main
 
 import (
@@ -92,6 +93,7 @@ const memberUsage = `usage:
   raftkv demo [--keys N]
       run a three-member cluster in this process and tour it
   raftkv --id ID --cluster URL1,URL2,... --port PORT [--data-dir DIR] [--join]
+         [--cluster-id ID] [--snapshot-count N]
       run member ID of a cluster; member i has the i-th peer URL of --cluster
 
 flags:
@@ -148,6 +150,27 @@ type memberFlags struct {
 	join    bool
 	tick    time.Duration
 	verbose bool
+	// clusterID and snapshotEvery go to memberConfig; parsing fills in
+	// their defaults.
+	clusterID     uint64
+	snapshotEvery uint64
+}
+
+// hexID is a flag.Value for an ID given in decimal or in 0x hex, and shown
+// in hex, as etcd shows cluster IDs.
+type hexID uint64
+
+// String implements flag.Value: the ID in hex.
+func (h *hexID) String() string { return fmt.Sprintf("%#x", uint64(*h)) }
+
+// Set implements flag.Value: s in decimal or 0x hex.
+func (h *hexID) Set(s string) error {
+	v, err := strconv.ParseUint(s, 0, 64)
+	if err != nil {
+		return errors.New("want a number, decimal or 0x hex")
+	}
+	*h = hexID(v)
+	return nil
 }
 
 // parseMemberFlags parses and checks the command line of multi-process
@@ -162,6 +185,10 @@ func parseMemberFlags(args []string, stdout io.Writer) (memberFlags, error) {
 	join := fs.Bool("join", false, "join an existing cluster (after POST /members/ID on a member)")
 	tick := fs.Duration("tick", 100*time.Millisecond, "raft tick; elections take 10 to 20 ticks")
 	verbose := fs.Bool("v", false, "log the transport's and raft's informational messages")
+	clusterID := hexID(defaultClusterID)
+	fs.Var(&clusterID, "cluster-id", "the cluster's `ID` (decimal or 0x hex), the same on every member: members refuse peers of other clusters")
+	snapshotEvery := fs.Uint64("snapshot-count", defaultSnapshotEvery,
+		"applied entries between two snapshots; the log keeps 100 entries behind a snapshot, a follower further behind gets the snapshot")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -170,7 +197,10 @@ func parseMemberFlags(args []string, stdout io.Writer) (memberFlags, error) {
 		}
 		return memberFlags{}, usageError{err}
 	}
-	f := memberFlags{id: *id, port: *port, dataDir: *dataDir, join: *join, tick: *tick, verbose: *verbose}
+	f := memberFlags{
+		id: *id, port: *port, dataDir: *dataDir, join: *join, tick: *tick, verbose: *verbose,
+		clusterID: uint64(clusterID), snapshotEvery: *snapshotEvery,
+	}
 	switch {
 	case fs.NArg() > 0:
 		return f, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
@@ -182,6 +212,10 @@ func parseMemberFlags(args []string, stdout io.Writer) (memberFlags, error) {
 		return f, usageError{fmt.Errorf("--port %d: want a port between 1 and 65535", f.port)}
 	case f.tick <= 0:
 		return f, usageError{fmt.Errorf("--tick %v: want a positive duration", f.tick)}
+	case f.clusterID == 0:
+		return f, usageError{errors.New("--cluster-id 0: want a non-zero ID")}
+	case f.snapshotEvery == 0:
+		return f, usageError{errors.New("--snapshot-count 0: want at least 1")}
 	}
 	f.peers = map[uint64]string{}
 	list := strings.Split(*cluster, ",")
@@ -234,6 +268,7 @@ func runMember(args []string, stdout, stderr io.Writer) error {
 	m, err := startMember(memberConfig{
 		ID: f.id, DataDir: f.dataDir, PeerListener: peerLis, PeerURL: f.peerURL.String(),
 		Peers: f.peers, Join: f.join, Tick: f.tick, Logger: lg,
+		ClusterID: f.clusterID, SnapshotEvery: f.snapshotEvery,
 		Fatal: func(msg string) {
 			fmt.Fprintf(stderr, "raftkv: raft: %s\n", msg)
 			os.Exit(1)

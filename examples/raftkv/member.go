@@ -27,9 +27,15 @@ import (
 	"github.com/raftkit/rafthttp"
 )
 
-// clusterID is the ID every raftkv cluster uses. Members of clusters with
-// another ID refuse our requests, and we theirs.
-const clusterID = 0x6b76
+// Defaults of a member's configuration, which the command line can change.
+const (
+	// defaultClusterID is the cluster ID of a member not told another.
+	// Members of clusters with another ID refuse our requests, and we
+	// theirs.
+	defaultClusterID = 0x6b76
+	// defaultSnapshotEvery is how many applied entries trigger a snapshot.
+	defaultSnapshotEvery = 1000
+)
 
 // memberConfig configures one member.
 type memberConfig struct {
@@ -49,13 +55,17 @@ type memberConfig struct {
 	// Join makes a new member join an existing cluster (it must have been
 	// added with a ConfChange) instead of bootstrapping one.
 	Join bool
+	// ClusterID is the cluster's ID, the same on every member. Zero means
+	// defaultClusterID.
+	ClusterID uint64
 
 	// Tick is raft's tick; ElectionTicks and HeartbeatTicks count ticks.
 	Tick                          time.Duration
 	ElectionTicks, HeartbeatTicks int
-	// SnapshotEvery is how many applied entries trigger a snapshot, and
-	// KeepEntries how many entries before it the log keeps, so that a
-	// slightly lagging follower catches up without a snapshot.
+	// SnapshotEvery is how many applied entries trigger a snapshot (zero:
+	// defaultSnapshotEvery), and KeepEntries how many entries before it the
+	// log keeps (zero: 100), so that a slightly lagging follower catches up
+	// without a snapshot.
 	SnapshotEvery, KeepEntries uint64
 
 	// ConnReadTimeout and DialRetryMax are passed to the transport (zero:
@@ -80,8 +90,11 @@ func (c memberConfig) withDefaults() memberConfig {
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = 1
 	}
+	if c.ClusterID == 0 {
+		c.ClusterID = defaultClusterID
+	}
 	if c.SnapshotEvery == 0 {
-		c.SnapshotEvery = 1000
+		c.SnapshotEvery = defaultSnapshotEvery
 	}
 	if c.KeepEntries == 0 {
 		c.KeepEntries = 100
@@ -203,7 +216,7 @@ func startMember(cfg memberConfig) (_ *member, err error) {
 
 	m.registry = prometheus.NewRegistry()
 	m.tr = &rafthttp.Transport{
-		ID: cfg.ID, ClusterID: clusterID, URLs: []string{cfg.PeerURL}, Raft: m,
+		ID: cfg.ID, ClusterID: cfg.ClusterID, URLs: []string{cfg.PeerURL}, Raft: m,
 		Logger: cfg.Logger, ErrorC: m.errc, SnapshotStore: m.snapStore, Registerer: m.registry,
 		ConnReadTimeout: cfg.ConnReadTimeout, DialRetryMax: cfg.DialRetryMax,
 	}

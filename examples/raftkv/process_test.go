@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,127 +15,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raftkit/rafthttp/internal/proctest"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
 
+// The process helpers are shared with examples/raftexample.
+var (
+	freePorts = proctest.FreePorts
+	waitFor   = proctest.WaitFor
+	do        = proctest.Do
+)
+
+// proc is one raftkv process.
+type proc = proctest.Proc
+
 // buildBinary builds raftkv into a temporary directory.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skipf("no go tool to build the binary: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "raftkv")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// freePorts returns n distinct ports free on 127.0.0.1 when it returns.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close() // held until all are chosen, so they differ
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
-
-// waitFor polls cond until it holds or the deadline passes; what describes
-// the wait in the failure message, with the last state seen.
-func waitFor(t *testing.T, timeout time.Duration, what func() string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what())
-		case <-tick.C:
-		}
-	}
-}
-
-// proc is one raftkv process. Its output goes to a file, so no goroutine
-// copies it.
-type proc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	log    string
-	exited chan struct{}
-	err    error // of Wait, once exited is closed
-}
+func buildBinary(t *testing.T) string { return proctest.Build(t, "raftkv", false) }
 
 // startProc starts bin with args, logging to logPath (appended to).
 func startProc(t *testing.T, bin, logPath string, args ...string) *proc {
-	t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	p := &proc{t: t, cmd: exec.Command(bin, args...), log: logPath, exited: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-	})
-	return p
-}
-
-// kill sends sig and waits for the process to exit.
-func (p *proc) kill(sig os.Signal) error {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		p.t.Fatal(err)
-	}
-	select {
-	case <-p.exited:
-		return p.err
-	case <-time.After(30 * time.Second):
-		p.t.Fatalf("process did not exit within 30s of %v", sig)
-		return nil
-	}
-}
-
-// output returns what the process has logged.
-func (p *proc) output() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b)
-}
-
-// httpClient makes one connection per request, so that no idle connection
-// (and its goroutines) outlives a test.
-var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// do makes a request and returns the status and body; status 0 on a
-// connection error.
-func do(method, url, body string) (int, string) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return 0, err.Error()
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return proctest.Start(t, bin, "", logPath, args...)
 }
 
 // put writes key=value through the API at api, retrying until the member
@@ -169,8 +68,9 @@ func waitValue(t *testing.T, api, key, value string) {
 // TestMultiProcess runs three raftkv processes on loopback, writes through
 // one and reads from the others, kills one with SIGKILL, writes while it is
 // down, restarts it on its data dir and checks that it serves everything,
-// what was written before and while it was down; then it stops them all
-// with SIGTERM, which must end each with status 0.
+// what was written before and while it was down; that --cluster-id and
+// --snapshot-count took effect; then it stops them all with SIGTERM, which
+// must end each with status 0.
 func TestMultiProcess(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
@@ -183,7 +83,8 @@ func TestMultiProcess(t *testing.T) {
 	api := func(i int) string { return fmt.Sprintf("http://127.0.0.1:%d", ports[3+i]) }
 	args := func(i int) []string {
 		return []string{"--id", strconv.Itoa(i + 1), "--cluster", cluster, "--port", strconv.Itoa(ports[3+i]),
-			"--data-dir", filepath.Join(dir, fmt.Sprintf("data-%d", i+1)), "--tick", "50ms"}
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("data-%d", i+1)), "--tick", "50ms",
+			"--cluster-id", "0x2a", "--snapshot-count", "20"}
 	}
 	logOf := func(i int) string { return filepath.Join(dir, fmt.Sprintf("member-%d.log", i+1)) }
 	procs := make([]*proc, 3)
@@ -193,7 +94,7 @@ func TestMultiProcess(t *testing.T) {
 	defer func() {
 		if t.Failed() {
 			for i, p := range procs {
-				t.Logf("member %d output:\n%s", i+1, p.output())
+				t.Logf("member %d output:\n%s", i+1, p.Output())
 			}
 		}
 	}()
@@ -203,7 +104,7 @@ func TestMultiProcess(t *testing.T) {
 		waitValue(t, api(i), "before", "written before the crash")
 	}
 
-	if err := procs[2].kill(syscall.SIGKILL); err == nil {
+	if err := procs[2].Kill(syscall.SIGKILL); err == nil {
 		t.Fatalf("member 3 after SIGKILL: got a clean exit, want killed")
 	}
 	const n = 20
@@ -219,7 +120,7 @@ func TestMultiProcess(t *testing.T) {
 		ok := true
 		waitFor(t, 10*time.Second, func() string { return "member 3 to serve or exit" }, func() bool {
 			select {
-			case <-procs[2].exited:
+			case <-procs[2].Exited():
 				ok = false
 				return true
 			default:
@@ -229,7 +130,7 @@ func TestMultiProcess(t *testing.T) {
 		})
 		return ok
 	})
-	if out := procs[2].output(); !strings.Contains(out, "member 3: restarting from data dir") {
+	if out := procs[2].Output(); !strings.Contains(out, "member 3: restarting from data dir") {
 		t.Errorf("restarted member 3 logged %q, want it to restart from its data dir", out)
 	}
 	for k := range n {
@@ -243,8 +144,25 @@ func TestMultiProcess(t *testing.T) {
 		waitValue(t, api(i), "after", "written through the restarted member")
 	}
 
+	// The flags reached the members: the transport answers with the
+	// cluster ID given, and the 20 writes made each member snapshot,
+	// which the default count, 1,000, would not.
+	resp, err := proctest.HTTPClient.Post(urls[0]+"/raft", "application/protobuf", strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Etcd-Cluster-ID"); got != "2a" {
+		t.Errorf("member 1 answers with cluster ID %q, want 2a (--cluster-id 0x2a)", got)
+	}
+	for i := range 3 {
+		if snaps, _ := filepath.Glob(filepath.Join(dir, fmt.Sprintf("data-%d", i+1), "snap", "*.snap.db")); len(snaps) == 0 {
+			t.Errorf("member %d made no snapshot; want one every 20 entries (--snapshot-count 20)", i+1)
+		}
+	}
+
 	for i, p := range procs {
-		if err := p.kill(syscall.SIGTERM); err != nil {
+		if err := p.Kill(syscall.SIGTERM); err != nil {
 			t.Errorf("member %d after SIGTERM: %v, want exit status 0", i+1, err)
 		}
 	}
@@ -322,6 +240,9 @@ func TestBadInput(t *testing.T) {
 		{"data dir is a file", member("--data-dir", notDir), "is not a directory", 1},
 		{"data dir of another member", member("--data-dir", otherMember), "belongs to member 2, not 1", 1},
 		{"log contradicts HardState", member("--data-dir", badLog), "commit index 10 outside the log [0, 0]: the data dir is corrupt", 1},
+		{"cluster ID not a number", member("--cluster-id", "kv"), `invalid value "kv" for flag -cluster-id: want a number, decimal or 0x hex`, 2},
+		{"cluster ID zero", member("--cluster-id", "0x0"), "--cluster-id 0: want a non-zero ID", 2},
+		{"snapshot count zero", member("--snapshot-count", "0"), "--snapshot-count 0: want at least 1", 2},
 		{"demo with bad keys", []string{"demo", "--keys", "many"}, `invalid value "many" for flag -keys`, 2},
 		{"demo with too few keys", []string{"demo", "--keys", "10"}, "--keys 10: want at least 100", 2},
 	} {

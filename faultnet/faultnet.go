@@ -1,30 +1,61 @@
-// Package faultnet is a fault-injecting TCP proxy for tests.
+// Package faultnet is a fault-injecting TCP network for tests: partitions,
+// one-way partitions, latency with jitter, bandwidth caps, black holes and
+// connection resets between the members of a cluster, all in one process
+// on 127.0.0.1. It depends on the standard library alone, and knows
+// nothing of raft or HTTP: it forwards bytes.
 //
-// A Network hands out Proxies. Each Proxy listens on 127.0.0.1 and forwards
-// every connection it accepts to one target address; a test points a peer
-// URL at the proxy instead of the target, and injects faults at run time:
+// # Proxies
 //
-//   - SetLatency delays every chunk of bytes, with seeded jitter;
-//   - SetBandwidth caps the bytes per second of each direction;
-//   - Partition stops forwarding one direction or both: bytes in flight are
-//     held, as TCP holds unacknowledged data, and the sender feels back
-//     pressure once the buffers fill; they are delivered after a heal;
-//   - Blackhole swallows every byte, both ways, and accepts new connections
-//     without ever answering them: a stalled stream that stays open;
-//   - ResetAll resets every live connection (RST, not FIN), and
-//     ResetEvery does so each time another n bytes have crossed in one
-//     direction, as a link that drops its connections now and then;
-//   - Heal clears every fault.
+// A [Proxy] listens on a port of its own and forwards every connection it
+// accepts to one target address. A test points a client at the proxy
+// instead of the target (for rafthttp, a peer URL) and injects faults at
+// run time:
+//
+//   - [Proxy.SetLatency] delays every chunk of bytes, with seeded jitter;
+//   - [Proxy.SetBandwidth] caps the bytes per second of each direction;
+//   - [Proxy.Partition] stops forwarding one direction or both: bytes in
+//     flight are held, as TCP holds unacknowledged data, and the sender
+//     feels back pressure once the buffers fill; they are delivered after a
+//     heal, and the connections stay open;
+//   - [Proxy.Blackhole] swallows every byte, both ways, and accepts new
+//     connections without ever answering them: a stalled stream that stays
+//     open;
+//   - [Proxy.ResetConns] resets every live connection (RST, not FIN), and
+//     [Proxy.ResetEvery] does so each time another n bytes have crossed in
+//     one direction, as a link that drops its connections now and then;
+//   - [Proxy.Heal] clears every fault.
 //
 // A connection that lost bytes to a black hole has a hole in its byte
 // stream, which no real network produces (TCP either delivers in order or
 // breaks the connection): when the black hole is lifted, such connections
 // are reset rather than resumed.
 //
-// Every goroutine a Proxy starts is owned by it; Close stops them all and
-// waits for them. Jitter comes from a random generator seeded from the
-// Network's seed and the Proxy's creation rank, so a test that creates its
-// proxies in the same order draws the same delays for the same chunks.
+// # Members
+//
+// A [Mesh] is a cluster's network: one Proxy per ordered pair of members,
+// so that member a reaches member b at Mesh.URL(a, b) and faults on the way
+// from a to b leave every other pair alone. Its faults are named by
+// members rather than by connections: [Mesh.Partition] splits the members
+// in two groups, [Mesh.PartitionOneWay] stops what one group sends to the
+// other, [Mesh.Isolate] cuts one member off, and [Mesh.Links] gives the
+// proxies of one member's pairs, to make that member's links slow.
+// Package github.com/raftkit/rafthttp/rafthttptest builds a cluster of
+// rafthttp transports on a Mesh.
+//
+// # Reproducibility
+//
+// Jitter comes from a random generator seeded from the [Network]'s seed
+// and the Proxy's creation rank, so a test that creates its proxies in the
+// same order draws the same delays for the same chunks (what reaches a
+// proxy, and when, is up to the operating system's scheduler, so a run is
+// not replayed exactly).
+//
+// # Resources
+//
+// Every goroutine a Proxy starts is owned by it: [Proxy.Close] stops them
+// all and waits for them, and [Network.Close] closes every proxy of the
+// network. All methods are safe for concurrent use, and report problems as
+// errors: nothing in the package panics on what it is given.
 package faultnet
 
 import (
@@ -39,7 +70,8 @@ import (
 	"time"
 )
 
-// Direction names a direction of the bytes of a proxied connection.
+// Direction names the directions of the bytes of a proxied connection: a
+// set of ClientToServer and ServerToClient. The zero value is neither.
 type Direction uint8
 
 const (
@@ -53,6 +85,8 @@ const (
 	BothWays = ClientToServer | ServerToClient
 )
 
+// String returns "none", "client->server", "server->client" or "both
+// ways".
 func (d Direction) String() string {
 	switch d {
 	case 0:
@@ -75,10 +109,12 @@ func (d Direction) index() int {
 	return 0
 }
 
-// ErrClosed is returned by Network.Proxy after Network.Close.
+// ErrClosed is returned by Network.Proxy, Network.Mesh and Mesh.Add after
+// Network.Close.
 var ErrClosed = errors.New("faultnet: network closed")
 
-// Network creates proxies that share a seed. It is safe for concurrent use.
+// Network creates proxies that share a seed, and closes them together. The
+// zero value is a Network with seed 0. It is safe for concurrent use.
 type Network struct {
 	seed int64
 
@@ -91,8 +127,12 @@ type Network struct {
 func New(seed int64) *Network { return &Network{seed: seed} }
 
 // Proxy starts a proxy that listens on 127.0.0.1 on a free port and forwards
-// each connection to target (host:port). No fault is set.
+// each connection to target, a host:port address. No fault is set. The
+// proxy lives until its Close or the Network's.
 func (n *Network) Proxy(target string) (*Proxy, error) {
+	if err := checkAddr(target); err != nil {
+		return nil, err
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -108,8 +148,34 @@ func (n *Network) Proxy(target string) (*Proxy, error) {
 	return p, nil
 }
 
+// checkTarget returns the error Proxy would return for target, without
+// making a proxy.
+func (n *Network) checkTarget(target string) error {
+	if err := checkAddr(target); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// checkAddr checks that target is a host:port address with a port.
+func checkAddr(target string) error {
+	_, port, err := net.SplitHostPort(target)
+	if err == nil && port == "" {
+		err = errors.New("missing port")
+	}
+	if err != nil {
+		return fmt.Errorf("faultnet: target %q: %w", target, err)
+	}
+	return nil
+}
+
 // Close closes every proxy of the network, waiting for their goroutines.
-// Later calls to Proxy fail with ErrClosed.
+// Later calls to Proxy fail with ErrClosed. It is idempotent.
 func (n *Network) Close() {
 	n.mu.Lock()
 	n.closed = true
@@ -134,8 +200,14 @@ const queuedChunks = 16
 // few links' full queues.
 const freeChunks = 4 * queuedChunks
 
+// maxDelay bounds the latency and the jitter a proxy takes, so that no sum
+// of them overflows a time.Duration: a day is beyond any test's patience.
+const maxDelay = 24 * time.Hour
+
 // Proxy forwards the connections accepted on its address to its target,
-// injecting the faults set on it. Its methods are safe for concurrent use.
+// injecting the faults set on it. It starts with no fault. Proxies are made
+// by Network.Proxy (and Network.Mesh); the zero value is not usable. Its
+// methods are safe for concurrent use.
 type Proxy struct {
 	target string
 	ln     net.Listener
@@ -182,22 +254,30 @@ func newProxy(ln net.Listener, target string, rng *rand.Rand) *Proxy {
 // Addr returns the proxy's listening address, host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// URL returns "http://" + Addr().
+// URL returns "http://" + Addr(). The proxy forwards bytes, so TLS passes
+// through it too: for a target that serves TLS, use "https://" + Addr().
 func (p *Proxy) URL() string { return "http://" + p.Addr() }
 
 // Target returns the address the proxy forwards to.
 func (p *Proxy) Target() string { return p.target }
 
 // SetLatency delays every chunk of bytes, in both directions, by d plus a
-// uniformly drawn jitter in [-jitter, +jitter] (never below zero). Order is
-// preserved: a chunk is never delivered before the one read before it.
-// Chunks already read keep the delay they were given.
+// uniformly drawn jitter in [-jitter, +jitter] (never below zero), so a
+// round trip takes twice that. Order is preserved: a chunk is never
+// delivered before the one read before it. Chunks already read keep the
+// delay they were given. Negative values mean zero; values above a day
+// mean a day. SetLatency(0, 0) removes the latency.
 func (p *Proxy) SetLatency(d, jitter time.Duration) {
-	p.update(func() { p.latency, p.jitter = max(d, 0), max(jitter, 0) })
+	p.update(func() {
+		p.latency, p.jitter = min(max(d, 0), maxDelay), min(max(jitter, 0), maxDelay)
+	})
 }
 
 // SetBandwidth caps each direction at bytesPerSec, shared by all the
 // proxy's connections as a link's capacity is. Zero or less removes the cap.
+// Bytes cross the capped link in slices of a twentieth of a second's worth
+// (at least 512 bytes), so a cap is smooth at the scale of a tenth of a
+// second.
 func (p *Proxy) SetBandwidth(bytesPerSec int64) {
 	p.update(func() {
 		p.bandwidth = max(bytesPerSec, 0)
@@ -205,8 +285,9 @@ func (p *Proxy) SetBandwidth(bytesPerSec int64) {
 	})
 }
 
-// Partition stops forwarding in the given directions (and resumes the
-// others): ClientToServer, ServerToClient, BothWays, or 0 for none. Bytes
+// Partition stops forwarding in the given directions, ClientToServer,
+// ServerToClient or BothWays, and lets the others flow: it replaces the
+// proxy's partition, and Partition(0) lifts it. Bytes
 // of a stopped direction are held, not dropped, and flow again once the
 // direction is healed; until then, once the proxy's buffers for the
 // connection fill, the sender's writes block. New connections are still
@@ -275,16 +356,19 @@ func (p *Proxy) delivered(dir Direction, n int) bool {
 	return true
 }
 
-// ResetAll resets every live connection: both of its TCP connections are
-// closed with SO_LINGER 0, so that each end gets a RST.
-func (p *Proxy) ResetAll() {
+// ResetConns resets every live connection: both of its TCP connections
+// (the client's and the one to the target) are closed with SO_LINGER 0, so
+// that each end gets a RST, as when a middlebox drops the connection's
+// state. Faults stay as they are, and new connections are accepted.
+func (p *Proxy) ResetConns() {
 	for _, l := range p.liveLinks() {
 		l.close(true)
 	}
 }
 
 // Close stops accepting, resets every connection and waits until every
-// goroutine of the proxy has ended. It is idempotent.
+// goroutine of the proxy has ended. Afterwards its address refuses
+// connections, as a member that is down does. It is idempotent.
 func (p *Proxy) Close() {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
@@ -292,20 +376,29 @@ func (p *Proxy) Close() {
 		p.mu.Unlock()
 		p.cancel()
 		p.ln.Close()
-		p.ResetAll()
+		p.ResetConns()
 		p.wg.Wait()
 	})
 }
 
-// Stats is what a proxy has done so far.
+// Stats is what a proxy has done since it started.
 type Stats struct {
-	Accepted  int   // connections accepted
-	Live      int   // connections open now
-	Forwarded int64 // bytes delivered, both directions
-	ToServer  int64 // bytes delivered client to server
-	ToClient  int64 // bytes delivered server to client
-	Swallowed int64 // bytes lost to a black hole
-	Resets    int   // times ResetEvery reset the connections
+	// Accepted counts the connections accepted, those a black hole
+	// accepted included.
+	Accepted int
+	// Live is the number of connections open now.
+	Live int
+	// Forwarded is ToServer + ToClient.
+	Forwarded int64
+	// ToServer counts the bytes delivered from clients to the target.
+	ToServer int64
+	// ToClient counts the bytes delivered from the target to clients.
+	ToClient int64
+	// Swallowed counts the bytes lost to a black hole, both ways. Bytes
+	// held by a partition are not lost: they are counted when delivered.
+	Swallowed int64
+	// Resets counts the times ResetEvery reset the connections.
+	Resets int
 }
 
 // Stats returns the proxy's counters.
@@ -359,7 +452,7 @@ func (p *Proxy) resetTainted() {
 	}
 }
 
-// delay draws the delay of a chunk read now. p.mu must be held.
+// delayLocked draws the delay of a chunk read now. p.mu must be held.
 func (p *Proxy) delayLocked() time.Duration {
 	d := p.latency
 	if p.jitter > 0 {
@@ -632,7 +725,7 @@ func (l *link) write(dir Direction, dst *net.TCPConn, q <-chan chunk, free chan<
 				}
 			}
 			if l.p.delivered(dir, n) {
-				l.p.ResetAll()
+				l.p.ResetConns()
 				return
 			}
 			data = data[n:]

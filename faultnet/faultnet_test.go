@@ -3,10 +3,12 @@ package faultnet
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -178,7 +180,7 @@ func randomBytes(seed uint64, n int) []byte {
 // TestProxyForwards checks the healthy path: a megabyte each way at once
 // arrives intact, the counters see it, and a FIN passes both ways, after
 // which the link is gone.
-func TestFaultnetForwards(t *testing.T) {
+func TestProxyForwards(t *testing.T) {
 	n := New(1)
 	tg := newTarget(t)
 	p := startProxy(t, n, tg.addr())
@@ -228,7 +230,7 @@ func rtt(t *testing.T, client, server net.Conn) time.Duration {
 
 // TestProxyLatency checks that the latency is added to each direction, with
 // the jitter within its bounds, and that Heal removes it.
-func TestFaultnetLatency(t *testing.T) {
+func TestProxyLatency(t *testing.T) {
 	for _, tc := range []struct {
 		name            string
 		latency, jitter time.Duration
@@ -270,7 +272,7 @@ func TestFaultnetLatency(t *testing.T) {
 // TestProxyJitterSeeded checks that jitter is drawn within bounds from the
 // seed: the same seed and creation order give the same delays, another seed
 // others.
-func TestFaultnetJitterSeeded(t *testing.T) {
+func TestProxyJitterSeeded(t *testing.T) {
 	tg := newTarget(t)
 	draws := func(seed int64) []time.Duration {
 		n := New(seed)
@@ -312,7 +314,7 @@ func TestFaultnetJitterSeeded(t *testing.T) {
 
 // TestProxyBandwidth checks the cap: each direction, loaded at once, runs at
 // the cap within 20%, so the cap is per direction and not shared by them.
-func TestFaultnetBandwidth(t *testing.T) {
+func TestProxyBandwidth(t *testing.T) {
 	const (
 		bw   = 256 << 10
 		size = 320 << 10 // 1.25 s at the cap
@@ -357,7 +359,7 @@ func TestFaultnetBandwidth(t *testing.T) {
 // live connection, which stays open, and accepts new connections without
 // answering or forwarding them; lifting it resets both, and new connections
 // work again.
-func TestFaultnetBlackhole(t *testing.T) {
+func TestProxyBlackhole(t *testing.T) {
 	for _, lift := range []struct {
 		name string
 		fn   func(*Proxy)
@@ -404,7 +406,7 @@ func TestFaultnetBlackhole(t *testing.T) {
 // TestProxyPartition checks each partition: a cut direction delivers
 // nothing, holding the bytes, while the other flows; after Heal the held
 // bytes arrive, in order. The connection stays open throughout.
-func TestFaultnetPartition(t *testing.T) {
+func TestProxyPartition(t *testing.T) {
 	for _, dir := range []Direction{ClientToServer, ServerToClient, BothWays} {
 		t.Run(dir.String(), func(t *testing.T) {
 			n := New(1)
@@ -449,7 +451,7 @@ func TestFaultnetPartition(t *testing.T) {
 // TestProxyPartitionBackPressure checks that a partition holds a bounded
 // amount: the sender's writes block once the buffers fill, as TCP's do when
 // nothing is acknowledged.
-func TestFaultnetPartitionBackPressure(t *testing.T) {
+func TestProxyPartitionBackPressure(t *testing.T) {
 	n := New(1)
 	tg := newTarget(t)
 	p := startProxy(t, n, tg.addr())
@@ -464,9 +466,9 @@ func TestFaultnetPartitionBackPressure(t *testing.T) {
 	t.Logf("a partitioned direction took %d bytes (proxy buffers and the kernel's) before the writer blocked", k)
 }
 
-// TestProxyResetAll checks that every live connection is reset at both ends
+// TestProxyResetConns checks that every live connection is reset at both ends
 // and that the proxy keeps serving.
-func TestFaultnetResetAll(t *testing.T) {
+func TestProxyResetConns(t *testing.T) {
 	n := New(1)
 	tg := newTarget(t)
 	p := startProxy(t, n, tg.addr())
@@ -480,13 +482,13 @@ func TestFaultnetResetAll(t *testing.T) {
 	if got := p.Stats().Live; got != 3 {
 		t.Fatalf("got %d live connections, want 3", got)
 	}
-	p.ResetAll()
+	p.ResetConns()
 	for i := range clients {
 		expectReset(t, clients[i])
 		expectReset(t, servers[i])
 	}
 	if got := p.Stats().Live; got != 0 {
-		t.Errorf("got %d live connections after ResetAll, want 0", got)
+		t.Errorf("got %d live connections after ResetConns, want 0", got)
 	}
 	c, s := connect(t, p, tg)
 	write(t, c, []byte("after"))
@@ -535,7 +537,7 @@ func TestFaultnetResetEvery(t *testing.T) {
 
 // TestProxyDeadTarget checks that a connection to a proxy whose target does
 // not listen is reset at once.
-func TestFaultnetDeadTarget(t *testing.T) {
+func TestProxyDeadTarget(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -558,7 +560,7 @@ func TestFaultnetDeadTarget(t *testing.T) {
 // connections in every state (held by a partition, in a black hole, delayed
 // and rate-limited mid-transfer, blocked on a full queue) and checks that no
 // goroutine is left and that the addresses no longer accept.
-func TestFaultnetCloseLeavesNoGoroutine(t *testing.T) {
+func TestProxyCloseLeavesNoGoroutine(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	tg := newTarget(t)
 	n := New(1)
@@ -608,4 +610,380 @@ func TestFaultnetCloseLeavesNoGoroutine(t *testing.T) {
 		c.Close()
 	}
 	tg.close()
+}
+
+// TestNetworkProxyErrors checks what Network.Proxy refuses, with an error:
+// a target that is not host:port, and any target after Close.
+func TestNetworkProxyErrors(t *testing.T) {
+	closed := New(1)
+	closed.Close()
+	for _, tc := range []struct {
+		name   string
+		n      *Network
+		target string
+		want   error // nil: any error
+	}{
+		{name: "empty target", n: New(1), target: ""},
+		{name: "no port", n: New(1), target: "127.0.0.1"},
+		{name: "a URL", n: New(1), target: "http://127.0.0.1:80"},
+		{name: "closed network", n: closed, target: "127.0.0.1:80", want: ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.n.Close()
+			p, err := tc.n.Proxy(tc.target)
+			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+				if p != nil {
+					p.Close()
+				}
+				t.Fatalf("Proxy(%q): got %v, want an error (%v)", tc.target, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestNetworkZeroValue checks that a zero Network makes working proxies.
+func TestNetworkZeroValue(t *testing.T) {
+	var n Network
+	defer n.Close()
+	tg := newTarget(t)
+	p := startProxy(t, &n, tg.addr())
+	client, server := connect(t, p, tg)
+	write(t, client, []byte("zero"))
+	expect(t, server, []byte("zero"))
+}
+
+// TestProxySetLatencyBounds checks that SetLatency takes any value without
+// panicking: negative values mean zero, huge ones a day, and every draw is
+// within the bounds.
+func TestProxySetLatencyBounds(t *testing.T) {
+	const forever = time.Duration(1<<63 - 1)
+	tg := newTarget(t)
+	p := startProxy(t, New(1), tg.addr())
+	for _, tc := range []struct {
+		name               string
+		latency, jitter    time.Duration
+		wantLatency, wantJ time.Duration
+		wantLow, wantHigh  time.Duration
+	}{
+		{name: "negative", latency: -time.Second, jitter: -time.Second, wantLow: 0, wantHigh: 0},
+		{name: "jitter above latency", latency: time.Millisecond, jitter: time.Second, wantJ: time.Second,
+			wantLatency: time.Millisecond, wantLow: 0, wantHigh: time.Second + time.Millisecond},
+		{name: "huge", latency: forever, jitter: forever, wantLatency: maxDelay, wantJ: maxDelay,
+			wantLow: 0, wantHigh: 2 * maxDelay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p.SetLatency(tc.latency, tc.jitter)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.latency != tc.wantLatency || p.jitter != tc.wantJ {
+				t.Errorf("got latency %v jitter %v, want %v and %v", p.latency, p.jitter, tc.wantLatency, tc.wantJ)
+			}
+			for range 100 {
+				if d := p.delayLocked(); d < tc.wantLow || d > tc.wantHigh {
+					t.Fatalf("drew %v, want within [%v, %v]", d, tc.wantLow, tc.wantHigh)
+				}
+			}
+		})
+	}
+}
+
+// partitionOf returns what p holds.
+func partitionOf(p *Proxy) Direction {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.partition
+}
+
+// newMesh returns a mesh of members 1..n whose targets are addresses
+// nothing needs to listen on: the tests using it dial no proxy.
+func newMesh(t *testing.T, n *Network, members int) *Mesh {
+	t.Helper()
+	targets := map[uint64]string{}
+	for id := range uint64(members) {
+		targets[id+1] = fmt.Sprintf("127.0.0.1:%d", 9000+id+1)
+	}
+	m, err := n.Mesh(targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return m
+}
+
+// TestMeshPartitions checks which directions of which proxies each
+// partition of a three-member mesh holds: member a's bytes to b go client
+// to server on proxy (a, b) and server to client on proxy (b, a).
+func TestMeshPartitions(t *testing.T) {
+	const (
+		c2s  = ClientToServer
+		s2c  = ServerToClient
+		both = BothWays
+	)
+	type want map[pair]Direction // proxies not listed hold nothing
+	for _, tc := range []struct {
+		name string
+		do   func(*Mesh) error
+		want want
+	}{
+		{name: "nothing", do: func(*Mesh) error { return nil }, want: want{}},
+		{
+			name: "one way, 1 to 2",
+			do:   func(m *Mesh) error { return m.PartitionOneWay([]uint64{1}, []uint64{2}) },
+			want: want{{1, 2}: c2s, {2, 1}: s2c},
+		},
+		{
+			name: "one way, 2 to 1",
+			do:   func(m *Mesh) error { return m.PartitionOneWay([]uint64{2}, []uint64{1}) },
+			want: want{{2, 1}: c2s, {1, 2}: s2c},
+		},
+		{
+			name: "one way each, adding up",
+			do: func(m *Mesh) error {
+				return errors.Join(m.PartitionOneWay([]uint64{1}, []uint64{2}), m.PartitionOneWay([]uint64{2}, []uint64{1}))
+			},
+			want: want{{1, 2}: both, {2, 1}: both},
+		},
+		{
+			name: "what 1 receives",
+			do:   func(m *Mesh) error { return m.PartitionOneWay([]uint64{2, 3}, []uint64{1}) },
+			want: want{{2, 1}: c2s, {1, 2}: s2c, {3, 1}: c2s, {1, 3}: s2c},
+		},
+		{
+			name: "a member in both groups is not cut from itself",
+			do:   func(m *Mesh) error { return m.PartitionOneWay([]uint64{1, 2}, []uint64{1, 2}) },
+			want: want{{1, 2}: both, {2, 1}: both},
+		},
+		{
+			name: "groups {1} and {2, 3}",
+			do:   func(m *Mesh) error { return m.Partition([]uint64{1}, []uint64{2, 3}) },
+			want: want{{1, 2}: both, {2, 1}: both, {1, 3}: both, {3, 1}: both},
+		},
+		{
+			name: "isolate 3",
+			do:   func(m *Mesh) error { return m.Isolate(3) },
+			want: want{{1, 3}: both, {3, 1}: both, {2, 3}: both, {3, 2}: both},
+		},
+		{
+			name: "isolate, then heal",
+			do: func(m *Mesh) error {
+				err := m.Isolate(3)
+				m.Heal()
+				return err
+			},
+			want: want{},
+		},
+		{
+			name: "heal, then partition again",
+			do: func(m *Mesh) error {
+				err := m.Isolate(3)
+				m.Heal()
+				return errors.Join(err, m.PartitionOneWay([]uint64{3}, []uint64{1}))
+			},
+			want: want{{3, 1}: c2s, {1, 3}: s2c},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t, New(1), 3)
+			if err := tc.do(m); err != nil {
+				t.Fatal(err)
+			}
+			for _, from := range m.Members() {
+				for _, to := range m.Members() {
+					if from == to {
+						continue
+					}
+					if got := partitionOf(m.Proxy(from, to)); got != tc.want[pair{from, to}] {
+						t.Errorf("proxy (%d, %d): got %v held, want %v", from, to, got, tc.want[pair{from, to}])
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMeshLayout checks the proxies of a mesh: one per ordered pair, each
+// forwarding to the address of the member it reaches, created in a fixed
+// order (so the same seed draws the same jitter), and the accessors.
+func TestMeshLayout(t *testing.T) {
+	n := New(42)
+	m := newMesh(t, n, 3)
+	if got, want := m.Members(), []uint64{1, 2, 3}; !slices.Equal(got, want) {
+		t.Errorf("Members: got %v, want %v", got, want)
+	}
+	for _, from := range m.Members() {
+		for _, to := range m.Members() {
+			p := m.Proxy(from, to)
+			if from == to {
+				if p != nil || m.URL(from, to) != "" {
+					t.Errorf("got a proxy from %d to itself", from)
+				}
+				continue
+			}
+			if want := fmt.Sprintf("127.0.0.1:%d", 9000+to); p.Target() != want {
+				t.Errorf("proxy (%d, %d): target %s, want %s", from, to, p.Target(), want)
+			}
+			if m.URL(from, to) != "http://"+p.Addr() {
+				t.Errorf("URL(%d, %d): got %s, want http://%s", from, to, m.URL(from, to), p.Addr())
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		from, to uint64
+	}{
+		{name: "unknown from", from: 4, to: 1},
+		{name: "unknown to", from: 1, to: 4},
+		{name: "zero", from: 0, to: 0},
+	} {
+		if m.Proxy(tc.from, tc.to) != nil || m.URL(tc.from, tc.to) != "" {
+			t.Errorf("%s: got a proxy from %d to %d", tc.name, tc.from, tc.to)
+		}
+	}
+
+	links, err := m.Links(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLinks := []*Proxy{m.Proxy(2, 1), m.Proxy(1, 2), m.Proxy(2, 3), m.Proxy(3, 2)}
+	if !slices.Equal(links, wantLinks) {
+		t.Errorf("Links(2): got %v, want the proxies (2, 1), (1, 2), (2, 3), (3, 2): %v", links, wantLinks)
+	}
+
+	// The creation order, hence each proxy's seed, depends on the targets
+	// alone: a second mesh of the same members on the same seed draws the
+	// same delays on the same pair.
+	m2 := newMesh(t, New(42), 3)
+	for _, pm := range []*Mesh{m, m2} {
+		pm.Proxy(2, 3).SetLatency(50*time.Millisecond, 20*time.Millisecond)
+	}
+	p1, p2 := m.Proxy(2, 3), m2.Proxy(2, 3)
+	for i := range 20 {
+		p1.mu.Lock()
+		d1 := p1.delayLocked()
+		p1.mu.Unlock()
+		p2.mu.Lock()
+		d2 := p2.delayLocked()
+		p2.mu.Unlock()
+		if d1 != d2 {
+			t.Fatalf("draw %d: got %v and %v from two meshes on seed 42, want equal", i, d1, d2)
+		}
+	}
+}
+
+// liveProxies counts the proxies of n that are not closed.
+func liveProxies(n *Network) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	live := 0
+	for _, p := range n.proxies {
+		p.mu.Lock()
+		if !p.closed {
+			live++
+		}
+		p.mu.Unlock()
+	}
+	return live
+}
+
+// TestMeshErrors checks that the Mesh refuses bad input with an error,
+// leaving itself and its network as they were.
+func TestMeshErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		do   func(*Network, *Mesh) error
+		want error // nil: any error
+	}{
+		{name: "Add member 0", do: func(_ *Network, m *Mesh) error { return m.Add(0, "127.0.0.1:1") }},
+		{name: "Add a member twice", do: func(_ *Network, m *Mesh) error { return m.Add(2, "127.0.0.1:1") }},
+		{name: "Add a bad target", do: func(_ *Network, m *Mesh) error { return m.Add(4, "nowhere") }},
+		{name: "Add after Close", want: ErrClosed, do: func(n *Network, m *Mesh) error {
+			n.Close()
+			return m.Add(4, "127.0.0.1:1")
+		}},
+		{name: "Mesh with a bad target", do: func(n *Network, _ *Mesh) error {
+			_, err := n.Mesh(map[uint64]string{5: "127.0.0.1:1", 6: "127.0.0.1:2", 7: ":"})
+			return err
+		}},
+		{name: "Mesh of one bad target", do: func(n *Network, _ *Mesh) error {
+			_, err := n.Mesh(map[uint64]string{5: "bad"})
+			return err
+		}},
+		{name: "Mesh after Close", want: ErrClosed, do: func(n *Network, _ *Mesh) error {
+			n.Close()
+			_, err := n.Mesh(map[uint64]string{5: "127.0.0.1:1"})
+			return err
+		}},
+		{name: "PartitionOneWay from an unknown member", want: ErrUnknownMember, do: func(_ *Network, m *Mesh) error {
+			return m.PartitionOneWay([]uint64{4}, []uint64{1})
+		}},
+		{name: "PartitionOneWay to an unknown member", want: ErrUnknownMember, do: func(_ *Network, m *Mesh) error {
+			return m.PartitionOneWay([]uint64{1}, []uint64{2, 4})
+		}},
+		{name: "Partition with an unknown member", want: ErrUnknownMember, do: func(_ *Network, m *Mesh) error {
+			return m.Partition([]uint64{1, 0}, []uint64{2})
+		}},
+		{name: "Isolate an unknown member", want: ErrUnknownMember, do: func(_ *Network, m *Mesh) error {
+			return m.Isolate(4)
+		}},
+		{name: "Links of an unknown member", want: ErrUnknownMember, do: func(_ *Network, m *Mesh) error {
+			_, err := m.Links(4)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := New(1)
+			m := newMesh(t, n, 3)
+			live := liveProxies(n)
+			err := tc.do(n, m)
+			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Fatalf("got %v, want an error (%v)", err, tc.want)
+			}
+			if got, want := m.Members(), []uint64{1, 2, 3}; !slices.Equal(got, want) {
+				t.Errorf("members after the error: got %v, want %v", got, want)
+			}
+			if got := liveProxies(n); got != live && !errors.Is(err, ErrClosed) {
+				t.Errorf("got %d live proxies after the error, want the %d before", got, live)
+			}
+			for _, from := range m.Members() {
+				for _, to := range m.Members() {
+					if p := m.Proxy(from, to); p != nil && partitionOf(p) != 0 {
+						t.Errorf("proxy (%d, %d) holds %v after the error, want nothing", from, to, partitionOf(p))
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMeshPartitionOneWayBytes checks PartitionOneWay on live connections
+// dialled both ways: member 1's bytes to member 2 are held, on the
+// connection 1 dialled (its requests) and on the one 2 dialled (its
+// answers), while 2's bytes reach 1 on both; after Heal the held bytes
+// arrive.
+func TestMeshPartitionOneWayBytes(t *testing.T) {
+	n := New(1)
+	t.Cleanup(n.Close)
+	tg1, tg2 := newTarget(t), newTarget(t)
+	m, err := n.Mesh(map[uint64]string{1: tg1.addr(), 2: tg2.addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// c12 is 1's end of the connection 1 dialled to 2, s12 2's end.
+	c12, s12 := connect(t, m.Proxy(1, 2), tg2)
+	c21, s21 := connect(t, m.Proxy(2, 1), tg1)
+	if err := m.PartitionOneWay([]uint64{1}, []uint64{2}); err != nil {
+		t.Fatal(err)
+	}
+	write(t, c12, []byte("1 asks"))
+	write(t, s21, []byte("1 answers"))
+	write(t, s12, []byte("2 answers"))
+	write(t, c21, []byte("2 asks"))
+	expect(t, c12, []byte("2 answers"))
+	expect(t, s21, []byte("2 asks"))
+	expectSilence(t, s12, 200*time.Millisecond)
+	expectSilence(t, c21, 100*time.Millisecond)
+
+	m.Heal()
+	expect(t, s12, []byte("1 asks"))
+	expect(t, c21, []byte("1 answers"))
 }

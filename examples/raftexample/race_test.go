@@ -1,0 +1,7 @@
+//go:build race
+
+package main
+
+// raceEnabled tells buildBinary to build the processes with the race
+// detector too.
+const raceEnabled = true
