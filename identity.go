@@ -180,12 +180,13 @@ func parseMemberID(s string) (uint64, error) {
 }
 
 // identityRoute names the raft route of a request to us in the metric: the
-// handlers that call checkRequest serve these three paths.
+// handlers that call checkRequest serve these paths (a resumable
+// snapshot's queries count with the snapshot route).
 func identityRoute(p string) string {
 	switch p {
 	case RaftPrefix:
 		return identityRoutePipeline
-	case RaftSnapshotPrefix:
+	case RaftSnapshotPrefix, snapshotResumePath:
 		return identityRouteSnapshot
 	}
 	return identityRouteStream

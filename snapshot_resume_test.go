@@ -5,12 +5,16 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"maps"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -21,6 +25,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -1280,5 +1285,48 @@ func TestSnapshotResumeSavedNotProcessed(t *testing.T) {
 	}
 	if got := resumeKept(b.tr, 1); got != 0 {
 		t.Errorf("the receiver still keeps %d bytes for the sender, want nothing", got)
+	}
+}
+
+// TestPeerIdentityResumeRoute: with PeerIdentity set, GET
+// /raft/snapshot/resume goes through the identity check of the other raft
+// routes: a certificate cannot ask about, or cut off, another member's
+// transfer; refusals count under the snapshot route.
+func TestPeerIdentityResumeRoute(t *testing.T) {
+	m := newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12)
+	id := newSnapshotID(m, appendMessageFrame(nil, m), 1<<20)
+	for _, tc := range []struct {
+		name       string
+		from       uint64 // X-Server-From
+		wantCode   int
+		wantReason string
+	}{
+		{name: "the certificate's member", from: htPeerID, wantCode: http.StatusNoContent},
+		{name: "another member", from: htStranger, wantCode: http.StatusForbidden, wantReason: identityMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			tr, _ := newNode(t, htLocal(), withRegisterer(reg), withStore(&memStore{}), withConfig(func(tr *Transport) {
+				tr.PeerIdentity = IdentityFromURISAN(idPrefix)
+			})).parts()
+			req := httptest.NewRequest(http.MethodGet, snapshotResumePath, nil)
+			req.Header = htHeaders(htSnapshot)
+			req.Header.Set("X-Server-From", formatID(tc.from))
+			req.Header.Set("X-Rafthttp-Features", oursAnnounce)
+			req.Header.Set(headerSnapshotID, id.String())
+			cert := &x509.Certificate{URIs: []*url.URL{memberURI(t, htPeerID)}}
+			req.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}, VerifiedChains: [][]*x509.Certificate{{cert}}}
+			rec := httptest.NewRecorder()
+			tr.Handler().ServeHTTP(rec, req)
+			if rec.Code != tc.wantCode {
+				t.Fatalf("status %d, want %d (body %q)", rec.Code, tc.wantCode, rec.Body.String())
+			}
+			if tc.wantReason == "" {
+				return
+			}
+			if got := metricValue(t, reg, "rafthttp_peer_identity_refused_total", map[string]string{"Route": identityRouteSnapshot, "Reason": tc.wantReason}); got != 1 {
+				t.Errorf("rafthttp_peer_identity_refused_total{Route=snapshot,Reason=%s} = %v, want 1", tc.wantReason, got)
+			}
+		})
 	}
 }
