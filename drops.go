@@ -185,3 +185,19 @@ func (t *Transport) reporting() bool { return !t.stopping() }
 // under t.mu as it marks itself stopped. It takes no lock, so that it can
 // be asked with t.mu held (Send's drops are).
 func (t *Transport) stopping() bool { return t.ctx != nil && t.ctx.Err() != nil }
+
+// skippedLocal warns, rate-limited, that Send was given m, a message to one
+// of raft's local storage threads: an application that does not route them
+// to its storage goroutines leaves raft waiting for its writes.
+func (t *Transport) skippedLocal(m *raftpb.Message) {
+	n, ok := t.localLog.allow(t.warns.now)
+	if !ok {
+		return
+	}
+	target := "LocalAppendThread"
+	if m.GetTo() == raft.LocalApplyThread {
+		target = "LocalApplyThread"
+	}
+	t.lg.Warn("ignored message to a raft local storage thread: with AsyncStorageWrites, hand it to the storage goroutines, not to Send",
+		zap.Stringer("type", m.GetType()), zap.String("target", target), suppressed(n))
+}

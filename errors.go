@@ -107,3 +107,14 @@ var (
 	// member ID.
 	ErrNoPeerIdentity = errors.New("rafthttp: certificate names no member")
 )
+
+// postCriticalError posts err to ErrorC without blocking.
+func (t *Transport) postCriticalError(err error) {
+	if t.ErrorC == nil {
+		return
+	}
+	select {
+	case t.ErrorC <- err:
+	default:
+	}
+}

@@ -422,22 +422,6 @@ func (t *Transport) send(msgs []*raftpb.Message) (full bool) {
 	return full
 }
 
-// skippedLocal warns, rate-limited, that Send was given m, a message to one
-// of raft's local storage threads: an application that does not route them
-// to its storage goroutines leaves raft waiting for its writes.
-func (t *Transport) skippedLocal(m *raftpb.Message) {
-	n, ok := t.localLog.allow(t.warns.now)
-	if !ok {
-		return
-	}
-	target := "LocalAppendThread"
-	if m.GetTo() == raft.LocalApplyThread {
-		target = "LocalApplyThread"
-	}
-	t.lg.Warn("ignored message to a raft local storage thread: with AsyncStorageWrites, hand it to the storage goroutines, not to Send",
-		zap.Stringer("type", m.GetType()), zap.String("target", target), suppressed(n))
-}
-
 // usableLocked returns why the transport cannot take new members, if it
 // cannot. t.mu must be held.
 func (t *Transport) usableLocked() error {
@@ -641,17 +625,6 @@ func (t *Transport) Stop() {
 	t.shared.closeIdleConnections()
 	if t.Registerer != nil {
 		t.metrics.unregister(t.Registerer)
-	}
-}
-
-// postCriticalError posts err to ErrorC without blocking.
-func (t *Transport) postCriticalError(err error) {
-	if t.ErrorC == nil {
-		return
-	}
-	select {
-	case t.ErrorC <- err:
-	default:
 	}
 }
 
