@@ -167,10 +167,12 @@
 //     version.go: semver; errors.go: every exported error.
 //   - http.go: the raft handlers (server.go: the http.Server recipe);
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
-//     readahead.go: snapshots; snapshot_resume.go: resumable transfers
-//     (the protocol, and the sending side with its replay ring, whose
-//     memory ringmem_*.go maps), snapshot_partials.go: their receiving
-//     side (the partial payloads kept, GET /raft/snapshot/resume).
+//     readahead.go: snapshots; snapshot_resume.go: the sending side of
+//     resumable transfers, snapshot_resume_wire.go their wire format,
+//     snapshot_resume_progress.go the resume query and progress stream,
+//     snapshot_ring.go the replay ring (whose memory ringmem_*.go maps);
+//     snapshot_partials.go: their receiving side (the partial payloads
+//     kept, GET /raft/snapshot/resume).
 //   - drops.go: the one place a lost message is told to raft, counted and
 //     logged; budget.go: what received messages may hold; send_budget.go:
 //     what may be queued to a peer; warnlog.go: rate-limited warnings.
