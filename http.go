@@ -175,15 +175,23 @@ func (t *Transport) receivedFrom(id uint64) (peerMetrics, bool) {
 	return peerMetrics{}, false
 }
 
+// admit answers with our cluster ID and features, parses the request's
+// headers once and runs checkRequest: what every raft route does first.
+// If ok is false, the request has been answered.
+func (t *Transport) admit(w http.ResponseWriter, r *http.Request) (rh requestHeaders, ok bool) {
+	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
+	t.announceFeatures(w.Header())
+	rh = parseRequestHeaders(r.Header)
+	return rh, t.checkRequest(w, r, &rh)
+}
+
 // servePipeline handles POST /raft: one message per request (spec §2.2).
 func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodPost) {
 		return
 	}
-	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
-	t.announceFeatures(w.Header())
-	rh := parseRequestHeaders(r.Header)
-	if !t.checkRequest(w, r, &rh) {
+	rh, ok := t.admit(w, r)
+	if !ok {
 		return
 	}
 	t.addRemoteFromRequest(&rh)
@@ -335,10 +343,8 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	// Every answer from here on carries our version, so that an older
 	// dialer does not mistake an error for "stream type unsupported".
 	w.Header().Set(headerServerVersion, t.cfg.serverVersion.String())
-	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
-	t.announceFeatures(w.Header())
-	rh := parseRequestHeaders(r.Header)
-	if !t.checkRequest(w, r, &rh) {
+	rh, ok := t.admit(w, r)
+	if !ok {
 		return
 	}
 

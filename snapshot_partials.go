@@ -540,10 +540,8 @@ func (t *Transport) serveSnapshotResume(w http.ResponseWriter, r *http.Request) 
 	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
-	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
-	t.announceFeatures(w.Header())
-	rh := parseRequestHeaders(r.Header)
-	if !t.checkRequest(w, r, &rh) {
+	rh, ok := t.admit(w, r)
+	if !ok {
 		return
 	}
 	t.learnFeatures(&rh)

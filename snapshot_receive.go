@@ -50,10 +50,8 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
-	w.Header().Set(headerClusterID, t.cfg.clusterIDStr)
-	t.announceFeatures(w.Header())
-	rh := parseRequestHeaders(r.Header)
-	if !t.checkRequest(w, r, &rh) {
+	rh, ok := t.admit(w, r)
+	if !ok {
 		t.metrics.snapRecvFailures.WithLabelValues(unknownSender).Inc()
 		return
 	}
