@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/raftkit/rafthttp"
+	"github.com/raftkit/rafthttp/internal/rafttest"
 )
 
 // This file serves OUR Transport's handler the way etcd serves its own: on
@@ -384,18 +385,5 @@ func TestOurHandlerOnEtcdListener(t *testing.T) {
 // within limit.
 func waitWithin(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(limit)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			if cond() {
-				return
-			}
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-	}
+	rafttest.Eventually(t, limit, what, cond)
 }

@@ -327,6 +327,9 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		select {
 		case <-tick.C:
 		case <-deadline.C:
+			if cond() { // it may have come true while the timer fired
+				return
+			}
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 	}
