@@ -1,6 +1,7 @@
 package rafthttp
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -448,9 +449,11 @@ func TestSendBudgetBalancesOnEveryPath(t *testing.T) {
 			if got := env.raft.unreachableCount(env.id); got != env.reported {
 				t.Errorf("raft told of %d drops, want %d", got, env.reported)
 			}
-			if got := env.dropped(); got != float64(env.reported) {
-				t.Errorf("%v drops counted, %d reported to raft", got, env.reported)
-			}
+			// raft is told before a drop is counted (drops.go): wait for
+			// the count rather than look once.
+			waitFor(t, fmt.Sprintf("%d drops to be counted", env.reported), func() bool {
+				return env.dropped() == float64(env.reported)
+			})
 		})
 	}
 }
