@@ -42,15 +42,19 @@ const spotEvery = 64
 // flight, and checks what the receiver's raft is handed: the sender takes a
 // window slot per message, the receiver frees it.
 //
-// Measured messages come from a ring of 2×window prebuilt messages that are
-// restamped in place, so that the sending side allocates nothing: a slot is
-// reused only after its previous message was delivered (delivery is in
-// order, which the receiver checks), hence after the transport is done
-// with it. Every entry's data carries its index in its first and last 8
-// bytes; the rest is a fixed pattern.
+// Measured messages are built anew for every Send (fresh), as raft's Ready
+// hands the transport a new Message, each field in an allocation of its
+// own, with entries that raft allocated when they were proposed; or they
+// come from a ring of 2×window prebuilt messages that are restamped in
+// place, so that the sending side allocates nothing: a slot is reused only
+// after its previous message was delivered (delivery is in order, which
+// the receiver checks), hence after the transport is done with it. Every
+// entry's data carries its index in its first and last 8 bytes; the rest is
+// a fixed pattern.
 type appStream struct {
 	from, to uint64
 	spec     appSpec
+	fresh    bool // a new message per Send; otherwise the ring
 	window
 	pattern []byte
 	batch   []*raftpb.Message
@@ -70,14 +74,20 @@ type ringSlot struct {
 	ents   []uint64 // entry indexes, pointed to by the entries
 }
 
-func newAppStream(from, to uint64, spec appSpec, window int) *appStream {
+// newAppStream returns a stream of MsgApps of spec's shape from from to to,
+// with at most window in flight; fresh says whether each measured message
+// is built anew (see appStream).
+func newAppStream(from, to uint64, spec appSpec, window int, fresh bool) *appStream {
 	s := &appStream{
-		from: from, to: to, spec: spec, window: newWindow(window),
+		from: from, to: to, spec: spec, fresh: fresh, window: newWindow(window),
 		pattern: make([]byte, spec.size),
 		batch:   make([]*raftpb.Message, 1),
 	}
 	for i := range s.pattern {
 		s.pattern[i] = byte(i*131 + 7)
+	}
+	if fresh {
+		return s
 	}
 	term := measureTerm
 	for range 2 * cap(s.slots) {
@@ -170,6 +180,8 @@ type measurement struct {
 	msgs    int64
 	elapsed time.Duration // from the first send to the last delivery
 	mallocs uint64        // heap allocations of the whole process
+	bytes   uint64        // bytes allocated on the heap, whole process
+	gcs     uint32        // GC cycles completed
 	cpu     time.Duration // user+system CPU of the whole process
 }
 
@@ -177,15 +189,37 @@ func (m measurement) perSecond() float64 { return float64(m.msgs) / m.elapsed.Se
 
 func (m measurement) allocsPerMsg() float64 { return float64(m.mallocs) / float64(m.msgs) }
 
+func (m measurement) bytesPerMsg() float64 { return float64(m.bytes) / float64(m.msgs) }
+
+// gcsPerMillion is the GC cycles per million messages.
+func (m measurement) gcsPerMillion() float64 { return float64(m.gcs) * 1e6 / float64(m.msgs) }
+
+// memCounters are the allocation counters a measurement takes the
+// difference of.
+type memCounters struct {
+	mallocs, bytes uint64
+	gcs            uint32
+}
+
+func readMemCounters() memCounters {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return memCounters{mallocs: ms.Mallocs, bytes: ms.TotalAlloc, gcs: ms.NumGC}
+}
+
+// since fills m's allocation figures with what happened since c0.
+func (m *measurement) since(c0 memCounters) {
+	c := readMemCounters()
+	m.mallocs, m.bytes, m.gcs = c.mallocs-c0.mallocs, c.bytes-c0.bytes, c.gcs-c0.gcs
+}
+
 func (m measurement) cpuPerMsg() time.Duration { return m.cpu / time.Duration(max(m.msgs, 1)) }
 
 // measure sends measured messages until d has passed or stop is closed
 // (whichever is given), waits for all of them to be delivered and checks
 // them. It must follow warmUp.
 func (s *appStream) measure(ctx context.Context, n *node, d time.Duration, stop <-chan struct{}) (measurement, error) {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	mallocs0, cpu0 := ms.Mallocs, cpuTime()
+	mem0, cpu0 := readMemCounters(), cpuTime()
 	start := time.Now()
 	var sent int64
 	for done := false; !done; {
@@ -211,8 +245,7 @@ func (s *appStream) measure(ctx context.Context, n *node, d time.Duration, stop 
 		return measurement{}, err
 	}
 	res := measurement{msgs: sent, elapsed: time.Since(start), cpu: cpuTime() - cpu0}
-	runtime.ReadMemStats(&ms)
-	res.mallocs = ms.Mallocs - mallocs0
+	res.since(mem0)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
@@ -224,9 +257,12 @@ func (s *appStream) measure(ctx context.Context, n *node, d time.Duration, stop 
 	return res, nil
 }
 
-// nextMeasured restamps the next ring slot as the message that continues
-// the log, and returns it.
+// nextMeasured returns the message that continues the log: built anew,
+// or the next ring slot restamped.
 func (s *appStream) nextMeasured() *raftpb.Message {
+	if s.fresh {
+		return s.newMeasured()
+	}
 	sl := s.ring[s.next]
 	s.next = (s.next + 1) % len(s.ring)
 	sl.index, sl.commit = s.index, s.index
@@ -236,6 +272,25 @@ func (s *appStream) nextMeasured() *raftpb.Message {
 		stamp(sl.m.Entries[j].Data, s.index)
 	}
 	return sl.m
+}
+
+// newMeasured builds the message that continues the log as raft would: a
+// new Message whose fields are each allocated (raft's send sets them with
+// new), and new entries with new data, as a proposal allocates them.
+func (s *appStream) newMeasured() *raftpb.Message {
+	ents := make([]*raftpb.Entry, s.spec.entries)
+	base := s.index
+	for j := range ents {
+		s.index++
+		data := make([]byte, len(s.pattern))
+		copy(data, s.pattern)
+		stamp(data, s.index)
+		ents[j] = &raftpb.Entry{Term: new(measureTerm), Index: new(s.index), Type: raftpb.EntryNormal.Enum(), Data: data}
+	}
+	return &raftpb.Message{
+		Type: raftpb.MsgApp.Enum(), To: new(s.to), From: new(s.from), Term: new(measureTerm),
+		LogTerm: new(measureTerm), Index: new(base), Commit: new(base), Entries: ents,
+	}
 }
 
 // cpuTime is the CPU time the process has used, user and system.

@@ -96,7 +96,7 @@ func TestCheckerRejects(t *testing.T) {
 		{name: "data", alter: func(m *raftpb.Message) { m.Entries[2].Data[20] ^= 1 }, want: "differs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newAppStream(idA, idB, spec, 4)
+			s := newAppStream(idA, idB, spec, 4, false)
 			s.index, s.expect = 10, 10
 			m := proto.Clone(s.nextMeasured()).(*raftpb.Message)
 			tc.alter(m)
@@ -114,7 +114,7 @@ func TestCheckerRejects(t *testing.T) {
 		})
 	}
 	t.Run("duplicate", func(t *testing.T) {
-		s := newAppStream(idA, idB, spec, 4)
+		s := newAppStream(idA, idB, spec, 4, false)
 		m := proto.Clone(s.nextMeasured()).(*raftpb.Message)
 		s.slots <- struct{}{}
 		s.receive(m)

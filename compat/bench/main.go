@@ -7,8 +7,12 @@
 //  1. small MsgApp (1 entry of 128 B): messages/s with at most -window in
 //     flight, over the msgappv2 stream (consecutive indexes in one term;
 //     the receiver's Raft.Process checks and counts each message and frees
-//     its window slot);
+//     its window slot); each message, its entries and their data built
+//     anew for its Send, as raft's Ready hands them over;
 //  2. large MsgApp (64 entries of 1 KiB): MB/s of entry data, same window;
+//     1r and 2r (-scenarios ring): the same from a ring of prebuilt
+//     messages restamped in place, which allocates nothing on the sending
+//     side;
 //  3. heartbeat round trip p50/p99: a sends MsgHeartbeat, b's Process
 //     answers at once with MsgHeartbeatResp; idle, and while large MsgApps
 //     stream a→b at full speed;
@@ -17,8 +21,9 @@
 //     /proc/self/clear_refs), ours with SendSnapshot and DirSnapshotStore,
 //     etcd with snap.Message and its Snapshotter, into a temporary
 //     directory;
-//  5. heap allocations (runtime.MemStats.Mallocs) and CPU time of the whole
-//     process per delivered message, for the two MsgApp shapes;
+//  5. heap allocations (runtime.MemStats.Mallocs), bytes allocated, GC
+//     cycles and CPU time of the whole process per delivered message, for
+//     the two MsgApp shapes;
 //  6. raw TCP: the same msgappv2 AppEntries records written over a plain
 //     loopback connection to a reader that only parses their lengths;
 //  7. open loop: small MsgApps sent as fast as Send returns, no window:
@@ -26,7 +31,15 @@
 //  8. pipeline only: the small MsgApps of 1 (a new message per send) with
 //     both servers refusing every stream, so that both transports fall back
 //     to one POST per message: messages/s delivered with at most 64 in
-//     flight, allocations and CPU per message.
+//     flight, allocations and CPU per message;
+//  9. a raft cluster: 3 go.etcd.io/raft members with etcd's settings, each
+//     with a MemoryStorage and a Ready loop, 64 closed-loop clients
+//     proposing 128 B to the leader and waiting for it to apply their
+//     proposal: commits/s, commit latency p50/p99/p99.9, CPU, allocations
+//     and GC cycles per commit;
+//  10. many peers: 25 members (600 links), each sending a heartbeat to
+//     every other every 100 ms, answered at once: round trip p50/p99, CPU,
+//     goroutines, RSS and live heap per link.
 //
 // Every node is a transport behind a real http.Server on 127.0.0.1: etcd's
 // on its peer listener (rafthttp.NewListener), as an etcd member serves it;
@@ -41,8 +54,8 @@
 //
 // Usage:
 //
-//	go run . [-runs 5] [-quick] [-only ours|etcd] [-scenarios small,large,heartbeat,snapshot,raw,open,pipeline]
-//	         [-cpuprofile f] [-memprofile f] ...
+//	go run . [-runs 3] [-quick] [-only ours|etcd] [-scenarios small,large,ring,heartbeat,snapshot,raw,open,pipeline,raft,peers]
+//	         [-cpuprofile f] [-memprofile f] [-trace f] ...
 package main
 
 import (
@@ -72,6 +85,12 @@ type config struct {
 	openTime  time.Duration // per run of scenario 7
 	pipeTime  time.Duration // per run of scenario 8
 	warmup    time.Duration // before each measurement
+	raft      raftSetup     // scenario 9
+	raftTime  time.Duration // per run of scenario 9
+	raftWarm  time.Duration // before each measurement of scenario 9
+	peers     int           // members of scenario 10
+	peersTime time.Duration // per run of scenario 10
+	peersWarm time.Duration // before each measurement of scenario 10
 	snapSize  int64
 	kinds     []kind
 	scenarios []string
@@ -79,11 +98,11 @@ type config struct {
 	progress  io.Writer
 }
 
-var allScenarios = []string{"small", "large", "heartbeat", "snapshot", "raw", "open", "pipeline"}
+var allScenarios = []string{"small", "large", "ring", "heartbeat", "snapshot", "raw", "open", "pipeline", "raft", "peers"}
 
 func defaultConfig() config {
 	return config{
-		runs:      5,
+		runs:      3,
 		window:    512,
 		small:     appSpec{entries: 1, size: 128},
 		large:     appSpec{entries: 64, size: 1024},
@@ -94,6 +113,12 @@ func defaultConfig() config {
 		openTime:  3 * time.Second,
 		pipeTime:  3 * time.Second,
 		warmup:    300 * time.Millisecond,
+		raft:      raftSetup{members: 3, clients: 64, size: 128},
+		raftTime:  5 * time.Second,
+		raftWarm:  time.Second,
+		peers:     25,
+		peersTime: 5 * time.Second,
+		peersWarm: time.Second,
 		snapSize:  512 << 20,
 		kinds:     []kind{ours, etcd},
 		scenarios: allScenarios,
@@ -107,6 +132,10 @@ func quickConfig() config {
 	c.smallTime, c.largeTime, c.hbTime, c.rawTime = 150*time.Millisecond, 150*time.Millisecond, 150*time.Millisecond, 100*time.Millisecond
 	c.openTime, c.pipeTime = 150*time.Millisecond, 150*time.Millisecond
 	c.warmup = 30 * time.Millisecond
+	c.raft.clients = 8
+	c.raftTime, c.raftWarm = 300*time.Millisecond, 100*time.Millisecond
+	c.peers = 4
+	c.peersTime, c.peersWarm = 300*time.Millisecond, 200*time.Millisecond
 	c.snapSize = 2<<20 + 7
 	return c
 }
@@ -121,7 +150,7 @@ func main() {
 func mainErr() error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "smoke mode: one run of every scenario at tiny sizes (other flags still apply)")
-	runs := fs.Int("runs", 0, "runs of each scenario per transport (default 5)")
+	runs := fs.Int("runs", 0, "runs of each scenario per transport (default 3)")
 	window := fs.Int("window", 0, "MsgApps in flight at most (default 512)")
 	smallTime := fs.Duration("small-time", 0, "duration of each small MsgApp run (default 4s)")
 	largeTime := fs.Duration("large-time", 0, "duration of each large MsgApp run (default 4s)")
@@ -129,7 +158,11 @@ func mainErr() error {
 	rawTime := fs.Duration("raw-time", 0, "duration of each raw TCP run, per shape (default 2s)")
 	openTime := fs.Duration("open-time", 0, "duration of each open-loop run (default 3s)")
 	pipeTime := fs.Duration("pipeline-time", 0, "duration of each pipeline-only run (default 3s)")
-	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 300ms)")
+	warmup := fs.Duration("warmup", 0, "warm-up before each measurement of scenarios 1-8 (default 300ms)")
+	raftTime := fs.Duration("raft-time", 0, "duration of each raft-cluster run (default 5s)")
+	raftClients := fs.Int("raft-clients", 0, "closed-loop clients of the raft cluster (default 64)")
+	peersTime := fs.Duration("peers-time", 0, "duration of each many-peers run (default 5s)")
+	peers := fs.Int("peers", 0, "members of the many-peers scenario (default 25)")
 	snapMiB := fs.Float64("snapshot-mib", 0, "snapshot payload in MiB (default 512)")
 	only := fs.String("only", "", "run only these transports: ours, etcd, or both comma-separated")
 	scen := fs.String("scenarios", "", "comma-separated subset of "+strings.Join(allScenarios, ","))
@@ -166,6 +199,10 @@ func mainErr() error {
 	setDur(&cfg.openTime, *openTime)
 	setDur(&cfg.pipeTime, *pipeTime)
 	setDur(&cfg.warmup, *warmup)
+	setDur(&cfg.raftTime, *raftTime)
+	setInt(&cfg.raft.clients, *raftClients)
+	setDur(&cfg.peersTime, *peersTime)
+	setInt(&cfg.peers, *peers)
 	if *snapMiB > 0 {
 		cfg.snapSize = int64(*snapMiB * (1 << 20))
 	}
@@ -261,26 +298,37 @@ func run(cfg *config, out io.Writer) error {
 	has := func(s string) bool { return slices.Contains(cfg.scenarios, s) }
 
 	for _, sc := range []struct {
-		name string
-		spec appSpec
-		d    time.Duration
-	}{{"small", cfg.small, cfg.smallTime}, {"large", cfg.large, cfg.largeTime}} {
-		if !has(sc.name) {
+		name, scenario string
+		spec           appSpec
+		d              time.Duration
+		fresh          bool
+	}{
+		{"small", "small", cfg.small, cfg.smallTime, true},
+		{"large", "large", cfg.large, cfg.largeTime, true},
+		{"ring.small", "ring", cfg.small, cfg.smallTime, false},
+		{"ring.large", "ring", cfg.large, cfg.largeTime, false},
+	} {
+		if !has(sc.scenario) {
 			continue
 		}
+		variant := map[bool]string{true: "fresh", false: "ring"}[sc.fresh]
 		for i := range cfg.runs {
 			for _, k := range cfg.kinds {
-				m, err := runThroughput(k, cfg, sc.spec, sc.d)
+				m, err := runThroughput(k, cfg, sc.spec, sc.d, sc.fresh)
 				if err != nil {
-					return fmt.Errorf("%s MsgApp %s, %s, run %d: %w", sc.name, sc.spec, k, i+1, err)
+					return fmt.Errorf("MsgApp %s (%s), %s, run %d: %w", sc.spec, variant, k, i+1, err)
 				}
 				mbps := m.perSecond() * float64(sc.spec.payloadBytes()) / mb
 				res.add(sc.name+".rate", string(k), m.perSecond())
 				res.add(sc.name+".mbps", string(k), mbps)
 				res.add(sc.name+".allocs", string(k), m.allocsPerMsg())
+				res.add(sc.name+".bytes", string(k), m.bytesPerMsg())
+				res.add(sc.name+".gcs", string(k), m.gcsPerMillion())
 				res.add(sc.name+".cpu", string(k), float64(m.cpuPerMsg())/1e3)
-				logf("%-5s MsgApp %-8s run %d/%d %s: %9.0f msg/s %8.1f MB/s  %6.1f allocs/msg  %6.2f µs CPU/msg  (%d msgs in %v)",
-					sc.name, sc.spec, i+1, cfg.runs, k, m.perSecond(), mbps, m.allocsPerMsg(), float64(m.cpuPerMsg())/1e3, m.msgs, m.elapsed.Round(time.Millisecond))
+				res.add(sc.name+".cores", string(k), m.cpu.Seconds()/m.elapsed.Seconds())
+				logf("MsgApp %-8s %-5s run %d/%d %s: %9.0f msg/s %8.1f MB/s  %6.1f allocs/msg  %7.0f B/msg  %5.0f GCs/M msgs  %6.2f µs CPU/msg  %.2f cores  (%d msgs in %v)",
+					sc.spec, variant, i+1, cfg.runs, k, m.perSecond(), mbps, m.allocsPerMsg(), m.bytesPerMsg(), m.gcsPerMillion(),
+					float64(m.cpuPerMsg())/1e3, m.cpu.Seconds()/m.elapsed.Seconds(), m.msgs, m.elapsed.Round(time.Millisecond))
 			}
 		}
 	}
@@ -393,6 +441,50 @@ func run(cfg *config, out io.Writer) error {
 				res.add("pipe.cpu", string(k), float64(m.cpuPerMsg())/1e3)
 				logf("pipeline only %-8s run %d/%d %s: %9.0f msg/s  %6.1f allocs/msg  %6.2f µs CPU/msg  (%d msgs in %v, one POST each)",
 					cfg.small, i+1, cfg.runs, k, m.perSecond(), m.allocsPerMsg(), float64(m.cpuPerMsg())/1e3, m.msgs, m.elapsed.Round(time.Millisecond))
+			}
+		}
+	}
+	if has("raft") {
+		for i := range cfg.runs {
+			for _, k := range cfg.kinds {
+				r, err := runRaftCluster(k, cfg, cfg.raft, cfg.raftWarm, cfg.raftTime)
+				if err != nil {
+					return fmt.Errorf("raft cluster, %s, run %d: %w", k, i+1, err)
+				}
+				cores := r.cpu.Seconds() / r.elapsed.Seconds()
+				res.add("raft.rate", string(k), r.perSecond())
+				res.add("raft.p50", string(k), float64(r.p50)/1e3)
+				res.add("raft.p99", string(k), float64(r.p99)/1e3)
+				res.add("raft.p999", string(k), float64(r.p999)/1e3)
+				res.add("raft.cores", string(k), cores)
+				res.add("raft.cpu", string(k), float64(r.cpuPerMsg())/1e3)
+				res.add("raft.allocs", string(k), r.allocsPerMsg())
+				res.add("raft.bytes", string(k), r.bytesPerMsg())
+				res.add("raft.gcs", string(k), r.gcsPerMillion()/1e3)
+				res.add("raft.msgs", string(k), float64(r.transportMsgs)/float64(r.msgs))
+				logf("raft cluster %s run %d/%d %s: %7.0f commits/s  latency p50 %6.0f p99 %6.0f p99.9 %6.0f µs  %.2f cores  %5.1f µs CPU/commit  %5.1f allocs  %5.0f B  %.2f GCs per 1k commits  %.1f msgs/commit  (%d commits in %v)",
+					cfg.raft, i+1, cfg.runs, k, r.perSecond(), float64(r.p50)/1e3, float64(r.p99)/1e3, float64(r.p999)/1e3,
+					cores, float64(r.cpuPerMsg())/1e3, r.allocsPerMsg(), r.bytesPerMsg(), r.gcsPerMillion()/1e3,
+					float64(r.transportMsgs)/float64(r.msgs), r.msgs, r.elapsed.Round(time.Millisecond))
+			}
+		}
+	}
+	if has("peers") {
+		for i := range cfg.runs {
+			for _, k := range cfg.kinds {
+				r, err := runManyPeers(k, cfg, cfg.peers, cfg.peersWarm, cfg.peersTime)
+				if err != nil {
+					return fmt.Errorf("many peers, %s, run %d: %w", k, i+1, err)
+				}
+				res.add("peers.p50", string(k), float64(r.p50)/1e3)
+				res.add("peers.p99", string(k), float64(r.p99)/1e3)
+				res.add("peers.cpu", string(k), r.cpuPerLink)
+				res.add("peers.goroutines", string(k), r.goroutinesPerLink)
+				res.add("peers.rss", string(k), r.rssPerLink/1e3)
+				res.add("peers.heap", string(k), r.heapPerLink/1e3)
+				logf("many peers %d members (%d links) run %d/%d %s: heartbeat RTT p50 %7.0f p99 %7.0f µs  CPU %5.0f µs/s per link  %.1f goroutines, RSS %.0f KB, heap %.0f KB per link  (%d round trips)",
+					cfg.peers, r.links, i+1, cfg.runs, k, float64(r.p50)/1e3, float64(r.p99)/1e3, r.cpuPerLink,
+					r.goroutinesPerLink, r.rssPerLink/1e3, r.heapPerLink/1e3, r.rtts)
 			}
 		}
 	}

@@ -81,6 +81,9 @@ type sink struct {
 	fail        *failures
 	unreachable atomic.Int64
 	snapReports chan raft.SnapshotStatus
+	// onUnreachable, if set before the node has peers, is told of each
+	// report too (a raft node's ReportUnreachable).
+	onUnreachable func(id uint64)
 }
 
 var (
@@ -99,8 +102,13 @@ func (s *sink) Process(_ context.Context, m *raftpb.Message) error {
 	return nil
 }
 
-func (s *sink) IsIDRemoved(uint64) bool  { return false }
-func (s *sink) ReportUnreachable(uint64) { s.unreachable.Add(1) }
+func (s *sink) IsIDRemoved(uint64) bool { return false }
+func (s *sink) ReportUnreachable(id uint64) {
+	s.unreachable.Add(1)
+	if s.onUnreachable != nil {
+		s.onUnreachable(id)
+	}
+}
 func (s *sink) ReportSnapshot(_ uint64, status raft.SnapshotStatus) {
 	select {
 	case s.snapReports <- status:

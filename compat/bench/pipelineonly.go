@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -145,17 +144,14 @@ func runPipelineOnly(k kind, cfg *config, spec appSpec, d time.Duration) (measur
 	posts0 := [2]int64{p.a.tap.pipelinePosts.Load(), p.b.tap.pipelinePosts.Load()}
 	unreachable0 := [2]int64{p.a.raft.unreachable.Load(), p.b.raft.unreachable.Load()}
 
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	mallocs0, cpu0 := ms.Mallocs, cpuTime()
+	mem0, cpu0 := readMemCounters(), cpuTime()
 	start := time.Now()
 	sent, err := s.send(ctx, p.a, measureTerm, d)
 	if err != nil {
 		return measurement{}, err
 	}
 	res := measurement{msgs: sent, elapsed: time.Since(start), cpu: cpuTime() - cpu0}
-	runtime.ReadMemStats(&ms)
-	res.mallocs = ms.Mallocs - mallocs0
+	res.since(mem0)
 
 	var errs []error
 	s.mu.Lock()

@@ -23,9 +23,12 @@ type row struct {
 func rows(cfg *config) []row {
 	w := cfg.window
 	return []row{
-		{fmt.Sprintf("1. small MsgApp %s, window %d: msg/s", cfg.small, w), "small.rate", "%.0f", "higher"},
-		{fmt.Sprintf("2. large MsgApp %s, window %d: MB/s", cfg.large, w), "large.mbps", "%.1f", "higher"},
-		{"2. large MsgApp: msg/s", "large.rate", "%.0f", "higher"},
+		{fmt.Sprintf("1. small MsgApp %s, window %d, fresh messages: msg/s", cfg.small, w), "small.rate", "%.0f", "higher"},
+		{fmt.Sprintf("1r. small MsgApp %s, prebuilt ring: msg/s", cfg.small), "ring.small.rate", "%.0f", "higher"},
+		{fmt.Sprintf("2. large MsgApp %s, window %d, fresh messages: MB/s", cfg.large, w), "large.mbps", "%.1f", "higher"},
+		{"2. large MsgApp, fresh messages: msg/s", "large.rate", "%.0f", "higher"},
+		{"2. large MsgApp, fresh messages: cores busy", "large.cores", "%.2f", "higher"},
+		{fmt.Sprintf("2r. large MsgApp %s, prebuilt ring: MB/s", cfg.large), "ring.large.mbps", "%.1f", "higher"},
 		{"3. heartbeat RTT idle p50 (µs)", "hb.idle.p50", "%.1f", "lower"},
 		{"3. heartbeat RTT idle p99 (µs)", "hb.idle.p99", "%.1f", "lower"},
 		{"3. heartbeat RTT under large MsgApp load p50 (µs)", "hb.load.p50", "%.1f", "lower"},
@@ -33,15 +36,37 @@ func rows(cfg *config) []row {
 		{"3. large MsgApp MB/s during the loaded heartbeat runs", "hb.load.mbps", "%.1f", "higher"},
 		{fmt.Sprintf("4. snapshot %s: MB/s", mibString(cfg.snapSize)), "snap.mbps", "%.1f", "higher"},
 		{"4. snapshot: peak RSS growth (MiB)", "snap.rss", "%.1f", "lower"},
-		{fmt.Sprintf("5. allocs per message, %s", cfg.small), "small.allocs", "%.1f", "lower"},
-		{fmt.Sprintf("5. allocs per message, %s", cfg.large), "large.allocs", "%.1f", "lower"},
-		{fmt.Sprintf("5. CPU per message, %s (µs)", cfg.small), "small.cpu", "%.2f", "lower"},
-		{fmt.Sprintf("5. CPU per message, %s (µs)", cfg.large), "large.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("5. allocs per message, %s fresh (sender's included)", cfg.small), "small.allocs", "%.1f", "lower"},
+		{fmt.Sprintf("5. bytes allocated per message, %s fresh", cfg.small), "small.bytes", "%.0f", "lower"},
+		{fmt.Sprintf("5. GC cycles per million messages, %s fresh", cfg.small), "small.gcs", "%.0f", "lower"},
+		{fmt.Sprintf("5. CPU per message, %s fresh (µs)", cfg.small), "small.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("5. allocs per message, %s fresh", cfg.large), "large.allocs", "%.1f", "lower"},
+		{fmt.Sprintf("5. CPU per message, %s fresh (µs)", cfg.large), "large.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("5r. allocs per message, %s ring", cfg.small), "ring.small.allocs", "%.1f", "lower"},
+		{fmt.Sprintf("5r. CPU per message, %s ring (µs)", cfg.small), "ring.small.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("5r. allocs per message, %s ring", cfg.large), "ring.large.allocs", "%.1f", "lower"},
+		{fmt.Sprintf("5r. CPU per message, %s ring (µs)", cfg.large), "ring.large.cpu", "%.2f", "lower"},
 		{fmt.Sprintf("7. open loop %s, no window: delivered msg/s", cfg.small), "open.rate", "%.0f", "higher"},
 		{"7. open loop: sent messages neither delivered nor reported (%)", "open.unreported", "%.2f", "lower"},
 		{fmt.Sprintf("8. pipeline only (streams refused) %s, window %d: msg/s", cfg.small, pipelineWindow), "pipe.rate", "%.0f", "higher"},
 		{"8. pipeline only: allocs per message", "pipe.allocs", "%.1f", "lower"},
 		{"8. pipeline only: CPU per message (µs)", "pipe.cpu", "%.2f", "lower"},
+		{fmt.Sprintf("9. raft cluster (%s): commits/s", cfg.raft), "raft.rate", "%.0f", "higher"},
+		{"9. raft cluster: commit latency p50 (µs)", "raft.p50", "%.0f", "lower"},
+		{"9. raft cluster: commit latency p99 (µs)", "raft.p99", "%.0f", "lower"},
+		{"9. raft cluster: commit latency p99.9 (µs)", "raft.p999", "%.0f", "lower"},
+		{"9. raft cluster: CPU cores used", "raft.cores", "%.2f", "lower"},
+		{"9. raft cluster: CPU per commit (µs)", "raft.cpu", "%.1f", "lower"},
+		{"9. raft cluster: allocs per commit", "raft.allocs", "%.1f", "lower"},
+		{"9. raft cluster: bytes allocated per commit", "raft.bytes", "%.0f", "lower"},
+		{"9. raft cluster: GC cycles per 1,000 commits", "raft.gcs", "%.2f", "lower"},
+		{"9. raft cluster: transport messages per commit", "raft.msgs", "%.1f", "lower"},
+		{fmt.Sprintf("10. many peers (%d members, %d links): heartbeat RTT p50 (µs)", cfg.peers, cfg.peers*(cfg.peers-1)), "peers.p50", "%.0f", "lower"},
+		{"10. many peers: heartbeat RTT p99 (µs)", "peers.p99", "%.0f", "lower"},
+		{"10. many peers: CPU per link (µs/s)", "peers.cpu", "%.1f", "lower"},
+		{"10. many peers: goroutines per link", "peers.goroutines", "%.1f", "lower"},
+		{"10. many peers: RSS per link (KB)", "peers.rss", "%.1f", "lower"},
+		{"10. many peers: live heap per link (KB)", "peers.heap", "%.1f", "lower"},
 	}
 }
 
@@ -80,6 +105,8 @@ func writeReport(w io.Writer, cfg *config, res results, took time.Duration, othe
 		cfg.window, cfg.small, cfg.smallTime, cfg.large, cfg.largeTime, cfg.hbTime, cfg.hbTime, cfg.rawTime, cfg.warmup)
 	fmt.Fprintf(w, "- open loop %v per run; pipeline only (streams refused) %s with window %d for %v per run\n",
 		cfg.openTime, cfg.small, pipelineWindow, cfg.pipeTime)
+	fmt.Fprintf(w, "- raft cluster: %s, %v per run after %v of warm-up; many peers: %d members, %v per run after %v\n",
+		cfg.raft, cfg.raftTime, cfg.raftWarm, cfg.peers, cfg.peersTime, cfg.peersWarm)
 	fmt.Fprintf(w, "- snapshot payload %s (%d bytes)\n", mibString(cfg.snapSize), cfg.snapSize)
 	fmt.Fprintf(w, "- total time %v; other processes kept %.2f cores busy on average meanwhile\n", took.Round(100*time.Millisecond), others)
 	fmt.Fprintln(w)

@@ -26,9 +26,10 @@ import (
 )
 
 // runThroughput is scenarios 1, 2 and 5: a streams MsgApps of the given
-// shape to b for d, with at most window in flight.
-func runThroughput(k kind, cfg *config, spec appSpec, d time.Duration) (measurement, error) {
-	s := newAppStream(idA, idB, spec, cfg.window)
+// shape to b for d, with at most window in flight, built anew for each
+// Send (fresh) or taken from a prebuilt ring.
+func runThroughput(k kind, cfg *config, spec appSpec, d time.Duration, fresh bool) (measurement, error) {
+	s := newAppStream(idA, idB, spec, cfg.window, fresh)
 	p, err := newPair(k, cfg.dir, nil, func(_ *node, m *raftpb.Message) error {
 		s.receive(m)
 		return nil
@@ -59,10 +60,11 @@ type rttResult struct {
 
 // runHeartbeat is scenario 3: a sends MsgHeartbeat to b, b's raft answers
 // at once with MsgHeartbeatResp, a measures the round trip, one at a time,
-// for d. With loaded, a streams large MsgApps to b at full speed meanwhile.
+// for d. With loaded, a streams large MsgApps to b at full speed meanwhile,
+// each built anew as raft builds them.
 func runHeartbeat(k kind, cfg *config, loaded bool, d time.Duration) (rttResult, error) {
 	resp := make(chan uint64, 1)
-	s := newAppStream(idA, idB, cfg.large, cfg.window)
+	s := newAppStream(idA, idB, cfg.large, cfg.window, true)
 	ha := func(_ *node, m *raftpb.Message) error {
 		if m.GetType() != raftpb.MsgHeartbeatResp || m.GetFrom() != idB || m.GetTo() != idA || m.GetTerm() != 1 {
 			return fmt.Errorf("got %s from %d to %d term %d, want MsgHeartbeatResp from %d to %d term 1",
