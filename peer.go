@@ -134,10 +134,10 @@ func (p *peer) start() {
 		goLabelled(&p.wg, p.idStr, "stream-reader "+typ.endpoint(), func() { r.run(p.ctx) })
 	}
 	for _, typ := range streamTypes {
-		c, y := p.readers[typ].recvc, p.t.bulkYielder(typ)
-		goLabelled(&p.wg, p.idStr, "process "+typ.endpoint(), func() { p.processLoop(c, y) })
+		c := p.readers[typ].recvc
+		goLabelled(&p.wg, p.idStr, "process "+typ.endpoint(), func() { p.processLoop(c) })
 	}
-	goLabelled(&p.wg, p.idStr, "process proposals", func() { p.processLoop(p.propc, yielder{}) }) // proposals are never bulk
+	goLabelled(&p.wg, p.idStr, "process proposals", func() { p.processLoop(p.propc) })
 	for _, pr := range p.probers {
 		goLabelled(&p.wg, p.idStr, "prober "+pr.name, func() { pr.run(p.ctx) })
 	}
@@ -164,9 +164,10 @@ type received struct {
 	charge int64
 }
 
-// processLoop hands the messages of one receive queue to raft, one at a time,
-// yielding its P on y's schedule.
-func (p *peer) processLoop(c chan received, y yielder) {
+// processLoop hands the messages of one receive queue to raft, one at a
+// time, yielding its P while bulk traffic flows (sched.go).
+func (p *peer) processLoop(c chan received) {
+	y := p.t.processYielder()
 	for {
 		y.tick()
 		var rm received
@@ -181,15 +182,21 @@ func (p *peer) processLoop(c chan received, y yielder) {
 				return
 			}
 		}
-		m := rm.m
-		err := p.t.Raft.Process(p.ctx, m)
-		p.t.budget.release(rm.charge)
-		if err != nil && p.ctx.Err() == nil {
-			// A stopped raft fails every message: rate-limit.
-			if n, ok := p.processErrs.allow(p.t.warns.now); ok {
-				p.lg.Warn("failed to process Raft message", zap.Stringer("message-type", m.GetType()),
-					zap.Error(err), suppressed(n))
-			}
+		p.process(rm)
+	}
+}
+
+// process hands rm to raft and gives back what it holds of the receive
+// budget; a failure is logged (rate-limited).
+func (p *peer) process(rm received) {
+	m := rm.m
+	err := p.t.Raft.Process(p.ctx, m)
+	p.t.budget.release(rm.charge)
+	if err != nil && p.ctx.Err() == nil {
+		// A stopped raft fails every message: rate-limit.
+		if n, ok := p.processErrs.allow(p.t.warns.now); ok {
+			p.lg.Warn("failed to process Raft message", zap.Stringer("message-type", m.GetType()),
+				zap.Error(err), suppressed(n))
 		}
 	}
 }

@@ -23,19 +23,24 @@ import (
 // measured (the scenario is named with it; compat/BENCHMARKS.md), and
 // none may go without a run of that scenario showing it no longer helps:
 //
-//   - Bulk loops yield their P every yieldEvery (yielder.tick), so that a
-//     goroutine waiting in a run queue is not held up behind a ring of
-//     goroutines waking each other, which the scheduler runs back to back
-//     in one time slice (heartbeat under load). tick is called once per
-//     unit of work by streamWriter.run (stream_writer.go, per message of a
-//     batch), streamReader.decodeLoop (stream_reader.go, per frame) and
-//     peer.processLoop (peer.go, per message handed to raft).
-//   - The loops of a stream the streams table marks bulk (streams.go: the
-//     msgappv2 stream) stamp the transport's bulk clock (bulkClock, built
-//     by Transport.Start in transport.go). Transport.bulkYielder is the one
-//     place that reads the mark: it gives the writer, the reader and the
-//     process loop (peer.start, peer.go) of each stream their yielder. The
-//     message stream's and the proposals' loops only yield.
+//   - What counts as bulk traffic is measured, not assumed: the writer and
+//     the reader of a stream the streams table marks bulk (streams.go: the
+//     msgappv2 stream) count the bytes they move (yielder.add), and stamp
+//     the transport's bulk clock (bulkClock, built by Transport.Start in
+//     transport.go) only while that rate is at least bulkRate. A raft
+//     cluster's appends of small proposals, one or two per message, stay
+//     well below it: there every measure below cost CPU and bought nothing
+//     (compat/bench, raft cluster), so none is taken. Transport.bulkYielder
+//     is the one place that reads the mark.
+//   - While the bulk clock is recent, the loops that hand messages on yield
+//     their P every yieldEvery (yielder.tick), so that a goroutine waiting
+//     in a run queue is not held up behind a ring of goroutines waking each
+//     other, which the scheduler runs back to back in one time slice
+//     (heartbeat under load). tick is called once per unit of work by
+//     streamWriter.run (stream_writer.go, per message of a batch),
+//     streamReader.decodeLoop (stream_reader.go, per frame) and
+//     peer.processLoop (peer.go, per message handed to raft), of every
+//     stream and of proposals.
 //   - While the bulk clock is recent, the message streams' readers wait in
 //     the network poller with a deadline busyPollInterval away, and read
 //     again when it passes: the deadline is a runtime timer, which the
@@ -57,6 +62,13 @@ const (
 	yieldEvery       = 200 * time.Microsecond // yield at least this often while busy
 	busyFor          = 2 * time.Millisecond   // bulk seen this recently counts as busy
 	busyPollInterval = 100 * time.Microsecond // message stream polling while busy
+	// bulkRate is the rate, in bytes a second over rateWindow, at which a
+	// bulk stream's loop counts as moving bulk traffic: far above what a
+	// raft cluster of small proposals sends a follower (under 10 MB/s at
+	// 50,000 commits/s of 128 B), far below what a stream of appends
+	// moves when it fills the cores (1-3 GB/s).
+	bulkRate   = 64 << 20
+	rateWindow = time.Millisecond
 )
 
 // bulkClock records when bulk traffic last moved, in monotonic nanoseconds
@@ -110,30 +122,50 @@ func (c *bulkClock) busy(now time.Time) bool {
 	return last != 0 && int64(now.Sub(c.epoch))-last < int64(busyFor)
 }
 
-// yielder is a bulk loop's yield schedule: the loop calls tick once per unit
-// of work; every yieldCheck units tick reads the clock, stamps the bulk
-// clock, and if yieldEvery has passed since the loop last yielded gives up
-// the P (runtime.Gosched puts the goroutine on the global run queue, so
-// what waits in the local one runs first). The cost is one clock read per
-// yieldCheck units and a few thousand Gosched calls a second per busy loop.
+// yielder is the yield schedule of a loop that hands messages on: the loop
+// calls tick once per unit of work; every yieldCheck units tick reads the
+// clock. A loop that measures (a bulk stream's writer or reader) stamps the
+// bulk clock if the bytes it was given (add) over the last rateWindow or
+// more came to bulkRate. Any loop with a clock then gives up its P, while
+// the clock says busy, if yieldEvery has passed since it last did
+// (runtime.Gosched puts the goroutine on the global run queue, so what
+// waits in the local one runs first). The cost is one clock read per
+// yieldCheck units, and while bulk traffic flows a few thousand Gosched
+// calls a second per busy loop.
 type yielder struct {
-	clock *bulkClock // nil: a loop that does not count as bulk
-	n     int
-	last  time.Time
+	clock    *bulkClock // nil: never yields (tests)
+	measures bool       // rates its own traffic and stamps the clock
+	n        int
+	bytes    int64     // added since since
+	since    time.Time // start of the current rate window
+	bulk     bool      // the last full window was at bulk rate
+	last     time.Time // the last yield
 }
+
+// add counts n bytes the loop moved, toward its rate.
+func (y *yielder) add(n int) { y.bytes += int64(n) }
 
 // tick counts one unit of work (see yielder).
 func (y *yielder) tick() {
+	if y.clock == nil {
+		return
+	}
 	y.n++
 	if y.n < yieldCheck {
 		return
 	}
 	y.n = 0
 	now := time.Now()
-	if y.clock != nil {
-		y.clock.stamp(now)
+	if y.measures {
+		if el := now.Sub(y.since); el >= rateWindow {
+			y.bulk = !y.since.IsZero() && float64(y.bytes) >= bulkRate*el.Seconds()
+			y.bytes, y.since = 0, now
+		}
+		if y.bulk {
+			y.clock.stamp(now)
+		}
 	}
-	if now.Sub(y.last) < yieldEvery {
+	if !y.clock.busy(now) || now.Sub(y.last) < yieldEvery {
 		return
 	}
 	if !y.last.IsZero() {
@@ -143,15 +175,16 @@ func (y *yielder) tick() {
 }
 
 // bulkYielder is the yield schedule of a loop working for a stream of type
-// typ (its writer, its reader, the loop handing its messages to raft): the
-// loops of a stream the streams table marks bulk stamp the bulk clock. It is
-// the one place bulk-ness is read.
+// typ (its writer, its reader): the loops of a stream the streams table
+// marks bulk measure their rate and stamp the bulk clock. It is the one
+// place bulk-ness is read.
 func (t *Transport) bulkYielder(typ streamType) yielder {
-	if typ.desc().bulk {
-		return yielder{clock: t.bulk}
-	}
-	return yielder{}
+	return yielder{clock: t.bulk, measures: typ.desc().bulk}
 }
+
+// processYielder is the yield schedule of a loop handing received messages
+// to raft: it yields while bulk traffic flows, and measures nothing.
+func (t *Transport) processYielder() yielder { return yielder{clock: t.bulk} }
 
 // slicedConn is a message stream's connection: a deadlineConn whose Read,
 // while MsgApps stream, waits for the network in slices of

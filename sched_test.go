@@ -37,23 +37,92 @@ func TestBulkClockBusy(t *testing.T) {
 	}
 }
 
-func TestYielderStampsEveryCheck(t *testing.T) {
-	c := newBulkClock()
-	y := yielder{clock: c}
-	for range yieldCheck - 1 {
-		y.tick()
+// TestYielderStampsAtBulkRate checks when a loop that measures its traffic
+// stamps the bulk clock: only once a window of at least rateWindow has seen
+// bulkRate, read every yieldCheck units; and that a loop that does not
+// measure never stamps.
+func TestYielderStampsAtBulkRate(t *testing.T) {
+	window := int64(bulkRate)*int64(rateWindow)/int64(time.Second) + 1 // bytes of a window at bulk rate
+	tests := []struct {
+		name     string
+		measures bool
+		bytes    int64         // added per window
+		wait     time.Duration // between the windows' ticks
+		want     bool          // stamped after the second window
+	}{
+		{name: "at bulk rate", measures: true, bytes: window, wait: rateWindow, want: true},
+		{name: "a raft cluster's appends", measures: true, bytes: window / 8, wait: rateWindow},
+		{name: "a burst within a long window", measures: true, bytes: window, wait: 4 * rateWindow},
+		{name: "a loop that does not measure", bytes: 4 * window, wait: rateWindow},
 	}
-	if c.last.Load() != 0 {
-		t.Fatalf("stamped after %d ticks, want only after %d", yieldCheck-1, yieldCheck)
-	}
-	y.tick()
-	if !c.busy(time.Now()) {
-		t.Fatalf("not busy after %d ticks", yieldCheck)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newBulkClock()
+				time.Sleep(time.Second) // the clock's epoch is not a stamp
+				y := yielder{clock: c, measures: tt.measures}
+				// The first check opens the first window.
+				for range yieldCheck {
+					y.tick()
+				}
+				if c.last.Load() != 0 {
+					t.Fatal("stamped on the first check, before any window")
+				}
+				time.Sleep(tt.wait)
+				y.add(int(tt.bytes))
+				for range yieldCheck - 1 {
+					y.tick()
+				}
+				if c.last.Load() != 0 {
+					t.Fatalf("stamped after %d ticks, want a check only every %d", yieldCheck-1, yieldCheck)
+				}
+				y.tick()
+				if got := c.busy(time.Now()); got != tt.want {
+					t.Errorf("clock busy after the window = %v, want %v", got, tt.want)
+				}
+			})
+		})
 	}
 	var quiet yielder // no clock: must not panic, nothing to stamp
 	for range 3 * yieldCheck {
 		quiet.tick()
 	}
+}
+
+// TestYielderYieldsOnlyWhileBusy checks that a loop gives up its P only
+// while the bulk clock is busy, at most every yieldEvery.
+func TestYielderYieldsOnlyWhileBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newBulkClock()
+		time.Sleep(time.Second)
+		y := yielder{clock: c}
+		check := func() {
+			for range yieldCheck {
+				y.tick()
+			}
+		}
+		check()
+		if !y.last.IsZero() {
+			t.Fatal("yield schedule started while the clock was quiet")
+		}
+		c.stamp(time.Now())
+		check()
+		first := y.last
+		if first.IsZero() {
+			t.Fatal("no yield schedule while the clock is busy")
+		}
+		time.Sleep(yieldEvery / 2)
+		check()
+		if y.last != first {
+			t.Error("yielded again before yieldEvery")
+		}
+		time.Sleep(yieldEvery / 2)
+		c.stamp(time.Now())
+		check()
+		if y.last == first {
+			t.Error("did not yield after yieldEvery while busy")
+		}
+	})
 }
 
 // countingConn counts SetReadDeadline calls: one per slice a read waits.

@@ -58,8 +58,19 @@ const (
 )
 
 // sendCharge returns what m is charged to its peer's send budget: an
-// estimate of its encoded size, or 0 if it is small.
-func sendCharge(m *raftpb.Message) int64 {
+// estimate of its encoded size (sendSize), or 0 if it is small.
+func sendCharge(m *raftpb.Message) int64 { return chargeOfSize(sendSize(m)) }
+
+// chargeOfSize is the charge of a message of estimated size n.
+func chargeOfSize(n int) int64 {
+	if n <= smallSendBytes {
+		return 0
+	}
+	return int64(n)
+}
+
+// sendSize estimates the encoded size of m (see sendMessageOverhead).
+func sendSize(m *raftpb.Message) int {
 	n := sendMessageOverhead + len(m.Context) + len(m.Entries)*sendEntryOverhead
 	for _, e := range m.Entries {
 		if e != nil {
@@ -72,10 +83,7 @@ func sendCharge(m *raftpb.Message) int64 {
 	if s := m.Snapshot; s != nil {
 		n += len(s.Data)
 	}
-	if n <= smallSendBytes {
-		return 0
-	}
-	return int64(n)
+	return n
 }
 
 // charge charges n bytes and reports whether they fit: within the limit, or

@@ -227,6 +227,7 @@ func (r *streamReader) decodeLoop(ctx context.Context, body io.Reader) error {
 			return err
 		}
 		bytes += n
+		y.add(n)
 		heartbeat := isLinkHeartbeat(m)
 		if !heartbeat {
 			msgs++

@@ -456,7 +456,9 @@ func (w *streamWriter) run(ctx context.Context) {
 				w.discard(m, dropConnClosed)
 				continue
 			}
-			batchBytes = sendCharge(m)
+			size := sendSize(m)
+			y.add(size)
+			batchBytes = chargeOfSize(size)
 			err := conn.arm(t.cfg.writeTimeout)
 			if err == nil {
 				err = enc.encode(m)
@@ -475,7 +477,9 @@ func (w *streamWriter) run(ctx context.Context) {
 				select {
 				case m = <-w.msgc:
 					s.onMessage(m.GetType()) // attached: it joins the batch
-					n := sendCharge(m)
+					size := sendSize(m)
+					y.add(size)
+					n := chargeOfSize(size)
 					batchBytes += n
 					if n > 0 {
 						// A batch of large messages can take longer

@@ -91,11 +91,14 @@ type config struct {
 	peers     int           // members of scenario 10
 	peersTime time.Duration // per run of scenario 10
 	peersWarm time.Duration // before each measurement of scenario 10
-	snapSize  int64
-	kinds     []kind
-	scenarios []string
-	dir       string // parent of the temporary directories
-	progress  io.Writer
+	// peersHeapProfile, if set, is where scenario 10 writes a heap
+	// profile during each run (suffixed with the transport's name).
+	peersHeapProfile string
+	snapSize         int64
+	kinds            []kind
+	scenarios        []string
+	dir              string // parent of the temporary directories
+	progress         io.Writer
 }
 
 var allScenarios = []string{"small", "large", "ring", "heartbeat", "snapshot", "raw", "open", "pipeline", "raft", "peers"}
@@ -163,6 +166,7 @@ func mainErr() error {
 	raftClients := fs.Int("raft-clients", 0, "closed-loop clients of the raft cluster (default 64)")
 	peersTime := fs.Duration("peers-time", 0, "duration of each many-peers run (default 5s)")
 	peers := fs.Int("peers", 0, "members of the many-peers scenario (default 25)")
+	peersHeap := fs.String("peers-heapprofile", "", "write a heap profile during each many-peers run to this file, suffixed .ours or .etcd")
 	snapMiB := fs.Float64("snapshot-mib", 0, "snapshot payload in MiB (default 512)")
 	only := fs.String("only", "", "run only these transports: ours, etcd, or both comma-separated")
 	scen := fs.String("scenarios", "", "comma-separated subset of "+strings.Join(allScenarios, ","))
@@ -203,6 +207,7 @@ func mainErr() error {
 	setInt(&cfg.raft.clients, *raftClients)
 	setDur(&cfg.peersTime, *peersTime)
 	setInt(&cfg.peers, *peers)
+	cfg.peersHeapProfile = *peersHeap
 	if *snapMiB > 0 {
 		cfg.snapSize = int64(*snapMiB * (1 << 20))
 	}

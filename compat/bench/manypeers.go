@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -146,6 +148,11 @@ func runManyPeers(k kind, cfg *config, n int, warmup, d time.Duration) (peersRes
 	elapsed, cpu := time.Since(start), cpuTime()-cpu0
 	goroutines := runtime.NumGoroutine() - n // the senders are the benchmark's
 	heap := liveHeap()
+	if cfg.peersHeapProfile != "" {
+		if err := writeHeapProfile(fmt.Sprintf("%s.%s", cfg.peersHeapProfile, k)); err != nil {
+			return peersResult{}, err
+		}
+	}
 	rss, _ := procStatus("VmRSS")
 	stopSenders()
 	if pauseErr != nil {
@@ -195,6 +202,16 @@ func runManyPeers(k kind, cfg *config, n int, warmup, d time.Duration) (peersRes
 		rssPerLink:        float64(rss-rss0) / float64(links),
 		heapPerLink:       float64(heap-heap0) / float64(links),
 	}, nil
+}
+
+// writeHeapProfile writes the heap profile (in use after the last GC) to
+// path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	return errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
 }
 
 // liveHeap is the bytes of heap objects and goroutine stacks in use after
