@@ -49,10 +49,11 @@ bench:
 	$(GO) test -run='^$$' -bench=$(BENCH) -benchmem -count=$(COUNT) ./...
 
 # Side-by-side benchmark of our transport and etcd 3.7's rafthttp.Transport
-# in one process (compat/bench; results in compat/BENCHMARKS.md). About 4-5
-# minutes; pass flags with BENCHFLAGS, e.g. BENCHFLAGS=-quick,
-# BENCHFLAGS='-only ours -cpuprofile /tmp/cpu.out' or, for the pipeline-only
-# scenario alone, BENCHFLAGS='-scenarios pipeline'.
+# in one process (compat/bench; results in compat/BENCHMARKS.md): MsgApp
+# streams, heartbeats, snapshots, the pipeline, a 3-member raft cluster and
+# 25 members on 600 links. About 5 minutes; pass flags with BENCHFLAGS, e.g.
+# BENCHFLAGS=-quick, BENCHFLAGS='-only ours -cpuprofile /tmp/cpu.out' or,
+# for the raft cluster alone, BENCHFLAGS='-scenarios raft'.
 bench-compat:
 	cd compat/bench && $(GO) run . $(BENCHFLAGS)
 

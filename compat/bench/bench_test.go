@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"strings"
 	"testing"
 	"time"
@@ -280,4 +281,72 @@ func TestLinkChanges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRaftApplyRejects proves that the raft cluster's apply check catches
+// what a lost, repeated, reordered or damaged proposal looks like, and
+// that the leader tells the waiting client of its own proposal only.
+func TestRaftApplyRejects(t *testing.T) {
+	const size = 40
+	newMember := func(id uint64) (*raftMember, *raftCluster) {
+		rc := &raftCluster{setup: raftSetup{members: 1, clients: 2, size: size}, pattern: make([]byte, size)}
+		for i := range rc.pattern {
+			rc.pattern[i] = byte(i*131 + 7)
+		}
+		for range rc.setup.clients {
+			rc.waiters = append(rc.waiters, &waiter{ch: make(chan struct{}, 1)})
+		}
+		m := &raftMember{id: id, cl: rc, last: make([]uint64, rc.setup.clients)}
+		rc.members = []*raftMember{m}
+		return m, rc
+	}
+	proposal := func(rc *raftCluster, client uint32, seq uint64) *raftpb.Entry {
+		d := bytes.Clone(rc.pattern)
+		binary.BigEndian.PutUint32(d, client)
+		binary.BigEndian.PutUint64(d[4:], seq)
+		return &raftpb.Entry{Index: proto.Uint64(seq + 10), Term: proto.Uint64(2), Type: raftpb.EntryNormal.Enum(), Data: d}
+	}
+	for _, tc := range []struct {
+		name  string
+		alter func(e *raftpb.Entry)
+		want  string // in the error; "" means none
+	}{
+		{name: "the next proposal", alter: func(*raftpb.Entry) {}},
+		{name: "a proposal lost before it", alter: func(e *raftpb.Entry) { binary.BigEndian.PutUint64(e.Data[4:], 3) }, want: "applied after its 1"},
+		{name: "a proposal applied twice", alter: func(e *raftpb.Entry) { binary.BigEndian.PutUint64(e.Data[4:], 1) }, want: "applied after its 1"},
+		{name: "damaged", alter: func(e *raftpb.Entry) { e.Data[size-1] ^= 1 }, want: "damaged"},
+		{name: "truncated", alter: func(e *raftpb.Entry) { e.Data = e.Data[:size-1] }, want: "39 bytes"},
+		{name: "unknown client", alter: func(e *raftpb.Entry) { binary.BigEndian.PutUint32(e.Data, 7) }, want: "client 7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, rc := newMember(raftLeader)
+			if err := m.apply(proposal(rc, 1, 1)); err != nil {
+				t.Fatalf("first proposal: %v", err)
+			}
+			rc.waiters[1].want.Store(2)
+			e := proposal(rc, 1, 2)
+			tc.alter(e)
+			err := m.apply(e)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("got error %v, want none", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got error %v, want one containing %q", err, tc.want)
+			}
+			told := len(rc.waiters[1].ch) == 1
+			if told != (tc.want == "") {
+				t.Errorf("client told %v, want %v", told, tc.want == "")
+			}
+		})
+	}
+	t.Run("a follower tells no client", func(t *testing.T) {
+		m, rc := newMember(raftLeader + 1)
+		rc.waiters[0].want.Store(1)
+		if err := m.apply(proposal(rc, 0, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if len(rc.waiters[0].ch) != 0 {
+			t.Error("a follower's apply told the client")
+		}
+	})
 }

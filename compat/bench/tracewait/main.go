@@ -9,7 +9,12 @@
 //	go run ./tracewait -until 1.3s /tmp/hb.trace   # the idle run
 //
 // By default the goroutine is the bench's heartbeat sender, waiting for
-// each answer (a wait is one round trip).
+// each answer (a wait is one round trip). With -count it counts instead
+// how often goroutines blocked, yielded and entered system calls, by where
+// (how compat/BENCHMARKS.md compares the transports in the raft cluster):
+//
+//	go run . -only ours -scenarios raft -runs 1 -raft-time 1s -trace /tmp/raft.trace
+//	go run ./tracewait -count -top 12 /tmp/raft.trace
 package main
 
 import (
@@ -39,6 +44,7 @@ func run(args []string, out io.Writer) error {
 	skip := fs.Duration("skip", 0, "ignore the first part of the trace (the idle heartbeat runs, say)")
 	until := fs.Duration("until", 0, "ignore the trace after this point (0: to the end)")
 	top := fs.Int("top", 5, "how many of the longest waits to show")
+	count := fs.Bool("count", false, "instead, count every goroutine's blocks, yields and system calls by where they happened (compat/BENCHMARKS.md, issue 17)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,6 +59,10 @@ func run(args []string, out io.Writer) error {
 	evs, err := readAll(f)
 	if err != nil {
 		return err
+	}
+	if *count {
+		countStates(out, evs, *skip, *until, *top)
+		return nil
 	}
 	waits := findWaits(evs, *fn, *skip, *until)
 	if len(waits) == 0 {
@@ -229,5 +239,47 @@ func describe(out io.Writer, evs []event, w window) {
 			name = "(runtime)"
 		}
 		fmt.Fprintf(out, "  g%-6d ran %10v (longest run %10v)  %s\n", a.g, a.total, a.longest, name)
+	}
+}
+
+// countStates prints how often goroutines blocked, yielded and entered a
+// system call between skip and until (0: the end), by reason and by the
+// stack they did it from (label), the top most frequent of each.
+func countStates(out io.Writer, evs []event, skip, until time.Duration, top int) {
+	if len(evs) == 0 {
+		return
+	}
+	first := evs[0].t
+	counts := map[string]map[string]int{"blocks": {}, "yields": {}, "system calls": {}}
+	for _, e := range evs {
+		at := time.Duration(e.t - first)
+		if e.kind != trace.EventStateTransition || e.from != trace.GoRunning || at < skip || (until > 0 && at > until) {
+			continue
+		}
+		switch e.to {
+		case trace.GoWaiting:
+			counts["blocks"][e.reason+" @ "+e.stack]++
+		case trace.GoRunnable:
+			counts["yields"][e.reason+" @ "+e.stack]++
+		case trace.GoSyscall:
+			counts["system calls"][e.stack]++
+		}
+	}
+	for _, kind := range []string{"blocks", "yields", "system calls"} {
+		type kv struct {
+			k string
+			n int
+		}
+		var kvs []kv
+		total := 0
+		for k, n := range counts[kind] {
+			kvs = append(kvs, kv{k, n})
+			total += n
+		}
+		slices.SortFunc(kvs, func(a, b kv) int { return cmp.Or(cmp.Compare(b.n, a.n), cmp.Compare(a.k, b.k)) })
+		fmt.Fprintf(out, "%s: %d\n", kind, total)
+		for _, x := range kvs[:min(top, len(kvs))] {
+			fmt.Fprintf(out, "%10d  %s\n", x.n, x.k)
+		}
 	}
 }

@@ -70,3 +70,53 @@ func busy(d time.Duration) {
 	for start := time.Now(); time.Since(start) < d; {
 	}
 }
+
+// TestTraceCount records a trace in which one goroutine blocks three times
+// on a channel and checks that -count counts them under its stack.
+func TestTraceCount(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "trace.out")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := trace.Start(f); err != nil {
+		t.Fatal(err)
+	}
+	answers := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 3 {
+			waitForAnswer(answers)
+		}
+	}()
+	for range 3 {
+		// Give the receiver time to block before each answer.
+		busy(2 * time.Millisecond)
+		answers <- struct{}{}
+	}
+	<-done
+	trace.Stop()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run([]string{"-count", "-top", "50", path}, &out); err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	got := out.String()
+	for _, want := range []string{"blocks: ", "yields: ", "system calls: "} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output does not mention %q:\n%s", want, got)
+		}
+	}
+	// The receiver blocks at least once (the sender waits 2 ms before
+	// each answer), in waitForAnswer.
+	found := false
+	for l := range strings.Lines(got) {
+		found = found || (strings.Contains(l, "chan receive @ ") && strings.Contains(l, "tracewait.waitForAnswer"))
+	}
+	if !found {
+		t.Errorf("no block counted in waitForAnswer:\n%s", got)
+	}
+}
