@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/trace"
 	"strings"
 	"testing"
@@ -65,9 +66,16 @@ func TestTraceWait(t *testing.T) {
 	}
 }
 
-// busy spins for d.
+// busy spins for d, yielding as it goes: each yield is a state transition
+// with busy on the stack, which tracewait names the goroutine by (a spin
+// that no preemption interrupted would carry its caller's name).
 func busy(d time.Duration) {
-	for start := time.Now(); time.Since(start) < d; {
+	last := time.Now()
+	for start := last; time.Since(start) < d; {
+		if time.Since(last) > 500*time.Microsecond {
+			runtime.Gosched()
+			last = time.Now()
+		}
 	}
 }
 
