@@ -80,9 +80,9 @@ type streamDesc struct {
 	// client is the kind of HTTP client the stream's reader dials with
 	// (dial.go).
 	client rtKind
-	// bulk says the stream carries the bulk traffic: its writer, its
-	// reader and the loop handing what it reads to raft stamp the bulk
-	// clock and yield their P on its schedule (Transport.bulkYielder).
+	// bulk says the stream carries the bulk traffic: its writer and its
+	// reader measure the rate they move it at, and stamp the bulk clock
+	// while it is a bulk rate (sched.go, Transport.bulkYielder).
 	bulk bool
 }
 
