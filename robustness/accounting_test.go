@@ -11,16 +11,17 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
-// pair is an ordered pair of members: the messages from sends to to.
-type pair struct{ from, to uint64 }
-
-func (p pair) String() string { return fmt.Sprintf("%d->%d", p.from, p.to) }
-
-// tally counts a pair's messages. Sent is what the sender's Ready loop gave
-// its transport (Send, and SendSnapshot), processed what the receiver's
-// transport gave its Raft (Process), dropped what the transports counted as
-// dropped (the sender's, or the receiver's for proposals), snapFailed the
-// SendSnapshots that ended in an error.
+// tally counts the messages for one member. Sent is what the other
+// members' Ready loops gave their transports for it (Send, and
+// SendSnapshot), processed what its transport gave its Raft (Process),
+// dropped what the transports counted as dropped on the way to it (the
+// senders', or its own for proposals), snapFailed the SendSnapshots to it
+// that ended in an error.
+//
+// Counts go by recipient, not by ordered pair: the receiving side sees the
+// From of a message, not who sent it, and raft forwards proposals and read
+// requests with their From unchanged (a follower that loses the lead passes
+// a MsgReadIndex of member 3 on to member 3 itself).
 type tally struct {
 	sent, processed, dropped, snapFailed uint64
 }
@@ -29,63 +30,63 @@ func (t tally) minus(o tally) tally {
 	return tally{t.sent - o.sent, t.processed - o.processed, t.dropped - o.dropped, t.snapFailed - o.snapFailed}
 }
 
-// copies is how often one message content was sent and processed on a
-// pair, and what it was, to describe it.
+// copies is how often one message content was sent to and processed by a
+// member, and what it was, to describe it.
 type copies struct {
-	sent, processed    int
-	typ                raftpb.MessageType
-	term, index, count uint64 // count: its entries
+	sent, processed         int
+	typ                     raftpb.MessageType
+	from, term, index, ents uint64
 }
 
-// accounting counts every message between the members of a run, by pair
-// and by content, over every incarnation of each member (a restarted
-// member's messages add to its pair's counts). It is safe for concurrent
-// use.
+// accounting counts every message between the members of a run, by
+// recipient and by content, over every incarnation of each member (a
+// restarted member's messages add to the counts). It is safe for
+// concurrent use.
 type accounting struct {
 	seed maphash.Seed
 
 	mu       sync.Mutex
-	byPair   map[pair]*tally
-	contents map[pair]map[uint64]*copies
+	byTo     map[uint64]*tally
+	contents map[uint64]map[uint64]*copies // by recipient, then content hash
 }
 
 func newAccounting() *accounting {
-	return &accounting{seed: maphash.MakeSeed(), byPair: map[pair]*tally{}, contents: map[pair]map[uint64]*copies{}}
+	return &accounting{seed: maphash.MakeSeed(), byTo: map[uint64]*tally{}, contents: map[uint64]map[uint64]*copies{}}
 }
 
-// entryLocked returns the counts of m's content on p; a.mu must be held.
-func (a *accounting) entryLocked(p pair, m *raftpb.Message) *copies {
-	byHash := a.contents[p]
+// entryLocked returns the counts of m's content to member to; a.mu must be
+// held.
+func (a *accounting) entryLocked(to uint64, m *raftpb.Message) *copies {
+	byHash := a.contents[to]
 	if byHash == nil {
 		byHash = map[uint64]*copies{}
-		a.contents[p] = byHash
+		a.contents[to] = byHash
 	}
 	h := a.hash(m)
 	c := byHash[h]
 	if c == nil {
-		c = &copies{typ: m.GetType(), term: m.GetTerm(), index: m.GetIndex(), count: uint64(len(m.GetEntries()))}
+		c = &copies{typ: m.GetType(), from: m.GetFrom(), term: m.GetTerm(), index: m.GetIndex(), ents: uint64(len(m.GetEntries()))}
 		byHash[h] = c
 	}
 	return c
 }
 
-func (a *accounting) tallyLocked(p pair) *tally {
-	t := a.byPair[p]
+func (a *accounting) tallyLocked(to uint64) *tally {
+	t := a.byTo[to]
 	if t == nil {
 		t = &tally{}
-		a.byPair[p] = t
+		a.byTo[to] = t
 	}
 	return t
 }
 
-// sent counts the messages from gave its transport.
-func (a *accounting) sent(from uint64, msgs []*raftpb.Message) {
+// sent counts the messages a member gave its transport.
+func (a *accounting) sent(msgs []*raftpb.Message) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, m := range msgs {
-		p := pair{from, m.GetTo()}
-		a.tallyLocked(p).sent++
-		a.entryLocked(p, m).sent++
+		a.tallyLocked(m.GetTo()).sent++
+		a.entryLocked(m.GetTo(), m).sent++
 	}
 }
 
@@ -93,59 +94,51 @@ func (a *accounting) sent(from uint64, msgs []*raftpb.Message) {
 func (a *accounting) processed(to uint64, m *raftpb.Message) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	p := pair{m.GetFrom(), to}
-	a.tallyLocked(p).processed++
-	a.entryLocked(p, m).processed++
+	a.tallyLocked(to).processed++
+	a.entryLocked(to, m).processed++
 }
 
-// snapFailed counts a SendSnapshot from from to to that failed.
-func (a *accounting) snapFailed(from, to uint64) {
+// snapFailed counts a SendSnapshot to member to that failed.
+func (a *accounting) snapFailed(to uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.tallyLocked(pair{from, to}).snapFailed++
+	a.tallyLocked(to).snapFailed++
 }
 
-// tallies returns the counts of every pair, with the transports' drop
+// tallies returns the counts of every member, with the transports' drop
 // counts as dropped.
-func (a *accounting) tallies(dropped map[pair]uint64) map[pair]tally {
+func (a *accounting) tallies(dropped map[uint64]uint64) map[uint64]tally {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := map[pair]tally{}
-	for p, t := range a.byPair {
-		out[p] = *t
+	out := map[uint64]tally{}
+	for to, t := range a.byTo {
+		out[to] = *t
 	}
-	for p, n := range dropped {
-		t := out[p]
+	for to, n := range dropped {
+		t := out[to]
 		t.dropped = n
-		out[p] = t
+		out[to] = t
 	}
 	return out
 }
 
-// extraDeliveries returns, for each pair, the messages processed more often
-// than they were sent: delivered twice, or never sent (altered on the way).
-// A transport that loses messages under faults still never does that.
+// extraDeliveries describes the messages processed more often than they
+// were sent: delivered twice, or never sent (altered on the way). A
+// transport that loses messages under faults still never does that.
 func (a *accounting) extraDeliveries() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []string
-	for _, p := range slices.SortedFunc(maps.Keys(a.contents), comparePairs) {
-		for _, c := range a.contents[p] {
+	for _, to := range slices.Sorted(maps.Keys(a.contents)) {
+		for _, c := range a.contents[to] {
 			if c.processed > c.sent {
-				out = append(out, fmt.Sprintf("%v: %v (term %d, index %d, %d entries) processed %d times, sent %d times",
-					p, c.typ, c.term, c.index, c.count, c.processed, c.sent))
+				out = append(out, fmt.Sprintf("to %d: %v from %d (term %d, index %d, %d entries) processed %d times, sent %d times",
+					to, c.typ, c.from, c.term, c.index, c.ents, c.processed, c.sent))
 			}
 		}
 	}
 	slices.Sort(out)
 	return out
-}
-
-func comparePairs(x, y pair) int {
-	if x.from != y.from {
-		return int(x.from) - int(y.from)
-	}
-	return int(x.to) - int(y.to)
 }
 
 // hash is a digest of every field of m that raft reads, so that the same

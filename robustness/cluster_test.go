@@ -246,25 +246,28 @@ func (c *cluster) freezeAll() (resume func()) {
 	}
 }
 
-// accountingState is the accounting of every pair at one moment, and the
-// state of the stream connections each member writes to each peer on.
+// pair is an ordered pair of members.
+type pair struct{ from, to uint64 }
+
+// accountingState is the accounting of every member at one moment, and
+// the state of the stream connections each member writes to each peer on.
 type accountingState struct {
-	tallies map[pair]tally
+	tallies map[uint64]tally
 	writers map[pair][2]rafthttp.StreamState
 }
 
-// accountingNow reads the counts of every pair: the test's, and the drops
-// counted by the running transports.
+// accountingNow reads the counts of every member: the test's, and the
+// drops counted by the running transports.
 func (c *cluster) accountingNow() (accountingState, error) {
-	dropped := map[pair]uint64{}
+	dropped := map[uint64]uint64{}
 	writers := map[pair][2]rafthttp.StreamState{}
 	for _, n := range c.running() {
 		d, err := n.drops()
 		if err != nil {
 			return accountingState{}, err
 		}
-		for p, v := range d {
-			dropped[p] += v
+		for to, v := range d {
+			dropped[to] += v
 		}
 		for _, j := range c.ids {
 			if s, ok := n.tr.PeerStatus(j); ok {
@@ -292,19 +295,6 @@ func (c *cluster) close() {
 	}
 	wg.Wait()
 	c.net.Close()
-}
-
-// pairs returns every ordered pair of members, in order.
-func (c *cluster) pairs() []pair {
-	var out []pair
-	for _, a := range c.ids {
-		for _, b := range c.ids {
-			if a != b {
-				out = append(out, pair{a, b})
-			}
-		}
-	}
-	return out
 }
 
 // others returns the members not in group, in ID order.

@@ -28,20 +28,24 @@
 // And a POST whose answer is lost is reported unreachable though it was
 // delivered. So two invariants are checked, each where it is sound:
 //
-//   - Over the whole run, for each ordered pair of members (from, to), no
-//     message is delivered more often than it was sent: the test counts the
-//     messages by content (a hash of every field raft reads), so a message
-//     delivered twice, or one that was never sent (a corrupted one), is
-//     caught even amid faults.
+//   - Over the whole run, no member processes a message more often than it
+//     was sent to it: the test counts the messages by content (a hash of
+//     every field raft reads), so a message delivered twice, or one that
+//     was never sent (a corrupted one), is caught even amid faults.
 //   - In a final phase without faults, after the heal and once the members
-//     caught up, every message sent is delivered or reported, exactly:
-//     sent = processed + dropped (counted by the sender's transport, or, for
-//     proposals, by the receiver's) + failed snapshot sends. The Ready loops
-//     are paused before and after the phase, so that nothing is in flight
-//     at either edge. A pair whose stream connections did not all survive
-//     the phase (a stream silent for ConnReadTimeout on a starved machine
-//     is dropped, and what its TCP buffers held with it) is reported as
-//     inconclusive rather than as a violation.
+//     caught up, every message sent to a member is delivered or reported,
+//     exactly: sent = processed + dropped (counted by the sender's
+//     transport, or, for proposals, by the receiver's) + failed snapshot
+//     sends. The Ready loops are paused before and after the phase, so that
+//     nothing is in flight at either edge. If a stream connection to the
+//     member did not survive the phase (a stream silent for ConnReadTimeout
+//     on a starved machine is dropped, and what its TCP buffers held with
+//     it), its count is reported as inconclusive rather than as a
+//     violation.
+//
+// Counts go by recipient rather than by ordered pair: raft forwards
+// proposals and read requests with their From unchanged, and a receiver
+// sees the From, not who sent the message.
 //
 // # Snapshots
 //

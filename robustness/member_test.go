@@ -327,7 +327,7 @@ func (n *node) send(msgs []*raftpb.Message) {
 		}
 		out = append(out, m)
 	}
-	n.c.acct.sent(n.id, out)
+	n.c.acct.sent(out)
 	n.tr.Send(out)
 }
 
@@ -337,7 +337,7 @@ func (n *node) sendSnapshot(m *raftpb.Message) {
 	data := m.GetSnapshot().GetData()
 	env := proto.Clone(m).(*raftpb.Message)
 	env.Snapshot.Data = nil
-	n.c.acct.sent(n.id, []*raftpb.Message{env})
+	n.c.acct.sent([]*raftpb.Message{env})
 	n.snapsInFlight.Add(1)
 	outcome := n.tr.SendSnapshot(rafthttp.SnapshotMessage{Message: env,
 		Payload: io.NopCloser(bytes.NewReader(data)), PayloadSize: int64(len(data))})
@@ -347,7 +347,7 @@ func (n *node) sendSnapshot(m *raftpb.Message) {
 		select {
 		case err := <-outcome:
 			if err != nil {
-				n.c.acct.snapFailed(n.id, to)
+				n.c.acct.snapFailed(to)
 			} else {
 				n.c.snapshotsSent.Add(1)
 			}
@@ -355,7 +355,7 @@ func (n *node) sendSnapshot(m *raftpb.Message) {
 			select {
 			case err := <-outcome:
 				if err != nil {
-					n.c.acct.snapFailed(n.id, to)
+					n.c.acct.snapFailed(to)
 				}
 			default:
 				n.c.violate("member", fmt.Sprintf("member %d: SendSnapshot to %d never told its outcome, though the transport stopped", n.id, to))
@@ -568,15 +568,15 @@ func (n *node) stop() {
 	})
 }
 
-// drops returns what the member's transport counted as dropped, by pair:
-// its drops of messages to a peer count on (this member, peer); the
-// proposals it dropped on receipt (recv_full) on (peer, this member).
-func (n *node) drops() (map[pair]uint64, error) {
+// drops returns what the member's transport counted as dropped, by the
+// member the messages were for: its drops of messages to a peer count for
+// that peer, the proposals it dropped on receipt (recv_full) for itself.
+func (n *node) drops() (map[uint64]uint64, error) {
 	mfs, err := n.reg.Gather()
 	if err != nil {
 		return nil, err
 	}
-	out := map[pair]uint64{}
+	out := map[uint64]uint64{}
 	for _, mf := range mfs {
 		if mf.GetName() != "rafthttp_dropped_messages_total" {
 			continue
@@ -594,11 +594,11 @@ func (n *node) drops() (map[pair]uint64, error) {
 					reason = l.GetValue()
 				}
 			}
-			p := pair{n.id, peer}
+			to := peer
 			if reason == "recv_full" {
-				p = pair{peer, n.id}
+				to = n.id
 			}
-			out[p] += uint64(m.GetCounter().GetValue())
+			out[to] += uint64(m.GetCounter().GetValue())
 		}
 	}
 	return out, nil

@@ -46,6 +46,10 @@ func TestRobustness(t *testing.T) {
 			res := runOnce(t, cfg)
 			results = append(results, res)
 			fmt.Fprintln(os.Stdout, res.line())
+			for _, ev := range res.events {
+				t.Logf("fault %d at %v for %v: %s %v (leader %d) %s", ev.Step, time.Duration(ev.Start).Round(time.Millisecond),
+					time.Duration(ev.End-ev.Start).Round(time.Millisecond), ev.Kind, ev.Members, ev.Leader, ev.Note)
+			}
 			if res.failed() {
 				t.Errorf("seed %d on %d members failed: %s", cfg.Seed, cfg.Members, strings.Join(res.checks(), ", "))
 				for _, v := range res.Violations {

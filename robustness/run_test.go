@@ -285,12 +285,12 @@ func (r *runResult) settle(c *cluster) (accountingState, bool) {
 	return last, true
 }
 
-func equalTallies(a, b map[pair]tally) bool {
+func equalTallies(a, b map[uint64]tally) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	for p, t := range a {
-		if b[p] != t {
+	for to, t := range a {
+		if b[to] != t {
 			return false
 		}
 	}
@@ -298,16 +298,21 @@ func equalTallies(a, b map[pair]tally) bool {
 }
 
 // balance checks the final phase's accounting, once every Ready loop is
-// paused: each pair's messages sent since base were processed, dropped or
-// failed as snapshots, exactly. A pair whose stream connections did not all
-// survive the phase lost what was in their TCP buffers without a report,
-// as any transport on TCP would: it is reported inconclusive instead.
+// paused: the messages sent to each member since base were processed by
+// it, dropped or failed as snapshots, exactly. If a stream connection to a
+// member did not survive the phase, what its TCP buffers held was lost
+// without a report, as with any transport on TCP: that member's count is
+// reported inconclusive instead.
 func (r *runResult) balance(c *cluster, base accountingState) {
-	balanced := func(now accountingState, p pair) bool {
-		d := now.tallies[p].minus(base.tallies[p])
+	balanced := func(now accountingState, to uint64) bool {
+		d := now.tallies[to].minus(base.tallies[to])
 		return d.sent == d.processed+d.dropped+d.snapFailed
 	}
-	var now accountingState
+	// Wait until every count balances, or until the counts have not moved
+	// for twice the quiet window: then nothing is in flight any more, and
+	// an imbalance stays.
+	var now, last accountingState
+	var since time.Time
 	var err error
 	waitFor(context.Background(), balanceTimeout, func() bool {
 		if now, err = c.accountingNow(); err != nil {
@@ -316,32 +321,44 @@ func (r *runResult) balance(c *cluster, base accountingState) {
 		if c.snapshotsInFlight() > 0 {
 			return false
 		}
-		for _, p := range c.pairs() {
-			if !balanced(now, p) {
-				return false
-			}
+		all := true
+		for _, to := range c.ids {
+			all = all && balanced(now, to)
 		}
-		return true
+		if all {
+			return true
+		}
+		if last.tallies == nil || !equalTallies(now.tallies, last.tallies) {
+			last, since = now, time.Now()
+			return false
+		}
+		return time.Since(since) >= 2*quietWindow
 	})
 	if err != nil {
 		r.violate("accounting", "reading the transports' counts: %v", err)
 		return
 	}
-	for _, p := range c.pairs() {
-		if balanced(now, p) {
+	for _, to := range c.ids {
+		if balanced(now, to) {
 			continue
 		}
-		d := now.tallies[p].minus(base.tallies[p])
+		d := now.tallies[to].minus(base.tallies[to])
 		accounted := d.processed + d.dropped + d.snapFailed
-		what := fmt.Sprintf("%v in the final phase: %d sent, %d processed, %d dropped, %d snapshots failed: ",
-			p, d.sent, d.processed, d.dropped, d.snapFailed)
+		what := fmt.Sprintf("messages to %d in the final phase: %d sent, %d processed, %d dropped, %d snapshots failed: ",
+			to, d.sent, d.processed, d.dropped, d.snapFailed)
 		if accounted < d.sent {
 			what += fmt.Sprintf("%d neither delivered nor reported", d.sent-accounted)
 		} else {
 			what += fmt.Sprintf("%d more delivered or reported than sent", accounted-d.sent)
 		}
-		if !sameStreams(base.writers[p], now.writers[p]) {
-			r.Inconclusive = append(r.Inconclusive, what+" (a stream connection broke)")
+		survived := true
+		for _, from := range c.ids {
+			if from != to && !sameStreams(base.writers[pair{from, to}], now.writers[pair{from, to}]) {
+				survived = false
+			}
+		}
+		if !survived {
+			r.Inconclusive = append(r.Inconclusive, what+" (a stream connection to it broke)")
 			continue
 		}
 		r.violate("accounting", "%s", what)
