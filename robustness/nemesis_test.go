@@ -76,6 +76,7 @@ type faultStep struct {
 type faultEvent struct {
 	Step    int       `json:"step"`
 	Kind    faultKind `json:"kind"`
+	Also    faultKind `json:"also,omitempty"`
 	Start   int64     `json:"start_ns"`
 	End     int64     `json:"end_ns"`
 	Members []uint64  `json:"members"`
@@ -174,7 +175,7 @@ func (nm *nemesis) run(ctx context.Context, plan []faultStep) error {
 		}
 		lead := nm.c.leader()
 		g := nm.c.group(s, lead)
-		ev := faultEvent{Step: i, Kind: s.Kind, Start: nm.h.now(), Members: g, Leader: lead}
+		ev := faultEvent{Step: i, Kind: s.Kind, Also: s.Also, Start: nm.h.now(), Members: g, Leader: lead}
 		note, err := nm.inject(ctx, s, g, lead)
 		healErr := nm.heal()
 		ev.End, ev.Note = nm.h.now(), note

@@ -206,6 +206,9 @@ func (r *runResult) drive(c *cluster, h *history) {
 	r.events = nm.events
 	for _, ev := range nm.events {
 		r.Faults[ev.Kind]++
+		if ev.Also != "" {
+			r.Faults[ev.Also]++ // a slow or resetting network under the step's fault
+		}
 	}
 	if !waitFor(ctx, convergeTimeout, c.converged) {
 		r.violate("liveness", "the members did not catch up within %v of the heal", convergeTimeout)
