@@ -249,6 +249,25 @@ func (c *cluster) freezeAll() (resume func()) {
 // pair is an ordered pair of members.
 type pair struct{ from, to uint64 }
 
+// quiesce waits until the members have converged with their Ready loops
+// paused, and returns the function that resumes them: a member that
+// converged and then received a late proposal, or a commit, before it was
+// paused would be compared in the middle of it. It says false if they did
+// not within timeout, and then resumes them itself.
+func (c *cluster) quiesce(timeout time.Duration) (resume func(), ok bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if !waitFor(context.Background(), time.Until(deadline), c.converged) {
+			return nil, false
+		}
+		resume = c.freezeAll()
+		if c.converged() {
+			return resume, true
+		}
+		resume()
+	}
+}
+
 // accountingState is the accounting of every member at one moment, and
 // the state of the stream connections each member writes to each peer on.
 type accountingState struct {

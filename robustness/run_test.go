@@ -232,10 +232,11 @@ func (r *runResult) drive(c *cluster, h *history) {
 	stopClients = c.startClients(h, r.Config.Seed, 1)
 	sleepCtx(ctx, r.Config.Clean)
 	stopClients()
-	if !waitFor(ctx, convergeTimeout, c.converged) {
+	resume, ok = c.quiesce(convergeTimeout)
+	if !ok {
 		r.violate("liveness", "the members did not catch up within %v of the final phase", convergeTimeout)
+		resume = c.freezeAll()
 	}
-	resume = c.freezeAll()
 	defer resume()
 	r.balance(c, base)
 	r.compareStates(c, h)
