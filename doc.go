@@ -185,4 +185,7 @@
 //     every n bytes; rafthttptest (public): clusters of Transports behind
 //     real HTTP servers, wired through a Mesh, for the tests of
 //     applications.
+//   - robustness/ (a nested module, tests only): raft members on our
+//     transports under a seeded nemesis, their clients' history checked
+//     for linearizability with porcupine, and the transport's accounting.
 package rafthttp
