@@ -219,9 +219,11 @@ type Transport struct {
 	// that resume): at most one partial payload per sender, at most
 	// MaxSnapshotPartials and MaxSnapshotPartialBytes in all (the oldest
 	// goes first), each for SnapshotPartialTTL after its transfer broke.
-	// Partials are dropped when their transfer completes, when another
-	// snapshot from the same sender begins, and at Stop; they do not
-	// outlive the process. Zero means DefaultMaxSnapshotPartials,
+	// Partials are dropped when their transfer completes (leaving, for
+	// SnapshotPartialTTL, a record without bytes, so that a sender whose
+	// answer was lost learns the snapshot arrived and raft does not get it
+	// twice), when another snapshot from the same sender begins, and at
+	// Stop; they do not outlive the process. Zero means DefaultMaxSnapshotPartials,
 	// DefaultMaxSnapshotPartialBytes and DefaultSnapshotPartialTTL.
 	MaxSnapshotPartials     int
 	MaxSnapshotPartialBytes int64
