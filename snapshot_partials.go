@@ -64,10 +64,10 @@ type partial struct {
 	// answer lost with the connection, and its next attempt is answered
 	// without raft getting the MsgSnap twice.
 	delivered bool
-	gen    uint64 // counts the times it was kept, so that a stale expiry does nothing
-	keptAt time.Time
-	expiry *time.Timer
-	wake   chan struct{} // closed, and replaced, when size reaches waitMin or the partial changes hands
+	gen       uint64 // counts the times it was kept, so that a stale expiry does nothing
+	keptAt    time.Time
+	expiry    *time.Timer
+	wake      chan struct{} // closed, and replaced, when size reaches waitMin or the partial changes hands
 	// bufs are the read-ahead buffers of the receive that broke, kept
 	// for the next: a resumed receive then makes no garbage of 2 MiB.
 	bufs []*[]byte
