@@ -66,6 +66,9 @@ func (a *accounting) entryLocked(to uint64, m *raftpb.Message) *copies {
 	c := byHash[h]
 	if c == nil {
 		c = &copies{typ: m.GetType(), from: m.GetFrom(), term: m.GetTerm(), index: m.GetIndex(), ents: uint64(len(m.GetEntries()))}
+		if m.GetType() == raftpb.MsgSnap {
+			c.index = m.GetSnapshot().GetMetadata().GetIndex()
+		}
 		byHash[h] = c
 	}
 	return c
