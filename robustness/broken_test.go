@@ -8,7 +8,7 @@ import (
 
 // TestCheckerCatchesBrokenTransport proves the checks can fail: each case
 // breaks the transport once, in the final phase of a run without faults
-// (tamper.go: a hook between the transport and raft), and the check named
+// (tamper_test.go: a hook between the transport and raft), and the check named
 // must catch it. A dropped MsgApp is harmless to raft, which sends it
 // again, so only the accounting can see it; so for a duplicate, which raft
 // ignores; a changed entry passes raft's checks (it compares indexes and

@@ -67,7 +67,7 @@ type runResult struct {
 	Linearizable       porcupine.CheckResult `json:"linearizable"`
 	LostWrites         int                   `json:"lost_writes"`
 	Violations         []violation           `json:"violations"`
-	// Inconclusive lists what could not be checked: a pair whose streams
+	// Inconclusive lists what could not be checked: a member whose streams
 	// broke in the final phase, a linearizability check that timed out.
 	Inconclusive []string      `json:"inconclusive,omitempty"`
 	Tampered     string        `json:"tampered,omitempty"`
