@@ -2,6 +2,7 @@ package rafthttp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -195,11 +196,17 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.inflight.Done()
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	defer context.AfterFunc(g.ctx, cancel)()
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	defer context.AfterFunc(g.ctx, func() { cancel(errGroupRemoved) })()
 	g.handler.ServeHTTP(w, r.WithContext(ctx))
 }
+
+// errGroupRemoved is the cancellation cause of the requests of a group
+// that Mux.Remove removed: a stream handler then has its writer let go of
+// the connection, where a request's end otherwise only makes the writer
+// probe it (the remote may still be reading).
+var errGroupRemoved = errors.New("rafthttp: group removed from the Mux")
 
 // refuse returns the handler of a raft route, whose method is method, for
 // requests of no group: the answers of a Transport's admit (checkRequest)
