@@ -27,12 +27,20 @@ import (
 // each follower and back every 100 ms, etcd's default). It runs once
 // whatever b.N (use -benchtime=1x); its windows are idleWindow long.
 // compat/BENCHMARKS.md ("Many groups") has the figures.
+//
+// The queues=256 runs give each peer queues of 256 messages
+// (StreamQueueSize, RecvQueueSize, PropQueueSize) instead of 4096: the
+// queues' buffers are most of a pair's heap.
 func BenchmarkGroupsIdle(b *testing.B) {
 	for _, pooled := range []bool{true, false} {
 		for _, groups := range []int{1, 10, 100} {
 			name := fmt.Sprintf("pool=%v/groups=%d", pooled, groups)
-			b.Run(name, func(b *testing.B) { benchGroupsIdle(b, pooled, groups) })
+			b.Run(name, func(b *testing.B) { benchGroupsIdle(b, pooled, groups, 0) })
 		}
+	}
+	for _, groups := range []int{10, 100} {
+		name := fmt.Sprintf("pool=true/queues=256/groups=%d", groups)
+		b.Run(name, func(b *testing.B) { benchGroupsIdle(b, true, groups, 256) })
 	}
 }
 
@@ -97,7 +105,9 @@ func memNow() (heap, stack uint64) {
 	return ms.HeapAlloc, ms.StackInuse
 }
 
-func benchGroupsIdle(b *testing.B, pooled bool, groups int) {
+// benchGroupsIdle measures groups groups; queues, if not 0, sizes each
+// peer's queues.
+func benchGroupsIdle(b *testing.B, pooled bool, groups, queues int) {
 	baseG := runtime.NumGoroutine()
 	baseHeap, baseStack := memNow()
 	var conns connCount
@@ -115,7 +125,10 @@ func benchGroupsIdle(b *testing.B, pooled bool, groups int) {
 	for g := range groups {
 		for i, h := range hosts {
 			r := &echoRaft{}
-			tr := h.addGroup(b, groupCluster(g), uint64(i+1), r, func(tr *Transport) { tr.Logger = nil })
+			tr := h.addGroup(b, groupCluster(g), uint64(i+1), r, func(tr *Transport) {
+				tr.Logger = nil
+				tr.StreamQueueSize, tr.RecvQueueSize, tr.PropQueueSize = queues, queues, queues
+			})
 			r.tr.Store(tr)
 			rafts[g], trs[g] = append(rafts[g], r), append(trs[g], tr)
 		}
