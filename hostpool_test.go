@@ -456,3 +456,62 @@ func TestHostPoolDialGateStreams(t *testing.T) {
 		waitPeerStreams(t, ys[c], 1)
 	}
 }
+
+// servedTLS serves the host over TLS with cfg; its URL is https.
+func servedTLS(cfg *tls.Config) muxHostOption {
+	return func(h *muxHost) {
+		h.srv.Listener = tls.NewListener(h.srv.Listener, cfg)
+		h.url = "https://" + h.srv.Listener.Addr().String()
+	}
+}
+
+// TestHostPoolTLS runs two groups between two hosts over mutual TLS, the
+// pool's TLSClientConfig dialling for both: streams, pipeline and probes
+// all present the client certificate and verify the server's.
+func TestHostPoolTLS(t *testing.T) {
+	ca := newTestCA(t, "cluster CA")
+	var plain atomic.Int64
+	countPlain := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+				plain.Add(1)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+	hosts := make([]*muxHost, 2)
+	for i := range hosts {
+		server := &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool,
+			Certificates: []tls.Certificate{*ca.issue(t, int64(i+1)*100, true)}}
+		client := &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{*ca.issue(t, int64(i+1)*100+1, false)}}
+		hosts[i] = newMuxHost(t, servedTLS(server), wrapMux(countPlain), withPool(func(hp *HostPool) {
+			hp.TLSClientConfig = client
+			hp.ProbeInterval = 50 * time.Millisecond
+		}))
+	}
+	rafts := map[[2]uint64]*fakeRaft{}
+	for _, c := range []uint64{0xa, 0xb} {
+		trs := make([]*Transport, 2)
+		for i, h := range hosts {
+			rafts[[2]uint64{c, uint64(i + 1)}] = newFakeRaft()
+			trs[i] = h.addGroup(t, c, uint64(i+1), rafts[[2]uint64{c, uint64(i + 1)}])
+		}
+		addPeer(t, trs[0], 2, hosts[1].url)
+		addPeer(t, trs[1], 1, hosts[0].url)
+		waitPeerStreams(t, trs[0], 2)
+		waitPeerStreams(t, trs[1], 1)
+		for _, typ := range []raftpb.MessageType{raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap} {
+			trs[0].Send([]*raftpb.Message{newMsg(typ, 1, 2, 1)})
+			if m := rafts[[2]uint64{c, 2}].recv(t); m.GetType() != typ {
+				t.Errorf("group %x got %v, want %v", c, m.GetType(), typ)
+			}
+		}
+		waitFor(t, "probes over TLS", func() bool {
+			s, _ := trs[0].PeerStatus(2)
+			return s.ProbeHealthy && s.RTT > 0
+		})
+	}
+	if n := plain.Load(); n != 0 {
+		t.Errorf("%d requests came without a verified client certificate", n)
+	}
+}
