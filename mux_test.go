@@ -454,3 +454,83 @@ func TestMuxAddRemoveUnderTraffic(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMux serves fuzzed requests through a Mux of two groups, the fuzz
+// transport's (cluster beef1000, with a peer) and another (cluster
+// beef2000): nothing panics (but the pipeline's deliberate abort), a
+// request for a served cluster gets its group's answer (carrying its
+// cluster ID), and any other gets a refusal that names no cluster: 405,
+// 412 with etcd's bodies, the mux's 404 or redirect, or the probe's 200.
+func FuzzMux(f *testing.F) {
+	tr, _ := newFuzzTransport(f, true)
+	other, _ := newNode(f, withID(htLocalID), withClusterID(0xbeef2000), unserved(), withLogger(nil)).parts()
+	mux := &Mux{}
+	for _, g := range []*Transport{tr, other} {
+		if err := mux.Add(g); err != nil {
+			f.Fatal(err)
+		}
+	}
+	app := htFuzzMarshal(newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withEntry("put x=1")))
+	for _, cid := range []string{seedCID, "beef2000", "BEEF1000", "0beef1000", "0", "", strings.Repeat("f", 100)} {
+		f.Add("POST", "/raft", seedVersion, seedMin, cid, seedFrom, "", seedURLs, app)
+		f.Add("GET", "/raft/stream/message/b2", seedVersion, seedMin, cid, seedFrom, seedTo, seedURLs, []byte(nil))
+		f.Add("POST", "/raft/snapshot", seedVersion, seedMin, cid, seedFrom, "", seedURLs, htFuzzEnvelope(newMsg(raftpb.MsgSnap, htPeerID, htLocalID, 12), "db"))
+		f.Add("GET", "/raft/snapshot/resume", seedVersion, seedMin, cid, seedFrom, "", seedURLs, []byte(nil))
+		f.Add("PUT", "/raft", seedVersion, seedMin, cid, seedFrom, "", seedURLs, []byte(nil))
+		f.Add("GET", "/raft/stream/message/b2", "garbage", seedMin, cid, seedFrom, seedTo, seedURLs, []byte(nil))
+	}
+	f.Add("GET", "/raft/probing", "", "", "", "", "", "", []byte(nil))
+	f.Add("GET", "/raft/nothing", seedVersion, seedMin, "beef2000", seedFrom, "", seedURLs, []byte(nil))
+	f.Add("GET", "/raft/../raft/probing", "", "", "", "", "", "", []byte(nil))
+	served := map[string]bool{seedCID: true, "beef2000": true}
+	f.Fuzz(func(t *testing.T, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs string, body []byte) {
+		req, ok := htFuzzRequest(method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs, body)
+		if !ok {
+			return
+		}
+		defer htFuzzDropRemotes(tr)
+		rec := httptest.NewRecorder()
+		w := &closedStreamRecorder{ResponseRecorder: rec, ctx: req.Context()}
+		panicked := make(chan any, 1)
+		go func() {
+			defer func() { panicked <- recover() }()
+			mux.ServeHTTP(w, req)
+		}()
+		var p any
+		select {
+		case p = <-panicked:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s %q: the handler did not return", method, path)
+		}
+		code, respBody := rec.Code, rec.Body.String()
+		if p != nil && (p != http.ErrAbortHandler || code != 500) {
+			t.Fatalf("%s %q: handler panicked (status %d, body %q): %v", method, path, code, respBody, p)
+		}
+		if len(respBody) > 1024+3*len(path) {
+			t.Fatalf("%s %q: got a body of %d bytes", method, path, len(respBody))
+		}
+		group := served[req.Header.Get(headerClusterID)] && req.URL.Path != ProbingPrefix
+		switch got := rec.Header().Get(headerClusterID); {
+		case group && code != 405 && code != 404 && code < 300 && got != req.Header.Get(headerClusterID):
+			t.Fatalf("%s %q for cluster %q: status %d with X-Etcd-Cluster-ID %q, want the group's", method, path, clusterID, code, got)
+		case !group && got != "":
+			t.Fatalf("%s %q for cluster %q: status %d names cluster %q, want none", method, path, clusterID, code, got)
+		}
+		if group {
+			return
+		}
+		switch code {
+		case 200:
+			if req.URL.Path != ProbingPrefix {
+				t.Fatalf("%s %q for cluster %q: 200 from no group", method, path, clusterID)
+			}
+		case 301, 307, 308, 404, 405:
+		case 412:
+			if respBody != "incompatible version\n" && respBody != "cluster ID mismatch\n" {
+				t.Fatalf("%s %q: 412 with body %q", method, path, respBody)
+			}
+		default:
+			t.Fatalf("%s %q for cluster %q (not served): status %d, body %q", method, path, clusterID, code, respBody)
+		}
+	})
+}
