@@ -34,7 +34,7 @@ in_modules = failed=; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED in:$$failed" >&2; exit 1; fi
 
-.PHONY: test test-short bench bench-compat fuzz lint gofmt-check vet staticcheck cover demo tidy-check
+.PHONY: test test-short bench bench-compat fuzz lint gofmt-check vet staticcheck cover demo tidy-check robustness
 
 # Run every test, with the race detector and shuffled order, in every module.
 test:
@@ -102,6 +102,29 @@ cover:
 # scripted tour of it (examples/raftkv). Exits non-zero if a check fails.
 demo:
 	cd examples/raftkv && $(GO) run . demo
+
+# Robustness (robustness/doc.go): seed after seed, a raft key-value store
+# on our transports under a seeded nemesis (partitions, slow links, resets,
+# stalled streams, restarts, snapshot installs), its history checked with
+# porcupine, then a table of the totals. DURATION is how long to run (default
+# 5m; with SEED and no DURATION, that seed alone is replayed), SEED the
+# first seed (default: from the clock), MEMBERS the cluster sizes taken in
+# turn, CHAOS how long each seed runs under faults. A failed seed writes its
+# history (JSON and porcupine's HTML), fault schedule and report under OUT
+# (default $TMPDIR/rafthttp-robustness) and prints how to replay it. More
+# flags of the test binary go in ROBUSTFLAGS.
+# Example: make robustness DURATION=30m; make robustness SEED=1234 MEMBERS=5
+DURATION ?=
+SEED ?= 0
+MEMBERS ?= 3,5
+CHAOS ?= 20s
+OUT ?=
+ROBUSTFLAGS ?=
+robustness:
+	cd robustness && $(GO) test -race -count=1 -timeout 0 -run '^TestRobustness$$' -args \
+		-robust.duration=$(if $(DURATION),$(DURATION),$(if $(filter-out 0,$(SEED)),0,5m)) \
+		-robust.seed=$(SEED) -robust.members=$(MEMBERS) -robust.chaos=$(CHAOS) \
+		$(if $(OUT),-robust.out=$(OUT)) $(ROBUSTFLAGS)
 
 # Fail if go.mod/go.sum of any module is not tidy (prints the diff; never
 # modifies files).

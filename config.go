@@ -1,6 +1,7 @@
 package rafthttp
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -135,9 +136,13 @@ type config struct {
 	requestRemoteIdle                 time.Duration
 	metricsNamespace                  string
 	// peerIdentity and clientRoots are PeerIdentity and ClientRootCAs
-	// (identity.go).
+	// (identity.go); tlsClient is TLSClientConfig. With a HostPool,
+	// clientRoots, tlsClient and dialTimeout are the pool's.
 	peerIdentity func(*x509.Certificate) (uint64, error)
 	clientRoots  func() *x509.CertPool
+	tlsClient    *tls.Config
+	// pool is HostPool, in use (hostpool.go).
+	pool *HostPool
 	// features is what we announce and use (features.go);
 	// featuresHeader its formatted announcement.
 	features       featureSet
@@ -186,6 +191,10 @@ func (t *Transport) validate() (config, error) {
 		metricsNamespace:    orDefault(t.MetricsNamespace, DefaultMetricsNamespace),
 		peerIdentity:        t.PeerIdentity,
 		clientRoots:         t.ClientRootCAs,
+		tlsClient:           t.TLSClientConfig,
+	}
+	if t.HostPool != nil {
+		errs = append(errs, t.checkHostPool()...)
 	}
 	if t.PeerIdentity != nil || t.ClientRootCAs != nil {
 		if t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {

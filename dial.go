@@ -3,8 +3,10 @@ package rafthttp
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -22,16 +24,38 @@ const (
 // dialFunc dials a connection, as net.Dialer.DialContext.
 type dialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
+// dialConfig is what the HTTP clients dial with: the Transport's own
+// settings, or those of its HostPool (hostpool.go), fixed at Start.
+type dialConfig struct {
+	timeout     time.Duration
+	proxy       func(*http.Request) (*url.URL, error)
+	clientRoots func() *x509.CertPool
+	netDial     dialFunc // nil: a net.Dialer
+	// gates, if not nil, pace the stream dials per host (a HostPool's).
+	gates *dialGates
+}
+
+// dialConfig returns the settings the Transport's clients dial with.
+func (t *Transport) dialConfig() dialConfig {
+	if t.cfg.pool != nil {
+		return t.cfg.pool.dc
+	}
+	return dialConfig{timeout: t.cfg.dialTimeout, proxy: t.Proxy, clientRoots: t.cfg.clientRoots, netDial: t.netDial}
+}
+
 // clients are the HTTP clients members are dialled with: one per stream
 // type, of the kind its row in the streams table says (no idle
 // connections, per-Read/Write deadlines), and the pipeline's (keep-alive
 // connections, no deadlines; POSTs, snapshots and the snapshot prober),
 // with their unix-socket transports. The Transport's own (shared) serve
 // every peer and remote, unless PeerIdentity gives each its own (clientsFor).
+// With a HostPool, the pipeline's is the pool's, shared with the other
+// Transports of the pool (pooled), and closed by the pool alone.
 type clients struct {
 	streams  [streamTypeEnd]*http.Transport // nil in a remote's
 	pipeline *http.Transport
-	unix     []*unixTransport
+	pooled   bool             // pipeline is a HostPool's
+	unix     []*unixTransport // of the clients that are ours to close
 }
 
 // newClients builds a set of clients whose TLS handshakes use tc (and
@@ -39,14 +63,19 @@ type clients struct {
 // clients.
 func newClients(t *Transport, tc *tls.Config, withStreams bool) *clients {
 	c := &clients{}
+	dc := t.dialConfig()
 	var u *unixTransport
 	if withStreams {
 		for _, typ := range streamTypes {
-			c.streams[typ], u = newRoundTripper(t, t.cfg.readTimeout, t.cfg.writeTimeout, streams[typ].client, tc)
+			c.streams[typ], u = newRoundTripper(dc, t.bulk, t.cfg.readTimeout, t.cfg.writeTimeout, streams[typ].client, tc)
 			c.unix = append(c.unix, u)
 		}
 	}
-	c.pipeline, u = newRoundTripper(t, 0, 0, rtPipeline, tc)
+	if t.cfg.pool != nil {
+		c.pipeline, c.pooled = t.cfg.pool.pipeline, true
+		return c
+	}
+	c.pipeline, u = newRoundTripper(dc, t.bulk, 0, 0, rtPipeline, tc)
 	c.unix = append(c.unix, u)
 	return c
 }
@@ -71,33 +100,40 @@ func (t *Transport) closeIdleConnectionsOf(c *clients) {
 	}
 }
 
-// closeIdleConnections closes the idle connections of every client of c.
+// closeIdleConnections closes the idle connections of every client of c,
+// but a HostPool's, which other Transports may be using.
 func (c *clients) closeIdleConnections() {
 	for _, typ := range streamTypes {
 		if c.streams[typ] != nil {
 			c.streams[typ].CloseIdleConnections()
 		}
 	}
-	c.pipeline.CloseIdleConnections()
+	if !c.pooled {
+		c.pipeline.CloseIdleConnections()
+	}
 	for _, u := range c.unix {
 		u.closeIdleConnections()
 	}
 }
 
-// newRoundTripper builds an HTTP client of the given kind, whose TLS
-// handshakes use tc. Streams get no idle connections (each is long-lived)
-// and per-Read/Write deadlines on the connection itself, so that a silent
-// stream fails within the read timeout (etcd installs these deadlines where
-// Go ignores them); sliced streams look at the socket every
-// busyPollInterval while MsgApps stream. The pipeline keeps connections
+// newRoundTripper builds an HTTP client of the given kind, dialling as dc
+// says, whose TLS handshakes use tc. Streams get no idle connections (each
+// is long-lived) and per-Read/Write deadlines on the connection itself, so
+// that a silent stream fails within the read timeout (etcd installs these
+// deadlines where Go ignores them); sliced streams look at the socket every
+// busyPollInterval while MsgApps stream (bulk is the clock they look at).
+// Stream dials wait at dc's gates, if any. The pipeline keeps connections
 // alive between POSTs. With ClientRootCAs set, the client makes its TLS
 // handshakes itself (dialTLS), with the roots of the moment. It has no side
 // effect: the caller keeps the unix-socket client it returns, to close it
 // with the HTTP client.
-func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind, tc *tls.Config) (*http.Transport, *unixTransport) {
-	netDial := (&net.Dialer{Timeout: t.cfg.dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	if t.netDial != nil {
-		netDial = t.netDial
+func newRoundTripper(dc dialConfig, bulk *bulkClock, rd, wr time.Duration, kind rtKind, tc *tls.Config) (*http.Transport, *unixTransport) {
+	netDial := (&net.Dialer{Timeout: dc.timeout, KeepAlive: 30 * time.Second}).DialContext
+	if dc.netDial != nil {
+		netDial = dc.netDial
+	}
+	if dc.gates != nil && kind != rtPipeline {
+		netDial = dc.gates.wrap(netDial)
 	}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := netDial(ctx, network, addr)
@@ -105,19 +141,19 @@ func newRoundTripper(t *Transport, rd, wr time.Duration, kind rtKind, tc *tls.Co
 			return c, err
 		}
 		if kind == rtSlicedStream {
-			return newSlicedConn(c, rd, wr, t.bulk), nil
+			return newSlicedConn(c, rd, wr, bulk), nil
 		}
 		return &deadlineConn{Conn: c, rd: rd, wr: wr}, nil
 	}
 	tr := &http.Transport{
-		Proxy:               t.Proxy,
+		Proxy:               dc.proxy,
 		DialContext:         dial,
 		TLSHandshakeTimeout: tlsHandshakeTimeout,
 		TLSClientConfig:     tc,
 		MaxIdleConnsPerHost: -1,
 	}
 	var tlsDial func(dialFunc) dialFunc
-	if roots := t.cfg.clientRoots; roots != nil {
+	if roots := dc.clientRoots; roots != nil {
 		// validate refuses a Proxy with ClientRootCAs: every https
 		// connection is then dialled here, none by net/http itself.
 		tlsDial = func(raw dialFunc) dialFunc { return dialTLS(raw, tc, roots) }

@@ -56,7 +56,8 @@
 //
 // Every method of Transport is safe for concurrent use. Per peer the
 // transport runs two stream writers, two stream readers, a few pipeline
-// workers (PipelineWorkers, default 4), two probers and three loops calling
+// workers (PipelineWorkers, default 4), two probers (none with a HostPool,
+// which probes each host once for all groups) and three loops calling
 // Raft.Process: one for proposals, so that a node without a leader, which
 // blocks proposals, cannot hold up votes and appends, and one for each
 // stream, so that appends backed up on the msgappv2 stream do not delay
@@ -149,6 +150,27 @@
 // TLS section says what is checked and how to turn the check on in a
 // running cluster.
 //
+// # Many raft groups
+//
+// A process that runs several raft groups (a metadata group and a data
+// group, or one per shard) gives each group a Transport of its own, with
+// the group's ClusterID, and serves them all on one listener with a [Mux]:
+// it dispatches each request by its X-Etcd-Cluster-ID, which every peer
+// request carries, so that to its peers, etcd members included, each group
+// is a cluster of its own and nothing changes on the wire. /raft/probing
+// is answered once for all; a request for a cluster not served gets
+// etcd's 412. Groups are added ([Mux.Add]) and removed ([Mux.Remove])
+// while requests flow: Remove ends the group's requests, its served
+// streams with them, waits for them, and leaves the Transport for its
+// owner to Stop. Give the Transports one [HostPool] as well: groups that
+// talk to the same member host then share the pipeline's connections, one
+// prober per host (instead of two per peer of each group), and the pacing
+// of stream dials to a host that is down (one dial at a time, on one
+// backoff), while each group keeps its own streams. Stats are per
+// Transport; for metrics, give each group's Transport the registry wrapped
+// with a label of its own (prometheus.WrapRegistererWith). What a group
+// costs, and what bounds it, is in compat/BENCHMARKS.md ("Many groups").
+//
 // # Where things live
 //
 //   - transport.go: the Transport's life (Start, Stop, membership, Send,
@@ -168,6 +190,9 @@
 //     feature token there, used only when the peer announced it too);
 //     version.go: semver; errors.go: every exported error.
 //   - http.go: the raft handlers (server.go: the http.Server recipe);
+//     mux.go: several groups' Transports behind one listener (Mux);
+//     hostpool.go: what their Transports share per member host
+//     (HostPool: pipeline connections, probers, stream dial gates);
 //     snapshot_sender.go, snapshot_receive.go, snapshot_store.go,
 //     readahead.go: snapshots; snapshot_resume.go: the sending side of
 //     resumable transfers, snapshot_resume_wire.go their wire format,
@@ -187,4 +212,7 @@
 //     every n bytes; rafthttptest (public): clusters of Transports behind
 //     real HTTP servers, wired through a Mesh, for the tests of
 //     applications.
+//   - robustness/ (a nested module, tests only): raft members on our
+//     transports under a seeded nemesis, their clients' history checked
+//     for linearizability with porcupine, and the transport's accounting.
 package rafthttp

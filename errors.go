@@ -106,6 +106,10 @@ var (
 	// without the SAN they read, with two, or with one that is not a
 	// member ID.
 	ErrNoPeerIdentity = errors.New("rafthttp: certificate names no member")
+
+	// ErrGroupExists means Mux.Add was given a Transport whose cluster ID
+	// the Mux already serves.
+	ErrGroupExists = errors.New("rafthttp: Mux already serves a group with this cluster ID")
 )
 
 // postCriticalError posts err to ErrorC without blocking.

@@ -408,6 +408,9 @@ func (t *Transport) serveStream(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-c.released:
 	case <-r.Context().Done():
+		if errors.Is(context.Cause(r.Context()), errGroupRemoved) {
+			c.abort() // our doing, not the remote's: the writer must let go
+		}
 		c.remoteGone()
 		<-c.released
 	}

@@ -357,18 +357,19 @@ func (t *Transport) serverIdentityError(cs tls.ConnectionState, id uint64) (stri
 }
 
 // dialTLSConfig returns the TLS configuration of the connections dialled to
-// member id: TLSClientConfig itself when neither PeerIdentity nor
-// ClientRootCAs is set (etcd's behaviour), else a clone of it (or of the
-// zero configuration) whose VerifyConnection checks, with PeerIdentity set
-// and id not 0, that the server speaks for id, then runs TLSClientConfig's
-// own VerifyConnection. lim rate-limits the refusals' log lines.
+// member id: TLSClientConfig (or its HostPool's) itself when neither
+// PeerIdentity nor ClientRootCAs is set (etcd's behaviour), else a clone of
+// it (or of the zero configuration) whose VerifyConnection checks, with
+// PeerIdentity set and id not 0, that the server speaks for id, then runs
+// TLSClientConfig's own VerifyConnection. lim rate-limits the refusals'
+// log lines.
 func (t *Transport) dialTLSConfig(id uint64, lim *logLimiter) *tls.Config {
 	if t.cfg.peerIdentity == nil && t.cfg.clientRoots == nil {
-		return t.TLSClientConfig
+		return t.cfg.tlsClient
 	}
 	c := &tls.Config{}
-	if t.TLSClientConfig != nil {
-		c = t.TLSClientConfig.Clone()
+	if t.cfg.tlsClient != nil {
+		c = t.cfg.tlsClient.Clone()
 	}
 	if t.cfg.peerIdentity == nil || id == 0 {
 		return c

@@ -37,7 +37,10 @@ type peer struct {
 	writers  [streamTypeEnd]*streamWriter
 	readers  [streamTypeEnd]*streamReader
 	pipeline *pipeline
-	probers  [2]*prober // over the stream and the pipeline round trippers
+	probers  [2]*prober // over the stream and the pipeline round trippers; none with a HostPool
+	// hosts are the HostPool's hosts the peer's URLs are at, whose
+	// probers it reads (hostpool.go). Guarded by mu.
+	hosts map[string]*poolHost
 	// clients are the HTTP clients the peer is dialled with: the
 	// Transport's, or with PeerIdentity on its own (clientsFor).
 	clients *clients
@@ -104,11 +107,13 @@ func newPeer(t *Transport, id uint64, urls []url.URL) *peer {
 		p.writers[typ] = newStreamWriter(p, typ)
 		p.readers[typ] = newStreamReader(p, typ)
 	}
-	p.probers = [2]*prober{
-		// The stream prober dials as the msgappv2 reader does: a fresh
-		// connection with per-Read/Write deadlines.
-		newProber(p, roundTripperNameRaftMessage, p.clients.streams[streamTypeMsgAppV2]),
-		newProber(p, roundTripperNameSnapshot, p.clients.pipeline),
+	if t.cfg.pool == nil {
+		p.probers = [2]*prober{
+			// The stream prober dials as the msgappv2 reader does: a fresh
+			// connection with per-Read/Write deadlines.
+			newProber(p, roundTripperNameRaftMessage, p.clients.streams[streamTypeMsgAppV2]),
+			newProber(p, roundTripperNameSnapshot, p.clients.pipeline),
+		}
 	}
 	return p
 }
@@ -139,8 +144,11 @@ func (p *peer) start() {
 	}
 	goLabelled(&p.wg, p.idStr, "process proposals", func() { p.processLoop(p.propc) })
 	for _, pr := range p.probers {
-		goLabelled(&p.wg, p.idStr, "prober "+pr.name, func() { pr.run(p.ctx) })
+		if pr != nil { // none with a HostPool: the pool probes the peer's hosts
+			goLabelled(&p.wg, p.idStr, "prober "+pr.name, func() { pr.run(p.ctx) })
+		}
 	}
+	p.joinHostsLocked(p.picker.urls()) // a new peer is at no host yet
 	p.lg.Info("started remote peer")
 }
 
@@ -303,7 +311,10 @@ func (p *peer) goIfRunning(role string, fn func()) bool {
 	return true
 }
 
-func (p *peer) update(urls []url.URL) { p.picker.update(urls) }
+func (p *peer) update(urls []url.URL) {
+	p.picker.update(urls)
+	p.joinHosts(urls)
+}
 
 // stop ends every goroutine of the peer and waits for them; the stream
 // connections it writes to are released to their handlers. Idempotent.
@@ -318,6 +329,7 @@ func (p *peer) stop() {
 			p.writers[typ].abort()
 		}
 		p.wg.Wait()
+		p.leaveHosts()
 		// Messages still queued for the streams or on the pipeline will
 		// never be sent: raft is told of each (not once Stop has begun).
 		for _, typ := range streamTypes {

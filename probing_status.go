@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -37,12 +38,17 @@ const (
 // answer. etcd uses github.com/xiang90/probing's prober, whose probes cannot
 // be cancelled and whose goroutines outlive Remove; this one runs as a
 // goroutine of its peer, so Stop waits for it. The wire protocol is the
-// library's, whose handler serves our /raft/probing.
+// library's, whose handler serves our /raft/probing. A HostPool's probers
+// probe a host instead, for every peer there (hostpool.go).
 type prober struct {
-	p        *peer
 	name     string
 	rt       http.RoundTripper
 	interval time.Duration
+	lg       *zap.Logger
+	// target is the URL to probe; report is told each probe's outcome
+	// (err nil: a success, with the smoothed RTT), outside mu.
+	target func() url.URL
+	report func(u url.URL, err error, srtt time.Duration)
 
 	mu        sync.Mutex
 	healthy   bool
@@ -53,11 +59,24 @@ type prober struct {
 	failures  int
 }
 
+// newProber returns the prober of peer p over rt: it probes the peer's
+// current URL, moves the peer's URL picker on when a probe fails, and
+// feeds its round-trip histogram.
 func newProber(p *peer, name string, rt http.RoundTripper) *prober {
 	// etcd probes every ConnReadTimeout - 1 s; never faster than every
 	// 100 ms, whatever the read timeout.
 	interval := max(p.t.cfg.readTimeout-time.Second, 100*time.Millisecond)
-	return &prober{p: p, name: name, rt: rt, interval: interval}
+	return &prober{name: name, rt: rt, interval: interval, lg: p.lg, target: p.picker.pick,
+		report: func(u url.URL, err error, srtt time.Duration) {
+			if err != nil {
+				p.picker.unreachable(u)
+				return
+			}
+			// etcd observes the smoothed RTT on its monitor's 5 s/30 s
+			// schedule; every probe gives a finer histogram for the same
+			// dashboards.
+			p.t.metrics.roundTripTime.WithLabelValues(p.idStr).Observe(srtt.Seconds())
+		}}
 }
 
 // run probes until ctx ends, checking and reporting health on the monitor's
@@ -79,38 +98,36 @@ func (pr *prober) run(ctx context.Context) {
 	}
 }
 
-// probeOnce makes one probe and records its outcome.
+// probeOnce makes one probe and records its outcome; ctx is run's.
 func (pr *prober) probeOnce(ctx context.Context) {
-	u := pr.p.picker.pick()
-	ctx, cancel := context.WithTimeout(ctx, pr.interval)
+	u := pr.target()
+	pctx, cancel := context.WithTimeout(ctx, pr.interval)
 	defer cancel()
 	start := time.Now()
-	health, err := pr.get(ctx, u.String()+ProbingPrefix)
+	health, err := pr.get(pctx, u.String()+ProbingPrefix)
 	rtt := time.Since(start)
-	if ctx.Err() != nil && pr.p.ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return // stopping
 	}
 	pr.mu.Lock()
-	defer pr.mu.Unlock()
 	pr.probes++
 	if err != nil {
 		pr.failures++
 		pr.healthy = false
 		pr.lastErr = err
-		pr.p.picker.unreachable(u)
-		return
-	}
-	pr.healthy = true
-	pr.lastErr = nil
-	if pr.srtt == 0 {
-		pr.srtt = rtt
 	} else {
-		pr.srtt = pr.srtt*7/8 + rtt/8
+		pr.healthy = true
+		pr.lastErr = nil
+		if pr.srtt == 0 {
+			pr.srtt = rtt
+		} else {
+			pr.srtt = pr.srtt*7/8 + rtt/8
+		}
+		pr.clockDiff = time.Since(health.Now) - pr.srtt/2
 	}
-	pr.clockDiff = time.Since(health.Now) - pr.srtt/2
-	// etcd observes the smoothed RTT on its monitor's 5 s/30 s schedule;
-	// every probe gives a finer histogram for the same dashboards.
-	pr.p.t.metrics.roundTripTime.WithLabelValues(pr.p.idStr).Observe(pr.srtt.Seconds())
+	srtt := pr.srtt
+	pr.mu.Unlock()
+	pr.report(u, err, srtt)
 }
 
 // maxProbeBody bounds a probe answer: a small JSON object.
@@ -159,12 +176,12 @@ func (pr *prober) monitorOnce() time.Duration {
 		return pr.errorInterval()
 	}
 	if !healthy {
-		pr.p.lg.Warn("prober detected unhealthy status", zap.String("round-tripper-name", pr.name),
+		pr.lg.Warn("prober detected unhealthy status", zap.String("round-tripper-name", pr.name),
 			zap.Duration("rtt", srtt), zap.Error(lastErr))
 		return pr.errorInterval()
 	}
 	if drift > maxClockDrift || drift < -maxClockDrift {
-		pr.p.lg.Warn("prober found high clock drift", zap.String("round-tripper-name", pr.name),
+		pr.lg.Warn("prober found high clock drift", zap.String("round-tripper-name", pr.name),
 			zap.Duration("clock-drift", drift), zap.Duration("rtt", srtt))
 	}
 	return pr.monitoringInterval()

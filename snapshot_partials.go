@@ -58,11 +58,16 @@ type partial struct {
 	// name), but its request ended before raft got the MsgSnap; kept so
 	// that the sender's next attempt, which the resume query tells that
 	// the whole payload is in, has raft get it.
-	saved  bool
-	gen    uint64 // counts the times it was kept, so that a stale expiry does nothing
-	keptAt time.Time
-	expiry *time.Timer
-	wake   chan struct{} // closed, and replaced, when size reaches waitMin or the partial changes hands
+	saved bool
+	// delivered: raft got the MsgSnap too, and the partial is only a
+	// record of it (deliveredLocked): the sender may not have heard, its
+	// answer lost with the connection, and its next attempt is answered
+	// without raft getting the MsgSnap twice.
+	delivered bool
+	gen       uint64 // counts the times it was kept, so that a stale expiry does nothing
+	keptAt    time.Time
+	expiry    *time.Timer
+	wake      chan struct{} // closed, and replaced, when size reaches waitMin or the partial changes hands
 	// bufs are the read-ahead buffers of the receive that broke, kept
 	// for the next: a resumed receive then makes no garbage of 2 MiB.
 	bufs []*[]byte
@@ -107,6 +112,10 @@ func (ps *partials) begin(ctx context.Context, from uint64, st resumeStart, m *r
 			if old == nil || old.id != st.id || old.size.Load() != st.offset || old.crc != st.crc {
 				ps.mu.Unlock()
 				return nil, fmt.Errorf("%w: resuming %v at %d", errResumeConflict, st.id, st.offset)
+			}
+			if old.delivered {
+				ps.mu.Unlock()
+				return nil, errSnapshotDelivered
 			}
 			// A saved one (offset: the whole payload) is taken as it is:
 			// the receive has only raft to tell.
@@ -182,7 +191,13 @@ const (
 	partialDrop                            // it failed for good: discard it
 	partialCommitted                       // the store has it and raft got the MsgSnap: forget it
 	partialSaved                           // the store has it, raft did not get the MsgSnap: keep it for the next attempt
+	partialDelivered                       // the store has it and raft got the MsgSnap: keep a record for the sender's next attempt
 )
+
+// errSnapshotDelivered: a resumable POST resumes a payload whose MsgSnap
+// raft already got, from an attempt whose answer the sender did not read.
+// The POST is answered as a success, and raft is not told again.
+var errSnapshotDelivered = errors.New("rafthttp: snapshot already delivered")
 
 // end lets go of p after its receive r, as o says. It does nothing if r
 // no longer holds p (release after end).
@@ -196,7 +211,9 @@ func (ps *partials) end(p *partial, r *partialRecv, o partialOutcome) {
 	defer close(r.done)
 	ps.wakeLocked(p)
 	switch {
-	case o == partialCommitted:
+	case o == partialDelivered && !ps.closed:
+		ps.deliveredLocked(p)
+	case o == partialCommitted, o == partialDelivered:
 		if ps.bySender[p.from] == p {
 			delete(ps.bySender, p.from)
 		}
@@ -237,6 +254,20 @@ func (ps *partials) keepLocked(p *partial) {
 	ps.gaugesLocked()
 }
 
+// deliveredLocked keeps p, whose MsgSnap raft got, as a record of that:
+// if the answer was lost with the connection, the sender's next attempt
+// finds (resumePoint) that the whole payload is in, sends the envelope
+// alone, and is answered without raft getting the MsgSnap a second time
+// (begin). The record holds no bytes and counts against no bound (there is
+// one per sender at most); it goes when the sender's next snapshot begins,
+// after the partials' TTL, or at Stop.
+func (ps *partials) deliveredLocked(p *partial) {
+	p.saved, p.delivered = true, true
+	p.gen++
+	gen := p.gen
+	p.expiry = time.AfterFunc(ps.ttl, func() { ps.expire(p, gen) })
+}
+
 // unkeepLocked takes p out of the kept partials, if it is one.
 func (ps *partials) unkeepLocked(p *partial) {
 	if !p.kept {
@@ -262,6 +293,9 @@ func (p *partial) heldBytes() int64 {
 // is saved (committed: the store's snapshot now).
 func (ps *partials) dropLocked(p *partial) {
 	ps.unkeepLocked(p)
+	if p.delivered {
+		p.expiry.Stop()
+	}
 	if ps.bySender[p.from] == p {
 		delete(ps.bySender, p.from)
 	}
@@ -284,7 +318,7 @@ func (ps *partials) gaugesLocked() {
 func (ps *partials) expire(p *partial, gen uint64) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.closed || !p.kept || p.gen != gen {
+	if ps.closed || !(p.kept || p.delivered) || p.gen != gen {
 		return
 	}
 	ps.dropLocked(p)
@@ -501,7 +535,8 @@ func (p *partial) check(trailer http.Header) error {
 // beginPartial starts the resumable receive a POST's headers ask for, once
 // its envelope m (whose frame has the CRC-32C envelope) is read: it returns
 // the partial to append to, or, if the request cannot go on, the status
-// and body of the refusal. A transport that does not resume takes a
+// and body of the refusal (204, and no body, if raft already got the
+// MsgSnap: the POST is a retry after a lost answer). A transport that does not resume takes a
 // transfer that starts at 0 as an ordinary one (nil partial).
 func (t *Transport) beginPartial(r *http.Request, rh *requestHeaders, m *raftpb.Message, envelope uint32, body *pacedBody) (*partial, int, string) {
 	st, err := parseResumeStart(r.Header)
@@ -525,6 +560,8 @@ func (t *Transport) beginPartial(r *http.Request, rh *requestHeaders, m *raftpb.
 	switch {
 	case errors.Is(err, errResumeConflict):
 		return nil, http.StatusConflict, err.Error()
+	case errors.Is(err, errSnapshotDelivered):
+		return nil, http.StatusNoContent, ""
 	case errors.Is(err, ErrStopped):
 		return nil, http.StatusServiceUnavailable, ErrStopped.Error()
 	case err != nil:

@@ -130,7 +130,14 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get(headerSnapshotID) != "" {
 		var code int
 		var msg string
-		if part, code, msg = t.beginPartial(r, &rh, m, src.crc.Sum32(), paced); code != 0 {
+		if part, code, msg = t.beginPartial(r, &rh, m, src.crc.Sum32(), paced); code == http.StatusNoContent {
+			// Raft got this MsgSnap from an earlier attempt, whose answer
+			// the sender did not read: it hears now that it succeeded.
+			t.lg.Info("database snapshot already received and processed; answering the sender's retry",
+				zap.String("remote-snapshot-sender-id", from), zap.Uint64("incoming-snapshot-index", m.GetSnapshot().GetMetadata().GetIndex()))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		} else if code != 0 {
 			if n, ok := t.warns.allow(warnSnapshot); ok {
 				t.lg.Warn("refused resumable database snapshot", zap.String("remote-snapshot-sender-id", from),
 					zap.Int("status", code), zap.String("reason", msg), suppressed(n))
@@ -232,6 +239,11 @@ func (t *Transport) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 			t.metrics.snapRecvFailures.WithLabelValues(from).Inc()
 		}
 		return
+	}
+	if part != nil {
+		// Should the answer be lost, the sender's next attempt must not
+		// bring raft the MsgSnap again.
+		t.partials.end(part, part.recv, partialDelivered)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	t.metrics.snapRecvSuccess.WithLabelValues(from).Inc()

@@ -44,7 +44,11 @@ import (
 //     that CRC, else answers 409 and the sender asks again; offset 0
 //     starts afresh, dropping any partial of that sender. Once the whole
 //     payload is in and matches the trailer, the partial is committed, as
-//     SaveSnapshot would have saved it, and the MsgSnap goes to raft.
+//     SaveSnapshot would have saved it, and the MsgSnap goes to raft. The
+//     receiver then remembers that raft got it: if the answer is lost with
+//     the connection, the sender's next resume query finds the whole
+//     payload in, and its POST of the envelope alone is answered 204
+//     without raft getting the MsgSnap twice.
 //   - While a POST is under way, the sender follows how far the receiver
 //     has written: the same GET with X-Rafthttp-Snapshot-Progress: S is
 //     answered 200 with a stream of lines, each the offset the receiver

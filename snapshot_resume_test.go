@@ -1330,3 +1330,72 @@ func TestPeerIdentityResumeRoute(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotResumeAnswerLost: the connection of a resumable transfer
+// breaks after the receiver's raft got the MsgSnap, before the sender read
+// the answer. The sender's next attempt learns from the resume query that
+// the receiver has the whole payload, and the receiver answers it without
+// handing raft the MsgSnap again: one SendSnapshot, one MsgSnap processed,
+// one Finish. (The robustness suite found it: the payload was sent again
+// from zero and raft got the MsgSnap twice, or, beyond the replay ring, the
+// send failed and raft sent the whole snapshot again.)
+func TestSnapshotResumeAnswerLost(t *testing.T) {
+	tests := []struct {
+		name string
+		size int64
+	}{
+		{name: "within the replay ring", size: 256 << 10},
+		{name: "beyond the replay ring", size: snapshotResumeWindow + 2<<20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var lost atomic.Bool
+			loseAnswer := func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.URL.Path != RaftSnapshotPrefix || r.Header.Get(headerSnapshotID) == "" || !lost.CompareAndSwap(false, true) {
+						h.ServeHTTP(w, r)
+						return
+					}
+					h.ServeHTTP(&mutedResponse{ResponseWriter: w, header: http.Header{}}, r)
+					panic(http.ErrAbortHandler) // the connection breaks: the answer is lost
+				})
+			}
+			a := newNode(t, withID(1), withStore(DirSnapshotStore{Dir: t.TempDir()}))
+			b := newNode(t, withID(2), withStore(DirSnapshotStore{Dir: t.TempDir()}), wrapHandler(loseAnswer))
+			connect(t, a, b)
+			waitFeatures(t, a, 2, featureSnapshotResume)
+
+			gen := newSnapGen(91, tc.size)
+			if err := snapWait(t, snapSend(a, 2, 12, gen, tc.size)); err != nil {
+				t.Fatalf("SendSnapshot: %v", err)
+			}
+			if !lost.Load() {
+				t.Fatal("no answer was lost: the case was not played")
+			}
+			if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+				t.Errorf("snapshot reports = %v, want one Finish", reps)
+			}
+			if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetSnapshot().GetMetadata().GetIndex() != 12 {
+				t.Errorf("raft got %v, want the MsgSnap at index 12", got)
+			}
+			if snaps := snapProcessed(b); len(snaps) != 0 {
+				t.Errorf("raft got %d more MsgSnaps, want the one", len(snaps))
+			}
+			if resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil); resumed != float64(tc.size) {
+				t.Errorf("the second attempt skipped %v bytes, want the whole payload, %d", resumed, tc.size)
+			}
+		})
+	}
+}
+
+// mutedResponse swallows a handler's answer: status, body and flushes.
+type mutedResponse struct {
+	http.ResponseWriter
+	header http.Header
+}
+
+func (w *mutedResponse) Header() http.Header         { return w.header }
+func (w *mutedResponse) WriteHeader(int)             {}
+func (w *mutedResponse) Write(p []byte) (int, error) { return len(p), nil }
+func (w *mutedResponse) FlushError() error           { return nil }
+func (w *mutedResponse) Unwrap() http.ResponseWriter { return w.ResponseWriter }

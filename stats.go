@@ -160,7 +160,7 @@ func (p *peer) stats() PeerStats {
 	}
 	// Report the stream prober's view, which measures the connections raft
 	// traffic uses; fall back to the pipeline's before its first probe.
-	for _, pr := range p.probers {
+	for _, pr := range p.currentProbers() {
 		healthy, srtt, drift, probes, _ := pr.snapshot()
 		s.ProbeHealthy = s.ProbeHealthy && healthy
 		if s.RTT == 0 && probes > 0 {

@@ -100,6 +100,15 @@ type Transport struct {
 	// server side's counterpart is tls.Config.GetConfigForClient (README
 	// "TLS").
 	ClientRootCAs func() *x509.CertPool
+	// HostPool, if set, is shared with the Transports of the process's
+	// other raft groups: the pipeline's connections to each member host,
+	// one prober per host, and the pacing of stream dials per host come
+	// from it (see HostPool). Its owner closes it, after the Transports
+	// that use it have stopped. TLSClientConfig, ClientRootCAs, Proxy and
+	// DialTimeout are then the pool's, and must be left zero here; it
+	// cannot be combined with PeerIdentity. Nil, the default, shares
+	// nothing.
+	HostPool *HostPool
 	// Proxy selects a proxy for peer requests, as http.Transport.Proxy.
 	// Nil means none: unlike etcd, proxy environment variables are ignored
 	// unless set here (http.ProxyFromEnvironment).
@@ -219,9 +228,11 @@ type Transport struct {
 	// that resume): at most one partial payload per sender, at most
 	// MaxSnapshotPartials and MaxSnapshotPartialBytes in all (the oldest
 	// goes first), each for SnapshotPartialTTL after its transfer broke.
-	// Partials are dropped when their transfer completes, when another
-	// snapshot from the same sender begins, and at Stop; they do not
-	// outlive the process. Zero means DefaultMaxSnapshotPartials,
+	// Partials are dropped when their transfer completes (leaving, for
+	// SnapshotPartialTTL, a record without bytes, so that a sender whose
+	// answer was lost learns the snapshot arrived and raft does not get it
+	// twice), when another snapshot from the same sender begins, and at
+	// Stop; they do not outlive the process. Zero means DefaultMaxSnapshotPartials,
 	// DefaultMaxSnapshotPartialBytes and DefaultSnapshotPartialTTL.
 	MaxSnapshotPartials     int
 	MaxSnapshotPartialBytes int64
@@ -326,6 +337,9 @@ func (t *Transport) Start() error {
 	}
 	cfg, err := t.validate()
 	if err != nil {
+		return err
+	}
+	if err := t.applyHostPool(&cfg); err != nil {
 		return err
 	}
 	t.cfg = cfg

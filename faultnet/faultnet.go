@@ -313,6 +313,7 @@ func (p *Proxy) Heal() {
 	p.update(func() {
 		p.latency, p.jitter, p.bandwidth, p.pace = 0, 0, 0, [2]time.Time{}
 		p.partition, p.blackhole = 0, false
+		p.resetEvery = 0
 	})
 	p.resetTainted()
 }

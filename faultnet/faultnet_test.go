@@ -497,8 +497,22 @@ func TestProxyResetConns(t *testing.T) {
 
 // TestFaultnetResetEvery checks that ResetEvery delivers exactly the bytes
 // up to each mark, then resets every connection, new ones included, once
-// per mark; bytes the other way do not count; off, nothing is reset.
+// per mark; bytes the other way do not count; off (or healed), nothing is
+// reset.
 func TestFaultnetResetEvery(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		off  func(*Proxy)
+	}{
+		{"ResetEvery(0)", func(p *Proxy) { p.ResetEvery(ClientToServer, 0) }},
+		{"Heal", (*Proxy).Heal},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testResetEvery(t, tc.off) })
+	}
+}
+
+// testResetEvery is TestFaultnetResetEvery with off turning ResetEvery off.
+func testResetEvery(t *testing.T, off func(*Proxy)) {
 	const every = 100 << 10
 	n := New(1)
 	tg := newTarget(t)
@@ -526,7 +540,7 @@ func TestFaultnetResetEvery(t *testing.T) {
 		t.Errorf("got %+v, want 2 resets after %d bytes to the server", st, 2*every)
 	}
 
-	p.ResetEvery(ClientToServer, 0)
+	off(p)
 	data := randomBytes(20, 2*every)
 	write(t, c, data)
 	expect(t, s, data)

@@ -101,6 +101,14 @@ const ourID = 0x2a
 // Start.
 func newOurSide(t testing.TB, clusterID uint64, configure func(*rafthttp.Transport)) *ourSide {
 	t.Helper()
+	return newOurSideServed(t, clusterID, configure, nil)
+}
+
+// newOurSideServed is newOurSide whose server's handler (behind the Tap)
+// serve returns for the started transport; nil means the transport's
+// Handler on /raft and /raft/.
+func newOurSideServed(t testing.TB, clusterID uint64, configure func(*rafthttp.Transport), serve func(*rafthttp.Transport) http.Handler) *ourSide {
+	t.Helper()
 	s := &ourSide{events: &eventLog{}, dir: t.TempDir(), errc: make(chan error, 1), stopc: make(chan struct{})}
 	s.rec = peerkit.NewRecorder(s.events.add)
 	s.tr = &rafthttp.Transport{
@@ -123,10 +131,16 @@ func newOurSide(t testing.TB, clusterID uint64, configure func(*rafthttp.Transpo
 	if err := s.tr.Start(); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle(rafthttp.RaftPrefix, s.tr.Handler())
-	mux.Handle(rafthttp.RaftPrefix+"/", s.tr.Handler())
-	s.tap = peerkit.NewTap(mux, s.events.add)
+	var h http.Handler
+	if serve != nil {
+		h = serve(s.tr)
+	} else {
+		mux := http.NewServeMux()
+		mux.Handle(rafthttp.RaftPrefix, s.tr.Handler())
+		mux.Handle(rafthttp.RaftPrefix+"/", s.tr.Handler())
+		h = mux
+	}
+	s.tap = peerkit.NewTap(h, s.events.add)
 	s.srv.Config.Handler = s.tap
 	s.srv.Start()
 	s.wg.Go(func() {
