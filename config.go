@@ -290,6 +290,9 @@ func (t *Transport) validate() (config, error) {
 		return config{}, fmt.Errorf("rafthttp: invalid Transport: %w", err)
 	}
 	c.features = t.localFeatures()
+	if c.maxReceiveBytes < batchMaxBytes {
+		c.features &^= 1 << featurePipelineBatch // a batch could never fit
+	}
 	c.featuresHeader = c.features.String()
 	c.sent, c.announce = newSentHeaders(&c)
 	return c, nil

@@ -41,6 +41,11 @@ const (
 	// the receiver's copy ends (snapshot_resume.go). A receiver announces
 	// it only if its SnapshotStore is a ResumableSnapshotStore.
 	featureSnapshotResume
+	// featurePipelineBatch: the sender may POST several queued messages
+	// at once to /raft/batch (pipeline_batch.go has the wire format). A
+	// receiver announces it only if its receive budget holds a whole
+	// batch (batchMaxBytes).
+	featurePipelineBatch
 
 	numFeatures // the number of features we know; keep it last
 )
@@ -51,11 +56,12 @@ var featureTokens = [numFeatures]string{
 	featureCRC32CTrailer:   "crc32c-trailer",
 	featureIdentityRefusal: "identity-refusal",
 	featureSnapshotResume:  "snapshot-resume",
+	featurePipelineBatch:   "pipeline-batch",
 }
 
 // supportedFeatures is what this version of the library can announce;
 // localFeatures says what a given Transport announces.
-const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureIdentityRefusal | 1<<featureSnapshotResume)
+const supportedFeatures = featureSet(1<<featureCRC32CTrailer | 1<<featureIdentityRefusal | 1<<featureSnapshotResume | 1<<featurePipelineBatch)
 
 // localFeatures is what t announces and uses: what this version supports
 // (or, in tests, what t.announce says), less what t's configuration cannot

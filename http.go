@@ -56,6 +56,7 @@ func newHandler(t *Transport) http.Handler {
 	mux.HandleFunc(RaftPrefix, t.gated(t.servePipeline))
 	mux.HandleFunc(RaftStreamPrefix+"/", t.gated(t.serveStream))
 	mux.HandleFunc(RaftSnapshotPrefix, t.gated(t.serveSnapshot))
+	mux.HandleFunc(pipelineBatchPath, t.gated(t.serveBatch))
 	mux.HandleFunc(snapshotResumePath, t.gated(t.serveSnapshotResume))
 	mux.Handle(ProbingPrefix, probing.NewHandler())
 	return mux

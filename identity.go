@@ -184,7 +184,7 @@ func parseMemberID(s string) (uint64, error) {
 // snapshot's queries count with the snapshot route).
 func identityRoute(p string) string {
 	switch p {
-	case RaftPrefix:
+	case RaftPrefix, pipelineBatchPath:
 		return identityRoutePipeline
 	case RaftSnapshotPrefix, snapshotResumePath:
 		return identityRouteSnapshot

@@ -85,6 +85,7 @@ func (m *Mux) init() {
 		mux.HandleFunc(RaftPrefix, m.refuse(http.MethodPost, false))
 		mux.HandleFunc(RaftStreamPrefix+"/", m.refuse(http.MethodGet, true))
 		mux.HandleFunc(RaftSnapshotPrefix, m.refuse(http.MethodPost, false))
+		mux.HandleFunc(pipelineBatchPath, m.refuse(http.MethodPost, false))
 		mux.HandleFunc(snapshotResumePath, m.refuse(http.MethodGet, false))
 		mux.Handle(ProbingPrefix, probing.NewHandler())
 		m.refusals = mux

@@ -19,8 +19,10 @@ import (
 )
 
 // pipeline sends messages one HTTP POST each (POST /raft), with a few
-// workers so that a slow POST does not hold up the next. It is the fallback
-// when streams are down, the path of MsgSnap, and all a remote has.
+// workers so that a slow POST does not hold up the next; to a peer that
+// announced featurePipelineBatch, several queued messages per POST
+// (pipeline_batch.go). It is the fallback when streams are down, the path
+// of MsgSnap, and all a remote has.
 type pipeline struct {
 	t       *Transport
 	to      uint64
@@ -62,14 +64,26 @@ func newPipeline(t *Transport, to uint64, lg *zap.Logger, status *peerStatus, pi
 func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup, owner string) {
 	for range pl.t.cfg.pipelineWorkers {
 		goLabelled(wg, formatID(pl.to), owner+" pipeline", func() {
+			var b batch
 			for {
-				select {
-				case m := <-pl.msgc:
-					pl.send(ctx, m)
-					pl.budget.releaseMsg(m)
-				case <-ctx.Done():
-					return
+				// A message gather took off the queue and left for later
+				// goes first, whatever ctx says: send abandons it if the
+				// owner is stopping, so that it is reported like the rest.
+				m := b.next
+				b.next = nil
+				if m == nil {
+					select {
+					case m = <-pl.msgc:
+					case <-ctx.Done():
+						return
+					}
 				}
+				if pl.batching() && b.gather(pl, m) {
+					pl.sendBatch(ctx, &b)
+					continue
+				}
+				pl.send(ctx, m)
+				pl.budget.releaseMsg(m)
 			}
 		})
 	}
@@ -79,7 +93,7 @@ func (pl *pipeline) start(ctx context.Context, wg *sync.WaitGroup, owner string)
 func (pl *pipeline) send(ctx context.Context, m *raftpb.Message) {
 	body := raftproto.AppendMessage(make([]byte, 0, raftproto.MessageSize(m)), m)
 	u := pl.picker.pick()
-	err := pl.post(ctx, u.String(), m, body)
+	_, err := pl.post(ctx, u.String(), RaftPrefix, m.GetType(), 1, body)
 	if err != nil && ctx.Err() != nil {
 		// The owner is stopping: not the peer's failure.
 		pl.abandon(m)
@@ -138,10 +152,12 @@ func (pl *pipeline) drain() {
 	}
 }
 
-// post makes one POST /raft and maps the answer to an error.
-func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, body []byte) error {
+// post makes one POST to route (RaftPrefix: one message of type typ;
+// pipelineBatchPath: n messages) and maps the answer to an error. It
+// returns the answer's header when there was an answer.
+func (pl *pipeline) post(ctx context.Context, base, route string, typ raftpb.MessageType, n int, body []byte) (http.Header, error) {
 	var rd io.Reader
-	if m.GetType() == raftpb.MsgSnap {
+	if typ == raftpb.MsgSnap {
 		// A MsgSnap may carry a whole state machine (raftexample style)
 		// and take as long as its size needs, but it must keep moving,
 		// and be answered in time once sent, as a SendSnapshot body must
@@ -162,9 +178,9 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		defer cancel()
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/raft", rd)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+route, rd)
 	if err != nil {
-		return fmt.Errorf("building pipeline request: %w", err)
+		return nil, fmt.Errorf("building pipeline request: %w", err)
 	}
 	// A Content-Length, not chunked, as etcd sends it (NewRequest sets it
 	// only for the readers it knows).
@@ -177,20 +193,20 @@ func (pl *pipeline) post(ctx context.Context, base string, m *raftpb.Message, bo
 		if ctx.Err() != nil {
 			// Why the request was cut: a stall, the timeout, the owner
 			// stopping.
-			return fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+			return nil, fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 		}
-		return err
+		return nil, err
 	}
 	defer drainClose(resp.Body)
 	pl.features.learn(resp.Header, pl.lg, pl.t.warns.now)
 	q := sentRequest{kind: postRequest, t: pl.t, lg: pl.lg, refused: &pl.refused, base: base}
 	if err := q.answerError(resp); err != nil {
-		return err
+		return resp.Header, err
 	}
 	if ce := pl.lg.Check(zap.DebugLevel, "sent message over the pipeline"); ce != nil {
-		ce.Write(zap.Stringer("message-type", m.GetType()), zap.Duration("took", time.Since(start)))
+		ce.Write(zap.Stringer("message-type", typ), zap.Int("messages", n), zap.Duration("took", time.Since(start)))
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // watchedBody is the body of a pipeline POST carrying a MsgSnap: the

@@ -36,6 +36,12 @@ const (
 // only of peers that announced featureSnapshotResume.
 const snapshotResumePath = RaftSnapshotPrefix + "/resume"
 
+// pipelineBatchPath is where several pipeline messages are POSTed at once
+// (pipeline_batch.go). Beyond etcd: used only with peers that announced
+// featurePipelineBatch. A route of its own, so that no etcd member or proxy
+// could ever take a batch for one message.
+const pipelineBatchPath = RaftPrefix + "/batch"
+
 // Header names of the raft HTTP protocol (spec §2.1). They are facts of the
 // wire format shared with etcd peers.
 const (
@@ -98,6 +104,12 @@ const (
 	// of the whole payload, from its first byte, whatever the offset the
 	// POST started at.
 	trailerPayloadCRC32C = "X-Rafthttp-Payload-Crc32c"
+
+	// headerBatchProcessed is, on the answer refusing a pipeline batch
+	// once Process has failed for one of its messages, how many of its
+	// messages raft took before that one (decimal): the sender reports
+	// the others as lost (pipeline_batch.go).
+	headerBatchProcessed = "X-Rafthttp-Batch-Processed"
 )
 
 // refusedPeerIdentity is the X-Rafthttp-Refused value of a request refused
