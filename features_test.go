@@ -71,8 +71,8 @@ func TestFeaturesOf(t *testing.T) {
 // oursAnnounce is the announcement this version sends, and
 // oursAnnounceNoStore its announcement without a ResumableSnapshotStore.
 const (
-	oursAnnounce        = "crc32c-trailer,identity-refusal,snapshot-resume"
-	oursAnnounceNoStore = "crc32c-trailer,identity-refusal"
+	oursAnnounce        = "crc32c-trailer,identity-refusal,snapshot-resume,pipeline-batch"
+	oursAnnounceNoStore = "crc32c-trailer,identity-refusal,pipeline-batch"
 )
 
 // TestFeatureSetString: the announcement we send, byte for byte, and that

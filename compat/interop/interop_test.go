@@ -550,7 +550,7 @@ func checkSnapshotRequest(t *testing.T, p *pair, snd, rcv side, from int, m *raf
 		return
 	}
 	// Ours to etcd.
-	if want := []string{"crc32c-trailer,identity-refusal,snapshot-resume"}; !slices.Equal(features, want) {
+	if want := []string{"crc32c-trailer,identity-refusal,snapshot-resume,pipeline-batch"}; !slices.Equal(features, want) {
 		t.Errorf("our snapshot POST announced %q, want %q (etcd ignores it)", features, want)
 	}
 	if want := 8 + int64(proto.Size(m)) + size; req.Len != want {
