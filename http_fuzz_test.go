@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -137,6 +138,7 @@ func htFuzzRequest(method, path, serverVersion, minClusterVersion, clusterID, fr
 // store returned (the fuzzed requests come with their context done).
 var htFuzzStatuses = map[string][]int{
 	RaftPrefix:             {204, 400, 403, 405, 412, 413, 500, 503},
+	pipelineBatchPath:      {204, 400, 403, 405, 412, 413, 500, 503},
 	RaftStreamPrefix + "/": {200, 404, 405, 410, 412},
 	RaftSnapshotPrefix:     {204, 400, 403, 405, 409, 500, 412, 503},
 	snapshotResumePath:     {200, 204, 400, 404, 405, 412, 503}, // 404: the store does not resume
@@ -191,7 +193,7 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 	code, respBody := rec.Code, rec.Body.String()
 	if res.panic != nil {
 		// Only the pipeline's deliberate abort after a 500 may panic.
-		if res.panic != http.ErrAbortHandler || pattern != RaftPrefix || code != 500 || respBody != "error processing raft message\n" {
+		if res.panic != http.ErrAbortHandler || (pattern != RaftPrefix && pattern != pipelineBatchPath) || code != 500 || respBody != "error processing raft message\n" {
 			t.Fatalf("%s %q: handler panicked (status %d, body %q): %v\n%s", method, path, code, respBody, res.panic, res.stack)
 		}
 	}
@@ -216,6 +218,18 @@ func htFuzzServe(t *testing.T, tr *Transport, h http.Handler, method, path, serv
 	}
 	if len(respBody) > 1024 {
 		t.Fatalf("%s %q: got a body of %d bytes, want at most 1 KiB", method, path, len(respBody))
+	}
+	if pattern == pipelineBatchPath {
+		// The count of a batch's processed messages comes only with a
+		// refusal from Process (500, or the error's own 403), and is
+		// below the messages a batch may hold.
+		v, present := rec.Header()[http.CanonicalHeaderKey(headerBatchProcessed)]
+		if present != (code == 500 || (code == 403 && respBody == htRemovedBody)) {
+			t.Fatalf("%s %q: status %d with %s %q", method, path, code, headerBatchProcessed, v)
+		}
+		if k, err := strconv.Atoi(strings.Join(v, ",")); present && (err != nil || k < 0 || k >= batchMaxMessages || strconv.Itoa(k) != v[0]) {
+			t.Fatalf("%s %q: %s %q, want one count below %d", method, path, headerBatchProcessed, v, batchMaxMessages)
+		}
 	}
 	switch code {
 	case 204:
@@ -307,6 +321,44 @@ func FuzzServePipeline(f *testing.F) {
 	f.Add("GET", "/raft", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
 	f.Add("POST", "/raft/../raft", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, app)
 	f.Add("POST", "/raft/probing", "", "", "", "", "", "", []byte(nil))
+	f.Fuzz(func(t *testing.T, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs string, body []byte) {
+		htFuzzServe(t, tr, h, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs, body)
+	})
+}
+
+func FuzzServeBatch(f *testing.F) {
+	tr, h := newFuzzTransport(f, false)
+	msg := func(commit uint64, c string) *raftpb.Message {
+		m := newMsg(raftpb.MsgApp, htPeerID, htLocalID, 10, withCommit(commit), withEntry("put x=1"))
+		if c != "" {
+			m.Context = []byte(c)
+		}
+		return m
+	}
+	frame := func(ms ...*raftpb.Message) []byte {
+		var b []byte
+		for _, m := range ms {
+			b = appendMessageFrame(b, m)
+		}
+		return b
+	}
+	post := func(cid, from string, body []byte) {
+		f.Add("POST", "/raft/batch", seedVersion, seedMin, cid, from, "", seedURLs, body)
+	}
+	two := frame(msg(1, ""), msg(2, ""))
+	post(seedCID, seedFrom, two)
+	post(seedCID, seedFrom, frame(msg(1, ""), msg(2, "fail"), msg(3, "")))
+	post(seedCID, seedFrom, frame(msg(1, ""), msg(2, "removed")))
+	post(seedCID, seedFrom, frame(msg(1, "fail")))
+	post(seedCID, seedFrom, nil)
+	post(seedCID, seedFrom, two[:len(two)-1])
+	post(seedCID, seedFrom, two[:5])
+	post(seedCID, seedFrom, append(binary.BigEndian.AppendUint64(nil, 1<<63), 0x08))
+	post(seedCID, seedFrom, make([]byte, 8*(batchMaxMessages+1)))
+	post(seedCID, seedFrom, append(binary.BigEndian.AppendUint64(nil, 4), 0xff, 0xff, 0xff, 0xff))
+	post(seedCID, "c3", two)
+	post("BEEF1000", seedFrom, two)
+	f.Add("GET", "/raft/batch", seedVersion, seedMin, seedCID, seedFrom, "", seedURLs, []byte(nil))
 	f.Fuzz(func(t *testing.T, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs string, body []byte) {
 		htFuzzServe(t, tr, h, method, path, serverVersion, minClusterVersion, clusterID, from, raftTo, peerURLs, body)
 	})
