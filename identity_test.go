@@ -320,6 +320,25 @@ func TestPeerIdentityRequests(t *testing.T) {
 			return bytes.NewReader(append(htEnvelope(t, newMsg(raftpb.MsgSnap, from, htLocalID, 12)), "payload"...))
 		}
 	}
+	batch := func(froms ...uint64) func(t *testing.T) io.Reader {
+		return func(t *testing.T) io.Reader {
+			var b []byte
+			for i, from := range froms {
+				typ := raftpb.MsgHeartbeat
+				if from != htPeerID {
+					typ = raftpb.MsgVoteResp
+				}
+				b = appendMessageFrame(b, newMsg(typ, from, htLocalID, uint64(i+1)))
+			}
+			return bytes.NewReader(b)
+		}
+	}
+	forwarded := func(t *testing.T) io.Reader {
+		return bytes.NewReader(append(appendMessageFrame(nil, newMsg(raftpb.MsgHeartbeat, htPeerID, htLocalID, 1)),
+			appendMessageFrame(nil, newMsg(raftpb.MsgProp, htStranger, htLocalID, 2))...))
+	}
+	// htBatch is POST /raft/batch, with a pipeline POST's headers.
+	const htBatch = htKind(100)
 	const streamB2, streamC3 = "/raft/stream/message/b2", "/raft/stream/msgapp/c3"
 	tests := []struct {
 		name     string
@@ -360,6 +379,15 @@ func TestPeerIdentityRequests(t *testing.T) {
 		{name: "pipeline claiming another member, check off", kind: htPipeline, off: true, conn: verified(htPeerID), header: claim("c3"),
 			body: msg(raftpb.MsgVoteResp, htStranger), wantCode: http.StatusNoContent, processed: true},
 
+		{name: "batch from the certificate's member", kind: htBatch, conn: verified(htPeerID), header: ours,
+			body: batch(htPeerID, htPeerID), wantCode: http.StatusNoContent, processed: true},
+		{name: "batch with one message from another member", kind: htBatch, conn: verified(htPeerID), header: ours,
+			body: batch(htPeerID, htStranger, htPeerID), wantCode: http.StatusForbidden, wantReason: identityMessageFrom},
+		{name: "batch with a forwarded proposal", kind: htBatch, conn: verified(htPeerID), header: ours,
+			body: forwarded, wantCode: http.StatusNoContent, processed: true},
+		{name: "batch claiming another member", kind: htBatch, conn: verified(htPeerID), header: claim("c3"),
+			body: batch(htStranger), wantCode: http.StatusForbidden, wantReason: identityMismatch},
+
 		{name: "stream of another member", kind: htStream, path: streamC3, conn: verified(htPeerID), header: claim("c3"),
 			wantCode: http.StatusForbidden, wantReason: identityMismatch},
 		{name: "stream of another member, honest X-Server-From", kind: htStream, path: streamC3, conn: verified(htPeerID), header: ours,
@@ -382,6 +410,7 @@ func TestPeerIdentityRequests(t *testing.T) {
 	}
 	routes := map[htKind]struct{ method, path, route string }{
 		htPipeline: {http.MethodPost, RaftPrefix, identityRoutePipeline},
+		htBatch:    {http.MethodPost, pipelineBatchPath, identityRoutePipeline},
 		htStream:   {http.MethodGet, streamB2, identityRouteStream},
 		htSnapshot: {http.MethodPost, RaftSnapshotPrefix, identityRouteSnapshot},
 	}
