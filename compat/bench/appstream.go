@@ -183,6 +183,7 @@ type measurement struct {
 	bytes   uint64        // bytes allocated on the heap, whole process
 	gcs     uint32        // GC cycles completed
 	cpu     time.Duration // user+system CPU of the whole process
+	posts   int64         // pipeline POSTs that carried the messages (scenario 8)
 }
 
 func (m measurement) perSecond() float64 { return float64(m.msgs) / m.elapsed.Seconds() }

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"io"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,4 +359,37 @@ func TestRaftApplyRejects(t *testing.T) {
 			t.Error("a follower's apply told the client")
 		}
 	})
+}
+
+// TestFrameCounter: the tap counts the frames of a batch body whatever the
+// sizes of the reads that carry it.
+func TestFrameCounter(t *testing.T) {
+	var body []byte
+	for _, n := range []int{0, 1, 7, 300, 8} {
+		body = binary.BigEndian.AppendUint64(body, uint64(n))
+		body = append(body, bytes.Repeat([]byte{0xaa}, n)...)
+	}
+	for _, tc := range []struct {
+		name string
+		read int
+	}{
+		{name: "a byte at a time", read: 1},
+		{name: "3 bytes", read: 3},
+		{name: "8 bytes", read: 8},
+		{name: "all at once", read: len(body)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n atomic.Int64
+			c := &frameCounter{ReadCloser: io.NopCloser(bytes.NewReader(body)), frames: &n}
+			buf := make([]byte, tc.read)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					break
+				}
+			}
+			if got := n.Load(); got != 5 {
+				t.Errorf("counted %d frames, want 5", got)
+			}
+		})
+	}
 }

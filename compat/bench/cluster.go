@@ -131,7 +131,7 @@ func (c *cluster) linkState() clusterLinks {
 	s := clusterLinks{posts: make([]int64, n), ended: make([]int64, n), unreachable: make([]int64, n),
 		streams: make([]map[uint64][2]rafthttp.StreamStats, n)}
 	for i, nd := range c.nodes {
-		s.posts[i] = nd.tap.pipelinePosts.Load()
+		s.posts[i] = nd.tap.pipelinePosts.Load() + nd.tap.batchPosts.Load()
 		s.ended[i] = nd.tap.streamsEnded.Load()
 		s.unreachable[i] = nd.raft.unreachable.Load()
 		if nd.ours != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -124,28 +125,49 @@ func (s *sink) ReportSnapshot(_ uint64, status raft.SnapshotStatus) {
 // says so in PeerStats: see streamsUp), and prove that no stream of either
 // kind reconnected during a measurement.
 //
-// With refuseStreams, it answers every stream request itself with a bare
-// 404, as a server that does not serve the stream routes: no
-// X-Server-Version header, which both transports read as a peer too old
-// for streams (etcd's errUnsupportedStreamType, our
-// ErrUnsupportedStreamType), so they keep sending by the pipeline without
-// marking the peer inactive, and keep redialling.
+// With refuseStreams, it answers every stream request itself with a 404
+// without X-Server-Version, as a server that does not serve the stream
+// routes, which both transports read as a peer too old for streams (etcd's
+// errUnsupportedStreamType, our ErrUnsupportedStreamType), so they keep
+// sending by the pipeline without marking the peer inactive, and keep
+// redialling. The 404 carries the X-Rafthttp-Features the node announced
+// on its last pipeline answer, if any (none for etcd), as every answer of
+// a server of ours does: without it, each refused dial would tell our
+// sender that the peer announces nothing, and turn its batches off until
+// the next pipeline answer.
+//
+// Pipeline batches (POST /raft/batch, ours only) are counted apart, with
+// the messages their bodies carry (frames, counted as the body is read).
 type tap struct {
 	next           http.Handler
 	refuseStreams  bool
-	pipelinePosts  atomic.Int64
+	pipelinePosts  atomic.Int64 // POST /raft: one message each
+	batchPosts     atomic.Int64 // POST /raft/batch
+	batchMsgs      atomic.Int64 // messages framed in the batches' bodies
 	streamsBegun   atomic.Int64
 	streamsEnded   atomic.Int64
 	msgAppV2Begun  atomic.Int64
 	streamsRefused atomic.Int64
+	announced      atomic.Pointer[string]
 }
+
+// headerFeatures is our transport's announcement header (etcd sends none).
+const headerFeatures = "X-Rafthttp-Features"
 
 func (t *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodPost && r.URL.Path == "/raft":
 		t.pipelinePosts.Add(1)
+		defer t.learnAnnouncement(w)
+	case r.Method == http.MethodPost && r.URL.Path == "/raft/batch":
+		t.batchPosts.Add(1)
+		r.Body = &frameCounter{ReadCloser: r.Body, frames: &t.batchMsgs}
+		defer t.learnAnnouncement(w)
 	case strings.HasPrefix(r.URL.Path, "/raft/stream/") && t.refuseStreams:
 		t.streamsRefused.Add(1)
+		if a := t.announced.Load(); a != nil {
+			w.Header().Set(headerFeatures, *a)
+		}
 		http.NotFound(w, r)
 		return
 	case strings.HasPrefix(r.URL.Path, "/raft/stream/"):
@@ -156,6 +178,45 @@ func (t *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer t.streamsEnded.Add(1)
 	}
 	t.next.ServeHTTP(w, r)
+}
+
+// learnAnnouncement keeps what the node announced on an answer it served.
+func (t *tap) learnAnnouncement(w http.ResponseWriter) {
+	if v := w.Header().Get(headerFeatures); v != "" {
+		if a := t.announced.Load(); a == nil || *a != v {
+			t.announced.Store(&v)
+		}
+	}
+}
+
+// frameCounter counts the frames of a pipeline batch's body as it is read:
+// each a big-endian uint64 length, then that many bytes.
+type frameCounter struct {
+	io.ReadCloser
+	frames *atomic.Int64
+	hdr    [8]byte
+	nh     int    // bytes of hdr read
+	left   uint64 // bytes of the current frame still to come
+}
+
+func (c *frameCounter) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	for b := p[:n]; len(b) > 0; {
+		if c.left > 0 {
+			k := min(uint64(len(b)), c.left)
+			c.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(c.hdr[c.nh:], b)
+		c.nh += k
+		b = b[k:]
+		if c.nh == len(c.hdr) {
+			c.left, c.nh = binary.BigEndian.Uint64(c.hdr[:]), 0
+			c.frames.Add(1)
+		}
+	}
+	return n, err
 }
 
 // openStreams is the number of stream handlers running now.
@@ -421,7 +482,7 @@ type linkState struct {
 func (p *pair) linkState() linkState {
 	var s linkState
 	for i, n := range []*node{p.a, p.b} {
-		s.posts[i] = n.tap.pipelinePosts.Load()
+		s.posts[i] = n.tap.pipelinePosts.Load() + n.tap.batchPosts.Load()
 		s.ended[i] = n.tap.streamsEnded.Load()
 		s.unreachable[i] = n.raft.unreachable.Load()
 		if n.ours != nil {

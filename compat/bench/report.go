@@ -51,6 +51,7 @@ func rows(cfg *config) []row {
 		{fmt.Sprintf("8. pipeline only (streams refused) %s, window %d: msg/s", cfg.small, pipelineWindow), "pipe.rate", "%.0f", "higher"},
 		{"8. pipeline only: allocs per message", "pipe.allocs", "%.1f", "lower"},
 		{"8. pipeline only: CPU per message (µs)", "pipe.cpu", "%.2f", "lower"},
+		{"8. pipeline only: messages per POST", "pipe.perpost", "%.2f", "higher"},
 		{fmt.Sprintf("9. raft cluster (%s): commits/s", cfg.raft), "raft.rate", "%.0f", "higher"},
 		{"9. raft cluster: commit latency p50 (µs)", "raft.p50", "%.0f", "lower"},
 		{"9. raft cluster: commit latency p99 (µs)", "raft.p99", "%.0f", "lower"},
