@@ -73,7 +73,7 @@ func TestSnapshotFeatures(t *testing.T) {
 		wantTrailer  bool
 	}{
 		{"to etcd", etcd, "", false},
-		{"to ours", ours, "crc32c-trailer,identity-refusal,snapshot-resume", true}, // its DirSnapshotStore resumes
+		{"to ours", ours, "crc32c-trailer,identity-refusal,snapshot-resume,pipeline-batch", true}, // its DirSnapshotStore resumes
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -187,7 +187,7 @@ func TestSnapshotFeatures(t *testing.T) {
 			// We announce to every peer: etcd ignores the header. The
 			// sender has no SnapshotStore, so it does not announce
 			// resumable snapshots (nor resume: one POST).
-			if want := "crc32c-trailer,identity-refusal"; p.features != want {
+			if want := "crc32c-trailer,identity-refusal,pipeline-batch"; p.features != want {
 				t.Errorf("X-Rafthttp-Features = %q, want %q", p.features, want)
 			}
 			gotTrailer := len(p.trailer) > 0
@@ -196,6 +196,132 @@ func TestSnapshotFeatures(t *testing.T) {
 			}
 			if tc.wantTrailer && p.trailer.Get("X-Rafthttp-Crc32c") == "" {
 				t.Errorf("trailer %v carries no X-Rafthttp-Crc32c", p.trailer)
+			}
+		})
+	}
+}
+
+// pipelineTap counts, in front of a receiver's handler, the single
+// pipeline POSTs and the batch POSTs (ours only) it serves.
+type pipelineTap struct {
+	mu               sync.Mutex
+	singles, batches int
+}
+
+func (p *pipelineTap) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			p.mu.Lock()
+			switch r.URL.Path {
+			case rafthttp.RaftPrefix:
+				p.singles++
+			case rafthttp.RaftPrefix + "/batch":
+				p.batches++
+			}
+			p.mu.Unlock()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (p *pipelineTap) counts() (singles, batches int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.singles, p.batches
+}
+
+// TestPipelineBatchNegotiation sends messages from our Transport by its
+// pipeline (the receiver does not know us, so it refuses our stream dials
+// with 404) to an etcd 3.7 Transport and, as a control, to one of ours,
+// all in one Send, so that they queue together. etcd announces nothing: it
+// gets one POST /raft per message, etcd's bytes. Ours announces
+// pipeline-batch (on its 404s too) and gets batches. Every message
+// reaches the receiver's raft once either way.
+func TestPipelineBatchNegotiation(t *testing.T) {
+	const n = 40 // within the pipeline's queue (64) and the recording raft's (64)
+	for _, tc := range []struct {
+		name         string
+		receiver     kind
+		wantFeatures string
+		wantBatches  bool
+	}{
+		{"to etcd", etcd, "", false},
+		{"to ours", ours, "crc32c-trailer,identity-refusal,pipeline-batch", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tap := &pipelineTap{}
+			recv := newRecordingRaft()
+			srv := httptest.NewUnstartedServer(nil)
+			recvURL := "http://" + srv.Listener.Addr().String()
+			logs := &logBuffer{}
+			lg := newLogger(logs, fmt.Sprintf("%s-2", tc.receiver))
+			sender := newListenerNode(t, 1)
+			var stop func()
+			switch tc.receiver {
+			case etcd:
+				tr := &etcdhttp.Transport{Logger: lg, DialTimeout: 2 * time.Second, ID: types.ID(2),
+					URLs: types.MustNewURLs([]string{recvURL}), ClusterID: types.ID(clusterID), Raft: recv,
+					ServerStats: stats.NewServerStats("", "2"), LeaderStats: stats.NewLeaderStats(lg, "2"), ErrorC: make(chan error, 1)}
+				if err := tr.Start(); err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				stop = tr.Stop
+				srv.Config.Handler = mount(tap.wrap(tr.Handler()))
+			case ours:
+				tr := &rafthttp.Transport{ID: 2, ClusterID: clusterID, Raft: recv, Logger: lg, URLs: []string{recvURL}}
+				if err := tr.Start(); err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+				stop = tr.Stop
+				srv.Config.Handler = mount(tap.wrap(tr.Handler()))
+			}
+			srv.Start()
+			t.Cleanup(func() {
+				sender.stop()
+				stop()
+				srv.CloseClientConnections()
+				srv.Close()
+				if t.Failed() {
+					t.Logf("logs of the receiver:\n%s", logs)
+				}
+			})
+			if err := sender.tr.AddPeer(2, []string{recvURL}); err != nil {
+				t.Fatal(err)
+			}
+			// A refused dial's answer is the receiver's announcement (etcd:
+			// its silence, which is what we assume of a peer not heard
+			// from).
+			eventually(t, "the receiver's announcement", func() bool {
+				return sender.status(t, 2).Features == tc.wantFeatures
+			})
+			msgs := make([]*raftpb.Message, n)
+			for i := range msgs {
+				msgs[i] = &raftpb.Message{Type: raftpb.MsgHeartbeat.Enum(), From: proto.Uint64(1), To: proto.Uint64(2),
+					Term: proto.Uint64(2), Commit: proto.Uint64(uint64(i + 1))}
+			}
+			sender.tr.Send(msgs)
+			seen := map[uint64]bool{}
+			for range n {
+				select {
+				case m := <-recv.msgc:
+					if seen[m.GetCommit()] {
+						t.Errorf("message %d delivered twice", m.GetCommit())
+					}
+					seen[m.GetCommit()] = true
+				case <-time.After(20 * time.Second):
+					t.Fatalf("the receiver's raft got %d of %d messages", len(seen), n)
+				}
+			}
+			singles, batches := tap.counts()
+			t.Logf("%d messages: %d POST /raft, %d POST /raft/batch", n, singles, batches)
+			if tc.wantBatches != (batches > 0) {
+				t.Errorf("%d batch POSTs, want some: %v", batches, tc.wantBatches)
+			}
+			if !tc.wantBatches && singles != n {
+				t.Errorf("%d POST /raft, want one per message (%d)", singles, n)
+			}
+			if st := sender.status(t, 2); st.Dropped != 0 {
+				t.Errorf("%d messages dropped, want none", st.Dropped)
 			}
 		})
 	}
