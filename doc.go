@@ -123,8 +123,9 @@
 // 403 marked X-Rafthttp-Refused: peer-identity as a refusal of its
 // certificate, not as its removal; and resumable snapshots (announced by a
 // member whose SnapshotStore is a ResumableSnapshotStore), which add GET
-// /raft/snapshot/resume and headers on the snapshot POST. etcd announces
-// nothing, so it gets etcd's bytes.
+// /raft/snapshot/resume and headers on the snapshot POST; and pipeline
+// batches: several queued messages in one POST /raft/batch
+// (pipeline_batch.go). etcd announces nothing, so it gets etcd's bytes.
 //
 // # Snapshots
 //
@@ -181,7 +182,8 @@
 //   - peer.go, remote.go: a member we talk to, and one we only answer;
 //     streams.go: the table of stream types (a new stream type is a row
 //     there plus a codec); stream_writer.go, stream_reader.go: the two ends
-//     of a stream; pipeline.go: POST /raft.
+//     of a stream; pipeline.go: POST /raft; pipeline_batch.go: POST
+//     /raft/batch, both ends and its wire format.
 //   - coder.go, msgappv2_codec.go: the two stream codecs (compression of
 //     msgappv2 would go in its codec, switched on by a feature);
 //     internal/raftproto: the protobuf codec and what decoding costs.
