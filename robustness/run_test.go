@@ -151,7 +151,7 @@ func runOnce(t testing.TB, cfg runConfig) *runResult {
 	}
 	closeLog()
 	res.Elapsed = time.Since(start)
-	if (res.failed() || res.Linearizable == porcupine.Unknown) && cfg.OutDir != "" {
+	if (res.failed() || len(res.Inconclusive) > 0) && cfg.OutDir != "" {
 		if err := res.writeArtifacts(logPath); err != nil {
 			t.Errorf("writing the artifacts of seed %d: %v", cfg.Seed, err)
 		}
@@ -355,14 +355,14 @@ func (r *runResult) balance(c *cluster, base accountingState) {
 		} else {
 			what += fmt.Sprintf("%d more delivered or reported than sent", accounted-d.sent)
 		}
-		survived := true
+		var broke []string
 		for _, from := range c.ids {
 			if from != to && !sameStreams(base.writers[pair{from, to}], now.writers[pair{from, to}]) {
-				survived = false
+				broke = append(broke, fmt.Sprintf("%d→%d", from, to))
 			}
 		}
-		if !survived {
-			r.Inconclusive = append(r.Inconclusive, what+" (a stream connection to it broke)")
+		if len(broke) > 0 {
+			r.Inconclusive = append(r.Inconclusive, fmt.Sprintf("%s (stream connections broke: %s)", what, strings.Join(broke, ", ")))
 			continue
 		}
 		r.violate("accounting", "%s", what)
