@@ -389,15 +389,6 @@ func (p *batchPeer) received() []batchPost {
 	return slices.Clone(p.posts)
 }
 
-// messages returns how many messages the posts carried.
-func messages(posts []batchPost) int {
-	n := 0
-	for _, p := range posts {
-		n += len(p.msgs)
-	}
-	return n
-}
-
 // TestPipelineBatchSending: with one worker held on a first POST, ten
 // messages queue behind it; what the worker then POSTs, and what the
 // sender reports and counts, for each answer and each side's announcement.
