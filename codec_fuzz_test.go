@@ -97,7 +97,7 @@ func emptyEntryForTest(b []byte) bool {
 // checkDecodeAllocs decodes data to its end with a fresh decoder from dec
 // and fails t if that allocates, measured on the heap, more than the bound
 // a decoder keeps: MaxCostPerByte per input byte, plus the exact buffer of
-// one announced frame (up to limit), plus its fixed buffers and arena.
+// one announced frame (up to limit), plus its fixed buffers.
 func checkDecodeAllocs(t *testing.T, data []byte, limit uint64, dec func(io.Reader) decoder) {
 	t.Helper()
 	d := dec(bytes.NewReader(data))

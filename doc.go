@@ -71,8 +71,7 @@
 // little else: each entry lives in an allocation of its own with its bytes
 // (its Data aliases them), so that an entry raft or the application keeps
 // keeps nothing else alive, and costs no more than protobuf's own decoding
-// of it; the msgappv2 stream carves message blocks, which raft drops after
-// stepping them, from a per-stream arena. While appends stream at full
+// of it. While appends stream at full
 // speed, heartbeats and votes are not held up behind them by Go's
 // scheduler, which polls the network rarely when every core is busy: while
 // appends move at bulk rates (64 MB/s or more, measured), the loops give

@@ -101,7 +101,6 @@ type msgAppV2Decoder struct {
 	hdr           [frameHeaderLen]byte
 	scratch       []byte // raw entries of the AppEntries record being read
 	ends          []int  // where each entry ends in scratch
-	arena         raftproto.Arena
 }
 
 // newMsgAppV2Decoder returns a decoder reading r. limit bounds the bytes of
@@ -224,7 +223,7 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 			}
 		}
 	}
-	m := d.arena.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
+	m := raftproto.NewMsgApp(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, ents)
 	d.state.index += count
 	return m, int(total), nil
 }
@@ -232,7 +231,7 @@ func (d *msgAppV2Decoder) decodeAppEntries() (*raftpb.Message, int, error) {
 // decodeAppEntry reads the rest of an AppEntries record of one entry, the
 // common case, straight into the allocation the entry will live in
 // (raftproto.EntrySlot: one allocation, two beyond 8 KiB), with no copy; the
-// message comes from the decoder's arena. total is the record's size so
+// message with its entry slice is one more. total is the record's size so
 // far, its entry excluded.
 func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, error) {
 	size, err := d.readEntrySize(total)
@@ -260,7 +259,7 @@ func (d *msgAppV2Decoder) decodeAppEntry(total uint64) (*raftpb.Message, int, er
 		d.refund()
 		return nil, 0, fmt.Errorf("%w: msgappv2 entry: %v", ErrMalformedFrame, err)
 	}
-	m := d.arena.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, e)
+	m := raftproto.NewMsgApp1(d.local, d.remote, d.state.term, d.state.term, d.state.index, commit, e)
 	d.state.index++
 	return m, int(total), nil
 }

@@ -239,19 +239,6 @@ func TestEntrySlot(t *testing.T) {
 	})
 }
 
-// TestNewMsgApp: a MsgApp built from the arena carries every field it was
-// given.
-func TestNewMsgApp(t *testing.T) {
-	ents := []*raftpb.Entry{entry(2, 12, "b")}
-	var a Arena
-	got := a.NewMsgApp(2, 1, 3, 3, 11, 10, ents)
-	want := &raftpb.Message{Type: raftpb.MsgApp.Enum(), To: proto.Uint64(2), From: proto.Uint64(1),
-		Term: proto.Uint64(3), LogTerm: proto.Uint64(3), Index: proto.Uint64(11), Commit: proto.Uint64(10), Entries: ents}
-	if !proto.Equal(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-}
-
 func TestAllocs(t *testing.T) {
 	msgs := sampleMessages()
 	tests := []struct {
@@ -276,13 +263,4 @@ func TestAllocs(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newMsgApp returns a MsgApp with the given fields set in a block of its
-// own: what the arena's messages must equal.
-func newMsgApp(to, from, term, logTerm, index, commit uint64, ents []*raftpb.Entry) *raftpb.Message {
-	blk := new(msgBlock)
-	m := blk.setMsgApp(to, from, term, logTerm, index, commit)
-	m.Entries = ents
-	return m
 }
