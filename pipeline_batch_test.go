@@ -631,3 +631,32 @@ func TestPipelineBatchMux(t *testing.T) {
 		})
 	}
 }
+
+// TestPipelineBatchNeedsRoom: a member announces pipeline-batch only if its
+// receive budget can hold a whole batch, since a peer may send it one.
+func TestPipelineBatchNeedsRoom(t *testing.T) {
+	const small = 64 << 10 // MaxMessageBytes and MaxSnapshotEnvelopeBytes, below any budget tried
+	for _, tc := range []struct {
+		name       string
+		maxReceive int
+		want       bool
+	}{
+		{"default budget", 0, true},
+		{"exactly a batch", batchMaxBytes, true},
+		{"a byte short of a batch", batchMaxBytes - 1, false},
+		{"a small budget", small, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &Transport{ID: 1, ClusterID: 1, Raft: newFakeRaft(), MaxMessageBytes: small, MaxSnapshotEnvelopeBytes: small, MaxReceiveBytes: tc.maxReceive}
+			c, err := tr.validate()
+			if err != nil {
+				t.Fatalf("validate: %v", err)
+			}
+			has := c.features&(1<<featurePipelineBatch) != 0
+			announced := parseFeatures(c.featuresHeader)&(1<<featurePipelineBatch) != 0
+			if has != tc.want || announced != tc.want {
+				t.Errorf("pipeline-batch in features %v, announced %v (%q); want %v", has, announced, c.featuresHeader, tc.want)
+			}
+		})
+	}
+}
