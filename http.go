@@ -186,35 +186,44 @@ func (t *Transport) admit(w http.ResponseWriter, r *http.Request) (rh requestHea
 	return rh, t.checkRequest(w, r, &rh)
 }
 
-// servePipeline handles POST /raft: one message per request (spec §2.2).
-func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
+// readPipelineBody is the prologue of the pipeline's routes, POST /raft
+// and POST /raft/batch: the method and admit checks, what the request
+// tells of its sender, and the body. Unlike etcd, which reads any size, the
+// body is bounded by limit, allocated once at its length, and charged to
+// ch, which the caller refunds once the last Process returns. what ("message"
+// or "message batch") names the body in refusals and logs. If ok is false,
+// the request has been answered.
+func (t *Transport) readPipelineBody(w http.ResponseWriter, r *http.Request, limit int64, ch *recvCharger, what string) (rh requestHeaders, body []byte, ok bool) {
 	if !allowMethod(w, r, http.MethodPost) {
-		return
+		return rh, nil, false
 	}
-	rh, ok := t.admit(w, r)
-	if !ok {
-		return
+	if rh, ok = t.admit(w, r); !ok {
+		return rh, nil, false
 	}
 	t.addRemoteFromRequest(&rh)
 	t.learnFeatures(&rh)
-
-	// Unlike etcd, which reads any size, the body is bounded, allocated
-	// once at its length, and charged to the receive budget with its
-	// decode until Process returns.
-	limit := int64(t.cfg.maxMessageBytes)
 	if r.ContentLength > limit {
-		http.Error(w, "raft message too large", http.StatusRequestEntityTooLarge)
-		return
+		http.Error(w, "raft "+what+" too large", http.StatusRequestEntityTooLarge)
+		return rh, nil, false
 	}
-	ch := recvCharger{budget: t.budget, ctx: r.Context()}
-	defer ch.refund()
 	rc := http.NewResponseController(w)
-	body, err := readBody(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), r.ContentLength, limit, &ch)
+	body, err := readBody(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), r.ContentLength, limit, ch)
 	if err != nil {
 		if n, ok := t.warns.allow(warnReadBody); ok {
-			t.lg.Warn("failed to read Raft message", zap.Error(err), suppressed(n))
+			t.lg.Warn("failed to read Raft "+what, zap.Error(err), suppressed(n))
 		}
-		refuseBody(w, err, "error reading raft message")
+		refuseBody(w, err, "error reading raft "+what)
+		return rh, nil, false
+	}
+	return rh, body, true
+}
+
+// servePipeline handles POST /raft: one message per request (spec §2.2).
+func (t *Transport) servePipeline(w http.ResponseWriter, r *http.Request) {
+	ch := recvCharger{budget: t.budget, ctx: r.Context()}
+	defer ch.refund()
+	rh, body, ok := t.readPipelineBody(w, r, int64(t.cfg.maxMessageBytes), &ch, "message")
+	if !ok {
 		return
 	}
 	m, _, err := raftproto.UnmarshalMessageCharged(body, &ch)

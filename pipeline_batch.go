@@ -222,31 +222,12 @@ func decodeBatch(body []byte, limit uint64, ch *recvCharger, msgs []*raftpb.Mess
 // handed to Process in order (see the top of this file). Every check of a
 // single POST applies, to the body as a whole and to each message.
 func (t *Transport) serveBatch(w http.ResponseWriter, r *http.Request) {
-	if !allowMethod(w, r, http.MethodPost) {
-		return
-	}
-	rh, ok := t.admit(w, r)
-	if !ok {
-		return
-	}
-	t.addRemoteFromRequest(&rh)
-	t.learnFeatures(&rh)
-
 	// As a single POST's: bounded, read at its length, and charged to
 	// the receive budget with its decodes until the last Process returns.
-	if r.ContentLength > batchMaxBytes {
-		http.Error(w, "raft message batch too large", http.StatusRequestEntityTooLarge)
-		return
-	}
 	ch := recvCharger{budget: t.budget, ctx: r.Context()}
 	defer ch.refund()
-	rc := http.NewResponseController(w)
-	body, err := readBody(newPacedBody(r.Body, rc, t.cfg.pipelineTimeout), r.ContentLength, batchMaxBytes, &ch)
-	if err != nil {
-		if n, ok := t.warns.allow(warnReadBody); ok {
-			t.lg.Warn("failed to read Raft message batch", zap.Error(err), suppressed(n))
-		}
-		refuseBody(w, err, "error reading raft message batch")
+	rh, body, ok := t.readPipelineBody(w, r, batchMaxBytes, &ch, "message batch")
+	if !ok {
 		return
 	}
 	var msgsBuf [8]*raftpb.Message
