@@ -1268,18 +1268,7 @@ func TestSnapshotResumeSavedNotProcessed(t *testing.T) {
 	if !held.Load() {
 		t.Fatal("the store's commit did not hold on: the case was not played")
 	}
-	if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
-		t.Errorf("snapshot reports = %v, want one Finish", reps)
-	}
-	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetSnapshot().GetMetadata().GetIndex() != 12 {
-		t.Errorf("raft got %v, want the MsgSnap at index 12", got)
-	}
-	if snaps := snapProcessed(b); len(snaps) != 0 {
-		t.Errorf("raft got %d more MsgSnaps, want the one", len(snaps))
-	}
-	if resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil); resumed != size {
-		t.Errorf("the resumed attempt skipped %v bytes, want the whole payload, %d", resumed, size)
-	}
+	checkResumedWhole(t, a, b, size)
 	if n, sum := snapFileCRC(t, DirSnapshotStore{Dir: dir}.Path(12)); n != size || sum != gen.crc {
 		t.Errorf("stored %d bytes with CRC %08x, want %d with %08x", n, sum, size, gen.crc)
 	}
@@ -1372,19 +1361,28 @@ func TestSnapshotResumeAnswerLost(t *testing.T) {
 			if !lost.Load() {
 				t.Fatal("no answer was lost: the case was not played")
 			}
-			if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
-				t.Errorf("snapshot reports = %v, want one Finish", reps)
-			}
-			if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetSnapshot().GetMetadata().GetIndex() != 12 {
-				t.Errorf("raft got %v, want the MsgSnap at index 12", got)
-			}
-			if snaps := snapProcessed(b); len(snaps) != 0 {
-				t.Errorf("raft got %d more MsgSnaps, want the one", len(snaps))
-			}
-			if resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil); resumed != float64(tc.size) {
-				t.Errorf("the second attempt skipped %v bytes, want the whole payload, %d", resumed, tc.size)
-			}
+			checkResumedWhole(t, a, b, tc.size)
 		})
+	}
+}
+
+// checkResumedWhole checks the end of a send from a to b of the snapshot
+// at index 12 whose second attempt found the whole payload in: one Finish
+// reported, raft at b given the MsgSnap exactly once, and the attempt
+// counted as resuming all size bytes.
+func checkResumedWhole[N int | int64](t *testing.T, a, b *testNode, size N) {
+	t.Helper()
+	if reps := a.raft.snapshotReports(); len(reps) != 1 || reps[0] != (snapshotReport{2, raft.SnapshotFinish}) {
+		t.Errorf("snapshot reports = %v, want one Finish", reps)
+	}
+	if got := b.raft.recv(t); got.GetType() != raftpb.MsgSnap || got.GetSnapshot().GetMetadata().GetIndex() != 12 {
+		t.Errorf("raft got %v, want the MsgSnap at index 12", got)
+	}
+	if snaps := snapProcessed(b); len(snaps) != 0 {
+		t.Errorf("raft got %d more MsgSnaps, want the one", len(snaps))
+	}
+	if resumed := metricValue(t, gathered(t, a.tr.metrics.snapResume.savedBytes), "", nil); resumed != float64(size) {
+		t.Errorf("the resumed attempt skipped %v bytes, want the whole payload, %d", resumed, size)
 	}
 }
 
